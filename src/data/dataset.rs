@@ -1,0 +1,257 @@
+//! Dataset: scan a file or folder, tokenize every file (in parallel), append the model's EOS
+//! after each, concatenate, cache the ids as little-endian u32 in the run folder, cut rows,
+//! and split off a deterministic held-out set.
+
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use anyhow::{Context, Result, anyhow, bail};
+use sha2::{Digest, Sha256};
+
+use super::read_text;
+use crate::model::tokenizer::Tokenizer;
+use crate::rng::SplitMix64;
+
+/// One input file as scanned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataFile {
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime: u64,
+}
+
+/// Files of a dataset: `path` itself, or the files under it whose name matches `glob`
+/// (recursively), sorted by path.
+pub fn scan(path: &Path, glob: &str) -> Result<Vec<DataFile>> {
+    let pattern = glob::Pattern::new(glob)
+        .map_err(|e| anyhow!("dataset glob \"{glob}\" is not a valid pattern: {e}"))?;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("dataset {}: no such file or folder", path.display()))?;
+    let mut paths = Vec::new();
+    if meta.is_file() {
+        paths.push(path.to_path_buf());
+    } else {
+        walk(path, &pattern, &mut paths)?;
+        if paths.is_empty() {
+            bail!(
+                "dataset folder {} has no files matching \"{glob}\"; add .txt files or change the glob",
+                path.display()
+            );
+        }
+    }
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            let m =
+                std::fs::metadata(&p).with_context(|| format!("{}: cannot read", p.display()))?;
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            Ok(DataFile {
+                path: p,
+                size: m.len(),
+                mtime,
+            })
+        })
+        .collect()
+}
+
+fn walk(dir: &Path, pattern: &glob::Pattern, out: &mut Vec<PathBuf>) -> Result<()> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))?;
+    for e in entries {
+        let e = e.with_context(|| format!("{}: cannot list", dir.display()))?;
+        let p = e.path();
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            walk(&p, pattern, out)?;
+        } else if pattern.matches(&name.to_string_lossy()) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// Cache key: tokenizer file contents, EOS id and the file list with sizes and mtimes.
+pub fn cache_key(tokenizer: &Path, eos: u32, files: &[DataFile]) -> Result<String> {
+    let mut h = Sha256::new();
+    h.update(
+        std::fs::read(tokenizer)
+            .with_context(|| format!("{}: cannot read", tokenizer.display()))?,
+    );
+    h.update(eos.to_le_bytes());
+    for f in files {
+        h.update(f.path.to_string_lossy().as_bytes());
+        h.update([0]);
+        h.update(f.size.to_le_bytes());
+        h.update(f.mtime.to_le_bytes());
+    }
+    let d = h.finalize();
+    Ok(d.iter().take(12).map(|b| format!("{b:02x}")).collect())
+}
+
+/// Tokenizes every file (no BOS), each followed by `eos`, concatenated. Files are split
+/// across worker threads; order is preserved.
+pub fn tokenize_files(tok: &Tokenizer, files: &[DataFile], eos: u32) -> Result<Vec<u32>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Large files are cut at paragraph boundaries so every core has work.
+    let mut pieces: Vec<(usize, String)> = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let text = read_text(&f.path)?;
+        let parts = if tok.paragraph_cuts_are_exact() {
+            split_paragraphs(&text, 256 * 1024)
+        } else {
+            vec![text.as_str()]
+        };
+        for part in parts {
+            pieces.push((i, part.to_string()));
+        }
+        pieces.push((i, String::new())); // marks the end of file i
+    }
+    let chunk = pieces.len().div_ceil(threads).max(1);
+    let results: Vec<Result<Vec<Vec<u32>>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = pieces
+            .chunks(chunk)
+            .map(|group| {
+                s.spawn(move || {
+                    group
+                        .iter()
+                        .map(|(_, text)| {
+                            if text.is_empty() {
+                                Ok(vec![eos])
+                            } else {
+                                tok.encode(text)
+                            }
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow!("a tokenizer thread panicked")))
+            })
+            .collect()
+    });
+    let mut out = Vec::new();
+    for r in results {
+        for ids in r? {
+            out.extend_from_slice(&ids);
+        }
+    }
+    Ok(out)
+}
+
+/// Splits `text` into pieces of at least `target` bytes where byte-level BPE tokenization
+/// is unchanged by the cut: just before the last newline of a run of two or more newlines
+/// that is followed by a non-whitespace character (the GPT-2 pre-tokenizer makes the run
+/// minus its last newline one piece, and the last newline another, in both cases).
+pub fn split_paragraphs(text: &str, target: usize) -> Vec<&str> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut i = target;
+    while i + 2 < b.len() {
+        if b[i] == b'\n' && b[i + 1] == b'\n' {
+            let mut end = i;
+            while end < b.len() && b[end] == b'\n' {
+                end += 1;
+            }
+            let next = text[end..].chars().next();
+            if next.is_some_and(|c| !c.is_whitespace()) {
+                let cut = end - 1;
+                out.push(&text[start..cut]);
+                start = cut;
+                i = cut + target;
+                continue;
+            }
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    out.push(&text[start..]);
+    out
+}
+
+/// Loads cached ids or tokenizes and writes the cache (atomically).
+pub fn load_or_tokenize(
+    tok: &Tokenizer,
+    files: &[DataFile],
+    eos: u32,
+    cache_dir: &Path,
+) -> Result<(Vec<u32>, bool)> {
+    let key = cache_key(&tok.path, eos, files)?;
+    let path = cache_dir.join(format!("tokens-{key}.u32"));
+    if let Ok(bytes) = std::fs::read(&path) {
+        if bytes.len() % 4 == 0 {
+            let ids = bytes
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            return Ok((ids, true));
+        }
+    }
+    let ids = tokenize_files(tok, files, eos)?;
+    std::fs::create_dir_all(cache_dir)
+        .with_context(|| format!("{}: cannot create the run folder", cache_dir.display()))?;
+    let bytes: Vec<u8> = ids.iter().flat_map(|x| x.to_le_bytes()).collect();
+    crate::export::write_atomic(&path, &bytes)?;
+    Ok((ids, false))
+}
+
+/// Rows of `len` tokens and the held-out split.
+#[derive(Debug, Clone)]
+pub struct Rows {
+    pub len: usize,
+    pub train: Vec<Vec<u32>>,
+    pub eval: Vec<Vec<u32>>,
+}
+
+/// Cuts `ids` into rows of `len` tokens (tail dropped) and holds out
+/// `max(1, round(eval_fraction · rows))` rows chosen by a seeded shuffle (none when
+/// `eval_fraction` is 0).
+pub fn make_rows(ids: &[u32], len: usize, eval_fraction: f64, seed: u64) -> Result<Rows> {
+    let n = ids.len() / len;
+    if n == 0 {
+        bail!(
+            "the dataset has {} tokens, fewer than one sequence of {len}; add text or lower training.tokens_per_sequence",
+            ids.len()
+        );
+    }
+    let n_eval = if eval_fraction > 0.0 {
+        ((n as f64 * eval_fraction).round() as usize).max(1)
+    } else {
+        0
+    };
+    if n_eval >= n {
+        bail!(
+            "the dataset makes only {n} sequence(s) of {len} tokens: not enough to hold out {n_eval} for evaluation and train on the rest; add text, lower training.tokens_per_sequence or set training.eval_fraction = 0"
+        );
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    SplitMix64::new(seed ^ 0x5eed_e7a1).shuffle(&mut order);
+    let mut is_eval = vec![false; n];
+    for &i in &order[..n_eval] {
+        is_eval[i] = true;
+    }
+    let mut train = Vec::with_capacity(n - n_eval);
+    let mut eval = Vec::with_capacity(n_eval);
+    for (i, row) in ids.chunks_exact(len).enumerate() {
+        if is_eval[i] {
+            eval.push(row.to_vec());
+        } else {
+            train.push(row.to_vec());
+        }
+    }
+    Ok(Rows { len, train, eval })
+}

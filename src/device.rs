@@ -1,0 +1,166 @@
+//! Where the model runs: the CPU (`flex`, pure Rust) or an NVIDIA GPU (`cuda:N`).
+//!
+//! CUDA is probed through the driver library before Burn touches the device: Burn's CUDA
+//! runtime panics when there is no driver, and the user deserves a sentence instead.
+
+use std::ffi::{c_char, c_int};
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::{Result, anyhow, bail};
+
+/// The CPU backend (tests, machines without a GPU).
+pub type CpuBackend = burn::backend::Flex;
+/// The CUDA backend (fusion-wrapped CubeCL; kernels compiled with NVRTC at run time).
+pub type CudaBackend = burn::backend::Cuda<f32, i32>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    #[default]
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceSpec {
+    pub fn is_gpu(self) -> bool {
+        matches!(self, DeviceSpec::Cuda(_))
+    }
+}
+
+impl FromStr for DeviceSpec {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim();
+        if s == "cpu" {
+            return Ok(DeviceSpec::Cpu);
+        }
+        if s == "cuda" || s == "gpu" {
+            return Ok(DeviceSpec::Cuda(0));
+        }
+        if let Some(n) = s.strip_prefix("cuda:") {
+            return n.parse().map(DeviceSpec::Cuda).map_err(|_| {
+                anyhow!("device \"{s}\": expected cuda:N with N a GPU index, e.g. cuda:0")
+            });
+        }
+        bail!("device \"{s}\" is not one of cpu, cuda, cuda:N")
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// What the CUDA driver reports about one GPU.
+#[derive(Debug, Clone)]
+pub struct CudaGpu {
+    pub index: usize,
+    pub name: String,
+    pub device_count: usize,
+}
+
+type CuInit = unsafe extern "C" fn(u32) -> c_int;
+type CuDeviceGetCount = unsafe extern "C" fn(*mut c_int) -> c_int;
+type CuDeviceGet = unsafe extern "C" fn(*mut c_int, c_int) -> c_int;
+type CuDeviceGetName = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int;
+
+fn open_first(names: &[&str]) -> Option<libloading::Library> {
+    // SAFETY: loading the vendor's driver / NVRTC libraries, whose initialisers are benign.
+    names
+        .iter()
+        .find_map(|n| unsafe { libloading::Library::new(n) }.ok())
+}
+
+/// Checks that GPU `index` exists and that NVRTC (needed to compile kernels) can be loaded.
+pub fn probe_cuda(index: usize) -> Result<CudaGpu> {
+    let lib = open_first(&["libcuda.so.1", "libcuda.so", "nvcuda.dll"]).ok_or_else(|| {
+        anyhow!("cuda:{index}: no NVIDIA driver found (libcuda.so.1 could not be loaded); use --device cpu, or install the NVIDIA driver")
+    })?;
+    // SAFETY: the symbols have the documented CUDA driver API signatures.
+    let (count, name) = unsafe {
+        let init: libloading::Symbol<CuInit> = lib
+            .get(b"cuInit\0")
+            .map_err(|e| anyhow!("libcuda has no cuInit: {e}"))?;
+        let rc = init(0);
+        if rc != 0 {
+            bail!(
+                "cuda:{index}: the NVIDIA driver failed to initialise (CUresult {rc}); check `nvidia-smi`, or use --device cpu"
+            );
+        }
+        let get_count: libloading::Symbol<CuDeviceGetCount> = lib
+            .get(b"cuDeviceGetCount\0")
+            .map_err(|e| anyhow!("libcuda has no cuDeviceGetCount: {e}"))?;
+        let mut n: c_int = 0;
+        if get_count(&mut n) != 0 {
+            bail!("cuda:{index}: the NVIDIA driver could not count GPUs");
+        }
+        if index >= n as usize {
+            bail!(
+                "cuda:{index}: this machine has {n} GPU(s){}; choose cuda:0..cuda:{} or --device cpu",
+                if n == 0 { "" } else { " visible" },
+                (n as usize).saturating_sub(1)
+            );
+        }
+        let get: libloading::Symbol<CuDeviceGet> = lib
+            .get(b"cuDeviceGet\0")
+            .map_err(|e| anyhow!("libcuda has no cuDeviceGet: {e}"))?;
+        let get_name: libloading::Symbol<CuDeviceGetName> = lib
+            .get(b"cuDeviceGetName\0")
+            .map_err(|e| anyhow!("libcuda has no cuDeviceGetName: {e}"))?;
+        let mut dev: c_int = 0;
+        let mut buf = [0 as c_char; 256];
+        let name = if get(&mut dev, index as c_int) == 0
+            && get_name(buf.as_mut_ptr(), buf.len() as c_int, dev) == 0
+        {
+            std::ffi::CStr::from_ptr(buf.as_ptr())
+                .to_string_lossy()
+                .into_owned()
+        } else {
+            "unknown GPU".to_string()
+        };
+        (n as usize, name)
+    };
+    let nvrtc = [
+        "libnvrtc.so",
+        "libnvrtc.so.13",
+        "libnvrtc.so.12",
+        "libnvrtc.so.11.2",
+    ];
+    if open_first(&nvrtc).is_none() {
+        bail!(
+            "cuda:{index}: NVRTC (libnvrtc.so), which compiles softtune's GPU kernels, was not found; add the CUDA toolkit's lib64 folder to LD_LIBRARY_PATH"
+        );
+    }
+    Ok(CudaGpu {
+        index,
+        name,
+        device_count: count,
+    })
+}
+
+/// Runs `$body` with `$B` bound to the backend type and `$dev` to its device for `$spec`,
+/// probing CUDA first.
+#[macro_export]
+macro_rules! with_backend {
+    ($spec:expr, |$B:ident, $dev:ident| $body:expr) => {{
+        match $spec {
+            $crate::device::DeviceSpec::Cpu => {
+                type $B = $crate::device::CpuBackend;
+                let $dev =
+                    <<$B as burn::tensor::backend::BackendTypes>::Device as Default>::default();
+                $body
+            }
+            $crate::device::DeviceSpec::Cuda(i) => {
+                $crate::device::probe_cuda(i)?;
+                type $B = $crate::device::CudaBackend;
+                let $dev = burn::backend::cuda::CudaDevice { index: i };
+                $body
+            }
+        }
+    }};
+}

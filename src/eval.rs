@@ -1,0 +1,198 @@
+//! `softtune eval`: mean next-token loss and perplexity of a text, without and with a soft
+//! prompt: the user's way to judge a prompt.
+//!
+//! The text is tokenized without BOS and cut into consecutive non-overlapping blocks of
+//! `block_size` tokens. Without a prompt, positions `0..N-1` predict tokens `1..N` (N−1
+//! terms per block). With a prompt of n soft tokens the block follows the prompt and all N
+//! tokens are scored, token 0 from the last soft position: exactly the training loss.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+
+use crate::data;
+use crate::device::DeviceSpec;
+use crate::model::lm::Precision;
+use crate::model::source::{self, HubOptions};
+use crate::model::tokenizer::Tokenizer;
+use crate::model::weights::Weights;
+use crate::model::{CausalLm, LoadOptions, ModelConfig};
+use crate::prompt::{self, SoftPrompt};
+
+pub struct EvalArgs {
+    pub model: String,
+    pub text: PathBuf,
+    pub prompt: Option<PathBuf>,
+    pub block_size: Option<usize>,
+    pub max_blocks: Option<usize>,
+    pub batch: usize,
+    pub device: DeviceSpec,
+    pub precision: Precision,
+    pub hub: HubOptions,
+}
+
+#[derive(Debug, Clone)]
+pub struct EvalReport {
+    pub model: String,
+    pub device: String,
+    pub blocks: usize,
+    pub block_size: usize,
+    pub loss: f64,
+    pub loss_with_prompt: Option<f64>,
+    pub prompt_tokens: usize,
+    pub tokens_per_s: f64,
+    pub seconds: f64,
+}
+
+impl EvalReport {
+    pub fn perplexity(&self) -> f64 {
+        self.loss.exp()
+    }
+
+    pub fn print(&self) {
+        println!(
+            "model {}  on {}  |  {} blocks × {} tokens",
+            self.model, self.device, self.blocks, self.block_size
+        );
+        println!(
+            "without prompt: loss {:.4}  perplexity {:.3}",
+            self.loss,
+            self.perplexity()
+        );
+        if let Some(l) = self.loss_with_prompt {
+            let change = (l.exp() / self.perplexity() - 1.0) * 100.0;
+            println!(
+                "with prompt ({} soft tokens): loss {:.4}  perplexity {:.3}  ({:+.1}% perplexity)",
+                self.prompt_tokens,
+                l,
+                l.exp(),
+                change
+            );
+        }
+        println!("{:.1} tokens/s ({:.1} s)", self.tokens_per_s, self.seconds);
+    }
+}
+
+pub fn run(args: &EvalArgs) -> Result<EvalReport> {
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let files = source::resolve(&args.model, &args.hub)?;
+    let config = ModelConfig::from_file(&files.config)?;
+    let tok_path = files.tokenizer.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: no tokenizer.json; softtune needs the model's fast tokenizer file",
+            files.root.display()
+        )
+    })?;
+    let tokenizer = Tokenizer::from_file(&tok_path)?;
+    tokenizer.check_fits(config.vocab_size)?;
+    let prompt = match &args.prompt {
+        Some(p) => Some(prompt::load_for_width(p, config.d_embed)?),
+        None => None,
+    };
+    let n_soft = prompt.as_ref().map_or(0, |p| p.rows);
+    let ctx = config.context_length();
+    if n_soft >= ctx {
+        bail!("the prompt has {n_soft} soft tokens but the model's context is {ctx} tokens");
+    }
+    let block = args.block_size.unwrap_or_else(|| (ctx - n_soft).min(1024));
+    if block + n_soft > ctx {
+        bail!(
+            "--block-size {block} plus {n_soft} soft tokens exceeds the model's context length {ctx}; use --block-size {} or less",
+            ctx - n_soft
+        );
+    }
+    let text = data::read_text(&args.text)?;
+    let tokens = tokenizer.encode(&text)?;
+    let blocks = data::blocks(&tokens, block, args.max_blocks)?;
+    if blocks.is_empty() {
+        bail!(
+            "{}: {} tokens, fewer than one block of {block}; use a longer text or a smaller --block-size",
+            args.text.display(),
+            tokens.len()
+        );
+    }
+    let weights = Weights::open(&files.weights)?;
+    let device = args.device;
+    let stored = weights.stored_dtype();
+    let dtype = args.precision.resolve(device.is_gpu(), stored);
+    crate::with_backend!(device, |B, dev| {
+        let model = CausalLm::<B>::load(&config, &weights, &dev, LoadOptions { dtype })?;
+        drop(weights);
+        evaluate(&model, &blocks, prompt.as_ref(), args.batch, &dev).map(|(l, lp, tps, secs)| {
+            EvalReport {
+                model: files.id.clone(),
+                device: device.to_string(),
+                blocks: blocks.len(),
+                block_size: block,
+                loss: l,
+                loss_with_prompt: lp,
+                prompt_tokens: n_soft,
+                tokens_per_s: tps,
+                seconds: secs,
+            }
+        })
+    })
+}
+
+/// Token ids `[b, t]` on the device.
+pub fn ids_tensor<B: Backend>(rows: &[&[u32]], device: &B::Device) -> Tensor<B, 2, Int> {
+    let t = rows[0].len();
+    let flat: Vec<i32> = rows
+        .iter()
+        .flat_map(|r| r.iter().map(|&x| x as i32))
+        .collect();
+    Tensor::from_data(TensorData::new(flat, [rows.len(), t]), device)
+}
+
+/// A soft prompt as a float32 tensor on the device.
+pub fn prompt_tensor<B: Backend>(p: &SoftPrompt, device: &B::Device) -> Tensor<B, 2> {
+    Tensor::from_data(
+        TensorData::new(p.data.clone(), [p.rows, p.dim]),
+        (device, burn::tensor::DType::F32),
+    )
+}
+
+fn scalar<B: Backend>(t: Tensor<B, 1>) -> Result<f64> {
+    let v = t
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("could not read the loss back from the device: {e:?}"))?;
+    Ok(v[0] as f64)
+}
+
+/// Mean loss without and (if given) with the prompt, tokens/s and seconds.
+pub fn evaluate<B: Backend>(
+    model: &CausalLm<B>,
+    blocks: &[&[u32]],
+    prompt: Option<&SoftPrompt>,
+    batch: usize,
+    device: &B::Device,
+) -> Result<(f64, Option<f64>, f64, f64)> {
+    let start = Instant::now();
+    let mut tokens = 0usize;
+    let mut sum = 0.0;
+    let mut sum_p = 0.0;
+    let p = prompt.map(|p| prompt_tensor::<B>(p, device));
+    for chunk in blocks.chunks(batch) {
+        let ids = ids_tensor::<B>(chunk, device);
+        sum += scalar(model.loss(ids.clone()))? * chunk.len() as f64;
+        tokens += chunk.len() * chunk[0].len();
+        if let Some(p) = &p {
+            sum_p += scalar(model.loss_with_prompt(p.clone(), ids))? * chunk.len() as f64;
+            tokens += chunk.len() * chunk[0].len();
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let n = blocks.len() as f64;
+    Ok((
+        sum / n,
+        p.map(|_| sum_p / n),
+        tokens as f64 / secs.max(1e-9),
+        secs,
+    ))
+}

@@ -1,0 +1,632 @@
+//! `config.json` → a typed model description.
+//!
+//! transformers has renamed keys over the years (`n_embd` / `hidden_size`, `rope_theta` /
+//! `rope_parameters.rope_theta`, …); every reader here accepts the names in use by the
+//! checkpoints people actually load. Anything missing that has no safe default is an error
+//! naming the key.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+
+/// The architecture families softtune supports, by `model_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Gpt2,
+    GptJ,
+    GptNeoX,
+    GptNeo,
+    Opt,
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+impl Arch {
+    pub const SUPPORTED: &'static [&'static str] = &[
+        "gpt2", "gptj", "gpt_neox", "gpt_neo", "opt", "llama", "mistral", "qwen2",
+    ];
+
+    pub fn from_model_type(s: &str) -> Option<Self> {
+        Some(match s {
+            "gpt2" => Arch::Gpt2,
+            "gptj" => Arch::GptJ,
+            "gpt_neox" => Arch::GptNeoX,
+            "gpt_neo" => Arch::GptNeo,
+            "opt" => Arch::Opt,
+            "llama" => Arch::Llama,
+            "mistral" => Arch::Mistral,
+            "qwen2" => Arch::Qwen2,
+            _ => return None,
+        })
+    }
+
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Arch::Gpt2 => "gpt2",
+            Arch::GptJ => "gptj",
+            Arch::GptNeoX => "gpt_neox",
+            Arch::GptNeo => "gpt_neo",
+            Arch::Opt => "opt",
+            Arch::Llama => "llama",
+            Arch::Mistral => "mistral",
+            Arch::Qwen2 => "qwen2",
+        }
+    }
+}
+
+/// Element-wise non-linearity of the MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`: the tanh approximation.
+    GeluTanh,
+    /// `gelu`: exact, with erf.
+    Gelu,
+    Relu,
+    /// `silu` / `swish`.
+    Silu,
+}
+
+impl Activation {
+    fn parse(s: &str, key: &str) -> Result<Self> {
+        Ok(match s {
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" | "gelu_approx" => Activation::GeluTanh,
+            "gelu" => Activation::Gelu,
+            "relu" => Activation::Relu,
+            "silu" | "swish" => Activation::Silu,
+            other => bail!(
+                "`{key}` = \"{other}\" is not supported (supported: gelu, gelu_new, gelu_pytorch_tanh, relu, silu)"
+            ),
+        })
+    }
+}
+
+/// How rotary position embeddings pair up dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotaryStyle {
+    /// GPT-J: pairs (0,1), (2,3), … (`rotate_every_two`).
+    Interleaved,
+    /// GPT-NeoX / Llama: first half with second half (`rotate_half`).
+    Half,
+}
+
+/// RoPE frequency scaling (`rope_scaling` / `rope_parameters`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor`.
+    Linear {
+        factor: f64,
+    },
+    /// Llama 3.x: low frequencies divided by `factor`, smooth blend in between.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+/// Rotary position embedding settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rotary {
+    pub style: RotaryStyle,
+    /// Number of leading head dimensions that rotate (the rest pass through).
+    pub dims: usize,
+    pub theta: f64,
+    pub scaling: RopeScaling,
+}
+
+/// Family-specific details the shared fields do not cover.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ArchSpec {
+    Gpt2 {
+        scale_attn_weights: bool,
+        scale_attn_by_inverse_layer_idx: bool,
+    },
+    GptJ,
+    GptNeoX {
+        parallel_residual: bool,
+    },
+    GptNeo {
+        /// Per layer: `Some(window)` for local attention, `None` for global.
+        windows: Vec<Option<usize>>,
+    },
+    Opt {
+        pre_layer_norm: bool,
+        final_layer_norm: bool,
+    },
+    /// llama, mistral, qwen2.
+    Llama {
+        /// Per layer: sliding-window size where one applies.
+        windows: Vec<Option<usize>>,
+        /// Bias on q/k/v (qwen2 always; llama/mistral when `attention_bias`).
+        qkv_bias: bool,
+    },
+}
+
+/// A parsed `config.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub vocab_size: usize,
+    /// Width of the rows of the token-embedding matrix (= soft-prompt width).
+    pub d_embed: usize,
+    /// Width of the residual stream.
+    pub hidden: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub intermediate: usize,
+    pub max_positions: usize,
+    pub norm_eps: f64,
+    pub activation: Activation,
+    pub rotary: Option<Rotary>,
+    pub tie_word_embeddings: bool,
+    pub eos_token_id: Option<u32>,
+    pub bos_token_id: Option<u32>,
+    /// `torch_dtype` / `dtype` as written in the file (e.g. "bfloat16").
+    pub torch_dtype: Option<String>,
+    pub spec: ArchSpec,
+}
+
+/// Typed access to the JSON object with key-naming errors.
+struct Keys<'a> {
+    v: &'a Value,
+}
+
+impl<'a> Keys<'a> {
+    fn get(&self, names: &[&str]) -> Option<&'a Value> {
+        names
+            .iter()
+            .filter_map(|k| self.v.get(*k))
+            .find(|v| !v.is_null())
+    }
+
+    fn usize_opt(&self, names: &[&str]) -> Result<Option<usize>> {
+        match self.get(names) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(|x| Some(x as usize))
+                .ok_or_else(|| anyhow!("`{}` must be a non-negative integer, found {v}", names[0])),
+        }
+    }
+
+    fn usize(&self, names: &[&str]) -> Result<usize> {
+        self.usize_opt(names)?
+            .ok_or_else(|| anyhow!("missing key `{}`", names.join("` / `")))
+    }
+
+    fn f64_opt(&self, names: &[&str]) -> Result<Option<f64>> {
+        match self.get(names) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| anyhow!("`{}` must be a number, found {v}", names[0])),
+        }
+    }
+
+    fn bool_or(&self, names: &[&str], default: bool) -> Result<bool> {
+        match self.get(names) {
+            None => Ok(default),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| anyhow!("`{}` must be true or false, found {v}", names[0])),
+        }
+    }
+
+    fn str_opt(&self, names: &[&str]) -> Result<Option<&'a str>> {
+        match self.get(names) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| anyhow!("`{}` must be a string, found {v}", names[0])),
+        }
+    }
+
+    /// A token id that may be written as a number or a list of numbers (first wins).
+    fn token_id(&self, name: &str) -> Option<u32> {
+        match self.v.get(name)? {
+            Value::Number(n) => n.as_u64().map(|x| x as u32),
+            Value::Array(a) => a.first().and_then(|x| x.as_u64()).map(|x| x as u32),
+            _ => None,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Reads and parses a `config.json` file; errors name the file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let v: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", path.display()))?;
+        Self::from_json(&v).with_context(|| format!("{}", path.display()))
+    }
+
+    pub fn from_json(v: &Value) -> Result<Self> {
+        let k = Keys { v };
+        let model_type = k
+            .str_opt(&["model_type"])?
+            .ok_or_else(|| anyhow!("missing key `model_type`"))?;
+        let arch = Arch::from_model_type(model_type).ok_or_else(|| {
+            anyhow!(
+                "model_type \"{model_type}\" is not supported; supported: {}",
+                Arch::SUPPORTED.join(", ")
+            )
+        })?;
+        let vocab_size = k.usize(&["vocab_size"])?;
+        let torch_dtype = k.str_opt(&["torch_dtype", "dtype"])?.map(str::to_string);
+        let eos_token_id = k.token_id("eos_token_id");
+        let bos_token_id = k.token_id("bos_token_id");
+
+        let cfg = match arch {
+            Arch::Gpt2 => {
+                let hidden = k.usize(&["n_embd", "hidden_size"])?;
+                let n_heads = k.usize(&["n_head", "num_attention_heads"])?;
+                let head_dim = div_heads(hidden, n_heads)?;
+                ModelConfig {
+                    arch,
+                    vocab_size,
+                    d_embed: hidden,
+                    hidden,
+                    n_layers: k.usize(&["n_layer", "num_hidden_layers"])?,
+                    n_heads,
+                    n_kv_heads: n_heads,
+                    head_dim,
+                    intermediate: k.usize_opt(&["n_inner"])?.unwrap_or(4 * hidden),
+                    max_positions: k.usize(&["n_positions", "max_position_embeddings"])?,
+                    norm_eps: k.f64_opt(&["layer_norm_epsilon"])?.unwrap_or(1e-5),
+                    activation: activation(&k, &["activation_function"], "gelu_new")?,
+                    rotary: None,
+                    tie_word_embeddings: k.bool_or(&["tie_word_embeddings"], true)?,
+                    eos_token_id,
+                    bos_token_id,
+                    torch_dtype,
+                    spec: ArchSpec::Gpt2 {
+                        scale_attn_weights: k.bool_or(&["scale_attn_weights"], true)?,
+                        scale_attn_by_inverse_layer_idx: k
+                            .bool_or(&["scale_attn_by_inverse_layer_idx"], false)?,
+                    },
+                }
+            }
+            Arch::GptJ => {
+                let hidden = k.usize(&["n_embd", "hidden_size"])?;
+                let n_heads = k.usize(&["n_head", "num_attention_heads"])?;
+                let head_dim = div_heads(hidden, n_heads)?;
+                let dims = k.usize_opt(&["rotary_dim"])?.unwrap_or(head_dim);
+                check_rotary_dims(dims, head_dim, "rotary_dim")?;
+                ModelConfig {
+                    arch,
+                    vocab_size,
+                    d_embed: hidden,
+                    hidden,
+                    n_layers: k.usize(&["n_layer", "num_hidden_layers"])?,
+                    n_heads,
+                    n_kv_heads: n_heads,
+                    head_dim,
+                    intermediate: k.usize_opt(&["n_inner"])?.unwrap_or(4 * hidden),
+                    max_positions: k.usize(&["n_positions", "max_position_embeddings"])?,
+                    norm_eps: k.f64_opt(&["layer_norm_epsilon"])?.unwrap_or(1e-5),
+                    activation: activation(&k, &["activation_function"], "gelu_new")?,
+                    rotary: Some(Rotary {
+                        style: RotaryStyle::Interleaved,
+                        dims,
+                        theta: 10000.0,
+                        scaling: RopeScaling::None,
+                    }),
+                    tie_word_embeddings: k.bool_or(&["tie_word_embeddings"], false)?,
+                    eos_token_id,
+                    bos_token_id,
+                    torch_dtype,
+                    spec: ArchSpec::GptJ,
+                }
+            }
+            Arch::GptNeoX => {
+                let hidden = k.usize(&["hidden_size"])?;
+                let n_heads = k.usize(&["num_attention_heads"])?;
+                let head_dim = div_heads(hidden, n_heads)?;
+                let rp = v.get("rope_parameters");
+                let pct = match k.f64_opt(&["rotary_pct"])? {
+                    Some(p) => p,
+                    None => rp
+                        .and_then(|r| r.get("partial_rotary_factor"))
+                        .and_then(Value::as_f64)
+                        .unwrap_or(0.25),
+                };
+                let dims = (head_dim as f64 * pct) as usize;
+                check_rotary_dims(dims, head_dim, "rotary_pct")?;
+                ModelConfig {
+                    arch,
+                    vocab_size,
+                    d_embed: hidden,
+                    hidden,
+                    n_layers: k.usize(&["num_hidden_layers"])?,
+                    n_heads,
+                    n_kv_heads: n_heads,
+                    head_dim,
+                    intermediate: k.usize(&["intermediate_size"])?,
+                    max_positions: k.usize(&["max_position_embeddings"])?,
+                    norm_eps: k.f64_opt(&["layer_norm_eps"])?.unwrap_or(1e-5),
+                    activation: activation(&k, &["hidden_act"], "gelu")?,
+                    rotary: Some(Rotary {
+                        style: RotaryStyle::Half,
+                        dims,
+                        theta: rope_theta(&k, &["rotary_emb_base", "rope_theta"])?,
+                        scaling: rope_scaling(v)?,
+                    }),
+                    tie_word_embeddings: k.bool_or(&["tie_word_embeddings"], false)?,
+                    eos_token_id,
+                    bos_token_id,
+                    torch_dtype,
+                    spec: ArchSpec::GptNeoX {
+                        parallel_residual: k.bool_or(&["use_parallel_residual"], true)?,
+                    },
+                }
+            }
+            Arch::GptNeo => {
+                let hidden = k.usize(&["hidden_size"])?;
+                let n_heads = k.usize(&["num_heads", "num_attention_heads"])?;
+                let head_dim = div_heads(hidden, n_heads)?;
+                let n_layers = k.usize(&["num_layers", "num_hidden_layers"])?;
+                let window = k.usize_opt(&["window_size"])?.unwrap_or(256);
+                let layers = gpt_neo_layers(v, n_layers)?;
+                let windows = layers
+                    .iter()
+                    .map(|t| (t == "local").then_some(window))
+                    .collect();
+                ModelConfig {
+                    arch,
+                    vocab_size,
+                    d_embed: hidden,
+                    hidden,
+                    n_layers,
+                    n_heads,
+                    n_kv_heads: n_heads,
+                    head_dim,
+                    intermediate: k.usize_opt(&["intermediate_size"])?.unwrap_or(4 * hidden),
+                    max_positions: k.usize(&["max_position_embeddings"])?,
+                    norm_eps: k.f64_opt(&["layer_norm_epsilon"])?.unwrap_or(1e-5),
+                    activation: activation(&k, &["activation_function"], "gelu_new")?,
+                    rotary: None,
+                    tie_word_embeddings: k.bool_or(&["tie_word_embeddings"], true)?,
+                    eos_token_id,
+                    bos_token_id,
+                    torch_dtype,
+                    spec: ArchSpec::GptNeo { windows },
+                }
+            }
+            Arch::Opt => {
+                let hidden = k.usize(&["hidden_size"])?;
+                let n_heads = k.usize(&["num_attention_heads"])?;
+                let head_dim = div_heads(hidden, n_heads)?;
+                let pre = k.bool_or(&["do_layer_norm_before"], true)?;
+                let removed = k.bool_or(&["_remove_final_layer_norm"], false)?;
+                if !k.bool_or(&["enable_bias"], true)? {
+                    bail!("`enable_bias` = false is not supported for opt");
+                }
+                if !k.bool_or(&["layer_norm_elementwise_affine"], true)? {
+                    bail!("`layer_norm_elementwise_affine` = false is not supported for opt");
+                }
+                ModelConfig {
+                    arch,
+                    vocab_size,
+                    d_embed: k.usize_opt(&["word_embed_proj_dim"])?.unwrap_or(hidden),
+                    hidden,
+                    n_layers: k.usize(&["num_hidden_layers"])?,
+                    n_heads,
+                    n_kv_heads: n_heads,
+                    head_dim,
+                    intermediate: k.usize(&["ffn_dim"])?,
+                    max_positions: k.usize(&["max_position_embeddings"])?,
+                    norm_eps: 1e-5,
+                    activation: activation(&k, &["activation_function"], "relu")?,
+                    rotary: None,
+                    tie_word_embeddings: k.bool_or(&["tie_word_embeddings"], true)?,
+                    eos_token_id,
+                    bos_token_id,
+                    torch_dtype,
+                    spec: ArchSpec::Opt {
+                        pre_layer_norm: pre,
+                        final_layer_norm: pre && !removed,
+                    },
+                }
+            }
+            Arch::Llama | Arch::Mistral | Arch::Qwen2 => {
+                let hidden = k.usize(&["hidden_size"])?;
+                let n_heads = k.usize(&["num_attention_heads"])?;
+                let n_kv_heads = k.usize_opt(&["num_key_value_heads"])?.unwrap_or(n_heads);
+                if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+                    bail!(
+                        "`num_attention_heads` ({n_heads}) must be a multiple of `num_key_value_heads` ({n_kv_heads})"
+                    );
+                }
+                let head_dim = match k.usize_opt(&["head_dim"])? {
+                    Some(d) => d,
+                    None => div_heads(hidden, n_heads)?,
+                };
+                let n_layers = k.usize(&["num_hidden_layers"])?;
+                let windows = llama_windows(&k, arch, n_layers)?;
+                if k.bool_or(&["mlp_bias"], false)? {
+                    bail!("`mlp_bias` = true is not supported");
+                }
+                ModelConfig {
+                    arch,
+                    vocab_size,
+                    d_embed: hidden,
+                    hidden,
+                    n_layers,
+                    n_heads,
+                    n_kv_heads,
+                    head_dim,
+                    intermediate: k.usize(&["intermediate_size"])?,
+                    max_positions: k.usize(&["max_position_embeddings"])?,
+                    norm_eps: k.f64_opt(&["rms_norm_eps"])?.unwrap_or(1e-6),
+                    activation: activation(&k, &["hidden_act"], "silu")?,
+                    rotary: Some(Rotary {
+                        style: RotaryStyle::Half,
+                        dims: head_dim,
+                        theta: rope_theta(&k, &["rope_theta"])?,
+                        scaling: rope_scaling(v)?,
+                    }),
+                    tie_word_embeddings: k
+                        .bool_or(&["tie_word_embeddings"], arch == Arch::Qwen2)?,
+                    eos_token_id,
+                    bos_token_id,
+                    torch_dtype,
+                    spec: ArchSpec::Llama {
+                        windows,
+                        qkv_bias: arch == Arch::Qwen2 || k.bool_or(&["attention_bias"], false)?,
+                    },
+                }
+            }
+        };
+        if cfg.vocab_size == 0 || cfg.hidden == 0 || cfg.n_layers == 0 {
+            bail!("vocab_size, hidden size and layer count must all be positive");
+        }
+        Ok(cfg)
+    }
+
+    /// Context length in tokens (learned position tables or RoPE's trained range).
+    pub fn context_length(&self) -> usize {
+        self.max_positions
+    }
+}
+
+fn div_heads(hidden: usize, heads: usize) -> Result<usize> {
+    if heads == 0 || hidden % heads != 0 {
+        bail!("hidden size {hidden} is not divisible by the number of attention heads {heads}");
+    }
+    Ok(hidden / heads)
+}
+
+fn check_rotary_dims(dims: usize, head_dim: usize, key: &str) -> Result<()> {
+    if dims > head_dim || dims % 2 != 0 {
+        bail!(
+            "`{key}` gives {dims} rotary dimensions; it must be even and at most the head size {head_dim}"
+        );
+    }
+    Ok(())
+}
+
+fn activation(k: &Keys, names: &[&str], default: &str) -> Result<Activation> {
+    Activation::parse(k.str_opt(names)?.unwrap_or(default), names[0])
+}
+
+fn rope_theta(k: &Keys, names: &[&str]) -> Result<f64> {
+    if let Some(t) = k.f64_opt(names)? {
+        return Ok(t);
+    }
+    Ok(k.v
+        .get("rope_parameters")
+        .and_then(|r| r.get("rope_theta"))
+        .and_then(Value::as_f64)
+        .unwrap_or(10000.0))
+}
+
+/// `rope_scaling` (transformers 4) or `rope_parameters` (transformers 5).
+fn rope_scaling(v: &Value) -> Result<RopeScaling> {
+    let r = match v.get("rope_scaling").filter(|x| !x.is_null()) {
+        Some(r) => r,
+        None => match v.get("rope_parameters").filter(|x| !x.is_null()) {
+            Some(r) => r,
+            None => return Ok(RopeScaling::None),
+        },
+    };
+    let kind = r
+        .get("rope_type")
+        .or_else(|| r.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let num = |key: &str| -> Result<f64> {
+        r.get(key)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| anyhow!("`rope_scaling.{key}` is missing or not a number"))
+    };
+    Ok(match kind {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear {
+            factor: num("factor")?,
+        },
+        "llama3" => RopeScaling::Llama3 {
+            factor: num("factor")?,
+            low_freq_factor: num("low_freq_factor")?,
+            high_freq_factor: num("high_freq_factor")?,
+            original_max_position_embeddings: num("original_max_position_embeddings")?,
+        },
+        other => bail!(
+            "`rope_scaling` type \"{other}\" is not supported (supported: default, linear, llama3)"
+        ),
+    })
+}
+
+/// GPT-Neo's per-layer attention kinds: `attention_layers`, or expanded from
+/// `attention_types` = [[["global","local"], repeat], …].
+fn gpt_neo_layers(v: &Value, n_layers: usize) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    if let Some(list) = v.get("attention_layers").and_then(Value::as_array) {
+        for x in list {
+            out.push(
+                x.as_str()
+                    .ok_or_else(|| anyhow!("`attention_layers` must hold strings"))?
+                    .to_string(),
+            );
+        }
+    } else if let Some(types) = v.get("attention_types").and_then(Value::as_array) {
+        for group in types {
+            let kinds = group.get(0).and_then(Value::as_array);
+            let repeat = group.get(1).and_then(Value::as_u64);
+            let (Some(kinds), Some(repeat)) = (kinds, repeat) else {
+                bail!("`attention_types` must look like [[[\"global\", \"local\"], 12]]");
+            };
+            for _ in 0..repeat {
+                for x in kinds {
+                    out.push(x.as_str().unwrap_or("").to_string());
+                }
+            }
+        }
+    } else {
+        out = vec!["global".to_string(); n_layers];
+    }
+    if out.len() != n_layers {
+        bail!(
+            "the attention layer list has {} entries but `num_layers` is {n_layers}",
+            out.len()
+        );
+    }
+    if let Some(bad) = out.iter().find(|t| *t != "global" && *t != "local") {
+        bail!("attention type \"{bad}\" is not one of global, local");
+    }
+    Ok(out)
+}
+
+/// Sliding windows for the llama family: mistral's `sliding_window`, qwen2's
+/// `use_sliding_window` with `layer_types` / `max_window_layers`.
+fn llama_windows(k: &Keys, arch: Arch, n_layers: usize) -> Result<Vec<Option<usize>>> {
+    let window = k.usize_opt(&["sliding_window"])?;
+    Ok(match (arch, window) {
+        (_, None) => vec![None; n_layers],
+        (Arch::Mistral, Some(w)) => vec![Some(w); n_layers],
+        (Arch::Qwen2, Some(w)) => {
+            if !k.bool_or(&["use_sliding_window"], false)? {
+                vec![None; n_layers]
+            } else if let Some(types) = k.v.get("layer_types").and_then(Value::as_array) {
+                types
+                    .iter()
+                    .map(|t| (t.as_str() == Some("sliding_attention")).then_some(w))
+                    .collect()
+            } else {
+                let first_full = k.usize_opt(&["max_window_layers"])?.unwrap_or(n_layers);
+                (0..n_layers)
+                    .map(|i| (i >= first_full).then_some(w))
+                    .collect()
+            }
+        }
+        (_, Some(_)) => vec![None; n_layers],
+    })
+}

@@ -1,0 +1,91 @@
+//! Llama family (llama, mistral, qwen2): RMSNorm, rotate-half RoPE with `rope_theta` and
+//! `rope_scaling`, grouped-query attention, SwiGLU MLP, optional q/k/v bias (qwen2),
+//! sliding windows where the config asks for them, tied or untied head.
+
+use anyhow::Result;
+use burn::tensor::{Tensor, backend::Backend};
+
+use super::config::{ArchSpec, ModelConfig};
+use super::ops::{self, AttnOpts, Linear, Loader, RmsNorm, RotaryTables};
+
+struct Block<B: Backend> {
+    ln_1: RmsNorm<B>,
+    q: Linear<B>,
+    k: Linear<B>,
+    v: Linear<B>,
+    o: Linear<B>,
+    ln_2: RmsNorm<B>,
+    gate: Linear<B>,
+    up: Linear<B>,
+    down: Linear<B>,
+    window: Option<usize>,
+}
+
+pub struct Llama<B: Backend> {
+    cfg: ModelConfig,
+    blocks: Vec<Block<B>>,
+    norm: RmsNorm<B>,
+}
+
+impl<B: Backend> Llama<B> {
+    pub fn load(cfg: &ModelConfig, ld: &Loader<B>) -> Result<Self> {
+        let ArchSpec::Llama { windows, qkv_bias } = &cfg.spec else {
+            unreachable!("llama loader called with another architecture")
+        };
+        let (h, eps) = (cfg.hidden, cfg.norm_eps);
+        let q_dim = cfg.n_heads * cfg.head_dim;
+        let kv_dim = cfg.n_kv_heads * cfg.head_dim;
+        let mut blocks = Vec::with_capacity(cfg.n_layers);
+        for (i, window) in windows.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let a = format!("{p}.self_attn");
+            blocks.push(Block {
+                ln_1: ld.rms_norm(&format!("{p}.input_layernorm"), h, eps)?,
+                q: ld.linear(&format!("{a}.q_proj"), h, q_dim, *qkv_bias)?,
+                k: ld.linear(&format!("{a}.k_proj"), h, kv_dim, *qkv_bias)?,
+                v: ld.linear(&format!("{a}.v_proj"), h, kv_dim, *qkv_bias)?,
+                o: ld.linear(&format!("{a}.o_proj"), q_dim, h, false)?,
+                ln_2: ld.rms_norm(&format!("{p}.post_attention_layernorm"), h, eps)?,
+                gate: ld.linear(&format!("{p}.mlp.gate_proj"), h, cfg.intermediate, false)?,
+                up: ld.linear(&format!("{p}.mlp.up_proj"), h, cfg.intermediate, false)?,
+                down: ld.linear(&format!("{p}.mlp.down_proj"), cfg.intermediate, h, false)?,
+                window: *window,
+            });
+        }
+        Ok(Self {
+            cfg: cfg.clone(),
+            blocks,
+            norm: ld.rms_norm("model.norm", h, eps)?,
+        })
+    }
+
+    pub fn forward(&self, mut x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let s = x.dims()[1];
+        let rot = self.cfg.rotary.as_ref().expect("llama has rotary settings");
+        let tables = RotaryTables::<B>::new(rot, s, &x.device(), x.dtype());
+        let scale = 1.0 / (self.cfg.head_dim as f64).sqrt();
+        for blk in &self.blocks {
+            let hn = blk.ln_1.forward(x.clone());
+            let q = tables.apply(ops::split_heads(
+                blk.q.forward(hn.clone()),
+                self.cfg.n_heads,
+            ));
+            let k = tables.apply(ops::split_heads(
+                blk.k.forward(hn.clone()),
+                self.cfg.n_kv_heads,
+            ));
+            let v = ops::split_heads(blk.v.forward(hn), self.cfg.n_kv_heads);
+            let opts = AttnOpts {
+                scale,
+                window: blk.window,
+            };
+            x = x + blk
+                .o
+                .forward(ops::merge_heads(ops::causal_attention(q, k, v, opts)));
+            let hn = blk.ln_2.forward(x.clone());
+            let g = ops::activate(blk.gate.forward(hn.clone()), self.cfg.activation);
+            x = x + blk.down.forward(g * blk.up.forward(hn));
+        }
+        self.norm.forward(x)
+    }
+}

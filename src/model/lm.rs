@@ -1,0 +1,223 @@
+//! A loaded causal LM: token embedding, the family's transformer body, and the LM head;
+//! soft-prompt forward and the loss over text positions.
+//!
+//! The soft prompt `[n, d_embed]` is prepended to the token embeddings (KoboldAI and PEFT
+//! inject it as the output of the input-embedding module), takes positions `0..n`, and the
+//! loss covers the text tokens only: text token 0 is predicted from the last soft position.
+//! Frozen weights are plain (untracked) tensors, so under `Autodiff` only the prompt gets
+//! a gradient.
+
+use anyhow::{Result, bail};
+use burn::tensor::{DType, Int, Tensor, backend::Backend};
+
+use super::config::{Arch, ModelConfig};
+use super::gpt_neo::GptNeo;
+use super::gpt_neox::GptNeoX;
+use super::gpt2::Gpt2;
+use super::gptj::GptJ;
+use super::llama::Llama;
+use super::ops::{self, Linear, Loader};
+use super::opt::Opt;
+use super::weights::Weights;
+
+/// Precision of the frozen weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 on CPU; the checkpoint's own dtype (bf16/f16) on CUDA.
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Precision {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "auto" => Precision::Auto,
+            "f32" | "float32" => Precision::F32,
+            "bf16" | "bfloat16" => Precision::Bf16,
+            "f16" | "float16" => Precision::F16,
+            other => bail!("precision \"{other}\" is not one of auto, f32, bf16, f16"),
+        })
+    }
+
+    /// The dtype weights will run in, given where they run and how they are stored.
+    pub fn resolve(self, on_gpu: bool, stored: Option<DType>) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+            Precision::F16 => DType::F16,
+            Precision::Auto if !on_gpu => DType::F32,
+            Precision::Auto => match stored {
+                Some(d @ (DType::BF16 | DType::F16)) => d,
+                _ => DType::F32,
+            },
+        }
+    }
+}
+
+/// How to load a model.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Dtype of the frozen weights and activations.
+    pub dtype: DType,
+}
+
+enum Body<B: Backend> {
+    Gpt2(Gpt2<B>),
+    GptJ(GptJ<B>),
+    GptNeoX(GptNeoX<B>),
+    GptNeo(GptNeo<B>),
+    Opt(Opt<B>),
+    Llama(Llama<B>),
+}
+
+/// Name of the token-embedding tensor of each family.
+pub fn embed_name(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Gpt2 | Arch::GptJ | Arch::GptNeo => "transformer.wte.weight",
+        Arch::GptNeoX => "gpt_neox.embed_in.weight",
+        Arch::Opt => "model.decoder.embed_tokens.weight",
+        Arch::Llama | Arch::Mistral | Arch::Qwen2 => "model.embed_tokens.weight",
+    }
+}
+
+/// A frozen causal language model.
+pub struct CausalLm<B: Backend> {
+    pub config: ModelConfig,
+    pub dtype: DType,
+    /// Token embedding `[vocab rows, d_embed]`.
+    embed: Tensor<B, 2>,
+    head: Linear<B>,
+    body: Body<B>,
+}
+
+impl<B: Backend> CausalLm<B> {
+    pub fn load(
+        config: &ModelConfig,
+        weights: &Weights,
+        device: &B::Device,
+        opts: LoadOptions,
+    ) -> Result<Self> {
+        let ld = Loader::<B> {
+            weights,
+            device: device.clone(),
+            dtype: opts.dtype,
+        };
+        let (v, d) = (config.vocab_size, config.d_embed);
+        let body = match config.arch {
+            Arch::Gpt2 => Body::Gpt2(Gpt2::load(config, &ld)?),
+            Arch::GptJ => Body::GptJ(GptJ::load(config, &ld)?),
+            Arch::GptNeoX => Body::GptNeoX(GptNeoX::load(config, &ld)?),
+            Arch::GptNeo => Body::GptNeo(GptNeo::load(config, &ld)?),
+            Arch::Opt => Body::Opt(Opt::load(config, &ld)?),
+            Arch::Llama | Arch::Mistral | Arch::Qwen2 => Body::Llama(Llama::load(config, &ld)?),
+        };
+        let embed: Tensor<B, 2> = ld.tensor(embed_name(config.arch), [v, d])?;
+        let head_name = if config.arch == Arch::GptNeoX {
+            "embed_out.weight"
+        } else {
+            "lm_head.weight"
+        };
+        let head = if ld.has(head_name) {
+            let prefix = head_name.trim_end_matches(".weight");
+            let bias = ld.has(&format!("{prefix}.bias"));
+            ld.linear(prefix, d, v, bias)?
+        } else if config.tie_word_embeddings {
+            // Tied head (weights saved once, as the embedding).
+            Linear {
+                w: embed.clone().transpose(),
+                b: None,
+            }
+        } else {
+            bail!(
+                "the checkpoint has no `{head_name}` and config.json does not tie it to the embedding"
+            );
+        };
+        Ok(Self {
+            config: config.clone(),
+            dtype: opts.dtype,
+            embed,
+            head,
+            body,
+        })
+    }
+
+    pub fn device(&self) -> B::Device {
+        self.embed.device()
+    }
+
+    /// Rows of the embedding matrix (≥ the tokenizer's vocabulary).
+    pub fn embed_rows(&self) -> usize {
+        self.embed.dims()[0]
+    }
+
+    /// The token-embedding matrix `[rows, d_embed]` (in the compute dtype).
+    pub fn embedding_matrix(&self) -> &Tensor<B, 2> {
+        &self.embed
+    }
+
+    /// `ids [b, t]` → token embeddings `[b, t, d_embed]`.
+    pub fn embed_tokens(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        ops::embedding(&self.embed, ids)
+    }
+
+    /// Input embeddings `[b, s, d_embed]` → final hidden states `[b, s, d_embed]`.
+    pub fn hidden(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = x.cast(self.dtype);
+        match &self.body {
+            Body::Gpt2(m) => m.forward(x),
+            Body::GptJ(m) => m.forward(x),
+            Body::GptNeoX(m) => m.forward(x),
+            Body::GptNeo(m) => m.forward(x),
+            Body::Opt(m) => m.forward(x),
+            Body::Llama(m) => m.forward(x),
+        }
+    }
+
+    /// Hidden states → logits `[b, s, vocab]` (float32).
+    pub fn head(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.head.forward(h).cast(DType::F32)
+    }
+
+    /// `concat(prompt, E(ids))` along the sequence: `[b, n + t, d_embed]`.
+    pub fn prompt_inputs(&self, prompt: Tensor<B, 2>, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [b, _] = ids.dims();
+        let [n, d] = prompt.dims();
+        let p = prompt.cast(self.dtype).unsqueeze::<3>().expand([b, n, d]);
+        Tensor::cat(vec![p, self.embed_tokens(ids)], 1)
+    }
+
+    /// Logits for plain token ids (positions `0..t`).
+    pub fn logits(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.head(self.hidden(self.embed_tokens(ids)))
+    }
+
+    /// Logits with the soft prompt prepended: `[b, n + t, vocab]`.
+    pub fn logits_with_prompt(&self, prompt: Tensor<B, 2>, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.head(self.hidden(self.prompt_inputs(prompt, ids)))
+    }
+
+    /// Mean next-token loss without a prompt: positions `0..t-1` predict tokens `1..t`.
+    pub fn loss(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+        let t = ids.dims()[1];
+        let h = self.hidden(self.embed_tokens(ids.clone()));
+        let logits = self.head(h.narrow(1, 0, t - 1));
+        ops::cross_entropy(logits, ids.narrow(1, 1, t - 1))
+    }
+
+    /// Mean loss over the text tokens with the prompt prepended (PEFT's prompt-tuning loss):
+    /// text token j is predicted from position `n + j - 1`, so token 0 from the last soft
+    /// position. Only the text positions go through the LM head.
+    pub fn loss_with_prompt(&self, prompt: Tensor<B, 2>, ids: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+        let n = prompt.dims()[0];
+        if n == 0 {
+            return self.loss(ids);
+        }
+        let t = ids.dims()[1];
+        let h = self.hidden(self.prompt_inputs(prompt, ids.clone()));
+        let logits = self.head(h.narrow(1, n - 1, t));
+        ops::cross_entropy(logits, ids)
+    }
+}

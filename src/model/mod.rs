@@ -1,0 +1,26 @@
+//! Hugging Face causal language models in Burn.
+//!
+//! * [`config`]: `config.json` → [`config::ModelConfig`] (one typed spec per architecture family).
+//! * [`weights`]: safetensors files (single or sharded), validated, converted to the target dtype.
+//! * [`source`]: where the files come from: a local folder or the Hugging Face hub cache.
+//! * [`ops`]: the small ops layer every architecture is written against (linear, norms,
+//!   rotary, attention, embedding) so faster kernels can replace Burn's defaults later.
+//! * one file per family: [`gpt2`], [`gptj`], [`gpt_neox`], [`gpt_neo`], [`opt`], [`llama`]
+//!   (llama, mistral, qwen2).
+//! * [`lm`]: the loaded model, soft-prompt forward and the loss over text positions.
+
+pub mod config;
+pub mod gpt2;
+pub mod gpt_neo;
+pub mod gpt_neox;
+pub mod gptj;
+pub mod llama;
+pub mod lm;
+pub mod ops;
+pub mod opt;
+pub mod source;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::{Arch, ModelConfig};
+pub use lm::{CausalLm, LoadOptions};

@@ -1,0 +1,133 @@
+//! OPT: learned positions with offset 2, `project_in` / `project_out` when
+//! `word_embed_proj_dim` ≠ `hidden_size` (opt-350m), pre-LN or post-LN blocks
+//! (`do_layer_norm_before`), q scaled by 1/√d before q·k, ReLU MLP, tied head.
+
+use anyhow::Result;
+use burn::tensor::{Tensor, backend::Backend};
+
+use super::config::{ArchSpec, ModelConfig};
+use super::ops::{self, AttnOpts, LayerNorm, Linear, Loader};
+
+/// transformers' `OPTLearnedPositionalEmbedding` offset.
+const POSITION_OFFSET: usize = 2;
+
+struct Block<B: Backend> {
+    attn_ln: LayerNorm<B>,
+    q: Linear<B>,
+    k: Linear<B>,
+    v: Linear<B>,
+    out: Linear<B>,
+    mlp_ln: LayerNorm<B>,
+    fc1: Linear<B>,
+    fc2: Linear<B>,
+}
+
+pub struct Opt<B: Backend> {
+    cfg: ModelConfig,
+    pre_ln: bool,
+    positions: Tensor<B, 2>,
+    project_in: Option<Linear<B>>,
+    project_out: Option<Linear<B>>,
+    blocks: Vec<Block<B>>,
+    final_ln: Option<LayerNorm<B>>,
+}
+
+impl<B: Backend> Opt<B> {
+    pub fn load(cfg: &ModelConfig, ld: &Loader<B>) -> Result<Self> {
+        let ArchSpec::Opt {
+            pre_layer_norm,
+            final_layer_norm,
+        } = cfg.spec
+        else {
+            unreachable!("opt loader called with another architecture")
+        };
+        let (h, eps) = (cfg.hidden, cfg.norm_eps);
+        let d = "model.decoder";
+        let (project_in, project_out) = if cfg.d_embed != h {
+            (
+                Some(ld.linear(&format!("{d}.project_in"), cfg.d_embed, h, false)?),
+                Some(ld.linear(&format!("{d}.project_out"), h, cfg.d_embed, false)?),
+            )
+        } else {
+            (None, None)
+        };
+        let mut blocks = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            let p = format!("{d}.layers.{i}");
+            blocks.push(Block {
+                attn_ln: ld.layer_norm(&format!("{p}.self_attn_layer_norm"), h, eps)?,
+                q: ld.linear(&format!("{p}.self_attn.q_proj"), h, h, true)?,
+                k: ld.linear(&format!("{p}.self_attn.k_proj"), h, h, true)?,
+                v: ld.linear(&format!("{p}.self_attn.v_proj"), h, h, true)?,
+                out: ld.linear(&format!("{p}.self_attn.out_proj"), h, h, true)?,
+                mlp_ln: ld.layer_norm(&format!("{p}.final_layer_norm"), h, eps)?,
+                fc1: ld.linear(&format!("{p}.fc1"), h, cfg.intermediate, true)?,
+                fc2: ld.linear(&format!("{p}.fc2"), cfg.intermediate, h, true)?,
+            });
+        }
+        let final_ln = if final_layer_norm {
+            Some(ld.layer_norm(&format!("{d}.final_layer_norm"), h, eps)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            pre_ln: pre_layer_norm,
+            positions: ld.tensor(
+                &format!("{d}.embed_positions.weight"),
+                [cfg.max_positions + POSITION_OFFSET, h],
+            )?,
+            project_in,
+            project_out,
+            blocks,
+            final_ln,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let s = x.dims()[1];
+        let x = match &self.project_in {
+            Some(p) => p.forward(x),
+            None => x,
+        };
+        let pos = self
+            .positions
+            .clone()
+            .narrow(0, POSITION_OFFSET, s)
+            .unsqueeze::<3>();
+        let mut x = x + pos;
+        let heads = self.cfg.n_heads;
+        // transformers scales q before q·k; scaling the scores is the same product.
+        let opts = AttnOpts {
+            scale: 1.0 / (self.cfg.head_dim as f64).sqrt(),
+            window: None,
+        };
+        for blk in &self.blocks {
+            let attn = |y: Tensor<B, 3>| {
+                let q = ops::split_heads(blk.q.forward(y.clone()), heads);
+                let k = ops::split_heads(blk.k.forward(y.clone()), heads);
+                let v = ops::split_heads(blk.v.forward(y), heads);
+                blk.out
+                    .forward(ops::merge_heads(ops::causal_attention(q, k, v, opts)))
+            };
+            let mlp = |y: Tensor<B, 3>| {
+                blk.fc2
+                    .forward(ops::activate(blk.fc1.forward(y), self.cfg.activation))
+            };
+            if self.pre_ln {
+                x = x.clone() + attn(blk.attn_ln.forward(x));
+                x = x.clone() + mlp(blk.mlp_ln.forward(x));
+            } else {
+                x = blk.attn_ln.forward(x.clone() + attn(x));
+                x = blk.mlp_ln.forward(x.clone() + mlp(x));
+            }
+        }
+        if let Some(ln) = &self.final_ln {
+            x = ln.forward(x);
+        }
+        match &self.project_out {
+            Some(p) => p.forward(x),
+            None => x,
+        }
+    }
+}

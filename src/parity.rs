@@ -1,0 +1,208 @@
+//! Parity checks against the PyTorch reference fixtures (`tests/fixtures/README.md` defines
+//! every value). Used by the test suite on the CPU and by `softtune parity` on a GPU machine,
+//! so a CUDA build is checked with the same code and the same numbers.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::model::weights::Weights;
+use crate::model::{CausalLm, LoadOptions, ModelConfig};
+
+/// The reference tensors of one fixture.
+pub struct Reference {
+    pub f32s: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    pub ids: Vec<i64>,
+    pub ids_shape: [usize; 2],
+}
+
+impl Reference {
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| anyhow!("{}: not a safetensors file: {e:?}", path.display()))?;
+        let mut f32s = HashMap::new();
+        let mut ids = Vec::new();
+        let mut ids_shape = [0, 0];
+        for (name, view) in st.tensors() {
+            let data = view.data();
+            match view.dtype() {
+                Dtype::F32 => {
+                    let v = data
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect();
+                    f32s.insert(name, (view.shape().to_vec(), v));
+                }
+                Dtype::I64 if view.shape().len() == 2 => {
+                    ids = data
+                        .chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                        .collect();
+                    ids_shape = [view.shape()[0], view.shape()[1]];
+                }
+                other => bail!("{}: unexpected {other:?} tensor `{name}`", path.display()),
+            }
+        }
+        Ok(Self {
+            f32s,
+            ids,
+            ids_shape,
+        })
+    }
+
+    pub fn get(&self, key: &str) -> Result<&(Vec<usize>, Vec<f32>)> {
+        self.f32s
+            .get(key)
+            .ok_or_else(|| anyhow!("the reference has no `{key}`"))
+    }
+}
+
+/// max |a − b| / max |b|: the error relative to the scale of the reference tensor.
+pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    if got.len() != want.len() {
+        return f64::INFINITY;
+    }
+    let scale = want
+        .iter()
+        .fold(0f64, |m, &x| m.max((x as f64).abs()))
+        .max(1e-12);
+    let diff = got.iter().zip(want).fold(0f64, |m, (&a, &b)| {
+        let d = (a as f64 - b as f64).abs();
+        if d.is_nan() { f64::INFINITY } else { m.max(d) }
+    });
+    diff / scale
+}
+
+fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| anyhow!("reading a tensor back failed: {e:?}"))
+}
+
+/// Relative errors of one fixture: `(quantity, error)` for logits, logits_with_prompt,
+/// loss, loss_with_prompt and grad_soft_prompt.
+pub fn check_fixture<B: AutodiffBackend>(
+    dir: &Path,
+    device: &B::Device,
+    dtype: DType,
+) -> Result<Vec<(&'static str, f64)>> {
+    let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+    let weights = Weights::open(&[dir.join("model.safetensors")])?;
+    let r = Reference::read(&dir.join("reference.safetensors"))?;
+    let model = CausalLm::<B>::load(&cfg, &weights, device, LoadOptions { dtype })?;
+    let ids_i32: Vec<i32> = r.ids.iter().map(|&x| x as i32).collect();
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids_i32, r.ids_shape), device);
+    let (pshape, pdata) = r.get("soft_prompt")?.clone();
+    if pshape.len() != 2 || pshape[1] != cfg.d_embed {
+        bail!(
+            "soft prompt shape {pshape:?} does not match d_embed {}",
+            cfg.d_embed
+        );
+    }
+    let prompt = Tensor::<B, 2>::from_data(
+        TensorData::new(pdata, [pshape[0], pshape[1]]),
+        (device, DType::F32),
+    )
+    .require_grad();
+
+    let mut out = Vec::new();
+    let mut cmp = |what: &'static str, got: Vec<f32>| -> Result<()> {
+        out.push((what, rel_err(&got, &r.get(what)?.1)));
+        Ok(())
+    };
+    cmp("logits", values(model.logits(ids.clone()).detach())?)?;
+    cmp(
+        "logits_with_prompt",
+        values(
+            model
+                .logits_with_prompt(prompt.clone(), ids.clone())
+                .detach(),
+        )?,
+    )?;
+    cmp("loss", values(model.loss(ids.clone()).detach())?)?;
+    let loss = model.loss_with_prompt(prompt.clone(), ids);
+    cmp("loss_with_prompt", values(loss.clone().detach())?)?;
+    let grads = loss.backward();
+    if model.embedding_matrix().grad(&grads).is_some() {
+        bail!("the frozen embedding matrix received a gradient");
+    }
+    let g = prompt
+        .grad(&grads)
+        .ok_or_else(|| anyhow!("the soft prompt received no gradient"))?;
+    cmp("grad_soft_prompt", values(g)?)?;
+    Ok(out)
+}
+
+/// The tolerance for a compute dtype: float32 must match to 1e-4; bf16/f16 carry ~3 significant digits.
+pub fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 | DType::F64 => 1e-4,
+        DType::F16 => 2e-2,
+        _ => 5e-2,
+    }
+}
+
+/// Every fixture folder (holding `reference.safetensors`) under `root`, sorted by name.
+pub fn fixture_dirs(root: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut dirs: Vec<_> = std::fs::read_dir(root)
+        .with_context(|| format!("{}: cannot list the fixtures folder", root.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("reference.safetensors").is_file())
+        .collect();
+    dirs.sort();
+    if dirs.is_empty() {
+        bail!(
+            "{}: no fixture folders (with reference.safetensors) found",
+            root.display()
+        );
+    }
+    Ok(dirs)
+}
+
+/// Runs every fixture under `root` and prints one line each; returns whether all passed.
+pub fn run_all<B: AutodiffBackend>(root: &Path, device: &B::Device, dtype: DType) -> Result<bool> {
+    let tol = tolerance(dtype);
+    let names = [
+        "logits",
+        "logits_with_prompt",
+        "loss",
+        "loss_with_prompt",
+        "grad_soft_prompt",
+    ];
+    println!(
+        "{:<18} {}  (max relative error; bound {tol:e})",
+        "fixture",
+        names.join("  ")
+    );
+    let mut ok = true;
+    for dir in fixture_dirs(root)? {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match check_fixture::<B>(&dir, device, dtype) {
+            Ok(errs) => {
+                let pass = errs.iter().all(|(_, e)| *e <= tol);
+                ok &= pass;
+                let cols: Vec<String> = errs.iter().map(|(_, e)| format!("{e:.2e}")).collect();
+                println!(
+                    "{name:<18} {}  {}",
+                    cols.join("  "),
+                    if pass { "ok" } else { "FAIL" }
+                );
+            }
+            Err(e) => {
+                ok = false;
+                println!("{name:<18} error: {e:#}");
+            }
+        }
+    }
+    Ok(ok)
+}

@@ -1,0 +1,213 @@
+//! Typed events the engine emits; the dashboard, the plain progress printer and the run's
+//! `events.jsonl` all consume the same stream.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Started {
+        model: String,
+        device: String,
+        soft_tokens: usize,
+        d_embed: usize,
+        tokens_per_sequence: usize,
+        batch_size: usize,
+        grad_accumulation: usize,
+        train_rows: usize,
+        eval_rows: usize,
+        total_steps: usize,
+        start_step: usize,
+    },
+    Log {
+        message: String,
+    },
+    /// Held-out loss; `label` is `no_prompt`, `initial`, `step` or `final`.
+    Eval {
+        step: usize,
+        label: String,
+        loss: f64,
+    },
+    Step {
+        step: usize,
+        total_steps: usize,
+        loss: f64,
+        grad_norm: f64,
+        lr: f64,
+        tokens_per_s: f64,
+        elapsed_s: f64,
+    },
+    Checkpoint {
+        step: usize,
+        checkpoint: String,
+        exports: Vec<String>,
+    },
+    Finished {
+        step: usize,
+        stopped: bool,
+        eval_no_prompt: Option<f64>,
+        eval_initial: Option<f64>,
+        eval_final: Option<f64>,
+        exports: Vec<String>,
+    },
+    Error {
+        message: String,
+    },
+}
+
+pub trait EventSink {
+    fn emit(&mut self, event: &Event);
+}
+
+/// Appends one JSON object per line to `events.jsonl`, flushed after every event.
+pub struct JsonlSink {
+    file: File,
+}
+
+impl JsonlSink {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("{}: cannot open the event log", path.display()))?;
+        Ok(Self { file })
+    }
+}
+
+impl EventSink for JsonlSink {
+    fn emit(&mut self, event: &Event) {
+        if let Ok(line) = serde_json::to_string(event) {
+            // A full disk must not kill training; the checkpoint write will report it.
+            let _ = writeln!(self.file, "{line}");
+            let _ = self.file.flush();
+        }
+    }
+}
+
+/// Plain progress lines (for logs, pipes and headless runs).
+pub struct PrintSink;
+
+impl EventSink for PrintSink {
+    fn emit(&mut self, e: &Event) {
+        let line = match e {
+            Event::Started {
+                model,
+                device,
+                soft_tokens,
+                total_steps,
+                train_rows,
+                eval_rows,
+                start_step,
+                tokens_per_sequence,
+                ..
+            } => format!(
+                "started: {model} on {device}, {soft_tokens} soft tokens, {train_rows} training / {eval_rows} held-out sequences of {tokens_per_sequence} tokens, {total_steps} steps{}",
+                if *start_step > 0 {
+                    format!(" (resuming at step {start_step})")
+                } else {
+                    String::new()
+                }
+            ),
+            Event::Log { message } => message.clone(),
+            Event::Eval { step, label, loss } => {
+                format!(
+                    "eval [{label}] step {step}: held-out loss {loss:.4} (perplexity {:.2})",
+                    loss.exp()
+                )
+            }
+            Event::Step {
+                step,
+                total_steps,
+                loss,
+                grad_norm,
+                lr,
+                tokens_per_s,
+                ..
+            } => format!(
+                "step {step}/{total_steps}  loss {loss:.4}  grad-norm {grad_norm:.3}  lr {lr:.3e}  {tokens_per_s:.0} tokens/s"
+            ),
+            Event::Checkpoint {
+                step, checkpoint, ..
+            } => {
+                format!("checkpoint at step {step}: {checkpoint}")
+            }
+            Event::Finished {
+                step,
+                stopped,
+                eval_no_prompt,
+                eval_initial,
+                eval_final,
+                exports,
+            } => {
+                let mut s = format!(
+                    "{} at step {step}",
+                    if *stopped { "stopped" } else { "finished" }
+                );
+                let f = |x: &Option<f64>| {
+                    x.map_or("n/a".to_string(), |l| {
+                        format!("{l:.4} (ppl {:.2})", l.exp())
+                    })
+                };
+                s += &format!(
+                    "\n  held-out loss without prompt: {}\n  with the initial prompt:      {}\n  with the trained prompt:      {}",
+                    f(eval_no_prompt),
+                    f(eval_initial),
+                    f(eval_final)
+                );
+                if let (Some(a), Some(b)) = (eval_no_prompt, eval_final) {
+                    s += &format!(
+                        "\n  perplexity change vs no prompt: {:+.1}%",
+                        ((b - a).exp() - 1.0) * 100.0
+                    );
+                }
+                for x in exports {
+                    s += &format!("\n  wrote {x}");
+                }
+                s
+            }
+            Event::Error { message } => format!("error: {message}"),
+        };
+        println!("{line}");
+    }
+}
+
+/// Sends every event to several sinks.
+pub struct Fanout(pub Vec<Box<dyn EventSink>>);
+
+impl EventSink for Fanout {
+    fn emit(&mut self, e: &Event) {
+        for s in &mut self.0 {
+            s.emit(e);
+        }
+    }
+}
+
+/// Collects events in memory (tests, the dashboard's history).
+#[derive(Default)]
+pub struct VecSink(pub Vec<Event>);
+
+impl EventSink for VecSink {
+    fn emit(&mut self, e: &Event) {
+        self.0.push(e.clone());
+    }
+}
+
+/// Reads an `events.jsonl` file back.
+pub fn read_events(path: &Path) -> Result<Vec<Event>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}: line {}: not an event", path.display(), i + 1))
+        })
+        .collect()
+}

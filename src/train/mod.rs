@@ -1,0 +1,515 @@
+//! The training engine: a validated configuration in, typed events out. No UI here.
+//!
+//! * [`plan`]: model, tokenizer, dataset rows and step counts, all checked before any
+//!   weights are loaded.
+//! * the loop ([`run`]): frozen model (no dropout exists in our forward), float32 master
+//!   prompt and optimizer state on the host, gradient accumulation, global-norm clipping,
+//!   warmup + cosine schedule, held-out evaluation, checkpoints and exports every
+//!   `save_every` steps and when asked to stop (SIGINT/SIGTERM/SIGHUP set the stop flag).
+
+pub mod checkpoint;
+pub mod events;
+pub mod init;
+pub mod optimizer;
+pub mod schedule;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use burn::backend::Autodiff;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, Tensor, TensorData};
+use sha2::{Digest, Sha256};
+
+use crate::config::{InitKind, ValidConfig};
+use crate::data::dataset::{self, Rows};
+use crate::eval::ids_tensor;
+use crate::export::{KoboldMeta, PeftMeta, write_kobold_zip, write_peft_adapter};
+use crate::model::source::{self, HubOptions, ModelFiles};
+use crate::model::tokenizer::Tokenizer;
+use crate::model::weights::Weights;
+use crate::model::{CausalLm, LoadOptions, ModelConfig};
+use crate::prompt::{self, SoftPrompt};
+use crate::rng::SplitMix64;
+use checkpoint::Checkpoint;
+use events::{Event, EventSink};
+use optimizer::{Optimizer, clip_grad_norm};
+
+/// Where the starting prompt comes from.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// A fresh prompt initialised per `prompt.init`.
+    Fresh,
+    /// A prompt read from a KoboldAI zip / PEFT adapter / npz `.mtjsp`.
+    Prompt(SoftPrompt),
+    /// A full resume from our checkpoint.
+    Resume(Box<Checkpoint>),
+}
+
+/// Everything decided before the first weight is loaded.
+pub struct Plan {
+    pub cfg: ValidConfig,
+    pub files: ModelFiles,
+    pub model_cfg: ModelConfig,
+    pub tokenizer: Tokenizer,
+    pub rows: Rows,
+    pub soft_tokens: usize,
+    pub total_steps: usize,
+    pub start: Start,
+    pub run_dir: PathBuf,
+    pub fingerprint: String,
+    pub cache_hit: bool,
+}
+
+impl Plan {
+    pub fn kobold_path(&self) -> PathBuf {
+        self.cfg.folder.join(format!("{}.zip", self.cfg.stem))
+    }
+
+    pub fn peft_dir(&self) -> PathBuf {
+        self.cfg.folder.join(format!("{}-peft", self.cfg.stem))
+    }
+
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.run_dir.join("checkpoint.safetensors")
+    }
+
+    /// Sequences consumed per optimizer step.
+    pub fn per_step(&self) -> usize {
+        self.cfg.batch_size * self.cfg.grad_accumulation
+    }
+}
+
+/// Resolves the model, tokenizes the dataset (cached in `run_dir`) and checks every
+/// model-dependent limit. Loads no weights.
+pub fn plan(cfg: &ValidConfig, run_dir: &Path) -> Result<Plan> {
+    let mut hub = HubOptions::from_env();
+    hub.revision = cfg.revision.clone();
+    let files = source::resolve(&cfg.model, &hub)?;
+    let model_cfg = ModelConfig::from_file(&files.config)?;
+    let tok_path = files.tokenizer.clone().ok_or_else(|| {
+        anyhow!(
+            "{}: no tokenizer.json; softtune needs the model's fast tokenizer file",
+            files.root.display()
+        )
+    })?;
+    let tokenizer = Tokenizer::from_file(&tok_path)?;
+    tokenizer.check_fits(model_cfg.vocab_size)?;
+
+    let start = match &cfg.continue_from {
+        None => Start::Fresh,
+        Some(p) if Checkpoint::is_checkpoint(p) => Start::Resume(Box::new(Checkpoint::load(p)?)),
+        Some(p) => Start::Prompt(prompt::load_for_width(p, model_cfg.d_embed)?),
+    };
+    let soft_tokens = match &start {
+        Start::Fresh => cfg.soft_tokens,
+        Start::Prompt(p) => p.rows,
+        Start::Resume(c) => {
+            if c.dim != model_cfg.d_embed {
+                bail!(
+                    "continue_from: the checkpoint's prompt is {} wide but the model's embedding width is {}",
+                    c.dim,
+                    model_cfg.d_embed
+                );
+            }
+            c.rows
+        }
+    };
+    let ctx = model_cfg.context_length();
+    if soft_tokens >= ctx {
+        bail!("{soft_tokens} soft tokens do not fit in the model's context of {ctx} tokens");
+    }
+    let len = cfg.tokens_per_sequence.unwrap_or(ctx - soft_tokens);
+    if len + soft_tokens > ctx {
+        bail!(
+            "`training.tokens_per_sequence` = {len} plus {soft_tokens} soft tokens exceeds the model's context length {ctx}; use {} or less",
+            ctx - soft_tokens
+        );
+    }
+    let eos = tokenizer.eos_id(&model_cfg).ok_or_else(|| {
+        anyhow!("the model defines no EOS token (config.json `eos_token_id`), which separates the dataset's files")
+    })?;
+    let data_files = dataset::scan(&cfg.dataset, &cfg.glob)?;
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("{}: cannot create the run folder", run_dir.display()))?;
+    let (ids, cache_hit) = dataset::load_or_tokenize(&tokenizer, &data_files, eos, run_dir)?;
+    let rows = dataset::make_rows(&ids, len, cfg.eval_fraction, cfg.seed)?;
+    let per_step = cfg.batch_size * cfg.grad_accumulation;
+    if rows.train.len() < per_step {
+        bail!(
+            "the dataset gives {} training sequences of {len} tokens, fewer than one optimizer step needs ({} = batch_size {} × grad_accumulation {}); add text, or lower training.tokens_per_sequence, batch_size or grad_accumulation",
+            rows.train.len(),
+            per_step,
+            cfg.batch_size,
+            cfg.grad_accumulation
+        );
+    }
+    let total_steps = ((cfg.epochs * rows.train.len() as f64) as usize / per_step).max(1);
+    let mut h = Sha256::new();
+    h.update(dataset::cache_key(&tok_path, eos, &data_files)?.as_bytes());
+    h.update(
+        format!(
+            "{}|{}|{soft_tokens}|{len}|{}|{}|{}|{}|{total_steps}",
+            files.id,
+            model_cfg.d_embed,
+            cfg.batch_size,
+            cfg.grad_accumulation,
+            cfg.seed,
+            cfg.eval_fraction
+        )
+        .as_bytes(),
+    );
+    let fingerprint: String = h
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if let Start::Resume(c) = &start {
+        if c.fingerprint != fingerprint {
+            bail!(
+                "continue_from: the checkpoint belongs to a different run (dataset, model, soft tokens, sequence length, batch, accumulation, seed or step count changed); train from its exported prompt instead (the .zip)"
+            );
+        }
+    }
+    Ok(Plan {
+        cfg: cfg.clone(),
+        files,
+        model_cfg,
+        tokenizer,
+        rows,
+        soft_tokens,
+        total_steps,
+        start,
+        run_dir: run_dir.to_path_buf(),
+        fingerprint,
+        cache_hit,
+    })
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub step: usize,
+    pub stopped: bool,
+    pub prompt: SoftPrompt,
+    pub eval_no_prompt: Option<f64>,
+    pub eval_initial: Option<f64>,
+    pub eval_final: Option<f64>,
+    pub exports: Vec<PathBuf>,
+}
+
+/// Runs the plan on its configured device. `stop` ends the run gracefully after the current
+/// optimizer step (checkpoint + exports).
+pub fn run(plan: &Plan, stop: Arc<AtomicBool>, sink: &mut dyn EventSink) -> Result<Outcome> {
+    let result = run_inner(plan, stop, sink);
+    if let Err(e) = &result {
+        sink.emit(&Event::Error {
+            message: format!("{e:#}"),
+        });
+    }
+    result
+}
+
+fn run_inner(plan: &Plan, stop: Arc<AtomicBool>, sink: &mut dyn EventSink) -> Result<Outcome> {
+    let device = plan.cfg.device;
+    let weights = Weights::open(&plan.files.weights)?;
+    let dtype = plan
+        .cfg
+        .precision
+        .resolve(device.is_gpu(), weights.stored_dtype());
+    crate::with_backend!(device, |B, dev| {
+        let model =
+            CausalLm::<Autodiff<B>>::load(&plan.model_cfg, &weights, &dev, LoadOptions { dtype })?;
+        drop(weights);
+        train_loop::<Autodiff<B>>(plan, &model, &dev, stop, sink)
+    })
+}
+
+/// Mean held-out loss over at most `eval_rows` held-out sequences.
+fn held_out_loss<B: AutodiffBackend>(
+    plan: &Plan,
+    model: &CausalLm<B>,
+    prompt: Option<&[f32]>,
+    device: &B::Device,
+) -> Result<Option<f64>> {
+    let rows: Vec<&[u32]> = plan
+        .rows
+        .eval
+        .iter()
+        .take(plan.cfg.eval_rows)
+        .map(Vec::as_slice)
+        .collect();
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let p = prompt.map(|p| prompt_tensor::<B>(p, plan.soft_tokens, plan.model_cfg.d_embed, device));
+    let mut sum = 0.0;
+    for chunk in rows.chunks(plan.cfg.batch_size) {
+        let ids = ids_tensor::<B>(chunk, device);
+        let loss = match &p {
+            Some(p) => model.loss_with_prompt(p.clone(), ids),
+            None => model.loss(ids),
+        };
+        sum += scalar(loss)? * chunk.len() as f64;
+    }
+    Ok(Some(sum / rows.len() as f64))
+}
+
+fn prompt_tensor<B: Backend>(
+    p: &[f32],
+    rows: usize,
+    dim: usize,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    Tensor::from_data(
+        TensorData::new(p.to_vec(), [rows, dim]),
+        (device, DType::F32),
+    )
+}
+
+fn scalar<B: Backend>(t: Tensor<B, 1>) -> Result<f64> {
+    let v = t
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| anyhow!("reading the loss back failed: {e:?}"))?;
+    let x = v[0] as f64;
+    if !x.is_finite() {
+        bail!("the loss is {x}: training diverged; lower training.lr");
+    }
+    Ok(x)
+}
+
+/// Indices of the training rows for global sequence numbers `from..from+n`: each epoch is a
+/// seeded shuffle of all training rows.
+pub fn data_indices(n_train: usize, seed: u64, from: usize, n: usize) -> Vec<usize> {
+    let mut out = Vec::with_capacity(n);
+    let mut epoch = usize::MAX;
+    let mut order: Vec<usize> = Vec::new();
+    for g in from..from + n {
+        let e = g / n_train;
+        if e != epoch {
+            epoch = e;
+            order = (0..n_train).collect();
+            SplitMix64::new(seed.wrapping_add(0x9e37 * (e as u64 + 1))).shuffle(&mut order);
+        }
+        out.push(order[g % n_train]);
+    }
+    out
+}
+
+fn train_loop<B: AutodiffBackend>(
+    plan: &Plan,
+    model: &CausalLm<B>,
+    device: &B::Device,
+    stop: Arc<AtomicBool>,
+    sink: &mut dyn EventSink,
+) -> Result<Outcome> {
+    let cfg = &plan.cfg;
+    let (n, d) = (plan.soft_tokens, plan.model_cfg.d_embed);
+    let (mut prompt, initial, mut opt, start_step) = match &plan.start {
+        Start::Resume(c) => (
+            c.prompt.clone(),
+            c.initial.clone(),
+            c.optimizer.clone(),
+            c.step,
+        ),
+        Start::Prompt(p) => {
+            let o = Optimizer::new(cfg.optimizer, cfg.weight_decay, n, d);
+            (p.data.clone(), p.data.clone(), o, 0)
+        }
+        Start::Fresh => {
+            let p = init::initial_prompt(plan, model)?;
+            let o = Optimizer::new(cfg.optimizer, cfg.weight_decay, n, d);
+            (p.clone(), p, o, 0)
+        }
+    };
+    sink.emit(&Event::Started {
+        model: plan.files.id.clone(),
+        device: cfg.device.to_string(),
+        soft_tokens: n,
+        d_embed: d,
+        tokens_per_sequence: plan.rows.len,
+        batch_size: cfg.batch_size,
+        grad_accumulation: cfg.grad_accumulation,
+        train_rows: plan.rows.train.len(),
+        eval_rows: plan.rows.eval.len(),
+        total_steps: plan.total_steps,
+        start_step,
+    });
+    if plan.cache_hit {
+        sink.emit(&Event::Log {
+            message: "dataset tokens read from the cache".into(),
+        });
+    }
+    let eval_no_prompt = held_out_loss(plan, model, None, device)?;
+    let eval_initial = held_out_loss(plan, model, Some(&initial), device)?;
+    for (label, v) in [("no_prompt", eval_no_prompt), ("initial", eval_initial)] {
+        if let Some(loss) = v {
+            sink.emit(&Event::Eval {
+                step: start_step,
+                label: label.into(),
+                loss,
+            });
+        }
+    }
+
+    let per_step = plan.per_step();
+    let t0 = Instant::now();
+    let mut step = start_step;
+    let mut exports = Vec::new();
+    while step < plan.total_steps {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let step_start = Instant::now();
+        let lr = schedule::lr_at(step, plan.total_steps, cfg.lr, cfg.warmup, cfg.end_lr);
+        let idx = data_indices(plan.rows.train.len(), cfg.seed, step * per_step, per_step);
+        let mut grad = vec![0f32; n * d];
+        let mut loss_sum = 0.0;
+        for micro in idx.chunks(cfg.batch_size) {
+            let rows: Vec<&[u32]> = micro
+                .iter()
+                .map(|&i| plan.rows.train[i].as_slice())
+                .collect();
+            let ids = ids_tensor::<B>(&rows, device);
+            let p = prompt_tensor::<B>(&prompt, n, d, device).require_grad();
+            let loss = model.loss_with_prompt(p.clone(), ids);
+            let grads = loss.backward();
+            loss_sum += scalar(loss.detach())?;
+            let g = p
+                .grad(&grads)
+                .ok_or_else(|| anyhow!("the soft prompt received no gradient"))?
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .map_err(|e| anyhow!("reading the gradient back failed: {e:?}"))?;
+            for (a, b) in grad.iter_mut().zip(g) {
+                *a += b;
+            }
+        }
+        let k = cfg.grad_accumulation as f32;
+        for x in grad.iter_mut() {
+            *x /= k;
+        }
+        let norm = clip_grad_norm(&mut grad, cfg.max_grad_norm);
+        opt.step(&mut prompt, &grad, lr);
+        step += 1;
+        let secs = step_start.elapsed().as_secs_f64();
+        sink.emit(&Event::Step {
+            step,
+            total_steps: plan.total_steps,
+            loss: loss_sum / cfg.grad_accumulation as f64,
+            grad_norm: norm,
+            lr,
+            tokens_per_s: (per_step * plan.rows.len) as f64 / secs.max(1e-9),
+            elapsed_s: t0.elapsed().as_secs_f64(),
+        });
+        let last = step == plan.total_steps;
+        if step % cfg.save_every == 0 && !last {
+            if let Some(loss) = held_out_loss(plan, model, Some(&prompt), device)? {
+                sink.emit(&Event::Eval {
+                    step,
+                    label: "step".into(),
+                    loss,
+                });
+            }
+            exports = save(plan, step, &prompt, &initial, &opt, sink)?;
+        }
+    }
+    let stopped = step < plan.total_steps;
+    let eval_final = held_out_loss(plan, model, Some(&prompt), device)?;
+    if let Some(loss) = eval_final {
+        sink.emit(&Event::Eval {
+            step,
+            label: "final".into(),
+            loss,
+        });
+    }
+    if step > start_step || exports.is_empty() {
+        exports = save(plan, step, &prompt, &initial, &opt, sink)?;
+    }
+    sink.emit(&Event::Finished {
+        step,
+        stopped,
+        eval_no_prompt,
+        eval_initial,
+        eval_final,
+        exports: exports.iter().map(|p| p.display().to_string()).collect(),
+    });
+    Ok(Outcome {
+        step,
+        stopped,
+        prompt: SoftPrompt::new(n, d, prompt)?,
+        eval_no_prompt,
+        eval_initial,
+        eval_final,
+        exports,
+    })
+}
+
+/// Checkpoint + both exports.
+fn save(
+    plan: &Plan,
+    step: usize,
+    prompt: &[f32],
+    initial: &[f32],
+    opt: &Optimizer,
+    sink: &mut dyn EventSink,
+) -> Result<Vec<PathBuf>> {
+    let (n, d) = (plan.soft_tokens, plan.model_cfg.d_embed);
+    let ck = Checkpoint {
+        step,
+        total_steps: plan.total_steps,
+        seed: plan.cfg.seed,
+        fingerprint: plan.fingerprint.clone(),
+        rows: n,
+        dim: d,
+        prompt: prompt.to_vec(),
+        initial: initial.to_vec(),
+        optimizer: opt.clone(),
+    };
+    ck.save(&plan.checkpoint_path())?;
+    let sp = SoftPrompt::new(n, d, prompt.to_vec())?;
+    let cfg = &plan.cfg;
+    let zip = plan.kobold_path();
+    write_kobold_zip(
+        &zip,
+        &sp,
+        &KoboldMeta {
+            name: cfg.name.clone(),
+            author: cfg.author.clone(),
+            supported: cfg.supported.clone(),
+            description: cfg.description.clone(),
+        },
+        cfg.float16,
+    )?;
+    let peft = plan.peft_dir();
+    let init_text = match cfg.init {
+        InitKind::Text => cfg.starter.clone(),
+        _ => None,
+    };
+    write_peft_adapter(
+        &peft,
+        &sp,
+        &PeftMeta {
+            base_model_name_or_path: plan.files.id.clone(),
+            num_attention_heads: plan.model_cfg.n_heads,
+            num_layers: plan.model_cfg.n_layers,
+            prompt_tuning_init: cfg.init.peft_name().to_string(),
+            prompt_tuning_init_text: init_text,
+            tokenizer_name_or_path: Some(plan.files.id.clone()),
+        },
+    )?;
+    let exports = vec![zip, peft];
+    sink.emit(&Event::Checkpoint {
+        step,
+        checkpoint: plan.checkpoint_path().display().to_string(),
+        exports: exports.iter().map(|p| p.display().to_string()).collect(),
+    });
+    Ok(exports)
+}
