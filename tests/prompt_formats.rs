@@ -914,3 +914,34 @@ fn lzma_compressed_members_are_read() {
     assert_eq!((p.rows, p.dim), (2, 3));
     assert_eq!(p.data, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
 }
+
+#[test]
+fn damaged_files_give_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let zip_path = d.join("ok.zip");
+    write_kobold_zip(&zip_path, &sample(3, 4), &meta(), false).unwrap();
+    let zip_bytes = std::fs::read(&zip_path).unwrap();
+    let adapter = d.join("adapter");
+    write_peft_adapter(&adapter, &sample(3, 4), &peft_meta()).unwrap();
+    let st_bytes = std::fs::read(adapter.join("adapter_model.safetensors")).unwrap();
+
+    for (name, good) in [("z.zip", &zip_bytes), ("w.safetensors", &st_bytes)] {
+        let target = d.join(name);
+        // every truncation
+        for cut in 0..good.len() {
+            std::fs::write(&target, &good[..cut]).unwrap();
+            assert!(prompt::load(&target).is_err(), "{name} cut at {cut}");
+        }
+        // single-byte corruptions: either an error or a valid prompt, never a panic
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0xA5;
+            std::fs::write(&target, &bad).unwrap();
+            if let Ok((p, _)) = prompt::load(&target) {
+                assert_eq!(p.data.len(), p.rows * p.dim);
+                assert!(p.data.iter().all(|v| v.is_finite()));
+            }
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The `softtune` binary end to end: `inspect` and `eval` on fixture models, and the
+//! one-line errors for bad models.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn softtune(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_softtune"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("run softtune");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A writable copy of a fixture model folder.
+fn copy_model(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::write(
+            dir.path().join(f),
+            std::fs::read(fixtures().join(name).join(f)).unwrap(),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+fn assert_one_line_error(code: i32, stderr: &str, needles: &[&str]) {
+    assert_ne!(code, 0, "expected failure, stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected a one-line reason, got:\n{stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "`{n}` missing from: {stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn inspect_reports_the_model() {
+    let (code, out, err) = softtune(&["inspect", fixtures().join("opt_proj").to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("architecture    opt"), "{out}");
+    assert!(out.contains("parameters      128896"), "{out}");
+    assert!(out.contains("embedding width 32"), "{out}");
+    assert!(out.contains("hidden size     64"), "{out}");
+    assert!(out.contains("vocabulary      512 tokens"), "{out}");
+    assert!(out.contains("context length  128"), "{out}");
+    assert!(out.contains("stored dtype    float32"), "{out}");
+
+    let (code, out, _) = softtune(&["inspect", fixtures().join("llama").to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("2 key/value heads"), "{out}");
+    assert!(out.contains("parameters      139584"), "{out}");
+}
+
+#[test]
+fn inspect_folder_without_config() {
+    let dir = copy_model("gpt2");
+    std::fs::remove_file(dir.path().join("config.json")).unwrap();
+    let (code, _, err) = softtune(&["inspect", dir.path().to_str().unwrap()]);
+    assert_one_line_error(code, &err, &["config.json"]);
+}
+
+#[test]
+fn inspect_unsupported_model_type() {
+    let dir = copy_model("gpt2");
+    let p = dir.path().join("config.json");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("\"gpt2\"", "\"bert\"");
+    std::fs::write(&p, text).unwrap();
+    let (code, _, err) = softtune(&["inspect", dir.path().to_str().unwrap()]);
+    assert_one_line_error(code, &err, &["bert", "not supported", "llama", "gpt_neox"]);
+}
+
+#[test]
+fn inspect_missing_weights() {
+    let dir = copy_model("gpt2");
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    let (code, _, err) = softtune(&["inspect", dir.path().to_str().unwrap()]);
+    assert_one_line_error(code, &err, &["safetensors"]);
+}
+
+#[test]
+fn inspect_truncated_weights() {
+    let dir = copy_model("gpt2");
+    let p = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() - 1000]).unwrap();
+    let (code, _, err) = softtune(&["inspect", dir.path().to_str().unwrap()]);
+    assert_one_line_error(code, &err, &["model.safetensors", "truncated or corrupt"]);
+}
+
+#[test]
+fn inspect_corrupt_header() {
+    let dir = copy_model("gpt2");
+    let p = dir.path().join("model.safetensors");
+    let mut bytes = std::fs::read(&p).unwrap();
+    for b in &mut bytes[8..40] {
+        *b = b'#';
+    }
+    std::fs::write(&p, &bytes).unwrap();
+    let (code, _, err) = softtune(&["inspect", dir.path().to_str().unwrap()]);
+    assert_one_line_error(code, &err, &["model.safetensors", "truncated or corrupt"]);
+}
+
+#[test]
+fn inspect_tokenizer_larger_than_embedding() {
+    let dir = copy_model("gpt2");
+    let p = dir.path().join("config.json");
+    let text = std::fs::read_to_string(&p).unwrap();
+    // config.json disagreeing with the stored embedding is caught first…
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["vocab_size"] = 400.into();
+    std::fs::write(&p, v.to_string()).unwrap();
+    let (code, _, err) = softtune(&["inspect", dir.path().to_str().unwrap()]);
+    assert_one_line_error(code, &err, &["[512, 64]", "400"]);
+
+    // …and a tokenizer with ids past the embedding's rows is refused.
+    let dir = copy_model("gpt2");
+    let tp = dir.path().join("tokenizer.json");
+    let mut t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tp).unwrap()).unwrap();
+    t["added_tokens"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "id": 700, "content": "<|extra|>", "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true
+        }));
+    std::fs::write(&tp, t.to_string()).unwrap();
+    let (code, _, err) = softtune(&["inspect", dir.path().to_str().unwrap()]);
+    assert_one_line_error(
+        code,
+        &err,
+        &["tokenizer.json", "ids up to 512", "only 512 rows"],
+    );
+}
+
+#[test]
+fn inspect_offline_not_cached() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_softtune"))
+        .args(["inspect", "some-org/not-cached-model", "--offline"])
+        .env("HF_HUB_CACHE", cache.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_one_line_error(
+        out.status.code().unwrap(),
+        &err,
+        &["not-cached-model", "offline"],
+    );
+}
+
+#[test]
+fn eval_without_and_with_prompt() {
+    let text = fixtures().join("tokenizer_corpus.txt");
+    let model = fixtures().join("llama");
+    let (code, out, err) = softtune(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+        "--block-size",
+        "64",
+        "--max-blocks",
+        "6",
+        "--batch",
+        "3",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("6 blocks × 64 tokens"), "{out}");
+    assert!(out.contains("without prompt: loss"), "{out}");
+    assert!(out.contains("tokens/s"), "{out}");
+
+    // A prompt of the wrong width names both widths.
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("p.zip");
+    let p = softtune::prompt::SoftPrompt::new(4, 32, vec![0.1; 128]).unwrap();
+    softtune::export::write_kobold_zip(
+        &zip,
+        &p,
+        &softtune::export::KoboldMeta {
+            name: "t".into(),
+            ..Default::default()
+        },
+        false,
+    )
+    .unwrap();
+    let (code, _, err) = softtune(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+        "--prompt",
+        zip.to_str().unwrap(),
+    ]);
+    assert_one_line_error(code, &err, &["32", "64"]);
+
+    // The right width gives a second line with the prompted loss.
+    let p = softtune::prompt::SoftPrompt::new(4, 64, vec![0.05; 256]).unwrap();
+    softtune::export::write_kobold_zip(&zip, &p, &Default::default(), false).unwrap();
+    let (code, out, err) = softtune(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+        "--prompt",
+        zip.to_str().unwrap(),
+        "--block-size",
+        "64",
+        "--max-blocks",
+        "2",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("with prompt (4 soft tokens): loss"), "{out}");
+}
+
+#[test]
+fn eval_block_too_long_for_context() {
+    let (code, _, err) = softtune(&[
+        "eval",
+        "--model",
+        fixtures().join("gpt2").to_str().unwrap(),
+        "--text",
+        fixtures().join("tokenizer_corpus.txt").to_str().unwrap(),
+        "--block-size",
+        "500",
+    ]);
+    assert_one_line_error(code, &err, &["500", "context length 128"]);
+}
+
+#[test]
+fn eval_cuda_without_gpu_is_a_clear_error() {
+    if softtune::device::probe_cuda(0).is_ok() {
+        return; // a GPU machine: covered by scripts/cuda-parity.sh
+    }
+    let (code, _, err) = softtune(&[
+        "eval",
+        "--model",
+        fixtures().join("gpt2").to_str().unwrap(),
+        "--text",
+        fixtures().join("tokenizer_corpus.txt").to_str().unwrap(),
+        "--device",
+        "cuda:0",
+    ]);
+    assert_one_line_error(code, &err, &["cuda:0", "--device cpu"]);
+}
