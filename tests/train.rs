@@ -391,3 +391,26 @@ fn continue_from_a_kobold_zip_starts_from_it() {
     assert_eq!((out.prompt.rows, out.prompt.dim), (5, 64));
     assert_ne!(out.prompt.data, p.data, "training moved the prompt");
 }
+
+#[test]
+fn the_demo_configuration_and_dataset_work() {
+    // examples/demo.toml as shipped, with the Hub model swapped for a fixture of the same
+    // family (no network in tests) and sequences that fit its 128-token context.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo.toml");
+    let mut cfg = RunConfig::from_file(&path).unwrap();
+    assert_eq!(cfg.model.id.as_deref(), Some("HuggingFaceTB/SmolLM-135M"));
+    let dir = tempfile::tempdir().unwrap();
+    cfg.model.id = Some(fixtures().join("llama").display().to_string());
+    cfg.training.tokens_per_sequence = Some(100);
+    cfg.output.folder = Some(dir.path().join("out"));
+    cfg.device.device = Some("cpu".into());
+    let plan = plan_steps(&mut cfg, &dir.path().join("run"), 2);
+    assert!(
+        plan.rows.train.len() > 1000,
+        "the demo text makes {} rows",
+        plan.rows.train.len()
+    );
+    let (out, _) = run(&plan, None);
+    assert_eq!(out.step, 2);
+    assert!(dir.path().join("out/kjv-demo.zip").is_file());
+}

@@ -78,18 +78,15 @@ pub struct ValidConfig {
 
 /// Keeps letters, digits, `-`, `_` and `.`; everything else becomes `_`.
 pub fn sanitize_stem(s: &str) -> String {
-    let out: String = s
-        .trim()
-        .chars()
-        .map(|c| {
-            if c.is_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let out = out.trim_matches('.').to_string();
+    let mut out = String::new();
+    for c in s.trim().chars() {
+        if c.is_alphanumeric() || matches!(c, '-' | '_' | '.') {
+            out.push(c);
+        } else if !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    let out = out.trim_matches(|c| c == '.' || c == '_').to_string();
     if out.is_empty() {
         "softprompt".to_string()
     } else {
