@@ -7,6 +7,7 @@
 //! `eval` (held-out loss and perplexity), `inspect` (model summary), `prompt` (reading soft
 //! prompts from the formats front-ends use).
 
+pub mod bench;
 pub mod config;
 pub mod data;
 pub mod device;

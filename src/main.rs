@@ -98,6 +98,33 @@ enum Command {
     },
     /// List saved profiles.
     Profiles,
+    /// Time full training steps of a real model's shape with random weights (no download).
+    Bench {
+        /// Shapes, comma-separated, or "all": smollm-135m, tinyllama-1.1b, pythia-1.4b, gpt2-xl, gptj-6b, opt-6.7b.
+        #[arg(long, default_value = "smollm-135m")]
+        shape: String,
+        /// Sequences per step.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// Text tokens per sequence.
+        #[arg(long, default_value_t = 256)]
+        seq: usize,
+        /// Soft tokens.
+        #[arg(long, default_value_t = 20)]
+        soft: usize,
+        /// Timed steps.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// Untimed steps first (kernel compilation, autotuning, caches).
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// cpu or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+        /// auto (f32 on CPU, bf16 on GPU), f32, bf16, f16.
+        #[arg(long, default_value = "auto", value_parser = Precision::parse)]
+        precision: Precision,
+    },
     /// Check the model code against the PyTorch reference fixtures on a device (e.g. a GPU).
     Parity {
         /// Folder of fixture models (each with reference.safetensors).
@@ -152,6 +179,16 @@ fn main() -> ExitCode {
             run_dir,
         } => return run_train(config, profile, run_dir),
         Command::Profiles => list_profiles(),
+        Command::Bench {
+            shape,
+            batch,
+            seq,
+            soft,
+            steps,
+            warmup,
+            device,
+            precision,
+        } => run_bench(&shape, batch, seq, soft, steps, warmup, device, precision),
         Command::Parity {
             fixtures,
             device,
@@ -254,4 +291,38 @@ fn run_train(
             ExitCode::FAILURE
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_bench(
+    shapes: &str,
+    batch: usize,
+    seq: usize,
+    soft: usize,
+    steps: usize,
+    warmup: usize,
+    device: DeviceSpec,
+    precision: Precision,
+) -> anyhow::Result<()> {
+    use softtune::bench::{BenchArgs, BenchResult, PRESETS};
+    let shapes: Vec<String> = if shapes == "all" {
+        PRESETS.iter().map(|s| s.to_string()).collect()
+    } else {
+        shapes.split(',').map(|s| s.trim().to_string()).collect()
+    };
+    println!("{}", BenchResult::header());
+    for shape in shapes {
+        let r = softtune::bench::run(&BenchArgs {
+            shape,
+            batch,
+            seq,
+            soft,
+            steps,
+            warmup,
+            device,
+            precision,
+        })?;
+        println!("{}", r.row());
+    }
+    Ok(())
 }

@@ -16,7 +16,7 @@ use super::gpt_neox::GptNeoX;
 use super::gpt2::Gpt2;
 use super::gptj::GptJ;
 use super::llama::Llama;
-use super::ops::{self, Linear, Loader};
+use super::ops::{self, Linear, Loader, Source};
 use super::opt::Opt;
 use super::weights::Weights;
 
@@ -94,17 +94,39 @@ pub struct CausalLm<B: Backend> {
 }
 
 impl<B: Backend> CausalLm<B> {
+    /// Loads a checkpoint.
     pub fn load(
         config: &ModelConfig,
         weights: &Weights,
         device: &B::Device,
         opts: LoadOptions,
     ) -> Result<Self> {
-        let ld = Loader::<B> {
-            weights,
-            device: device.clone(),
-            dtype: opts.dtype,
-        };
+        Self::build(config, Source::Checkpoint(weights), device, opts).map(|(m, _)| m)
+    }
+
+    /// Random weights of the configured shapes (benchmarks); returns the parameter count too.
+    pub fn random(
+        config: &ModelConfig,
+        device: &B::Device,
+        opts: LoadOptions,
+    ) -> Result<(Self, usize)> {
+        Self::build(
+            config,
+            Source::Random {
+                tied: config.tie_word_embeddings,
+            },
+            device,
+            opts,
+        )
+    }
+
+    fn build(
+        config: &ModelConfig,
+        source: Source<'_>,
+        device: &B::Device,
+        opts: LoadOptions,
+    ) -> Result<(Self, usize)> {
+        let ld = Loader::<B>::new(source, device, opts.dtype);
         let (v, d) = (config.vocab_size, config.d_embed);
         let body = match config.arch {
             Arch::Gpt2 => Body::Gpt2(Gpt2::load(config, &ld)?),
@@ -122,7 +144,11 @@ impl<B: Backend> CausalLm<B> {
         };
         let head = if ld.has(head_name) {
             let prefix = head_name.trim_end_matches(".weight");
-            let bias = ld.has(&format!("{prefix}.bias"));
+            let bias = match source {
+                Source::Checkpoint(_) => ld.has(&format!("{prefix}.bias")),
+                // Of the supported families only GPT-J's head has a bias.
+                Source::Random { .. } => config.arch == Arch::GptJ,
+            };
             ld.linear(prefix, d, v, bias)?
         } else if config.tie_word_embeddings {
             // Tied head (weights saved once, as the embedding).
@@ -135,13 +161,14 @@ impl<B: Backend> CausalLm<B> {
                 "the checkpoint has no `{head_name}` and config.json does not tie it to the embedding"
             );
         };
-        Ok(Self {
+        let model = Self {
             config: config.clone(),
             dtype: opts.dtype,
             embed,
             head,
             body,
-        })
+        };
+        Ok((model, ld.loaded.get()))
     }
 
     pub fn device(&self) -> B::Device {

@@ -7,34 +7,96 @@
 //! Numerics follow transformers: norms and attention softmax are computed in float32 even
 //! when the frozen weights run in bf16/f16, then cast back to the compute dtype.
 
+use std::cell::Cell;
+
 use anyhow::{Result, anyhow};
-use burn::tensor::{Bool, DType, Int, Tensor, TensorData, activation, backend::Backend};
+use burn::tensor::{
+    Bool, DType, Distribution, Int, Tensor, TensorData, activation, backend::Backend,
+};
 
 use super::config::{Activation, RopeScaling, Rotary, RotaryStyle};
 use super::weights::Weights;
 
-/// Builds ops from a checkpoint on one device in one compute dtype.
+/// Where weights come from.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// A safetensors checkpoint.
+    Checkpoint(&'a Weights),
+    /// Random weights of the right shapes, made on the device (benchmarks: no download).
+    /// `tied`: the LM head shares the embedding.
+    Random { tied: bool },
+}
+
+/// Builds ops from a weight source on one device in one compute dtype.
 pub struct Loader<'a, B: Backend> {
-    pub weights: &'a Weights,
+    pub source: Source<'a>,
     pub device: B::Device,
     /// Dtype of the frozen weights and activations (bf16/f16 on GPU, f32 on CPU).
     pub dtype: DType,
+    /// Elements loaded so far (the model's parameter count once built).
+    pub loaded: Cell<usize>,
 }
 
 /// Prefixes some checkpoints omit (`openai-community/gpt2` stores `h.0…`, not `transformer.h.0…`).
 pub const OPTIONAL_PREFIXES: &[&str] = &["transformer.", "model.", "gpt_neox."];
 
-impl<B: Backend> Loader<'_, B> {
+impl<'a, B: Backend> Loader<'a, B> {
+    pub fn new(source: Source<'a>, device: &B::Device, dtype: DType) -> Self {
+        Self {
+            source,
+            device: device.clone(),
+            dtype,
+            loaded: Cell::new(0),
+        }
+    }
+
     /// The stored name for `name`, allowing for an omitted class prefix.
     pub fn resolve(&self, name: &str) -> Option<String> {
-        if self.weights.contains(name) {
+        let weights = match self.source {
+            Source::Checkpoint(w) => w,
+            Source::Random { tied } => {
+                let head = name.starts_with("lm_head.") || name.starts_with("embed_out.");
+                return (!(tied && head)).then(|| name.to_string());
+            }
+        };
+        if weights.contains(name) {
             return Some(name.to_string());
         }
         OPTIONAL_PREFIXES
             .iter()
             .filter_map(|p| name.strip_prefix(p))
-            .find(|s| self.weights.contains(s))
+            .find(|s| weights.contains(s))
             .map(str::to_string)
+    }
+
+    fn load<const D: usize>(
+        &self,
+        name: &str,
+        shape: [usize; D],
+        dtype: DType,
+    ) -> Result<Tensor<B, D>> {
+        let stored = self.name(name)?;
+        self.loaded
+            .set(self.loaded.get() + shape.iter().product::<usize>());
+        match self.source {
+            Source::Checkpoint(w) => w.tensor(&stored, shape, &self.device, dtype),
+            Source::Random { .. } => {
+                // Norm weights near 1, everything else small: finite activations at any depth.
+                let is_norm_weight = D == 1
+                    && stored.ends_with(".weight")
+                    && (stored.contains("norm") || stored.contains("ln"));
+                let t: Tensor<B, D> = if is_norm_weight {
+                    Tensor::ones(shape, (&self.device, DType::F32))
+                } else {
+                    Tensor::random(
+                        shape,
+                        Distribution::Normal(0.0, 0.02),
+                        (&self.device, DType::F32),
+                    )
+                };
+                Ok(t.cast(dtype))
+            }
+        }
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -49,8 +111,7 @@ impl<B: Backend> Loader<'_, B> {
 
     /// A tensor in the compute dtype.
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
-        self.weights
-            .tensor(&self.name(name)?, shape, &self.device, self.dtype)
+        self.load(name, shape, self.dtype)
     }
 
     /// A tensor kept in float32 (norm parameters).
@@ -59,8 +120,7 @@ impl<B: Backend> Loader<'_, B> {
         name: &str,
         shape: [usize; D],
     ) -> Result<Tensor<B, D>> {
-        self.weights
-            .tensor(&self.name(name)?, shape, &self.device, DType::F32)
+        self.load(name, shape, DType::F32)
     }
 
     /// `nn.Linear`: weight stored `[out, in]`, optional bias `[out]`.

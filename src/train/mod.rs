@@ -284,6 +284,30 @@ fn scalar<B: Backend>(t: Tensor<B, 1>) -> Result<f64> {
     Ok(x)
 }
 
+/// One forward + backward: the prompted loss of `ids` and its gradient for the prompt
+/// (`[n, d]`, row-major, float32, on the host).
+pub fn micro_step<B: AutodiffBackend>(
+    model: &CausalLm<B>,
+    prompt: &[f32],
+    n: usize,
+    d: usize,
+    ids: Tensor<B, 2, burn::tensor::Int>,
+) -> Result<(f64, Vec<f32>)> {
+    let device = model.device();
+    let p = prompt_tensor::<B>(prompt, n, d, &device).require_grad();
+    let loss = model.loss_with_prompt(p.clone(), ids);
+    let grads = loss.backward();
+    let loss = scalar(loss.detach())?;
+    let g = p
+        .grad(&grads)
+        .ok_or_else(|| anyhow!("the soft prompt received no gradient"))?
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| anyhow!("reading the gradient back failed: {e:?}"))?;
+    Ok((loss, g))
+}
+
 /// Indices of the training rows for global sequence numbers `from..from+n`: each epoch is a
 /// seeded shuffle of all training rows.
 pub fn data_indices(n_train: usize, seed: u64, from: usize, n: usize) -> Vec<usize> {
@@ -376,18 +400,8 @@ fn train_loop<B: AutodiffBackend>(
                 .iter()
                 .map(|&i| plan.rows.train[i].as_slice())
                 .collect();
-            let ids = ids_tensor::<B>(&rows, device);
-            let p = prompt_tensor::<B>(&prompt, n, d, device).require_grad();
-            let loss = model.loss_with_prompt(p.clone(), ids);
-            let grads = loss.backward();
-            loss_sum += scalar(loss.detach())?;
-            let g = p
-                .grad(&grads)
-                .ok_or_else(|| anyhow!("the soft prompt received no gradient"))?
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .map_err(|e| anyhow!("reading the gradient back failed: {e:?}"))?;
+            let (loss, g) = micro_step(model, &prompt, n, d, ids_tensor::<B>(&rows, device))?;
+            loss_sum += loss;
             for (a, b) in grad.iter_mut().zip(g) {
                 *a += b;
             }

@@ -1,0 +1,259 @@
+//! `softtune bench`: full training steps (forward, backward to the soft prompt, optimizer) of
+//! a real model's shape with random weights (no download), on the CPU or a GPU.
+//!
+//! Reports text tokens/s, ms/step, peak memory (process peak RSS on the CPU, device memory
+//! in use from NVML on a GPU) and MFU = 4 · parameters · tokens/s / the card's dense bf16
+//! peak (forward 2 FLOP per parameter and token, input gradients 2 more; no weight gradients).
+
+use std::time::Instant;
+
+use anyhow::{Result, anyhow, bail};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Int, Tensor, TensorData};
+use serde_json::json;
+
+use crate::config::OptimizerKind;
+use crate::device::DeviceSpec;
+use crate::model::lm::Precision;
+use crate::model::weights::dtype_name;
+use crate::model::{CausalLm, LoadOptions, ModelConfig};
+use crate::rng::SplitMix64;
+use crate::train::micro_step;
+use crate::train::optimizer::Optimizer;
+
+/// Shapes of real checkpoints (config.json values), by preset name.
+pub fn preset(name: &str) -> Result<serde_json::Value> {
+    Ok(match name {
+        "smollm-135m" => json!({
+            "model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
+            "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+            "num_key_value_heads": 3, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0, "tie_word_embeddings": true, "eos_token_id": 0
+        }),
+        "tinyllama-1.1b" => json!({
+            "model_type": "llama", "vocab_size": 32000, "hidden_size": 2048,
+            "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
+            "num_key_value_heads": 4, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0, "tie_word_embeddings": false, "eos_token_id": 2
+        }),
+        "gptj-6b" => json!({
+            "model_type": "gptj", "vocab_size": 50400, "n_embd": 4096, "n_layer": 28,
+            "n_head": 16, "rotary_dim": 64, "n_positions": 2048, "activation_function": "gelu_new",
+            "tie_word_embeddings": false, "eos_token_id": 50256
+        }),
+        "opt-6.7b" => json!({
+            "model_type": "opt", "vocab_size": 50272, "hidden_size": 4096, "num_hidden_layers": 32,
+            "num_attention_heads": 32, "ffn_dim": 16384, "max_position_embeddings": 2048,
+            "word_embed_proj_dim": 4096, "do_layer_norm_before": true, "activation_function": "relu",
+            "eos_token_id": 2
+        }),
+        "pythia-1.4b" => json!({
+            "model_type": "gpt_neox", "vocab_size": 50304, "hidden_size": 2048,
+            "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 8192,
+            "rotary_pct": 0.25, "rotary_emb_base": 10000, "max_position_embeddings": 2048,
+            "use_parallel_residual": true, "hidden_act": "gelu", "eos_token_id": 0
+        }),
+        "gpt2-xl" => json!({
+            "model_type": "gpt2", "vocab_size": 50257, "n_embd": 1600, "n_layer": 48, "n_head": 25,
+            "n_positions": 1024, "activation_function": "gelu_new", "eos_token_id": 50256
+        }),
+        other => bail!(
+            "unknown benchmark shape \"{other}\"; choose from {}",
+            PRESETS.join(", ")
+        ),
+    })
+}
+
+pub const PRESETS: &[&str] = &[
+    "smollm-135m",
+    "tinyllama-1.1b",
+    "pythia-1.4b",
+    "gpt2-xl",
+    "gptj-6b",
+    "opt-6.7b",
+];
+
+pub struct BenchArgs {
+    pub shape: String,
+    pub batch: usize,
+    pub seq: usize,
+    pub soft: usize,
+    pub steps: usize,
+    pub warmup: usize,
+    pub device: DeviceSpec,
+    pub precision: Precision,
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchResult {
+    pub shape: String,
+    pub device: String,
+    pub dtype: String,
+    pub params: usize,
+    pub batch: usize,
+    pub seq: usize,
+    pub soft: usize,
+    pub ms_per_step: f64,
+    pub tokens_per_s: f64,
+    pub peak_bytes: Option<u64>,
+    pub mfu: Option<f64>,
+}
+
+impl BenchResult {
+    pub fn header() -> String {
+        format!(
+            "{:<15} {:<8} {:<9} {:>8} {:>10} {:>5} {:>11} {:>10} {:>11} {:>6}",
+            "shape",
+            "device",
+            "dtype",
+            "params",
+            "batch×seq",
+            "soft",
+            "tokens/s",
+            "ms/step",
+            "peak mem",
+            "MFU"
+        )
+    }
+
+    pub fn row(&self) -> String {
+        format!(
+            "{:<15} {:<8} {:<9} {:>8} {:>10} {:>5} {:>11.1} {:>10.1} {:>11} {:>6}",
+            self.shape,
+            self.device,
+            self.dtype,
+            crate::inspect::human_count(self.params),
+            format!("{}×{}", self.batch, self.seq),
+            self.soft,
+            self.tokens_per_s,
+            self.ms_per_step,
+            self.peak_bytes
+                .map_or("n/a".into(), |b| crate::inspect::human_bytes(b as usize)),
+            self.mfu
+                .map_or("n/a".into(), |m| format!("{:.1}%", m * 100.0)),
+        )
+    }
+}
+
+/// Peak resident memory of this process (Linux), bytes.
+fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Device memory in use on GPU `index` (NVML; device level).
+fn gpu_used(index: usize) -> Option<u64> {
+    let nvml = nvml_wrapper::Nvml::init().ok()?;
+    let dev = nvml.device_by_index(index as u32).ok()?;
+    dev.memory_info().ok().map(|m| m.used)
+}
+
+/// Dense bf16 tensor-core peak of a card, FLOP/s, from its name.
+pub fn bf16_peak(name: &str) -> Option<f64> {
+    let n = name.to_uppercase();
+    let tflops = if n.contains("H100") && n.contains("PCIE") {
+        756.0
+    } else if n.contains("H100") || n.contains("H200") || n.contains("GH200") {
+        989.0
+    } else if n.contains("B200") {
+        2250.0
+    } else if n.contains("A100") {
+        312.0
+    } else if n.contains("L40S") {
+        362.0
+    } else if n.contains("A10") && !n.contains("A100") {
+        125.0
+    } else if n.contains("4090") {
+        165.0
+    } else if n.contains("3090") {
+        71.0
+    } else {
+        return None;
+    };
+    Some(tflops * 1e12)
+}
+
+pub fn run(args: &BenchArgs) -> Result<BenchResult> {
+    if args.batch == 0 || args.seq < 2 || args.soft == 0 || args.steps == 0 {
+        bail!("--batch, --soft and --steps must be at least 1 and --seq at least 2");
+    }
+    let config = ModelConfig::from_json(&preset(&args.shape)?)?;
+    if args.seq + args.soft > config.context_length() {
+        bail!(
+            "--seq {} plus --soft {} exceeds {}'s context of {} tokens",
+            args.seq,
+            args.soft,
+            args.shape,
+            config.context_length()
+        );
+    }
+    let gpu_name = match args.device {
+        DeviceSpec::Cuda(i) => Some(crate::device::probe_cuda(i)?.name),
+        DeviceSpec::Cpu => None,
+    };
+    let dtype = args
+        .precision
+        .resolve(args.device.is_gpu(), Some(burn::tensor::DType::BF16));
+    let (params, ms) = crate::with_backend!(args.device, |B, dev| {
+        run_on::<burn::backend::Autodiff<B>>(&config, args, &dev, dtype)?
+    });
+    let text_tokens = (args.batch * args.seq) as f64;
+    let tokens_per_s = text_tokens / (ms / 1000.0);
+    let (peak_bytes, mfu) = match args.device {
+        DeviceSpec::Cpu => (peak_rss(), None),
+        DeviceSpec::Cuda(i) => (
+            gpu_used(i),
+            gpu_name
+                .as_deref()
+                .and_then(bf16_peak)
+                .map(|peak| 4.0 * params as f64 * tokens_per_s / peak),
+        ),
+    };
+    Ok(BenchResult {
+        shape: args.shape.clone(),
+        device: args.device.to_string(),
+        dtype: dtype_name(dtype).to_string(),
+        params,
+        batch: args.batch,
+        seq: args.seq,
+        soft: args.soft,
+        ms_per_step: ms,
+        tokens_per_s,
+        peak_bytes,
+        mfu,
+    })
+}
+
+/// Builds the model and times `steps` optimizer steps after `warmup` untimed ones; returns
+/// the parameter count and the mean ms per step.
+fn run_on<B: AutodiffBackend>(
+    config: &ModelConfig,
+    args: &BenchArgs,
+    device: &B::Device,
+    dtype: burn::tensor::DType,
+) -> Result<(usize, f64)> {
+    let (model, params) = CausalLm::<B>::random(config, device, LoadOptions { dtype })?;
+    let (n, d) = (args.soft, config.d_embed);
+    let mut rng = SplitMix64::new(42);
+    let mut prompt: Vec<f32> = (0..n * d).map(|_| (rng.normal() * 0.02) as f32).collect();
+    let mut opt = Optimizer::new(OptimizerKind::AdamW, 0.0, n, d);
+    let vocab = config.vocab_size as u64;
+    let mut elapsed = 0.0;
+    for step in 0..args.warmup + args.steps {
+        let ids: Vec<i32> = (0..args.batch * args.seq)
+            .map(|_| rng.below(vocab) as i32)
+            .collect();
+        let ids =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [args.batch, args.seq]), device);
+        let t = Instant::now();
+        let (_, g) = micro_step(&model, &prompt, n, d, ids)
+            .map_err(|e| anyhow!("{}: step {step}: {e:#}", args.shape))?;
+        opt.step(&mut prompt, &g, 1e-3);
+        if step >= args.warmup {
+            elapsed += t.elapsed().as_secs_f64();
+        }
+    }
+    Ok((params, elapsed * 1000.0 / args.steps as f64))
+}
