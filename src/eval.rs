@@ -1,7 +1,7 @@
 //! `softtune eval`: mean next-token loss and perplexity of a text, without and with a soft
 //! prompt: the user's way to judge a prompt.
 //!
-//! The text is tokenized without BOS and cut into consecutive non-overlapping blocks of
+//! The text (or a `.u32` token file, such as a run's `heldout.u32`) is tokenized without BOS and cut into consecutive non-overlapping blocks of
 //! `block_size` tokens. Without a prompt, positions `0..N-1` predict tokens `1..N` (N−1
 //! terms per block). With a prompt of n soft tokens the block follows the prompt and all N
 //! tokens are scored, token 0 from the last soft position: exactly the training loss.
@@ -105,8 +105,11 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport> {
             ctx - n_soft
         );
     }
-    let text = data::read_text(&args.text)?;
-    let tokens = tokenizer.encode(&text)?;
+    let tokens = if args.text.extension().is_some_and(|e| e == "u32") {
+        data::read_token_file(&args.text, config.vocab_size)?
+    } else {
+        tokenizer.encode(&data::read_text(&args.text)?)?
+    };
     let blocks = data::blocks(&tokens, block, args.max_blocks)?;
     if blocks.is_empty() {
         bail!(

@@ -59,7 +59,7 @@ enum Command {
         /// A local model folder or a Hugging Face id.
         #[arg(long)]
         model: String,
-        /// UTF-8 text file to score.
+        /// UTF-8 text file to score, or a .u32 token file (a run's heldout.u32).
         #[arg(long)]
         text: PathBuf,
         /// Soft prompt: a KoboldAI .zip, a PEFT adapter folder, or an npz .mtjsp.
@@ -274,6 +274,15 @@ fn run_train(
             Box::new(PrintSink),
         ]);
         let out = softtune::train::run(&plan, stop, &mut sink)?;
+        if !out.stopped && out.eval_final.is_some() {
+            println!(
+                "check the prompt: softtune eval --model {} --text {} --block-size {} --prompt {}",
+                plan.files.id,
+                plan.heldout_path().display(),
+                plan.rows.len,
+                plan.kobold_path().display()
+            );
+        }
         if out.stopped {
             println!(
                 "stopped at step {}; to resume, set continue_from = \"{}\"",

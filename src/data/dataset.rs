@@ -204,8 +204,7 @@ pub fn load_or_tokenize(
     let ids = tokenize_files(tok, files, eos)?;
     std::fs::create_dir_all(cache_dir)
         .with_context(|| format!("{}: cannot create the run folder", cache_dir.display()))?;
-    let bytes: Vec<u8> = ids.iter().flat_map(|x| x.to_le_bytes()).collect();
-    crate::export::write_atomic(&path, &bytes)?;
+    super::write_token_file(&path, &ids)?;
     Ok((ids, false))
 }
 

@@ -21,6 +21,35 @@ pub fn read_text(path: &Path) -> Result<String> {
     Ok(normalize_newlines(text))
 }
 
+/// Reads little-endian u32 token ids (the token cache and a run's `heldout.u32`), checking
+/// every id against the vocabulary.
+pub fn read_token_file(path: &Path, vocab: usize) -> Result<Vec<u32>> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    if bytes.len() % 4 != 0 {
+        bail!(
+            "{}: not a token file (its size is not a multiple of 4 bytes)",
+            path.display()
+        );
+    }
+    let ids: Vec<u32> = bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+        bail!(
+            "{}: token id {bad} is outside the model's vocabulary of {vocab}; the file was made for another model",
+            path.display()
+        );
+    }
+    Ok(ids)
+}
+
+/// Writes little-endian u32 token ids atomically.
+pub fn write_token_file(path: &Path, ids: &[u32]) -> Result<()> {
+    let bytes: Vec<u8> = ids.iter().flat_map(|x| x.to_le_bytes()).collect();
+    crate::export::write_atomic(path, &bytes)
+}
+
 /// CRLF and lone CR → LF.
 pub fn normalize_newlines(text: String) -> String {
     if !text.contains('\r') {

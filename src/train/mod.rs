@@ -77,6 +77,17 @@ impl Plan {
         self.run_dir.join("checkpoint.safetensors")
     }
 
+    /// The held-out sequences the run evaluates on, as a token file: `softtune eval --text`
+    /// on it with `--block-size` = the sequence length reproduces the reported losses.
+    pub fn heldout_path(&self) -> PathBuf {
+        self.run_dir.join("heldout.u32")
+    }
+
+    /// The held-out rows scored at each evaluation.
+    pub fn eval_rows(&self) -> &[Vec<u32>] {
+        &self.rows.eval[..self.rows.eval.len().min(self.cfg.eval_rows)]
+    }
+
     /// Sequences consumed per optimizer step.
     pub fn per_step(&self) -> usize {
         self.cfg.batch_size * self.cfg.grad_accumulation
@@ -175,6 +186,14 @@ pub fn plan(cfg: &ValidConfig, run_dir: &Path) -> Result<Plan> {
             );
         }
     }
+    let heldout: Vec<u32> = rows
+        .eval
+        .iter()
+        .take(cfg.eval_rows)
+        .flatten()
+        .copied()
+        .collect();
+    crate::data::write_token_file(&run_dir.join("heldout.u32"), &heldout)?;
     Ok(Plan {
         cfg: cfg.clone(),
         files,
@@ -236,13 +255,7 @@ fn held_out_loss<B: AutodiffBackend>(
     prompt: Option<&[f32]>,
     device: &B::Device,
 ) -> Result<Option<f64>> {
-    let rows: Vec<&[u32]> = plan
-        .rows
-        .eval
-        .iter()
-        .take(plan.cfg.eval_rows)
-        .map(Vec::as_slice)
-        .collect();
+    let rows: Vec<&[u32]> = plan.eval_rows().iter().map(Vec::as_slice).collect();
     if rows.is_empty() {
         return Ok(None);
     }
