@@ -259,3 +259,34 @@ fn eval_cuda_without_gpu_is_a_clear_error() {
     ]);
     assert_one_line_error(code, &err, &["cuda:0", "--device cpu"]);
 }
+
+#[test]
+fn parity_command_checks_every_fixture() {
+    let (code, out, err) = softtune(&["parity", "--fixtures", fixtures().to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.ends_with(" ok")).count(),
+        11,
+        "{out}"
+    );
+
+    // A fixture whose reference does not match its model fails the command.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("llama");
+    std::fs::create_dir(&bad).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::write(
+            bad.join(f),
+            std::fs::read(fixtures().join("llama").join(f)).unwrap(),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        bad.join("reference.safetensors"),
+        std::fs::read(fixtures().join("mistral/reference.safetensors")).unwrap(),
+    )
+    .unwrap();
+    let (code, out, _) = softtune(&["parity", "--fixtures", dir.path().to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(out.contains("FAIL"), "{out}");
+}

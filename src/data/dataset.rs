@@ -254,3 +254,44 @@ pub fn make_rows(ids: &[u32], len: usize, eval_fraction: f64, seed: u64) -> Resu
     }
     Ok(Rows { len, train, eval })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn paragraph_cuts_tokenize_like_the_whole_text() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let tok = Tokenizer::from_file(&fixtures.join("gpt2/tokenizer.json")).unwrap();
+        assert!(tok.paragraph_cuts_are_exact());
+        let mut text = std::fs::read_to_string(fixtures.join("tokenizer_corpus.txt")).unwrap();
+        text.push_str("\n\n\n\nTrailing paragraph after four newlines.\n\n  indented\n\nEnd");
+        let pieces = split_paragraphs(&text, 5_000);
+        assert!(
+            pieces.len() > 20,
+            "the corpus is cut into {} pieces",
+            pieces.len()
+        );
+        assert_eq!(pieces.concat(), text);
+        let whole = tok.encode(&text).unwrap();
+        let cut: Vec<u32> = pieces.iter().flat_map(|p| tok.encode(p).unwrap()).collect();
+        assert_eq!(whole, cut);
+    }
+
+    #[test]
+    fn rows_and_split_are_deterministic() {
+        let ids: Vec<u32> = (0..1000).collect();
+        let a = make_rows(&ids, 10, 0.1, 3).unwrap();
+        let b = make_rows(&ids, 10, 0.1, 3).unwrap();
+        assert_eq!((a.train.len(), a.eval.len()), (90, 10));
+        assert_eq!(a.eval, b.eval);
+        let c = make_rows(&ids, 10, 0.1, 4).unwrap();
+        assert_ne!(a.eval, c.eval, "another seed holds out other rows");
+        assert_eq!(
+            make_rows(&ids, 10, 0.0001, 3).unwrap().eval.len(),
+            1,
+            "at least one row"
+        );
+    }
+}
