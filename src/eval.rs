@@ -151,21 +151,52 @@ pub fn ids_tensor<B: Backend>(rows: &[&[u32]], device: &B::Device) -> Tensor<B, 
     Tensor::from_data(TensorData::new(flat, [rows.len(), t]), device)
 }
 
-/// A soft prompt as a float32 tensor on the device.
-pub fn prompt_tensor<B: Backend>(p: &SoftPrompt, device: &B::Device) -> Tensor<B, 2> {
+/// A `[rows, dim]` soft prompt as a float32 tensor on the device.
+pub fn prompt_tensor<B: Backend>(
+    data: &[f32],
+    rows: usize,
+    dim: usize,
+    device: &B::Device,
+) -> Tensor<B, 2> {
     Tensor::from_data(
-        TensorData::new(p.data.clone(), [p.rows, p.dim]),
+        TensorData::new(data.to_vec(), [rows, dim]),
         (device, burn::tensor::DType::F32),
     )
 }
 
-fn scalar<B: Backend>(t: Tensor<B, 1>) -> Result<f64> {
+/// Reads a one-element loss back to the host; a NaN or infinite loss is an error.
+pub fn scalar<B: Backend>(t: Tensor<B, 1>) -> Result<f64> {
     let v = t
         .into_data()
         .convert::<f32>()
         .to_vec::<f32>()
         .map_err(|e| anyhow::anyhow!("could not read the loss back from the device: {e:?}"))?;
-    Ok(v[0] as f64)
+    let x = v[0] as f64;
+    if !x.is_finite() {
+        bail!("the loss is {x}: the computation overflowed (when training, lower training.lr)");
+    }
+    Ok(x)
+}
+
+/// Mean loss over `blocks` (equal-length token rows), `batch` rows per forward pass, with
+/// the prompt prepended when given.
+pub fn mean_loss<B: Backend>(
+    model: &CausalLm<B>,
+    blocks: &[&[u32]],
+    prompt: Option<&Tensor<B, 2>>,
+    batch: usize,
+    device: &B::Device,
+) -> Result<f64> {
+    let mut sum = 0.0;
+    for chunk in blocks.chunks(batch) {
+        let ids = ids_tensor::<B>(chunk, device);
+        let loss = match prompt {
+            Some(p) => model.loss_with_prompt(p.clone(), ids),
+            None => model.loss(ids),
+        };
+        sum += scalar(loss)? * chunk.len() as f64;
+    }
+    Ok(sum / blocks.len() as f64)
 }
 
 /// Mean loss without and (if given) with the prompt, tokens/s and seconds.
@@ -177,25 +208,14 @@ pub fn evaluate<B: Backend>(
     device: &B::Device,
 ) -> Result<(f64, Option<f64>, f64, f64)> {
     let start = Instant::now();
-    let mut tokens = 0usize;
-    let mut sum = 0.0;
-    let mut sum_p = 0.0;
-    let p = prompt.map(|p| prompt_tensor::<B>(p, device));
-    for chunk in blocks.chunks(batch) {
-        let ids = ids_tensor::<B>(chunk, device);
-        sum += scalar(model.loss(ids.clone()))? * chunk.len() as f64;
-        tokens += chunk.len() * chunk[0].len();
-        if let Some(p) = &p {
-            sum_p += scalar(model.loss_with_prompt(p.clone(), ids))? * chunk.len() as f64;
-            tokens += chunk.len() * chunk[0].len();
-        }
-    }
+    let loss = mean_loss(model, blocks, None, batch, device)?;
+    let p = prompt.map(|p| prompt_tensor::<B>(&p.data, p.rows, p.dim, device));
+    let with = match &p {
+        Some(p) => Some(mean_loss(model, blocks, Some(p), batch, device)?),
+        None => None,
+    };
+    let passes = if p.is_some() { 2 } else { 1 };
+    let tokens = passes * blocks.iter().map(|b| b.len()).sum::<usize>();
     let secs = start.elapsed().as_secs_f64();
-    let n = blocks.len() as f64;
-    Ok((
-        sum / n,
-        p.map(|_| sum_p / n),
-        tokens as f64 / secs.max(1e-9),
-        secs,
-    ))
+    Ok((loss, with, tokens as f64 / secs.max(1e-9), secs))
 }

@@ -20,13 +20,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use burn::backend::Autodiff;
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
 use sha2::{Digest, Sha256};
 
 use crate::config::{InitKind, ValidConfig};
 use crate::data::dataset::{self, Rows};
-use crate::eval::ids_tensor;
+use crate::eval::{ids_tensor, mean_loss, prompt_tensor, scalar};
 use crate::export::{KoboldMeta, PeftMeta, write_kobold_zip, write_peft_adapter};
 use crate::model::source::{self, HubOptions, ModelFiles};
 use crate::model::tokenizer::Tokenizer;
@@ -260,41 +260,7 @@ fn held_out_loss<B: AutodiffBackend>(
         return Ok(None);
     }
     let p = prompt.map(|p| prompt_tensor::<B>(p, plan.soft_tokens, plan.model_cfg.d_embed, device));
-    let mut sum = 0.0;
-    for chunk in rows.chunks(plan.cfg.batch_size) {
-        let ids = ids_tensor::<B>(chunk, device);
-        let loss = match &p {
-            Some(p) => model.loss_with_prompt(p.clone(), ids),
-            None => model.loss(ids),
-        };
-        sum += scalar(loss)? * chunk.len() as f64;
-    }
-    Ok(Some(sum / rows.len() as f64))
-}
-
-fn prompt_tensor<B: Backend>(
-    p: &[f32],
-    rows: usize,
-    dim: usize,
-    device: &B::Device,
-) -> Tensor<B, 2> {
-    Tensor::from_data(
-        TensorData::new(p.to_vec(), [rows, dim]),
-        (device, DType::F32),
-    )
-}
-
-fn scalar<B: Backend>(t: Tensor<B, 1>) -> Result<f64> {
-    let v = t
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .map_err(|e| anyhow!("reading the loss back failed: {e:?}"))?;
-    let x = v[0] as f64;
-    if !x.is_finite() {
-        bail!("the loss is {x}: training diverged; lower training.lr");
-    }
-    Ok(x)
+    mean_loss(model, &rows, p.as_ref(), plan.cfg.batch_size, device).map(Some)
 }
 
 /// One forward + backward: the prompted loss of `ids` and its gradient for the prompt
