@@ -21,6 +21,13 @@ use softtune::model::source::HubOptions;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Without a command: open the wizard prefilled from this saved profile.
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
+    /// Without a command: the wizard's colour theme (default, light, high-contrast, mono, or
+    /// one in <config dir>/themes/; NO_COLOR picks mono).
+    #[arg(long, value_name = "NAME")]
+    theme: Option<String>,
 }
 
 /// Where the model comes from (shared by every command that loads one).
@@ -83,7 +90,10 @@ enum Command {
         #[command(flatten)]
         hub: HubArgs,
     },
-    /// Train a soft prompt from a run configuration (TOML) or a saved profile, without a terminal UI.
+    /// Train a soft prompt from a run configuration (TOML) or a saved profile.
+    ///
+    /// By default the run is checked, then handed to a background worker that survives
+    /// logging out or a dropped SSH connection; follow it with `softtune attach`.
     Train {
         /// Run configuration file (TOML).
         #[arg(long, conflicts_with = "profile", required_unless_present = "profile")]
@@ -91,10 +101,32 @@ enum Command {
         /// Name of a saved profile (see `softtune profiles`).
         #[arg(long)]
         profile: Option<String>,
-        /// Run folder for events.jsonl, the token cache and the checkpoint
-        /// (default: <output folder>/<stem>-run).
+        /// Train in this process, printing plain progress lines, instead of detaching.
+        #[arg(long)]
+        foreground: bool,
+        /// Run folder for events.jsonl, the token cache and the checkpoint (default:
+        /// detached, a new folder under the data folder's runs/; with --foreground,
+        /// <output folder>/<stem>-run).
         #[arg(long)]
         run_dir: Option<PathBuf>,
+    },
+    /// List the detached runs, newest first: state, progress, last loss, output files.
+    Runs,
+    /// Print a run's history and follow it while it runs (Ctrl-C detaches; the run goes on).
+    Attach {
+        /// Run id (or a unique prefix, or a run folder); default: the newest run.
+        run: Option<String>,
+    },
+    /// Stop a detached run after its current step, with a checkpoint and both exports.
+    Stop {
+        /// Run id (or a unique prefix, or a run folder); default: the newest running run.
+        run: Option<String>,
+    },
+    /// The detached training worker (started by `softtune train`).
+    #[command(hide = true)]
+    Worker {
+        /// The run folder.
+        run_dir: PathBuf,
     },
     /// List saved profiles.
     Profiles,
@@ -142,11 +174,16 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let Some(command) = cli.command else {
-        eprintln!(
-            "softtune: no command given. Run `softtune --help` for the commands, e.g.\n  softtune inspect MODEL\n  softtune eval --model MODEL --text FILE [--prompt PROMPT.zip]"
-        );
-        return ExitCode::from(2);
+        return wizard(cli.profile, cli.theme);
     };
+    if matches!(command, Command::Runs | Command::Attach { .. }) {
+        // `softtune runs | head`: end quietly when the reader goes away, like other tools.
+        #[cfg(unix)]
+        // SAFETY: restores the default action of SIGPIPE; no other thread runs yet.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match command {
         Command::Inspect { model, hub } => {
             inspect::inspect(&model, &hub.options()).map(|s| s.print())
@@ -176,8 +213,20 @@ fn main() -> ExitCode {
         Command::Train {
             config,
             profile,
+            foreground,
             run_dir,
-        } => return run_train(config, profile, run_dir),
+        } => {
+            if foreground {
+                return run_train(config, profile, run_dir);
+            }
+            launch_train(config, profile, run_dir)
+        }
+        Command::Runs => list_runs(),
+        Command::Attach { run } => return attach(run),
+        Command::Stop { run } => stop_run(run),
+        Command::Worker { run_dir } => {
+            return ExitCode::from(softtune::runs::worker::main(&run_dir));
+        }
         Command::Profiles => list_profiles(),
         Command::Bench {
             shape,
@@ -247,14 +296,7 @@ fn run_train(
     use std::sync::atomic::AtomicBool;
 
     let result = (|| -> anyhow::Result<bool> {
-        let path = match (config, profile) {
-            (Some(c), _) => c,
-            (None, Some(p)) => softtune::config::profile::profile_path(&p)?,
-            (None, None) => anyhow::bail!("give --config FILE or --profile NAME"),
-        };
-        if !path.is_file() {
-            anyhow::bail!("{}: no such configuration file", path.display());
-        }
+        let path = config_path(config, profile)?;
         println!("configuration: {}", path.display());
         let cfg = softtune::config::RunConfig::from_file(&path)?
             .validate()
@@ -274,21 +316,8 @@ fn run_train(
             Box::new(PrintSink),
         ]);
         let out = softtune::train::run(&plan, stop, &mut sink)?;
-        if !out.stopped && out.eval_final.is_some() {
-            println!(
-                "check the prompt: softtune eval --model {} --text {} --block-size {} --prompt {}",
-                plan.files.id,
-                plan.heldout_path().display(),
-                plan.rows.len,
-                plan.kobold_path().display()
-            );
-        }
-        if out.stopped {
-            println!(
-                "stopped at step {}; to resume, set continue_from = \"{}\"",
-                out.step,
-                plan.checkpoint_path().display()
-            );
+        for line in softtune::runs::outcome_hints(&plan, &out) {
+            println!("{line}");
         }
         Ok(!out.stopped)
     })();
@@ -300,6 +329,172 @@ fn run_train(
             ExitCode::FAILURE
         }
     }
+}
+
+/// The configuration file named by --config or --profile.
+fn config_path(config: Option<PathBuf>, profile: Option<String>) -> anyhow::Result<PathBuf> {
+    let path = match (config, profile) {
+        (Some(c), _) => c,
+        (None, Some(p)) => softtune::config::profile::profile_path(&p)?,
+        (None, None) => anyhow::bail!("give --config FILE or --profile NAME"),
+    };
+    if !path.is_file() {
+        anyhow::bail!("{}: no such configuration file", path.display());
+    }
+    Ok(path)
+}
+
+/// `softtune train` without --foreground: check, plan, start the worker, return.
+fn launch_train(
+    config: Option<PathBuf>,
+    profile: Option<String>,
+    run_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let path = config_path(config, profile)?;
+    println!("configuration: {}", path.display());
+    let l = softtune::runs::launch::launch(&path, run_dir.as_deref())?;
+    match l.planned {
+        Some((steps, rows)) => println!(
+            "run {} started in the background (worker pid {}): {steps} steps over {rows} training sequences",
+            l.id, l.pid
+        ),
+        None => println!(
+            "run {} started in the background (worker pid {}); the worker downloads the model first",
+            l.id, l.pid
+        ),
+    }
+    println!("  folder:  {}", l.dir.display());
+    println!("  exports: {}", l.kobold.display());
+    println!("  follow:  softtune attach {}", l.id);
+    println!("  stop:    softtune stop {}", l.id);
+    println!("  list:    softtune runs");
+    println!("It keeps running if you log out or the connection drops.");
+    Ok(())
+}
+
+fn list_runs() -> anyhow::Result<()> {
+    let runs = softtune::runs::list()?;
+    if runs.is_empty() {
+        println!(
+            "no runs in {}; start one with `softtune train --config FILE`",
+            softtune::runs::runs_dir()?.display()
+        );
+    }
+    for r in runs {
+        println!("{}", r.summary_line());
+    }
+    Ok(())
+}
+
+fn stop_run(run: Option<String>) -> anyhow::Result<()> {
+    use softtune::runs::state::Status;
+    let info = match run {
+        Some(r) => softtune::runs::find(Some(&r))?,
+        None => softtune::runs::list()?
+            .into_iter()
+            .find(|r| r.state.state == Status::Running)
+            .ok_or_else(|| anyhow::anyhow!("no run is running; `softtune runs` lists them"))?,
+    };
+    let pid = softtune::runs::request_stop(&info)?;
+    println!(
+        "asked run {} (worker pid {pid}) to stop: it finishes the current step, then writes a checkpoint and both exports",
+        info.id
+    );
+    println!("  watch: softtune attach {}", info.id);
+    Ok(())
+}
+
+/// Prints a run's recorded history, then follows it while it runs. Ctrl-C only detaches.
+fn attach(run: Option<String>) -> ExitCode {
+    use softtune::runs::state::{Status, load_checked};
+    use softtune::train::events::{Event, EventSink, PrintSink};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    let result = (|| -> anyhow::Result<ExitCode> {
+        let info = softtune::runs::find(run.as_deref())?;
+        let id = &info.id;
+        println!(
+            "run {id} ({}), folder {}",
+            info.state.state,
+            info.dir.display()
+        );
+        let mut tail = softtune::runs::tail::EventTail::new(&info.events_path());
+        let mut ended = false;
+        let show = |events: Vec<Event>, ended: &mut bool| {
+            for e in events {
+                // A folder reused with --run-dir holds earlier runs: the last one counts.
+                match e {
+                    Event::Started { .. } => *ended = false,
+                    Event::Finished { .. } | Event::Error { .. } => *ended = true,
+                    _ => {}
+                }
+                PrintSink.emit(&e);
+            }
+        };
+        show(tail.poll()?, &mut ended);
+        let mut state = info.state.clone();
+        if state.state == Status::Running && !ended {
+            let detach = Arc::new(AtomicBool::new(false));
+            signal_hook::flag::register(signal_hook::consts::SIGINT, detach.clone())?;
+            println!("-- following {id}; Ctrl-C stops watching, not the run --");
+            let mut last_check = Instant::now();
+            loop {
+                std::thread::sleep(Duration::from_millis(500));
+                if detach.load(Ordering::SeqCst) {
+                    println!("-- detached; run {id} goes on (softtune attach {id}) --");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                show(tail.poll()?, &mut ended);
+                if ended || last_check.elapsed() >= Duration::from_secs(1) {
+                    last_check = Instant::now();
+                    state = load_checked(&info.dir)?;
+                    if state.state != Status::Running {
+                        show(tail.poll()?, &mut ended);
+                        break;
+                    }
+                }
+            }
+        } else if state.state == Status::Running {
+            // The last event is in; the worker is writing its final state.
+            let until = Instant::now() + Duration::from_secs(5);
+            while state.state == Status::Running && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(200));
+                state = load_checked(&info.dir)?;
+            }
+        }
+        if tail.skipped > 0 {
+            println!(
+                "({} damaged line(s) of {} skipped)",
+                tail.skipped,
+                info.events_path().display()
+            );
+        }
+        match state.state {
+            Status::Failed => {
+                eprintln!(
+                    "error: run {id} failed: {}; see {}",
+                    state.message.as_deref().unwrap_or("no reason recorded"),
+                    info.log_path().display()
+                );
+                Ok(ExitCode::FAILURE)
+            }
+            s => {
+                println!("run {id} {s}");
+                if let (Status::Stopped, Some(ck)) = (s, &state.checkpoint) {
+                    println!(
+                        "to resume: set continue_from = \"{ck}\" in the configuration and train again"
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })();
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::FAILURE
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -334,4 +529,42 @@ fn run_bench(
         println!("{}", r.row());
     }
     Ok(())
+}
+
+/// `softtune` without a command: the wizard on a terminal; Start launches the run the way
+/// `softtune train --config FILE` does, from `<config dir>/last-run.toml`.
+fn wizard(profile: Option<String>, theme: Option<String>) -> ExitCode {
+    if !softtune::tui::on_terminal() {
+        eprintln!(
+            "softtune: the wizard needs a terminal. Without one, train headless:\n  softtune train --config FILE\n  softtune train --profile NAME\nRun `softtune --help` for every command."
+        );
+        return ExitCode::from(2);
+    }
+    let result = (|| -> anyhow::Result<()> {
+        let theme = softtune::tui::Theme::choose(theme.as_deref())?;
+        let (initial, profile) = match profile {
+            Some(name) => {
+                let path = softtune::config::profile::profile_path(&name)?;
+                let cfg = softtune::config::RunConfig::from_file(&path)?;
+                (cfg, Some((name, path)))
+            }
+            None => (softtune::config::RunConfig::default(), None),
+        };
+        let Some(cfg) = softtune::tui::run_wizard(initial, profile, theme)? else {
+            return Ok(());
+        };
+        let path = softtune::config::profile::config_dir()?.join("last-run.toml");
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&path, softtune::tui::app::absolutize(cfg).to_toml()?)?;
+        launch_train(Some(path), None, None)
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

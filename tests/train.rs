@@ -253,7 +253,7 @@ fn the_command_line_trains_headless() {
     let path = dir.path().join("run.toml");
     std::fs::write(&path, toml).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_softtune"))
-        .args(["train", "--config", path.to_str().unwrap()])
+        .args(["train", "--foreground", "--config", path.to_str().unwrap()])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

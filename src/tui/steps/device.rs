@@ -1,0 +1,101 @@
+//! Step 6: where it runs, and in which precision.
+
+use super::{FieldDef, Report};
+use crate::device::DeviceSpec;
+use crate::inspect::human_bytes;
+use crate::tui::app::App;
+
+pub const FIELDS: &[FieldDef] = &[
+    FieldDef {
+        key: "device.device",
+        label: "Device",
+        help: "auto (first GPU, else CPU), cpu or cuda:N; ↑/↓ cycles",
+        choices: &["auto", "cpu", "cuda:0", "cuda:1", "cuda:2", "cuda:3"],
+    },
+    FieldDef {
+        key: "device.precision",
+        label: "Precision",
+        help: "Frozen weights: auto (f32 on CPU, the checkpoint's bf16/f16 on GPU), f32, bf16, f16",
+        choices: &["auto", "f32", "bf16", "f16"],
+    },
+];
+
+/// A GPU as NVML reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuInfo {
+    pub index: usize,
+    pub name: String,
+    pub total: u64,
+    pub free: u64,
+}
+
+/// GPUs from NVML; `None` when NVML (the NVIDIA driver) is not available.
+pub fn probe_gpus() -> Option<Vec<GpuInfo>> {
+    let nvml = nvml_wrapper::Nvml::init().ok()?;
+    let n = nvml.device_count().ok()?;
+    let mut out = Vec::new();
+    for i in 0..n {
+        let Ok(d) = nvml.device_by_index(i) else {
+            continue;
+        };
+        let name = d.name().unwrap_or_else(|_| "unknown GPU".into());
+        let (total, free) = d.memory_info().map_or((0, 0), |m| (m.total, m.free));
+        out.push(GpuInfo {
+            index: i as usize,
+            name,
+            total,
+            free,
+        });
+    }
+    Some(out)
+}
+
+pub fn check(app: &App) -> Report {
+    let mut r = Report::default();
+    let dev = app.value("device.device").trim();
+    let spec = match dev {
+        "" | "auto" => None,
+        d => match d.parse::<DeviceSpec>() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                r.error("device.device", format!("{e:#}"));
+                None
+            }
+        },
+    };
+    match crate::model::lm::Precision::parse(match app.value("device.precision").trim() {
+        "" => "auto",
+        p => p,
+    }) {
+        Ok(_) => {}
+        Err(_) => r.error("device.precision", "use auto, f32, bf16 or f16"),
+    }
+    match app.gpus() {
+        None => r.info("GPUs: unknown (NVML, part of the NVIDIA driver, is not available)"),
+        Some([]) => r.info("GPUs: none found"),
+        Some(gpus) => {
+            for g in gpus {
+                r.info(format!(
+                    "cuda:{}  {}  {} total, {} free",
+                    g.index,
+                    g.name,
+                    human_bytes(g.total as usize),
+                    human_bytes(g.free as usize)
+                ));
+            }
+        }
+    }
+    r.info(format!("cpu     {} cores", app.cpu_cores()));
+    if let (Some(DeviceSpec::Cuda(i)), Some(gpus)) = (spec, app.gpus())
+        && !gpus.iter().any(|g| g.index == i)
+    {
+        r.error(
+            "device.device",
+            format!("cuda:{i}: no such GPU ({} found)", gpus.len()),
+        );
+    }
+    if spec == Some(DeviceSpec::Cpu) {
+        r.info("the CPU trains small models only; expect hours for anything over ~100M parameters");
+    }
+    r
+}

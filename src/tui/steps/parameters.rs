@@ -1,0 +1,154 @@
+//! Step 4: training parameters, with what they add up to.
+
+use super::{FieldDef, Report, parse_f64, parse_usize};
+use crate::inspect::{human_bytes, human_count};
+use crate::tui::app::App;
+
+pub const FIELDS: &[FieldDef] = &[
+    FieldDef {
+        key: "prompt.soft_tokens",
+        label: "Soft tokens",
+        help: "Length of the soft prompt; ↑/↓ picks 20 40 60 80 (default 80)",
+        choices: &["20", "40", "60", "80"],
+    },
+    FieldDef {
+        key: "training.tokens_per_sequence",
+        label: "Tokens per sequence",
+        help: "Text tokens per training sequence (default: context minus soft tokens; lower it to fit memory)",
+        choices: &[],
+    },
+    FieldDef {
+        key: "training.batch_size",
+        label: "Batch size",
+        help: "Sequences per forward pass (default 1; raise it if memory allows)",
+        choices: &[],
+    },
+    FieldDef {
+        key: "training.grad_accumulation",
+        label: "Accumulation",
+        help: "Batches per optimizer step (default 16)",
+        choices: &[],
+    },
+    FieldDef {
+        key: "training.epochs",
+        label: "Epochs",
+        help: "Passes over the data; fractions allowed (default 1)",
+        choices: &[],
+    },
+    FieldDef {
+        key: "training.lr",
+        label: "Learning rate",
+        help: "Peak learning rate (default 3e-5; short runs often use 3e-2 to 3e-1)",
+        choices: &[],
+    },
+    FieldDef {
+        key: "training.optimizer",
+        label: "Optimizer",
+        help: "adamw (default) or adafactor (less memory); ↑/↓ to switch",
+        choices: &["adamw", "adafactor"],
+    },
+];
+
+/// Rough tokens per byte of English text, for estimates before tokenizing.
+const BYTES_PER_TOKEN: f64 = 4.0;
+
+pub fn check(app: &App) -> Report {
+    let mut r = Report::default();
+    let soft = parse_usize(&mut r, app, "prompt.soft_tokens");
+    if let Some(s) = soft
+        && s >= 2048
+    {
+        r.error(
+            "prompt.soft_tokens",
+            "must be below 2048 (KoboldAI refuses more)",
+        );
+    }
+    let len = parse_usize(&mut r, app, "training.tokens_per_sequence");
+    if len == Some(1) {
+        r.error("training.tokens_per_sequence", "must be at least 2");
+    }
+    let batch = parse_usize(&mut r, app, "training.batch_size").unwrap_or(1);
+    let accum = parse_usize(&mut r, app, "training.grad_accumulation").unwrap_or(16);
+    let epochs = parse_f64(&mut r, app, "training.epochs").unwrap_or(1.0);
+    if let Some(lr) = parse_f64(&mut r, app, "training.lr")
+        && lr > 10.0
+    {
+        r.error("training.lr", "must be at most 10");
+    }
+    match app.value("training.optimizer").trim() {
+        "" | "adamw" | "adafactor" => {}
+        o => r.error(
+            "training.optimizer",
+            format!("\"{o}\": use adamw or adafactor"),
+        ),
+    }
+    let soft = soft.unwrap_or(80);
+    let model = app.model_info().and_then(|m| m.as_ref().ok());
+    let Some(m) = model else {
+        r.info("steps, tokens and memory are shown once the model (step 3) is known");
+        return r;
+    };
+    if soft >= m.context {
+        r.error(
+            "prompt.soft_tokens",
+            format!("does not fit the model's context of {} tokens", m.context),
+        );
+        return r;
+    }
+    let len = len.unwrap_or(m.context - soft);
+    if len + soft > m.context {
+        r.error(
+            "training.tokens_per_sequence",
+            format!(
+                "{len} + {soft} soft tokens exceeds the context of {}; use {} or less",
+                m.context,
+                m.context - soft
+            ),
+        );
+        return r;
+    }
+    r.info(format!(
+        "each sequence: {soft} soft + {len} text tokens; {} sequences per optimizer step",
+        batch * accum
+    ));
+    if let Some(Ok(d)) = app.dataset_info() {
+        let tokens = d.bytes as f64 / BYTES_PER_TOKEN;
+        let rows = (tokens / (len + 1) as f64).floor() as usize;
+        let train = rows.saturating_sub((rows as f64 * 0.05).ceil().max(1.0) as usize);
+        let steps = ((epochs * train as f64) as usize / (batch * accum)).max(1);
+        if train < batch * accum {
+            r.warn(format!(
+                "about {train} training sequences: fewer than one optimizer step needs ({})",
+                batch * accum
+            ));
+        }
+        r.info(format!(
+            "about {} optimizer steps, {} tokens seen (estimated at 4 bytes per token)",
+            steps,
+            human_count(steps * batch * accum * len)
+        ));
+    } else {
+        r.info("steps and tokens seen are shown once the dataset (step 1) is known");
+    }
+    // Frozen weights in their stored 16-bit dtype on a GPU (else f32), plus activations of
+    // one batch (about 34·s·h + 5·heads·s² bytes per layer and sequence at 16 bits).
+    let wbytes = match (m.parameters, m.stored_dtype) {
+        (Some(p), Some(d)) => Some(p * crate::model::weights::dtype_bytes(d)),
+        _ => None,
+    };
+    let s = len + soft;
+    let act = m.layers * batch * (34 * s * m.hidden + 5 * m.heads * s * s);
+    match wbytes {
+        Some(w) => r.info(format!(
+            "memory: about {} ({} weights + {} activations), rough",
+            human_bytes(w + act),
+            human_bytes(w),
+            human_bytes(act)
+        )),
+        None => r.info(format!(
+            "memory: activations about {}; weights unknown until downloaded",
+            human_bytes(act)
+        )),
+    }
+    r
+}

@@ -1,0 +1,109 @@
+//! A single-line text input: insert, delete, cursor movement, Home / End.
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+/// A single-line text input. The cursor is a character index.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Input {
+    text: String,
+    cursor: usize,
+}
+
+impl Input {
+    pub fn new(text: impl Into<String>) -> Self {
+        let text = text.into();
+        let cursor = text.chars().count();
+        Input { text, cursor }
+    }
+
+    pub fn value(&self) -> &str {
+        &self.text
+    }
+
+    pub fn cursor(&self) -> usize {
+        self.cursor
+    }
+
+    pub fn set(&mut self, text: impl Into<String>) {
+        *self = Input::new(text);
+    }
+
+    fn byte_at(&self, char_idx: usize) -> usize {
+        self.text
+            .char_indices()
+            .nth(char_idx)
+            .map_or(self.text.len(), |(i, _)| i)
+    }
+
+    /// Handles an editing key; returns whether it was one.
+    pub fn handle(&mut self, key: KeyEvent) -> bool {
+        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+        match key.code {
+            KeyCode::Char('a') if ctrl => self.cursor = 0,
+            KeyCode::Char('e') if ctrl => self.cursor = self.text.chars().count(),
+            KeyCode::Char('u') if ctrl => {
+                let b = self.byte_at(self.cursor);
+                self.text.replace_range(..b, "");
+                self.cursor = 0;
+            }
+            KeyCode::Char(_) if ctrl => return false,
+            KeyCode::Char(c) => {
+                let b = self.byte_at(self.cursor);
+                self.text.insert(b, c);
+                self.cursor += 1;
+            }
+            KeyCode::Backspace => {
+                if self.cursor > 0 {
+                    self.cursor -= 1;
+                    let b = self.byte_at(self.cursor);
+                    self.text.remove(b);
+                }
+            }
+            KeyCode::Delete => {
+                if self.cursor < self.text.chars().count() {
+                    let b = self.byte_at(self.cursor);
+                    self.text.remove(b);
+                }
+            }
+            KeyCode::Left => self.cursor = self.cursor.saturating_sub(1),
+            KeyCode::Right => self.cursor = (self.cursor + 1).min(self.text.chars().count()),
+            KeyCode::Home => self.cursor = 0,
+            KeyCode::End => self.cursor = self.text.chars().count(),
+            _ => return false,
+        }
+        true
+    }
+
+    /// The visible part of the text for a box `width` cells wide, and the cursor column in it.
+    pub fn window(&self, width: usize) -> (String, usize) {
+        let width = width.max(1);
+        let start = (self.cursor + 1).saturating_sub(width);
+        let shown: String = self.text.chars().skip(start).take(width).collect();
+        (shown, self.cursor - start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(c: KeyCode) -> KeyEvent {
+        KeyEvent::new(c, KeyModifiers::NONE)
+    }
+
+    #[test]
+    fn edits() {
+        let mut i = Input::new("ab");
+        i.handle(k(KeyCode::Left));
+        i.handle(k(KeyCode::Char('é')));
+        assert_eq!(i.value(), "aéb");
+        i.handle(k(KeyCode::Home));
+        i.handle(k(KeyCode::Delete));
+        assert_eq!(i.value(), "éb");
+        i.handle(k(KeyCode::End));
+        i.handle(k(KeyCode::Backspace));
+        assert_eq!((i.value(), i.cursor()), ("é", 1));
+        let long = Input::new("0123456789");
+        assert_eq!(long.window(4), ("789".to_string(), 3));
+    }
+}

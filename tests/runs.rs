@@ -1,0 +1,495 @@
+//! Detached runs end to end through the binary, on the gpt2 fixture (CPU): the worker
+//! survives SIGHUP and its launcher's end, `runs`/`attach` report and replay it, its
+//! exports equal a foreground run's, a killed worker is reported failed and `stop` ends a
+//! run as stopped with a checkpoint. Each test has its own data folder (SOFTTUNE_DATA_DIR).
+
+#![cfg(unix)]
+
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use softtune::train::events::{Event, read_events};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// A dataset of the first `bytes` of the fixture corpus, in `dir/data/`.
+fn dataset(dir: &Path, bytes: usize) -> PathBuf {
+    let text = std::fs::read_to_string(fixtures().join("tokenizer_corpus.txt")).unwrap();
+    let mut end = bytes.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let d = dir.join("data");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("a.txt"), &text[..end / 2]).unwrap();
+    std::fs::write(d.join("b.txt"), &text[end / 2..end]).unwrap();
+    d
+}
+
+/// A configuration file in `dir` (30 kB of text: 104 steps per epoch); exports go to
+/// `dir/<out>`. Relative paths, as a user writes them.
+fn config(dir: &Path, name: &str, epochs: f64, out: &str) -> PathBuf {
+    dataset(dir, 30_000);
+    let toml = format!(
+        r#"[dataset]
+path = "data"
+[prompt]
+text = "Permission is hereby granted"
+soft_tokens = 4
+[model]
+id = "{model}"
+[training]
+tokens_per_sequence = 32
+batch_size = 2
+grad_accumulation = 2
+epochs = {epochs}
+lr = 0.05
+seed = 11
+save_every = 1000
+[output]
+name = "detached"
+folder = "{out}"
+[device]
+device = "cpu"
+"#,
+        model = fixtures().join("gpt2").display(),
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+fn softtune(data: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_softtune"));
+    c.env("SOFTTUNE_DATA_DIR", data).env("HF_HUB_OFFLINE", "1");
+    c
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs a softtune command to its end (at most `secs` seconds).
+fn run(data: &Path, args: &[&str], secs: u64) -> Output {
+    let mut child = softtune(data)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > until {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "softtune {args:?} took more than {secs} s:\n{}",
+                text(&out).0
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Polls `f` every 50 ms until it gives a value, for at most `secs` seconds.
+fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(x) = f() {
+            return x;
+        }
+        assert!(
+            Instant::now() < until,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The only run folder under `data`.
+fn run_dir(data: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(data.join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs.into_iter().next().unwrap()
+}
+
+fn state(dir: &Path) -> Option<Value> {
+    let text = std::fs::read_to_string(dir.join("state.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Launches a detached run and returns its folder and its worker's pid (killed when the
+/// guard drops, so a failing test leaves no worker behind).
+fn launch(data: &Path, config: &Path) -> (PathBuf, Worker) {
+    let t0 = Instant::now();
+    let out = run(data, &["train", "--config", config.to_str().unwrap()], 60);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "the launcher returns at once"
+    );
+    assert!(stdout.contains("started in the background"), "{stdout}");
+    let dir = run_dir(data);
+    let id = dir.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(
+        stdout.contains(&format!("softtune attach {id}")),
+        "{stdout}"
+    );
+    let pid = wait_for(20, "the worker's pid", || {
+        state(&dir)?["pid"].as_u64().map(|p| p as i32)
+    });
+    (dir, Worker(pid))
+}
+
+struct Worker(i32);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // SAFETY: sends a signal to the worker this test started.
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+        }
+    }
+}
+
+fn step(st: &Value) -> u64 {
+    st["step"].as_u64().unwrap_or(0)
+}
+
+/// Waits until the worker has done at least `n` steps (and is still running).
+fn wait_steps(dir: &Path, n: u64) -> Value {
+    wait_for(60, "training steps", || {
+        state(dir).filter(|s| s["state"] == "running" && step(s) >= n)
+    })
+}
+
+fn wait_done(dir: &Path, secs: u64) -> Value {
+    wait_for(secs, "the run to end", || {
+        state(dir).filter(|s| s["state"] != "running")
+    })
+}
+
+/// Field `n` (1-based) of /proc/PID/stat.
+fn proc_stat_field(pid: i32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(n - 3).map(str::to_string)
+}
+
+#[test]
+fn a_detached_worker_survives_hangup_and_attach_replays_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("share");
+    let cfg = config(dir.path(), "run.toml", 5.0, "out");
+
+    // The launcher runs in a shell with its own process group, standing in for a login
+    // session: the shell waits on after the launcher returns, and then the whole group gets
+    // SIGHUP, as when the SSH connection drops.
+    let mut session = Command::new("sh")
+        .arg("-c")
+        .arg("\"$0\" train --config \"$1\" && exec sleep 60")
+        .arg(env!("CARGO_BIN_EXE_softtune"))
+        .arg(&cfg)
+        .env("SOFTTUNE_DATA_DIR", &data)
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let folder = wait_for(20, "the run folder", || {
+        let d = std::fs::read_dir(data.join("runs"))
+            .ok()?
+            .next()?
+            .ok()?
+            .path();
+        Some(d)
+    });
+    let id = folder.file_name().unwrap().to_str().unwrap().to_string();
+    let pid = wait_for(20, "the worker's pid", || {
+        state(&folder)?["pid"].as_u64().map(|p| p as i32)
+    });
+    let _guard = Worker(pid);
+    let st = wait_steps(&folder, 2);
+    let total = st["total_steps"].as_u64().unwrap();
+    assert_eq!(total, 520);
+    assert!(step(&st) < total);
+
+    // The worker has its own session (it is its leader), without the launcher's terminal.
+    let test_sid = proc_stat_field(std::process::id() as i32, 6).unwrap();
+    assert_ne!(proc_stat_field(pid, 6).unwrap(), test_sid, "own session");
+    assert_eq!(proc_stat_field(pid, 6).unwrap(), pid.to_string());
+    // Hang up the "session": the shell dies of it; a hang-up sent to the worker itself is
+    // ignored.
+    unsafe {
+        assert_eq!(libc::kill(-(session.id() as i32), libc::SIGHUP), 0);
+        assert_eq!(libc::kill(pid, libc::SIGHUP), 0);
+    }
+    let status = session.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGHUP), "{status:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let st = state(&folder).unwrap();
+    assert_eq!(
+        st["state"], "running",
+        "SIGHUP did not stop the worker: {st}"
+    );
+    assert!(step(&st) < total, "{st}");
+
+    // attach follows the live run to its end.
+    let out = run(&data, &["attach", &id], 60);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("following"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("finished at step {total}")),
+        "{stdout}"
+    );
+
+    let st = wait_done(&folder, 30);
+    assert_eq!(st["state"], "finished", "{st}");
+    assert_eq!(step(&st), total);
+    let zip = dir.path().join("out/detached-v1.zip");
+    assert!(zip.is_file());
+    assert_eq!(st["exports"][0], zip.display().to_string());
+    assert!(folder.join("checkpoint.safetensors").is_file());
+    assert!(folder.join("config.toml").is_file());
+    let log = std::fs::read_to_string(folder.join("worker.log")).unwrap();
+    assert!(log.contains(&format!("step {total}/{total}")), "{log}");
+    assert!(
+        log.contains("dataset tokens read from the cache"),
+        "the launcher planned (and tokenized) before detaching: {log}"
+    );
+
+    // runs: one line, finished, with the progress and the exports.
+    let out = run(&data, &["runs"], 20);
+    let (stdout, _) = text(&out);
+    assert!(out.status.success());
+    let line = stdout.lines().next().unwrap();
+    assert!(line.starts_with(&id), "{stdout}");
+    assert!(line.contains("finished"), "{stdout}");
+    assert!(line.contains(&format!("step {total}/{total}")), "{stdout}");
+    assert!(line.contains("detached-v1.zip"), "{stdout}");
+
+    // attach (newest run by default) replays the whole recorded history.
+    let out = run(&data, &["attach"], 20);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let events = read_events(&folder.join("events.jsonl")).unwrap();
+    let steps = events
+        .iter()
+        .filter(|e| matches!(e, Event::Step { .. }))
+        .count();
+    assert_eq!(steps as u64, total);
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("step ")).count() as u64,
+        total,
+        "{stdout}"
+    );
+    assert!(stdout.contains("started: "), "{stdout}");
+    assert!(
+        stdout.contains(&format!("finished at step {total}")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("with the trained prompt"), "{stdout}");
+    assert!(
+        !stdout.contains("following"),
+        "a finished run is not followed"
+    );
+}
+
+#[test]
+fn a_detached_run_exports_what_a_foreground_run_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("share");
+    let detached = config(dir.path(), "a.toml", 0.5, "out-a");
+    let foreground = config(dir.path(), "b.toml", 0.5, "out-b");
+
+    let (folder, _worker) = launch(&data, &detached);
+    let out = run_fg(&data, &foreground, &dir.path().join("fg-run"));
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("finished at step 52"), "{stdout}");
+    let st = wait_done(&folder, 60);
+    assert_eq!(st["state"], "finished", "{st}");
+    assert!(
+        !data.join("runs").join("fg-run").exists(),
+        "foreground runs are not listed"
+    );
+
+    let bits = |p: &Path| {
+        let (p, _) = softtune::prompt::load(p).unwrap();
+        assert_eq!((p.rows, p.dim), (4, 64));
+        p.data.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    };
+    let a = dir.path().join("out-a/detached-v1.zip");
+    let b = dir.path().join("out-b/detached-v1.zip");
+    assert_eq!(bits(&a), bits(&b), "KoboldAI exports differ");
+    assert_eq!(
+        bits(&dir.path().join("out-a/detached-v1-peft")),
+        bits(&dir.path().join("out-b/detached-v1-peft")),
+        "PEFT exports differ"
+    );
+    let last = |p: &Path| read_events(p).unwrap().pop().unwrap();
+    let (ea, eb) = (
+        last(&folder.join("events.jsonl")),
+        last(&dir.path().join("fg-run/events.jsonl")),
+    );
+    match (ea, eb) {
+        (
+            Event::Finished {
+                eval_final: fa,
+                step: sa,
+                ..
+            },
+            Event::Finished {
+                eval_final: fb,
+                step: sb,
+                ..
+            },
+        ) => {
+            assert_eq!((sa, fa), (sb, fb));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn run_fg(data: &Path, config: &Path, run_dir: &Path) -> Output {
+    run(
+        data,
+        &[
+            "train",
+            "--foreground",
+            "--config",
+            config.to_str().unwrap(),
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+        ],
+        60,
+    )
+}
+
+#[test]
+fn a_killed_worker_is_reported_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("share");
+    let cfg = config(dir.path(), "run.toml", 50.0, "out");
+    let (folder, worker) = launch(&data, &cfg);
+    wait_steps(&folder, 3);
+    unsafe {
+        assert_eq!(libc::kill(worker.0, libc::SIGKILL), 0);
+    }
+    let id = folder.file_name().unwrap().to_str().unwrap().to_string();
+    let line = wait_for(20, "`runs` to report the dead worker", || {
+        let out = run_cmd(&data, &["runs"]);
+        let line = out.lines().next()?.to_string();
+        (!line.contains("running")).then_some(line)
+    });
+    assert!(line.starts_with(&id), "{line}");
+    assert!(line.contains("failed"), "{line}");
+    assert!(line.contains("worker died"), "{line}");
+    // Recorded, not only reported.
+    let st = state(&folder).unwrap();
+    assert_eq!(st["state"], "failed", "{st}");
+    assert!(st["message"].as_str().unwrap().contains("is gone"), "{st}");
+    // attach says so too, and exits non-zero.
+    let out = run(&data, &["attach", &id], 20);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stderr.contains("failed") && stderr.contains("worker died"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("step 1/"),
+        "the history is replayed: {stdout}"
+    );
+}
+
+fn run_cmd(data: &Path, args: &[&str]) -> String {
+    let out = run(data, args, 20);
+    assert!(out.status.success(), "{:?}", text(&out));
+    text(&out).0
+}
+
+#[test]
+fn stop_ends_a_run_with_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("share");
+    let cfg = config(dir.path(), "run.toml", 50.0, "out");
+    let (folder, _worker) = launch(&data, &cfg);
+    wait_steps(&folder, 3);
+    let id = folder.file_name().unwrap().to_str().unwrap().to_string();
+    let out = run_cmd(&data, &["stop", &id[..id.len() - 3]]);
+    assert!(out.contains("asked run"), "{out}");
+    let st = wait_done(&folder, 60);
+    assert_eq!(st["state"], "stopped", "{st}");
+    let at = step(&st);
+    assert!(at >= 3 && at < st["total_steps"].as_u64().unwrap(), "{st}");
+    assert!(folder.join("checkpoint.safetensors").is_file());
+    assert!(dir.path().join("out/detached-v1.zip").is_file());
+    let events = read_events(&folder.join("events.jsonl")).unwrap();
+    assert!(
+        matches!(events.last(), Some(Event::Finished { stopped: true, step, .. }) if *step as u64 == at),
+        "{:?}",
+        events.last()
+    );
+    let out = run_cmd(&data, &["runs"]);
+    assert!(out.lines().next().unwrap().contains("stopped"), "{out}");
+    // Nothing is left running to stop.
+    let out = run(&data, &["stop"], 20);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).1.contains("no run is running"),
+        "{:?}",
+        text(&out)
+    );
+}
+
+#[test]
+fn bad_input_is_reported_before_detaching() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("share");
+    let cfg = config(dir.path(), "run.toml", 1.0, "out");
+    let text_cfg = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("lr = 0.05", "lr = -1");
+    std::fs::write(&cfg, text_cfg).unwrap();
+    let out = run(&data, &["train", "--config", cfg.to_str().unwrap()], 20);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("training.lr"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    // Planning errors too (too few sequences for one step), and no run folder is left.
+    let cfg = config(dir.path(), "run.toml", 1.0, "out");
+    let t = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("grad_accumulation = 2", "grad_accumulation = 5000");
+    std::fs::write(&cfg, t).unwrap();
+    let out = run(&data, &["train", "--config", cfg.to_str().unwrap()], 20);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("fewer than one optimizer step"), "{stderr}");
+    let left = std::fs::read_dir(data.join("runs"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "no run folder for a run that never started");
+
+    let out = run_cmd(&data, &["runs"]);
+    assert!(out.starts_with("no runs in"), "{out}");
+    let out = run(&data, &["attach", "nope"], 20);
+    assert!(!out.status.success());
+    let (_, stderr) = text(&out);
+    assert!(stderr.contains("no run \"nope\""), "{stderr}");
+}
