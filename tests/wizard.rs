@@ -414,3 +414,15 @@ fn without_a_terminal_softtune_explains_the_headless_commands() {
     assert!(err.contains("softtune train --config FILE"), "{err}");
     assert!(err.contains("--profile NAME"), "{err}");
 }
+
+#[test]
+fn tab_completes_paths_then_moves_on() {
+    let mut a = app(base("tab"));
+    type_str(&mut a, "demo/kj");
+    press(&mut a, KeyCode::Tab);
+    assert_eq!(a.value("dataset.path"), "demo/kjv/");
+    assert_eq!(a.focused_field().map(|f| f.key), Some("dataset.path"));
+    // An existing folder: Tab moves to the next field.
+    press(&mut a, KeyCode::Tab);
+    assert_eq!(a.focused_field().map(|f| f.key), Some("dataset.glob"));
+}

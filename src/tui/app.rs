@@ -375,6 +375,33 @@ impl App {
         }
     }
 
+    /// Tab in a path field completes the path when there is something to complete.
+    fn complete_path(&mut self) -> bool {
+        const PATH_FIELDS: &[&str] = &[
+            "dataset.path",
+            "prompt.file",
+            "model.id",
+            "output.folder",
+            "continue_from",
+        ];
+        let Some(def) = self.step.fields().get(self.field) else {
+            return false;
+        };
+        if !PATH_FIELDS.contains(&def.key) {
+            return false;
+        }
+        let Some(input) = self.values.get_mut(def.key) else {
+            return false;
+        };
+        match super::widgets::complete_path(input.value()) {
+            Some(done) => {
+                input.set(done);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn save_to(&mut self, name: &str, path: &Path) {
         let cfg = absolutize(self.to_config());
         let r = (|| -> anyhow::Result<()> {
@@ -468,6 +495,7 @@ impl App {
             KeyCode::PageDown => self.next_step(true),
             KeyCode::PageUp => self.next_step(false),
             KeyCode::F(1) => self.help = true,
+            KeyCode::Tab if self.typing && self.complete_path() => {}
             KeyCode::Tab => self.move_field(true),
             KeyCode::BackTab => self.move_field(false),
             KeyCode::Enter if self.step == Step::Run => return self.try_start(),

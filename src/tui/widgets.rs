@@ -107,3 +107,66 @@ mod tests {
         assert_eq!(long.window(4), ("789".to_string(), 3));
     }
 }
+
+/// Completes the last component of a path the way a shell does: the longest common prefix
+/// of the entries in its folder that start with it (hidden entries only when asked for), with
+/// a trailing `/` when that is a unique folder. `None` when nothing would be added or the
+/// text already names an existing file or folder (then Tab moves to the next field).
+pub fn complete_path(text: &str) -> Option<String> {
+    if text.is_empty() || std::path::Path::new(text).exists() {
+        return None;
+    }
+    let (dir, prefix) = match text.rfind('/') {
+        Some(i) => (&text[..=i], &text[i + 1..]),
+        None => ("", text),
+    };
+    let listed = if dir.is_empty() { "." } else { dir };
+    let mut names: Vec<(String, bool)> = std::fs::read_dir(listed)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let hidden_ok = prefix.starts_with('.') || !name.starts_with('.');
+            (name.starts_with(prefix) && hidden_ok).then(|| (name, e.path().is_dir()))
+        })
+        .collect();
+    names.sort();
+    let first = &names.first()?.0;
+    let common = names.iter().fold(first.clone(), |acc, (n, _)| {
+        acc.chars()
+            .zip(n.chars())
+            .take_while(|(a, b)| a == b)
+            .map(|(a, _)| a)
+            .collect()
+    });
+    let mut out = format!("{dir}{common}");
+    if names.len() == 1 && names[0].1 {
+        out.push('/');
+    }
+    (out != text).then_some(out)
+}
+
+#[cfg(test)]
+mod completion_tests {
+    use super::complete_path;
+
+    #[test]
+    fn completes_like_a_shell() {
+        // cargo runs tests in the crate root.
+        assert_eq!(complete_path("demo/kj").as_deref(), Some("demo/kjv/"));
+        assert_eq!(
+            complete_path("demo/kjv/gen").as_deref(),
+            Some("demo/kjv/genesis.txt")
+        );
+        assert_eq!(
+            complete_path("tests/fixtures/gpt_n").as_deref(),
+            Some("tests/fixtures/gpt_neo")
+        );
+        assert_eq!(
+            complete_path("demo/kjv/genesis.txt"),
+            None,
+            "nothing to add"
+        );
+        assert_eq!(complete_path("no-such-folder/x"), None);
+    }
+}
