@@ -426,3 +426,32 @@ fn tab_completes_paths_then_moves_on() {
     press(&mut a, KeyCode::Tab);
     assert_eq!(a.focused_field().map(|f| f.key), Some("dataset.glob"));
 }
+
+#[test]
+fn device_step_names_the_largest_batch_that_fits() {
+    let mut m = machine();
+    m.gpus.as_mut().unwrap()[0].free = 2_000_000;
+    let mut a = App::new(base("fit"), None, Theme::default(), m);
+    goto(&mut a, Step::Model);
+    set(&mut a, "model.id", "tests/fixtures/gpt2");
+    goto(&mut a, Step::Parameters);
+    set(&mut a, "training.batch_size", "4");
+    goto(&mut a, Step::Device);
+    set(&mut a, "device.device", "cuda:0");
+    let errors = |a: &App| {
+        a.report(Step::Device)
+            .errors
+            .iter()
+            .map(|(_, m)| m.clone())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let msg = errors(&a);
+    assert!(msg.contains("cuda:0 has 1.9 MiB free"), "{msg}");
+    assert!(msg.contains("the largest batch that fits is 1"), "{msg}");
+
+    goto(&mut a, Step::Parameters);
+    set(&mut a, "training.batch_size", "1");
+    goto(&mut a, Step::Device);
+    assert_eq!(errors(&a), "", "batch 1 fits in 2 MB");
+}

@@ -94,6 +94,40 @@ pub fn check(app: &App) -> Report {
             format!("cuda:{i}: no such GPU ({} found)", gpus.len()),
         );
     }
+    // Does the run fit the chosen GPU (auto: the first one)?
+    let gpu = match (spec, app.gpus()) {
+        (Some(DeviceSpec::Cuda(i)), Some(gpus)) => gpus.iter().find(|g| g.index == i),
+        (None, Some(gpus)) => gpus.first(),
+        _ => None,
+    };
+    if let (Some(g), Some(est)) = (gpu, super::parameters::memory_estimate(app))
+        && let Some(w) = est.weights
+        && g.free > 0
+    {
+        let batch: usize = app.value("training.batch_size").trim().parse().unwrap_or(1);
+        let free = g.free as usize;
+        let need = w + batch * est.per_sequence;
+        if need > free {
+            let fits = free.saturating_sub(w) / est.per_sequence.max(1);
+            let msg = format!(
+                "needs about {} but cuda:{} has {} free",
+                human_bytes(need),
+                g.index,
+                human_bytes(free)
+            );
+            if fits == 0 {
+                r.error(
+                    "device.device",
+                    format!("{msg}: even one sequence does not fit; lower tokens per sequence (step 4) or use a smaller model"),
+                );
+            } else {
+                r.error(
+                    "device.device",
+                    format!("{msg}: the largest batch that fits is {fits} (step 4: batch size; raise gradient accumulation to keep the step size)"),
+                );
+            }
+        }
+    }
     if spec == Some(DeviceSpec::Cpu) {
         r.info("the CPU trains small models only; expect hours for anything over ~100M parameters");
     }

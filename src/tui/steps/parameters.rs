@@ -130,25 +130,53 @@ pub fn check(app: &App) -> Report {
     } else {
         r.info("steps and tokens seen are shown once the dataset (step 1) is known");
     }
-    // Frozen weights in their stored 16-bit dtype on a GPU (else f32), plus activations of
-    // one batch (about 34·s·h + 5·heads·s² bytes per layer and sequence at 16 bits).
-    let wbytes = match (m.parameters, m.stored_dtype) {
+    match memory_estimate(app) {
+        Some(MemoryEstimate {
+            weights: Some(w),
+            per_sequence,
+        }) => {
+            let act = batch * per_sequence;
+            r.info(format!(
+                "memory: about {} ({} weights + {} activations), rough",
+                human_bytes(w + act),
+                human_bytes(w),
+                human_bytes(act)
+            ))
+        }
+        Some(MemoryEstimate { per_sequence, .. }) => r.info(format!(
+            "memory: activations about {}; weights unknown until downloaded",
+            human_bytes(batch * per_sequence)
+        )),
+        None => {}
+    }
+    r
+}
+
+/// Rough memory needs of the configured run: frozen weights in their stored dtype (when
+/// known) and activations per sequence (about 34·s·h + 5·heads·s² bytes per layer at 16 bits).
+pub struct MemoryEstimate {
+    pub weights: Option<usize>,
+    pub per_sequence: usize,
+}
+
+/// `None` until the model is known or when the numbers do not parse.
+pub fn memory_estimate(app: &App) -> Option<MemoryEstimate> {
+    let m = app.model_info().and_then(|m| m.as_ref().ok())?;
+    let num = |k: &str| -> Option<usize> {
+        match app.value(k).trim() {
+            "" => None,
+            v => v.parse().ok(),
+        }
+    };
+    let soft = num("prompt.soft_tokens").unwrap_or(80);
+    let len = num("training.tokens_per_sequence").unwrap_or(m.context.saturating_sub(soft));
+    let s = len + soft;
+    let weights = match (m.parameters, m.stored_dtype) {
         (Some(p), Some(d)) => Some(p * crate::model::weights::dtype_bytes(d)),
         _ => None,
     };
-    let s = len + soft;
-    let act = m.layers * batch * (34 * s * m.hidden + 5 * m.heads * s * s);
-    match wbytes {
-        Some(w) => r.info(format!(
-            "memory: about {} ({} weights + {} activations), rough",
-            human_bytes(w + act),
-            human_bytes(w),
-            human_bytes(act)
-        )),
-        None => r.info(format!(
-            "memory: activations about {}; weights unknown until downloaded",
-            human_bytes(act)
-        )),
-    }
-    r
+    Some(MemoryEstimate {
+        weights,
+        per_sequence: m.layers * (34 * s * m.hidden + 5 * m.heads * s * s),
+    })
 }
