@@ -13,23 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use softtune::train::events::{Event, read_events};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// A dataset of the first `bytes` of the fixture corpus, in `dir/data/`.
-fn dataset(dir: &Path, bytes: usize) -> PathBuf {
-    let text = std::fs::read_to_string(fixtures().join("tokenizer_corpus.txt")).unwrap();
-    let mut end = bytes.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let d = dir.join("data");
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(d.join("a.txt"), &text[..end / 2]).unwrap();
-    std::fs::write(d.join("b.txt"), &text[end / 2..end]).unwrap();
-    d
-}
+mod common;
+use common::{dataset, fixtures};
 
 /// A configuration file in `dir` (30 kB of text: 104 steps per epoch); exports go to
 /// `dir/<out>`. Relative paths, as a user writes them.

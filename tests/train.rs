@@ -2,7 +2,7 @@
 //! improves, exports are valid, a stopped-and-resumed run equals an uninterrupted one bit
 //! for bit, and bad inputs give clear errors.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -10,23 +10,8 @@ use softtune::config::RunConfig;
 use softtune::train::events::{Event, EventSink, VecSink, read_events};
 use softtune::train::{self, Outcome, Plan};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// A dataset of the first `bytes` of the fixture corpus, in `dir/data/`.
-fn dataset(dir: &Path, bytes: usize) -> PathBuf {
-    let text = std::fs::read_to_string(fixtures().join("tokenizer_corpus.txt")).unwrap();
-    let mut end = bytes.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let d = dir.join("data");
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(d.join("a.txt"), &text[..end / 2]).unwrap();
-    std::fs::write(d.join("b.txt"), &text[end / 2..end]).unwrap();
-    d
-}
+mod common;
+use common::{dataset, fixtures};
 
 fn config(dir: &Path, model: &str, extra: &str) -> RunConfig {
     let data = dataset(dir, 60_000);

@@ -4,14 +4,28 @@ use std::path::PathBuf;
 
 use anyhow::{Result, anyhow, bail};
 
-/// softtune's configuration folder.
-pub fn config_dir() -> Result<PathBuf> {
-    if let Some(d) = std::env::var_os("SOFTTUNE_CONFIG_DIR").filter(|d| !d.is_empty()) {
+/// One of softtune's OS folders: the environment variable `env` when set, else `pick` of the
+/// OS project folders (`what` names the contents for the error without a home folder).
+pub fn os_dir(
+    env: &str,
+    pick: fn(&directories::ProjectDirs) -> &std::path::Path,
+    what: &str,
+) -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os(env).filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(d));
     }
     directories::ProjectDirs::from("", "", "softtune")
-        .map(|p| p.config_dir().to_path_buf())
-        .ok_or_else(|| anyhow!("no home folder to keep profiles in; set SOFTTUNE_CONFIG_DIR"))
+        .map(|p| pick(&p).to_path_buf())
+        .ok_or_else(|| anyhow!("no home folder to keep {what} in; set {env}"))
+}
+
+/// softtune's configuration folder.
+pub fn config_dir() -> Result<PathBuf> {
+    os_dir(
+        "SOFTTUNE_CONFIG_DIR",
+        directories::ProjectDirs::config_dir,
+        "profiles",
+    )
 }
 
 /// Folder of the profiles.

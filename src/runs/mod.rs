@@ -37,12 +37,11 @@ pub const LOG_FILE: &str = "worker.log";
 /// softtune's data folder: `SOFTTUNE_DATA_DIR`, else the OS data folder
 /// (`~/.local/share/softtune` on Linux).
 pub fn data_dir() -> Result<PathBuf> {
-    if let Some(d) = std::env::var_os("SOFTTUNE_DATA_DIR").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(d));
-    }
-    directories::ProjectDirs::from("", "", "softtune")
-        .map(|p| p.data_dir().to_path_buf())
-        .ok_or_else(|| anyhow!("no home folder to keep runs in; set SOFTTUNE_DATA_DIR"))
+    crate::config::profile::os_dir(
+        "SOFTTUNE_DATA_DIR",
+        directories::ProjectDirs::data_dir,
+        "runs",
+    )
 }
 
 /// The folder holding every run folder.

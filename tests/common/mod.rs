@@ -1,0 +1,21 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// A dataset of the first `bytes` of the fixture corpus, split over two files in `dir/data/`.
+pub fn dataset(dir: &Path, bytes: usize) -> PathBuf {
+    let text = std::fs::read_to_string(fixtures().join("tokenizer_corpus.txt")).unwrap();
+    let mut end = bytes.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let d = dir.join("data");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("a.txt"), &text[..end / 2]).unwrap();
+    std::fs::write(d.join("b.txt"), &text[end / 2..end]).unwrap();
+    d
+}
