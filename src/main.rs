@@ -24,9 +24,9 @@ struct Cli {
     /// Without a command: open the wizard prefilled from this saved profile.
     #[arg(long, value_name = "NAME")]
     profile: Option<String>,
-    /// Without a command: the wizard's colour theme (default, light, high-contrast, mono, or
+    /// Colour theme of the wizard and the dashboard (default, light, high-contrast, mono, or
     /// one in <config dir>/themes/; NO_COLOR picks mono).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", global = true)]
     theme: Option<String>,
 }
 
@@ -112,13 +112,27 @@ enum Command {
     },
     /// List the detached runs, newest first: state, progress, last loss, output files.
     Runs,
-    /// Print a run's history and follow it while it runs (Ctrl-C detaches; the run goes on).
+    /// Open a run's live dashboard (history included); without a terminal, or with --plain,
+    /// print its history and follow it. Leaving (q, Ctrl-C) never stops the run.
     Attach {
         /// Run id (or a unique prefix, or a run folder); default: the newest run.
         run: Option<String>,
+        /// Plain progress lines instead of the dashboard.
+        #[arg(long)]
+        plain: bool,
     },
     /// Stop a detached run after its current step, with a checkpoint and both exports.
     Stop {
+        /// Run id (or a unique prefix, or a run folder); default: the newest running run.
+        run: Option<String>,
+    },
+    /// Pause a detached run after its current step (it keeps its memory; `resume` goes on).
+    Pause {
+        /// Run id (or a unique prefix, or a run folder); default: the newest running run.
+        run: Option<String>,
+    },
+    /// Resume a paused run.
+    Resume {
         /// Run id (or a unique prefix, or a run folder); default: the newest running run.
         run: Option<String>,
     },
@@ -176,7 +190,9 @@ fn main() -> ExitCode {
     let Some(command) = cli.command else {
         return wizard(cli.profile, cli.theme);
     };
-    if matches!(command, Command::Runs | Command::Attach { .. }) {
+    if matches!(command, Command::Runs | Command::Attach { plain: true, .. })
+        || matches!(command, Command::Attach { .. }) && !softtune::tui::on_terminal()
+    {
         // `softtune runs | head`: end quietly when the reader goes away, like other tools.
         #[cfg(unix)]
         // SAFETY: restores the default action of SIGPIPE; no other thread runs yet.
@@ -219,11 +235,18 @@ fn main() -> ExitCode {
             if foreground {
                 return run_train(config, profile, run_dir);
             }
-            launch_train(config, profile, run_dir)
+            launch_train(config, profile, run_dir).map(|_| ())
         }
         Command::Runs => list_runs(),
-        Command::Attach { run } => return attach(run),
+        Command::Attach { run, plain } => {
+            if !plain && softtune::tui::on_terminal() {
+                return dashboard(run, cli.theme);
+            }
+            return attach(run);
+        }
         Command::Stop { run } => stop_run(run),
+        Command::Pause { run } => steer_run(run, softtune::runs::Request::Pause),
+        Command::Resume { run } => steer_run(run, softtune::runs::Request::Resume),
         Command::Worker { run_dir } => {
             return ExitCode::from(softtune::runs::worker::main(&run_dir));
         }
@@ -315,7 +338,8 @@ fn run_train(
             Box::new(JsonlSink::open(&run_dir.join("events.jsonl"))?),
             Box::new(PrintSink),
         ]);
-        let out = softtune::train::run(&plan, stop, &mut sink)?;
+        let out =
+            softtune::train::run(&plan, &softtune::train::Control::with_stop(stop), &mut sink)?;
         for line in softtune::runs::outcome_hints(&plan, &out) {
             println!("{line}");
         }
@@ -344,12 +368,13 @@ fn config_path(config: Option<PathBuf>, profile: Option<String>) -> anyhow::Resu
     Ok(path)
 }
 
-/// `softtune train` without --foreground: check, plan, start the worker, return.
+/// `softtune train` without --foreground: check, plan, start the worker, return its run
+/// folder.
 fn launch_train(
     config: Option<PathBuf>,
     profile: Option<String>,
     run_dir: Option<PathBuf>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<PathBuf> {
     let path = config_path(config, profile)?;
     println!("configuration: {}", path.display());
     let l = softtune::runs::launch::launch(&path, run_dir.as_deref())?;
@@ -369,6 +394,36 @@ fn launch_train(
     println!("  stop:    softtune stop {}", l.id);
     println!("  list:    softtune runs");
     println!("It keeps running if you log out or the connection drops.");
+    Ok(l.dir)
+}
+
+/// `softtune attach` on a terminal: the live dashboard, then one line on where the run is.
+fn dashboard(run: Option<String>, theme: Option<String>) -> ExitCode {
+    let result = (|| -> anyhow::Result<()> {
+        let info = softtune::runs::find(run.as_deref())?;
+        let theme = softtune::tui::Theme::choose(theme.as_deref())?;
+        show_dashboard(&info.dir, theme)
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn show_dashboard(dir: &std::path::Path, theme: softtune::tui::Theme) -> anyhow::Result<()> {
+    let info = softtune::runs::RunInfo::open(dir)?;
+    softtune::tui::run_dashboard(&info, theme)?;
+    let info = softtune::runs::RunInfo::open(dir)?;
+    println!("{}", info.summary_line());
+    if info.state.state == softtune::runs::state::Status::Running {
+        println!(
+            "the run goes on in the background: softtune attach {} · softtune stop {}",
+            info.id, info.id
+        );
+    }
     Ok(())
 }
 
@@ -387,6 +442,12 @@ fn list_runs() -> anyhow::Result<()> {
 }
 
 fn stop_run(run: Option<String>) -> anyhow::Result<()> {
+    steer_run(run, softtune::runs::Request::Stop)
+}
+
+/// Sends a stop, pause or resume request to a run (default: the newest running one).
+fn steer_run(run: Option<String>, what: softtune::runs::Request) -> anyhow::Result<()> {
+    use softtune::runs::Request;
     use softtune::runs::state::Status;
     let info = match run {
         Some(r) => softtune::runs::find(Some(&r))?,
@@ -395,11 +456,15 @@ fn stop_run(run: Option<String>) -> anyhow::Result<()> {
             .find(|r| r.state.state == Status::Running)
             .ok_or_else(|| anyhow::anyhow!("no run is running; `softtune runs` lists them"))?,
     };
-    let pid = softtune::runs::request_stop(&info)?;
-    println!(
-        "asked run {} (worker pid {pid}) to stop: it finishes the current step, then writes a checkpoint and both exports",
-        info.id
-    );
+    let pid = softtune::runs::request(&info, what)?;
+    let what = match what {
+        Request::Stop => {
+            "to stop: it finishes the current step, then writes a checkpoint and both exports"
+        }
+        Request::Pause => "to pause after the current step (`softtune resume` goes on)",
+        Request::Resume => "to go on",
+    };
+    println!("asked run {} (worker pid {pid}) {what}", info.id);
     println!("  watch: softtune attach {}", info.id);
     Ok(())
 }
@@ -542,6 +607,7 @@ fn wizard(profile: Option<String>, theme: Option<String>) -> ExitCode {
     }
     let result = (|| -> anyhow::Result<()> {
         let theme = softtune::tui::Theme::choose(theme.as_deref())?;
+        let dash_theme = theme.clone();
         let (initial, profile) = match profile {
             Some(name) => {
                 let path = softtune::config::profile::profile_path(&name)?;
@@ -558,7 +624,8 @@ fn wizard(profile: Option<String>, theme: Option<String>) -> ExitCode {
             std::fs::create_dir_all(dir)?;
         }
         std::fs::write(&path, softtune::tui::app::absolutize(cfg).to_toml()?)?;
-        launch_train(Some(path), None, None)
+        let dir = launch_train(Some(path), None, None)?;
+        show_dashboard(&dir, dash_theme)
     })();
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -69,3 +69,56 @@ fn tokenizer_matches_python() {
         assert_eq!(tok.id_bound(), 512);
     }
 }
+
+/// The sample generator's greedy pick is PyTorch's most likely next token, with and without
+/// the soft prompt (checked where the best two logits are not a near tie).
+#[test]
+fn greedy_generation_follows_the_reference_logits() {
+    use burn::tensor::{Tensor, TensorData};
+    use softtune::model::generate::{Sampling, generate};
+    use softtune::model::weights::Weights;
+    use softtune::model::{CausalLm, LoadOptions, ModelConfig};
+
+    type B = Flex;
+    let greedy = Sampling {
+        max_new: 1,
+        temperature: 0.0,
+        top_k: 0,
+        seed: 0,
+    };
+    let mut checked = 0;
+    for name in ["gpt2", "llama", "opt_proj", "gpt_neox", "qwen2"] {
+        let dir = fixture(name);
+        let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+        let weights = Weights::open(&[dir.join("model.safetensors")]).unwrap();
+        let dev = Default::default();
+        let model =
+            CausalLm::<B>::load(&cfg, &weights, &dev, LoadOptions { dtype: DType::F32 }).unwrap();
+        let r = Reference::read(&dir.join("reference.safetensors")).unwrap();
+        let t = r.ids_shape[1];
+        let row: Vec<u32> = r.ids[..t].iter().map(|&x| x as u32).collect();
+        let (pshape, pdata) = r.get("soft_prompt").unwrap().clone();
+        let prompt =
+            Tensor::<B, 2>::from_data(TensorData::new(pdata, [pshape[0], pshape[1]]), &dev);
+        for (key, p, pos) in [
+            ("logits", None, t - 1),
+            ("logits_with_prompt", Some(&prompt), pshape[0] + t - 1),
+        ] {
+            let (shape, logits) = r.get(key).unwrap();
+            let v = shape[2];
+            let last = &logits[pos * v..(pos + 1) * v];
+            let mut order: Vec<usize> = (0..v).collect();
+            order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
+            if last[order[0]] - last[order[1]] < 1e-3 {
+                continue;
+            }
+            let got = generate(&model, p, &row, v, 1 << 20, &[], &greedy).unwrap();
+            assert_eq!(got, vec![order[0] as u32], "{name} {key}");
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 6,
+        "only {checked} cases were clear enough to check"
+    );
+}

@@ -415,6 +415,39 @@ fn stop_ends_a_run_with_a_checkpoint() {
     let (folder, _worker) = launch(&data, &cfg);
     wait_steps(&folder, 3);
     let id = folder.file_name().unwrap().to_str().unwrap().to_string();
+
+    // Pause: the worker holds between two steps, says so in state.json, the event log and
+    // `runs`; resume goes on.
+    let out = run_cmd(&data, &["pause"]);
+    assert!(out.contains("to pause"), "{out}");
+    let st = wait_for(30, "the pause", || {
+        state(&folder).filter(|s| s["paused"] == true)
+    });
+    let held = step(&st);
+    std::thread::sleep(Duration::from_millis(1500));
+    let st = state(&folder).unwrap();
+    assert_eq!(step(&st), held, "no step while paused: {st}");
+    assert_eq!(st["state"], "running", "{st}");
+    let out = run_cmd(&data, &["runs"]);
+    assert!(out.lines().next().unwrap().contains("paused"), "{out}");
+    run_cmd(&data, &["resume", &id]);
+    wait_for(30, "training to go on", || {
+        state(&folder).filter(|s| s["paused"].is_null() && step(s) > held)
+    });
+    let events = read_events(&folder.join("events.jsonl")).unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Paused { step } if *step as u64 == held)),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Resumed { paused_s, .. } if *paused_s >= 1.0)),
+        "{events:?}"
+    );
+
     let out = run_cmd(&data, &["stop", &id[..id.len() - 3]]);
     assert!(out.contains("asked run"), "{out}");
     let st = wait_done(&folder, 60);

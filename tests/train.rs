@@ -79,7 +79,7 @@ fn run(plan: &Plan, stop_at: Option<usize>) -> (Outcome, Vec<Event>) {
         at: stop_at,
         flag: flag.clone(),
     };
-    let out = train::run(plan, flag, &mut sink).unwrap();
+    let out = train::run(plan, &train::Control::with_stop(flag), &mut sink).unwrap();
     (out, sink.inner.0)
 }
 
@@ -175,6 +175,77 @@ fn twenty_steps_learn_and_export() {
         .filter(|e| matches!(e, Event::Checkpoint { .. }))
         .count();
     assert_eq!(checkpoints, 4, "steps 5, 10, 15 and the end");
+
+    // Samples: at the start, every `samples.every` (= save_every) steps and at the end; the
+    // continuation without a prompt never changes (frozen model, same seed); the text is the
+    // start of the first held-out sequence.
+    let samples: Vec<(usize, &str, &str, &str)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Sample {
+                step,
+                prompt,
+                with_prompt,
+                without_prompt,
+            } => Some((
+                *step,
+                prompt.as_str(),
+                with_prompt.as_str(),
+                without_prompt.as_str(),
+            )),
+            _ => None,
+        })
+        .collect();
+    let steps: Vec<usize> = samples.iter().map(|s| s.0).collect();
+    assert_eq!(steps, vec![0, 5, 10, 15, 20]);
+    assert!(samples.iter().all(|s| s.3 == samples[0].3));
+    assert!(samples.iter().all(|s| !s.2.is_empty() || !s.3.is_empty()));
+    let start = plan
+        .tokenizer
+        .decode(&plan.rows.eval[0][..train::samples::DEFAULT_CONTEXT_TOKENS])
+        .unwrap();
+    assert_eq!(samples[0].1, start);
+}
+
+#[test]
+fn samples_follow_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(
+        dir.path(),
+        "gpt2",
+        "[samples]\nprompt = \"Once upon a time\"\nevery = 2\ntokens = 5\ntemperature = 0",
+    );
+    let plan = plan_steps(&mut cfg, &dir.path().join("run"), 4);
+    let (_, events) = run(&plan, None);
+    let samples: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(e, Event::Sample { .. }))
+        .collect();
+    assert_eq!(samples.len(), 3, "steps 0, 2 and 4");
+    for e in &samples {
+        let Event::Sample {
+            prompt,
+            without_prompt,
+            ..
+        } = e
+        else {
+            unreachable!()
+        };
+        assert_eq!(prompt, "Once upon a time");
+        let n = plan.tokenizer.encode(without_prompt).unwrap().len();
+        assert!(n <= 6, "at most 5 new tokens: {without_prompt:?}");
+    }
+    let mut off = config(dir.path(), "gpt2", "[samples]\nevery = 0");
+    let plan = plan_steps(&mut off, &dir.path().join("run-off"), 2);
+    let (_, events) = run(&plan, None);
+    assert!(!events.iter().any(|e| matches!(e, Event::Sample { .. })));
+    assert!(matches!(
+        events.first(),
+        Some(Event::Started {
+            sample_every: 0,
+            ..
+        })
+    ));
 }
 
 #[test]

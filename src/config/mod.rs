@@ -142,6 +142,24 @@ pub struct DeviceSection {
     pub precision: Option<String>,
 }
 
+/// Sample generations shown on the dashboard while training.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplesSection {
+    /// The text to continue (default: the start of the first held-out sequence).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// Generate every this many optimizer steps; 0 turns samples off (default: `save_every`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub every: Option<usize>,
+    /// New tokens per sample (default 40).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<usize>,
+    /// Sampling temperature; 0 is greedy (default 0.7).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+}
+
 /// A whole run configuration (a profile file).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -158,6 +176,8 @@ pub struct RunConfig {
     pub output: OutputSection,
     #[serde(default, skip_serializing_if = "is_default")]
     pub device: DeviceSection,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub samples: SamplesSection,
     /// Continue from our checkpoint (full resume), a KoboldAI zip, a PEFT adapter folder
     /// or an npz `.mtjsp`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

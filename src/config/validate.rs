@@ -74,6 +74,12 @@ pub struct ValidConfig {
     pub device: DeviceSpec,
     pub precision: Precision,
     pub continue_from: Option<PathBuf>,
+    /// Text the dashboard's samples continue (`None`: the start of a held-out sequence).
+    pub sample_prompt: Option<String>,
+    /// Optimizer steps between samples; 0 means no samples.
+    pub sample_every: usize,
+    pub sample_tokens: usize,
+    pub sample_temperature: f64,
 }
 
 /// Keeps letters, digits, `-`, `_` and `.`; everything else becomes `_`.
@@ -341,6 +347,22 @@ impl RunConfig {
                 ));
             }
         }
+        let sm = &self.samples;
+        if sm.prompt.as_deref().is_some_and(|p| p.trim().is_empty()) {
+            errs.add(anyhow!(
+                "`samples.prompt` is empty: write the text samples should continue, or remove the key"
+            ));
+        }
+        let sample_every = sm.every.unwrap_or(save_every);
+        let sample_tokens = sm.tokens.unwrap_or(40);
+        if sample_tokens == 0 || sample_tokens > 1024 {
+            errs.add(bad(
+                "samples.tokens",
+                sample_tokens,
+                "must be between 1 and 1024",
+            ));
+        }
+        let sample_temperature = errs.num("samples.temperature", sm.temperature, 0.7, 0.0, 10.0);
         errs.finish()?;
         Ok(ValidConfig {
             dataset,
@@ -375,6 +397,10 @@ impl RunConfig {
             device,
             precision,
             continue_from: self.continue_from.clone(),
+            sample_prompt: sm.prompt.clone(),
+            sample_every,
+            sample_tokens,
+            sample_temperature,
         })
     }
 }

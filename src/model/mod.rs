@@ -8,8 +8,10 @@
 //! * one file per family: [`gpt2`], [`gptj`], [`gpt_neox`], [`gpt_neo`], [`opt`], [`llama`]
 //!   (llama, mistral, qwen2).
 //! * [`lm`]: the loaded model, soft-prompt forward and the loss over text positions.
+//! * [`generate`]: short sampled continuations (the dashboard's sample generations).
 
 pub mod config;
+pub mod generate;
 pub mod gpt2;
 pub mod gpt_neo;
 pub mod gpt_neox;

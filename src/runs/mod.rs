@@ -143,10 +143,15 @@ impl RunInfo {
         let loss = s
             .loss
             .map_or("loss -".to_string(), |l| format!("loss {l:.4}"));
+        let shown = if s.paused && s.state == Status::Running {
+            "paused"
+        } else {
+            s.state.as_str()
+        };
         let mut line = format!(
             "{}  {:<8}  {progress}  {loss}  started {}",
             self.id,
-            s.state.as_str(),
+            shown,
             format_utc(s.started)
         );
         if !s.exports.is_empty() {
@@ -237,9 +242,36 @@ pub fn find(arg: Option<&str>) -> Result<RunInfo> {
     }
 }
 
+/// What a run's worker can be asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Finish the current step, write a checkpoint and both exports, end as stopped (SIGTERM).
+    Stop,
+    /// Hold training between two steps (SIGUSR1).
+    Pause,
+    /// Go on after a pause (SIGUSR2).
+    Resume,
+}
+
+impl Request {
+    /// What happens now that the request was sent.
+    pub fn sent_note(self) -> &'static str {
+        match self {
+            Request::Stop => "stopping after the current step: checkpoint and exports follow",
+            Request::Pause => "pausing after the current step",
+            Request::Resume => "resuming",
+        }
+    }
+}
+
 /// Asks a run's worker to stop (SIGTERM): it finishes the current step, writes a
 /// checkpoint and both exports, and ends as stopped. Returns the worker's pid.
 pub fn request_stop(info: &RunInfo) -> Result<u32> {
+    request(info, Request::Stop)
+}
+
+/// Sends `what` to a run's worker. Returns the worker's pid.
+pub fn request(info: &RunInfo, what: Request) -> Result<u32> {
     let st = &info.state;
     if st.state != Status::Running {
         bail!("run {} is not running (it is {})", info.id, st.state);
@@ -260,8 +292,13 @@ pub fn request_stop(info: &RunInfo) -> Result<u32> {
     #[cfg(unix)]
     {
         let p = libc::pid_t::try_from(pid).map_err(|_| anyhow!("bad process id {pid}"))?;
+        let sig = match what {
+            Request::Stop => libc::SIGTERM,
+            Request::Pause => libc::SIGUSR1,
+            Request::Resume => libc::SIGUSR2,
+        };
         // SAFETY: sends a signal; no memory is involved.
-        if unsafe { libc::kill(p, libc::SIGTERM) } != 0 {
+        if unsafe { libc::kill(p, sig) } != 0 {
             let e = std::io::Error::last_os_error();
             bail!("run {}: cannot signal worker {pid} ({e})", info.id);
         }
@@ -269,7 +306,8 @@ pub fn request_stop(info: &RunInfo) -> Result<u32> {
     }
     #[cfg(not(unix))]
     {
-        bail!("run {}: stopping a worker needs a Unix system", info.id)
+        let _ = what;
+        bail!("run {}: steering a worker needs a Unix system", info.id)
     }
 }
 

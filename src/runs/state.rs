@@ -71,6 +71,9 @@ pub struct RunState {
     /// The configuration file the run was started from.
     #[serde(default)]
     pub source: Option<String>,
+    /// A running worker holds training between two steps (`softtune pause`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 impl RunState {
@@ -90,6 +93,7 @@ impl RunState {
             exports: Vec::new(),
             checkpoint: None,
             source: None,
+            paused: false,
         }
     }
 
@@ -129,6 +133,7 @@ pub fn load_checked(dir: &Path) -> Result<RunState> {
             msg += &format!("; last line of {LOG_FILE}: {last}");
         }
         st.state = Status::Failed;
+        st.paused = false;
         st.message = Some(msg);
         st.updated = now;
         // Best effort: a read-only folder still gets the right answer, just not recorded.

@@ -15,7 +15,7 @@ use super::state::{HEARTBEAT_SECS, RunState, Status, hostname};
 use super::{CONFIG_FILE, EVENTS_FILE, now_secs, outcome_hints};
 use crate::config::RunConfig;
 use crate::train::events::{Event, EventSink, Fanout, JsonlSink, PrintSink};
-use crate::train::{self, Outcome};
+use crate::train::{self, Control, Outcome};
 
 /// The state shared by the training thread and the heartbeat.
 #[derive(Clone)]
@@ -55,7 +55,8 @@ impl EventSink for StateSink {
             Event::Started { .. } | Event::Checkpoint { .. } => true,
             Event::Step { .. } => self.last_write.elapsed() >= Duration::from_secs(1),
             Event::Finished { .. } | Event::Error { .. } => false,
-            Event::Log { .. } | Event::Eval { .. } => return,
+            Event::Paused { .. } | Event::Resumed { .. } => true,
+            Event::Log { .. } | Event::Eval { .. } | Event::Sample { .. } => return,
         };
         self.shared.update(write, |st| match e {
             Event::Started {
@@ -90,7 +91,9 @@ impl EventSink for StateSink {
                 st.exports = exports.clone();
             }
             Event::Error { message } => st.message = Some(message.clone()),
-            Event::Log { .. } | Event::Eval { .. } => {}
+            Event::Paused { .. } => st.paused = true,
+            Event::Resumed { .. } => st.paused = false,
+            Event::Log { .. } | Event::Eval { .. } | Event::Sample { .. } => {}
         });
         if write {
             self.last_write = Instant::now();
@@ -98,13 +101,39 @@ impl EventSink for StateSink {
     }
 }
 
-/// Updates `updated` in `state.json` every [`HEARTBEAT_SECS`] until `done` is set.
-fn heartbeat(shared: Shared, done: Arc<AtomicBool>) -> JoinHandle<()> {
+/// Pause and resume requests (SIGUSR1 / SIGUSR2), applied to the engine's pause flag by the
+/// heartbeat thread.
+#[derive(Clone, Default)]
+struct PauseRequests {
+    pause: Arc<AtomicBool>,
+    resume: Arc<AtomicBool>,
+}
+
+impl PauseRequests {
+    fn apply(&self, flag: &AtomicBool) {
+        if self.pause.swap(false, Ordering::SeqCst) {
+            flag.store(true, Ordering::SeqCst);
+        }
+        if self.resume.swap(false, Ordering::SeqCst) {
+            flag.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Updates `updated` in `state.json` every [`HEARTBEAT_SECS`] until `done` is set, and
+/// applies pause/resume requests.
+fn heartbeat(
+    shared: Shared,
+    done: Arc<AtomicBool>,
+    requests: PauseRequests,
+    pause: Arc<AtomicBool>,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let tick = Duration::from_millis(100);
         let mut last = Instant::now();
         while !done.load(Ordering::SeqCst) {
             std::thread::sleep(tick);
+            requests.apply(&pause);
             if last.elapsed() >= Duration::from_secs(HEARTBEAT_SECS) {
                 shared.update(true, |_| {});
                 last = Instant::now();
@@ -113,8 +142,9 @@ fn heartbeat(shared: Shared, done: Arc<AtomicBool>) -> JoinHandle<()> {
     })
 }
 
-/// Ignores SIGHUP and turns SIGINT/SIGTERM into the engine's stop flag.
-fn install_signals(stop: &Arc<AtomicBool>) -> Result<()> {
+/// Ignores SIGHUP, turns SIGINT/SIGTERM into the engine's stop flag and SIGUSR1/SIGUSR2
+/// into pause/resume requests.
+fn install_signals(stop: &Arc<AtomicBool>, requests: &PauseRequests) -> Result<()> {
     #[cfg(unix)]
     {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -127,6 +157,8 @@ fn install_signals(stop: &Arc<AtomicBool>) -> Result<()> {
         for sig in [SIGINT, SIGTERM] {
             signal_hook::flag::register(sig, stop.clone())?;
         }
+        signal_hook::flag::register(signal_hook::consts::SIGUSR1, requests.pause.clone())?;
+        signal_hook::flag::register(signal_hook::consts::SIGUSR2, requests.resume.clone())?;
     }
     #[cfg(not(unix))]
     {
@@ -138,8 +170,9 @@ fn install_signals(stop: &Arc<AtomicBool>) -> Result<()> {
 /// The worker's body. Returns the process exit code: 0 finished, 130 stopped, 1 failed.
 pub fn main(dir: &Path) -> u8 {
     // First of all: a SIGTERM from here on stops the run gracefully, a SIGHUP does nothing.
-    let stop = Arc::new(AtomicBool::new(false));
-    let signals = install_signals(&stop);
+    let control = Control::default();
+    let requests = PauseRequests::default();
+    let signals = install_signals(&control.stop, &requests);
     let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let id = dir
         .file_name()
@@ -162,10 +195,15 @@ pub fn main(dir: &Path) -> u8 {
     );
 
     let done = Arc::new(AtomicBool::new(false));
-    let beat = heartbeat(shared.clone(), done.clone());
+    let beat = heartbeat(
+        shared.clone(),
+        done.clone(),
+        requests,
+        control.pause.clone(),
+    );
 
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        body(&dir, &shared, stop, signals)
+        body(&dir, &shared, &control, signals)
     }))
     .unwrap_or_else(|panic| {
         let what = panic
@@ -185,6 +223,7 @@ pub fn main(dir: &Path) -> u8 {
     };
     shared.update(true, |st| {
         st.state = status;
+        st.paused = false;
         match &result {
             Ok(out) => {
                 st.step = out.step;
@@ -206,12 +245,7 @@ pub fn main(dir: &Path) -> u8 {
 }
 
 /// Loads, validates and plans the run folder's configuration and trains it.
-fn body(
-    dir: &Path,
-    shared: &Shared,
-    stop: Arc<AtomicBool>,
-    signals: Result<()>,
-) -> Result<Outcome> {
+fn body(dir: &Path, shared: &Shared, control: &Control, signals: Result<()>) -> Result<Outcome> {
     let mut jsonl = JsonlSink::open(&dir.join(EVENTS_FILE))?;
     let prepared = (|| -> Result<_> {
         signals?;
@@ -241,7 +275,7 @@ fn body(
             last_write: Instant::now(),
         }),
     ]);
-    let out = train::run(&plan, stop, &mut sink)?;
+    let out = train::run(&plan, control, &mut sink)?;
     for line in outcome_hints(&plan, &out) {
         println!("{line}");
     }

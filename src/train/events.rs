@@ -23,6 +23,9 @@ pub enum Event {
         eval_rows: usize,
         total_steps: usize,
         start_step: usize,
+        /// Steps between sample generations (0: none).
+        #[serde(default)]
+        sample_every: usize,
     },
     Log {
         message: String,
@@ -57,6 +60,22 @@ pub enum Event {
     },
     Error {
         message: String,
+    },
+    /// A short continuation of the sample text with the current soft prompt and without one.
+    Sample {
+        step: usize,
+        prompt: String,
+        with_prompt: String,
+        without_prompt: String,
+    },
+    /// Training waits (asked by `softtune pause` or the dashboard's `p`).
+    Paused {
+        step: usize,
+    },
+    /// Training goes on after `paused_s` seconds.
+    Resumed {
+        step: usize,
+        paused_s: f64,
     },
 }
 
@@ -95,86 +114,112 @@ pub struct PrintSink;
 
 impl EventSink for PrintSink {
     fn emit(&mut self, e: &Event) {
-        let line = match e {
-            Event::Started {
-                model,
-                device,
-                soft_tokens,
-                total_steps,
-                train_rows,
-                eval_rows,
-                start_step,
-                tokens_per_sequence,
-                ..
-            } => format!(
-                "started: {model} on {device}, {soft_tokens} soft tokens, {train_rows} training / {eval_rows} held-out sequences of {tokens_per_sequence} tokens, {total_steps} steps{}",
-                if *start_step > 0 {
-                    format!(" (resuming at step {start_step})")
-                } else {
-                    String::new()
-                }
-            ),
-            Event::Log { message } => message.clone(),
-            Event::Eval { step, label, loss } => {
-                format!(
-                    "eval [{label}] step {step}: held-out loss {loss:.4} (perplexity {:.2})",
-                    loss.exp()
-                )
-            }
-            Event::Step {
-                step,
-                total_steps,
-                loss,
-                grad_norm,
-                lr,
-                tokens_per_s,
-                ..
-            } => format!(
-                "step {step}/{total_steps}  loss {loss:.4}  grad-norm {grad_norm:.3}  lr {lr:.3e}  {tokens_per_s:.0} tokens/s"
-            ),
-            Event::Checkpoint {
-                step, checkpoint, ..
-            } => {
-                format!("checkpoint at step {step}: {checkpoint}")
-            }
-            Event::Finished {
-                step,
-                stopped,
-                eval_no_prompt,
-                eval_initial,
-                eval_final,
-                exports,
-            } => {
-                let mut s = format!(
-                    "{} at step {step}",
-                    if *stopped { "stopped" } else { "finished" }
-                );
-                let f = |x: &Option<f64>| {
-                    x.map_or("n/a".to_string(), |l| {
-                        format!("{l:.4} (ppl {:.2})", l.exp())
-                    })
-                };
-                s += &format!(
-                    "\n  held-out loss without prompt: {}\n  with the initial prompt:      {}\n  with the trained prompt:      {}",
-                    f(eval_no_prompt),
-                    f(eval_initial),
-                    f(eval_final)
-                );
-                if let (Some(a), Some(b)) = (eval_no_prompt, eval_final) {
-                    s += &format!(
-                        "\n  perplexity change vs no prompt: {:+.1}%",
-                        ((b - a).exp() - 1.0) * 100.0
-                    );
-                }
-                for x in exports {
-                    s += &format!("\n  wrote {x}");
-                }
-                s
-            }
-            Event::Error { message } => format!("error: {message}"),
-        };
-        println!("{line}");
+        println!("{}", plain_text(e));
     }
+}
+
+/// The text one event prints as (possibly several lines), for logs and the dashboard.
+pub fn plain_text(e: &Event) -> String {
+    match e {
+        Event::Started {
+            model,
+            device,
+            soft_tokens,
+            total_steps,
+            train_rows,
+            eval_rows,
+            start_step,
+            tokens_per_sequence,
+            ..
+        } => format!(
+            "started: {model} on {device}, {soft_tokens} soft tokens, {train_rows} training / {eval_rows} held-out sequences of {tokens_per_sequence} tokens, {total_steps} steps{}",
+            if *start_step > 0 {
+                format!(" (resuming at step {start_step})")
+            } else {
+                String::new()
+            }
+        ),
+        Event::Log { message } => message.clone(),
+        Event::Eval { step, label, loss } => {
+            format!(
+                "eval [{label}] step {step}: held-out loss {loss:.4} (perplexity {:.2})",
+                loss.exp()
+            )
+        }
+        Event::Step {
+            step,
+            total_steps,
+            loss,
+            grad_norm,
+            lr,
+            tokens_per_s,
+            ..
+        } => format!(
+            "step {step}/{total_steps}  loss {loss:.4}  grad-norm {grad_norm:.3}  lr {lr:.3e}  {tokens_per_s:.0} tokens/s"
+        ),
+        Event::Checkpoint {
+            step, checkpoint, ..
+        } => {
+            format!("checkpoint at step {step}: {checkpoint}")
+        }
+        Event::Finished {
+            step,
+            stopped,
+            eval_no_prompt,
+            eval_initial,
+            eval_final,
+            exports,
+        } => {
+            let mut s = format!(
+                "{} at step {step}",
+                if *stopped { "stopped" } else { "finished" }
+            );
+            let f = |x: &Option<f64>| {
+                x.map_or("n/a".to_string(), |l| {
+                    format!("{l:.4} (ppl {:.2})", l.exp())
+                })
+            };
+            s += &format!(
+                "\n  held-out loss without prompt: {}\n  with the initial prompt:      {}\n  with the trained prompt:      {}",
+                f(eval_no_prompt),
+                f(eval_initial),
+                f(eval_final)
+            );
+            if let (Some(a), Some(b)) = (eval_no_prompt, eval_final) {
+                s += &format!(
+                    "\n  perplexity change vs no prompt: {:+.1}%",
+                    ((b - a).exp() - 1.0) * 100.0
+                );
+            }
+            for x in exports {
+                s += &format!("\n  wrote {x}");
+            }
+            s
+        }
+        Event::Error { message } => format!("error: {message}"),
+        Event::Sample {
+            step,
+            prompt,
+            with_prompt,
+            without_prompt,
+        } => format!(
+            "sample at step {step}: {:?}\n  with the soft prompt: {:?}\n  without:              {:?}",
+            one_line(prompt),
+            one_line(with_prompt),
+            one_line(without_prompt)
+        ),
+        Event::Paused { step } => {
+            format!("paused at step {step} (`softtune resume` goes on)")
+        }
+        Event::Resumed { step, paused_s } => {
+            format!("resumed at step {step} after {paused_s:.0} s")
+        }
+    }
+}
+
+/// Newlines and tabs as spaces (sample texts on one log line).
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Sends every event to several sinks.

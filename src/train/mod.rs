@@ -11,12 +11,13 @@ pub mod checkpoint;
 pub mod events;
 pub mod init;
 pub mod optimizer;
+pub mod samples;
 pub mod schedule;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use burn::backend::Autodiff;
@@ -209,6 +210,28 @@ pub fn plan(cfg: &ValidConfig, run_dir: &Path) -> Result<Plan> {
     })
 }
 
+/// How the outside world steers a running engine: `stop` ends the run gracefully after the
+/// current optimizer step (checkpoint + exports); `pause` holds it between two steps until
+/// cleared (or until `stop`).
+#[derive(Debug, Clone, Default)]
+pub struct Control {
+    pub stop: Arc<AtomicBool>,
+    pub pause: Arc<AtomicBool>,
+}
+
+impl Control {
+    pub fn with_stop(stop: Arc<AtomicBool>) -> Self {
+        Self {
+            stop,
+            pause: Arc::default(),
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
 /// The outcome of a run.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -221,10 +244,9 @@ pub struct Outcome {
     pub exports: Vec<PathBuf>,
 }
 
-/// Runs the plan on its configured device. `stop` ends the run gracefully after the current
-/// optimizer step (checkpoint + exports).
-pub fn run(plan: &Plan, stop: Arc<AtomicBool>, sink: &mut dyn EventSink) -> Result<Outcome> {
-    let result = run_inner(plan, stop, sink);
+/// Runs the plan on its configured device, steered by `control`.
+pub fn run(plan: &Plan, control: &Control, sink: &mut dyn EventSink) -> Result<Outcome> {
+    let result = run_inner(plan, control, sink);
     if let Err(e) = &result {
         sink.emit(&Event::Error {
             message: format!("{e:#}"),
@@ -233,7 +255,7 @@ pub fn run(plan: &Plan, stop: Arc<AtomicBool>, sink: &mut dyn EventSink) -> Resu
     result
 }
 
-fn run_inner(plan: &Plan, stop: Arc<AtomicBool>, sink: &mut dyn EventSink) -> Result<Outcome> {
+fn run_inner(plan: &Plan, control: &Control, sink: &mut dyn EventSink) -> Result<Outcome> {
     let device = plan.cfg.device;
     let weights = Weights::open(&plan.files.weights)?;
     let dtype = plan
@@ -244,7 +266,7 @@ fn run_inner(plan: &Plan, stop: Arc<AtomicBool>, sink: &mut dyn EventSink) -> Re
         let model =
             CausalLm::<Autodiff<B>>::load(&plan.model_cfg, &weights, &dev, LoadOptions { dtype })?;
         drop(weights);
-        train_loop::<Autodiff<B>>(plan, &model, &dev, stop, sink)
+        train_loop::<Autodiff<B>>(plan, &model, &dev, control, sink)
     })
 }
 
@@ -309,7 +331,7 @@ fn train_loop<B: AutodiffBackend>(
     plan: &Plan,
     model: &CausalLm<B>,
     device: &B::Device,
-    stop: Arc<AtomicBool>,
+    control: &Control,
     sink: &mut dyn EventSink,
 ) -> Result<Outcome> {
     let cfg = &plan.cfg;
@@ -343,6 +365,7 @@ fn train_loop<B: AutodiffBackend>(
         eval_rows: plan.rows.eval.len(),
         total_steps: plan.total_steps,
         start_step,
+        sample_every: cfg.sample_every,
     });
     if plan.cache_hit {
         sink.emit(&Event::Log {
@@ -361,12 +384,41 @@ fn train_loop<B: AutodiffBackend>(
         }
     }
 
+    let mut sampler = samples::Sampler::new(plan)?;
+    let mut sample = |step: usize, prompt: &[f32], sink: &mut dyn EventSink| {
+        let Some(s) = sampler.as_mut() else { return };
+        match s.sample(plan, model, prompt, step) {
+            Ok(e) => sink.emit(&e),
+            Err(e) => {
+                // Samples are a view on training, never a reason to stop it.
+                sink.emit(&Event::Log {
+                    message: format!("samples turned off: generating one failed: {e:#}"),
+                });
+                sampler = None;
+            }
+        }
+    };
+    sample(start_step, &prompt, sink);
+
     let per_step = plan.per_step();
     let t0 = Instant::now();
+    let mut paused_total = Duration::ZERO;
     let mut step = start_step;
     let mut exports = Vec::new();
     while step < plan.total_steps {
-        if stop.load(Ordering::SeqCst) {
+        if control.pause.load(Ordering::SeqCst) && !control.stopping() {
+            sink.emit(&Event::Paused { step });
+            let p0 = Instant::now();
+            while control.pause.load(Ordering::SeqCst) && !control.stopping() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            paused_total += p0.elapsed();
+            sink.emit(&Event::Resumed {
+                step,
+                paused_s: p0.elapsed().as_secs_f64(),
+            });
+        }
+        if control.stopping() {
             break;
         }
         let step_start = Instant::now();
@@ -400,9 +452,12 @@ fn train_loop<B: AutodiffBackend>(
             grad_norm: norm,
             lr,
             tokens_per_s: (per_step * plan.rows.len) as f64 / secs.max(1e-9),
-            elapsed_s: t0.elapsed().as_secs_f64(),
+            elapsed_s: t0.elapsed().saturating_sub(paused_total).as_secs_f64(),
         });
         let last = step == plan.total_steps;
+        if samples::Sampler::due(plan, step) || last {
+            sample(step, &prompt, sink);
+        }
         if step % cfg.save_every == 0 && !last {
             if let Some(loss) = held_out_loss(plan, model, Some(&prompt), device)? {
                 sink.emit(&Event::Eval {

@@ -15,7 +15,7 @@ use super::steps::device::GpuInfo;
 use super::steps::model::{self, ModelInfo};
 use super::steps::{FieldDef, Report, Step, names};
 use super::theme::Theme;
-use super::widgets::Input;
+use super::widgets::{Input, centered, truncate, truncate_left};
 use crate::config::RunConfig;
 
 /// The smallest terminal the wizard draws in.
@@ -116,6 +116,8 @@ fn value_of(cfg: &RunConfig, key: &str) -> String {
         "output.folder" => opt_path(&cfg.output.folder),
         "output.stem" => opt_str(cfg.output.stem.as_deref()),
         "continue_from" => opt_path(&cfg.continue_from),
+        "samples.every" => opt_num(cfg.samples.every),
+        "samples.prompt" => opt_str(cfg.samples.prompt.as_deref()),
         "device.device" => opt_str(cfg.device.device.as_deref()),
         "device.precision" => opt_str(cfg.device.precision.as_deref()),
         _ => String::new(),
@@ -282,6 +284,8 @@ impl App {
         c.output.folder = p("output.folder");
         c.output.stem = t("output.stem");
         c.continue_from = p("continue_from");
+        c.samples.every = t("samples.every").and_then(|v| v.parse::<usize>().ok());
+        c.samples.prompt = s("samples.prompt");
         c.device.device = t("device.device");
         c.device.precision = t("device.precision");
         c
@@ -821,6 +825,21 @@ impl App {
                     or(self.value("device.precision"), "auto")
                 ),
             ),
+            (
+                "samples",
+                match (c.samples.every, &c.samples.prompt) {
+                    (Some(0), _) => "off".to_string(),
+                    (every, text) => format!(
+                        "every {} steps, continuing {}",
+                        every.map_or("50 (each checkpoint)".to_string(), |n| n.to_string()),
+                        text.as_deref()
+                            .map_or("a held-out passage".to_string(), |t| format!(
+                                "\"{}\"",
+                                truncate(t, 24)
+                            ))
+                    ),
+                },
+            ),
         ];
         for (k, v) in rows {
             lines.push(Line::from(vec![
@@ -888,34 +907,4 @@ pub fn absolutize(mut c: RunConfig) -> RunConfig {
         c.model.id = Some(cwd.join(id).display().to_string());
     }
     c
-}
-
-fn centered(area: Rect, w: u16, h: u16) -> Rect {
-    let w = w.min(area.width);
-    let h = h.min(area.height);
-    Rect::new(
-        area.x + (area.width - w) / 2,
-        area.y + (area.height - h) / 2,
-        w,
-        h,
-    )
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        let t: String = s.chars().take(n.saturating_sub(1)).collect();
-        format!("{t}…")
-    }
-}
-
-fn truncate_left(s: &str, n: usize) -> String {
-    let c = s.chars().count();
-    if c <= n {
-        s.to_string()
-    } else {
-        let t: String = s.chars().skip(c - n.saturating_sub(1)).collect();
-        format!("…{t}")
-    }
 }

@@ -1,6 +1,7 @@
 //! A single-line text input: insert, delete, cursor movement, Home / End.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::layout::Rect;
 
 /// A single-line text input. The cursor is a character index.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -168,5 +169,36 @@ mod completion_tests {
             "nothing to add"
         );
         assert_eq!(complete_path("no-such-folder/x"), None);
+    }
+}
+
+/// A `w`×`h` rectangle in the middle of `area` (clipped to it).
+pub(crate) fn centered(area: Rect, w: u16, h: u16) -> Rect {
+    let w = w.min(area.width);
+    let h = h.min(area.height);
+    Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    )
+}
+
+pub(crate) fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let t: String = s.chars().take(n.saturating_sub(1)).collect();
+        format!("{t}…")
+    }
+}
+
+pub(crate) fn truncate_left(s: &str, n: usize) -> String {
+    let c = s.chars().count();
+    if c <= n {
+        s.to_string()
+    } else {
+        let t: String = s.chars().skip(c - n.saturating_sub(1)).collect();
+        format!("…{t}")
     }
 }

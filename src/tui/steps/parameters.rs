@@ -47,6 +47,18 @@ pub const FIELDS: &[FieldDef] = &[
         help: "adamw (default) or adafactor (less memory); ↑/↓ to switch",
         choices: &["adamw", "adafactor"],
     },
+    FieldDef {
+        key: "samples.every",
+        label: "Sample every",
+        help: "Steps between the dashboard's samples, with vs without the prompt (default: each checkpoint; 0: off)",
+        choices: &[],
+    },
+    FieldDef {
+        key: "samples.prompt",
+        label: "Sample text",
+        help: "Text the samples continue, e.g. a first line in your style (default: a held-out passage)",
+        choices: &[],
+    },
 ];
 
 /// Rough tokens per byte of English text, for estimates before tokenizing.
@@ -74,6 +86,13 @@ pub fn check(app: &App) -> Report {
         && lr > 10.0
     {
         r.error("training.lr", "must be at most 10");
+    }
+    let every = app.value("samples.every").trim();
+    if !every.is_empty() && every.parse::<usize>().is_err() {
+        r.error(
+            "samples.every",
+            format!("\"{every}\" is not a whole number (0 turns samples off)"),
+        );
     }
     match app.value("training.optimizer").trim() {
         "" | "adamw" | "adafactor" => {}
