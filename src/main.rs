@@ -417,9 +417,13 @@ fn show_dashboard(dir: &std::path::Path, theme: softtune::tui::Theme) -> anyhow:
     let info = softtune::runs::RunInfo::open(dir)?;
     softtune::tui::run_dashboard(&info, theme)?;
     let info = softtune::runs::RunInfo::open(dir)?;
-    println!("{}", info.summary_line());
+    // The terminal may be gone (that is one way to leave): never panic on writing.
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{}", info.summary_line());
     if info.state.state == softtune::runs::state::Status::Running {
-        println!(
+        let _ = writeln!(
+            out,
             "the run goes on in the background: softtune attach {} · softtune stop {}",
             info.id, info.id
         );

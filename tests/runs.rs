@@ -511,3 +511,179 @@ fn bad_input_is_reported_before_detaching() {
     let (_, stderr) = text(&out);
     assert!(stderr.contains("no run \"nope\""), "{stderr}");
 }
+
+/// A terminal for a child process: the master side of a pseudo-terminal (80×24), drained by
+/// a thread into `screen`; `hang_up` closes it, as a dropped SSH connection does.
+struct Pty {
+    slave: std::os::fd::OwnedFd,
+    master_writer: std::fs::File,
+    screen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    close: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    drain: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Pty {
+    fn open() -> Pty {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let (mut m, mut s) = (0, 0);
+        let ws = libc::winsize {
+            ws_row: 24,
+            ws_col: 80,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: openpty fills two descriptors; the winsize outlives the call.
+        let rc =
+            unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
+        assert_eq!(rc, 0, "openpty failed");
+        // openpty leaves both open across exec: a child holding the master would keep the
+        // terminal alive.
+        for fd in [m, s] {
+            // SAFETY: sets a flag on a descriptor owned here.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+        // SAFETY: both descriptors were just opened and are owned here.
+        let (master, slave) = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
+        let master_writer = std::fs::File::from(master.try_clone().unwrap());
+        let screen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let close = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (scr, cl) = (screen.clone(), close.clone());
+        let drain = std::thread::spawn(move || {
+            use std::io::Read;
+            use std::os::fd::AsRawFd;
+            let mut f = std::fs::File::from(master);
+            let mut buf = [0u8; 4096];
+            while !cl.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut p = libc::pollfd {
+                    fd: f.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                if unsafe { libc::poll(&mut p, 1, 50) } > 0 {
+                    match f.read(&mut buf) {
+                        Ok(n) if n > 0 => scr.lock().unwrap().extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+            }
+            // Dropping `f` closes this copy of the master.
+        });
+        Pty {
+            slave,
+            master_writer,
+            screen,
+            close,
+            drain: Some(drain),
+        }
+    }
+
+    /// `cmd` in a new session with the pty as stdin/stdout/stderr and, if `controlling`,
+    /// as its controlling terminal (then closing the pty sends it SIGHUP).
+    fn spawn(&self, mut cmd: Command, controlling: bool) -> std::process::Child {
+        let s = || Stdio::from(self.slave.try_clone().unwrap());
+        cmd.stdin(s()).stdout(s()).stderr(s());
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setsid() < 0 || (controlling && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0) {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn().unwrap()
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.screen.lock().unwrap()).into_owned()
+    }
+
+    fn type_keys(&mut self, s: &str) {
+        use std::io::Write;
+        self.master_writer.write_all(s.as_bytes()).unwrap();
+    }
+
+    /// Closes every descriptor of the master side: the terminal is gone.
+    fn hang_up(mut self) {
+        self.close.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.drain.take().unwrap().join().unwrap();
+        drop(self.master_writer);
+        drop(self.slave);
+    }
+}
+
+fn wait_exit(child: &mut std::process::Child, secs: u64) -> Option<std::process::ExitStatus> {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < until {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    None
+}
+
+#[test]
+fn the_dashboard_detaches_on_q_and_ends_with_its_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("share");
+    let cfg = config(dir.path(), "run.toml", 50.0, "out");
+    let (folder, _worker) = launch(&data, &cfg);
+    wait_steps(&folder, 2);
+
+    // On a terminal, attach is the dashboard; q leaves it and the run goes on.
+    let mut pty = Pty::open();
+    let mut dash = pty.spawn(
+        {
+            let mut c = softtune(&data);
+            c.args(["attach", "--theme", "mono"]);
+            c
+        },
+        true,
+    );
+    wait_for(20, "the dashboard", || {
+        pty.screen().contains("softtune · run").then_some(())
+    });
+    let screen = pty.screen();
+    assert!(screen.contains("\x1b[?1049h"), "alternate screen");
+    assert!(screen.contains("q detach"), "{screen}");
+    pty.type_keys("q");
+    let st = wait_exit(&mut dash, 10).expect("q leaves the dashboard");
+    assert!(st.success(), "{st:?}");
+    wait_for(5, "the goodbye line", || {
+        pty.screen()
+            .contains("the run goes on in the background")
+            .then_some(())
+    });
+    assert!(pty.screen().contains("\x1b[?1049l"), "terminal restored");
+    assert_eq!(state(&folder).unwrap()["state"], "running");
+    pty.hang_up();
+
+    // A dashboard whose terminal disappears ends by itself (it neither lingers nor spins),
+    // with the hang-up signal (a controlling terminal) or without it (end of input only),
+    // and the run goes on.
+    for controlling in [true, false] {
+        let pty = Pty::open();
+        let mut dash = pty.spawn(
+            {
+                let mut c = softtune(&data);
+                c.arg("attach");
+                c
+            },
+            controlling,
+        );
+        wait_for(20, "the dashboard", || {
+            pty.screen().contains("softtune · run").then_some(())
+        });
+        let pid = dash.id() as i32;
+        pty.hang_up();
+        assert!(
+            wait_exit(&mut dash, 10).is_some(),
+            "the dashboard outlived its terminal (pid {pid}, controlling terminal: {controlling})"
+        );
+        let st = state(&folder).unwrap();
+        assert_eq!(st["state"], "running", "{st}");
+    }
+}

@@ -26,6 +26,79 @@ pub fn on_terminal() -> bool {
     std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
 }
 
+/// What the terminal had to say.
+pub enum Input {
+    Events(Vec<Event>),
+    /// Nothing within the timeout.
+    Idle,
+    /// The terminal hung up or failed: stop reading it.
+    Gone,
+}
+
+/// Waits up to `timeout` for input on the terminal (stdin) and returns every event that
+/// arrived. crossterm 0.29 keeps re-reading a terminal that has hung up (end of file) at
+/// full speed inside its own poll, so the hang-up is detected here first, with `poll(2)`.
+pub fn next_input(timeout: Duration) -> Input {
+    #[cfg(unix)]
+    {
+        let mut p = libc::pollfd {
+            fd: 0,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd for the duration of the call.
+        let rc = unsafe { libc::poll(&mut p, 1, ms) };
+        if rc < 0 {
+            return if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                Input::Idle
+            } else {
+                Input::Gone
+            };
+        }
+        if p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            return Input::Gone;
+        }
+        if p.revents & libc::POLLIN == 0 {
+            // Resizes arrive by signal, not on stdin; the next draw adapts to them.
+            return Input::Idle;
+        }
+    }
+    #[cfg(not(unix))]
+    match event::poll(timeout) {
+        Ok(true) => {}
+        Ok(false) => return Input::Idle,
+        Err(_) => return Input::Gone,
+    }
+    let mut out = Vec::new();
+    loop {
+        match event::poll(Duration::ZERO) {
+            Ok(true) => match event::read() {
+                Ok(e) => out.push(e),
+                Err(_) => return Input::Gone,
+            },
+            Ok(false) => break,
+            Err(_) => return Input::Gone,
+        }
+    }
+    if out.is_empty() {
+        Input::Idle
+    } else {
+        Input::Events(out)
+    }
+}
+
+/// Gives the terminal back. A terminal that has gone away is left alone: restoring it
+/// would fail, and ratatui reports such failures on standard error, which is gone too.
+fn leave(terminal: ratatui::DefaultTerminal, gone: bool) {
+    if gone {
+        std::mem::forget(terminal);
+    } else {
+        drop(terminal);
+        let _ = ratatui::try_restore();
+    }
+}
+
 /// Runs the wizard on the terminal. Returns the configuration when the user presses Start,
 /// `None` when they quit. The terminal is restored on every exit, panics included.
 pub fn run_wizard(
@@ -41,25 +114,36 @@ pub fn run_wizard(
     let mut app = App::new(initial, profile, theme, machine);
     // try_init installs a panic hook that restores the terminal before taking it.
     let mut terminal = ratatui::try_init()?;
+    let mut gone_terminal = false;
     let result = (|| -> Result<Option<RunConfig>> {
         loop {
-            terminal.draw(|f| app.draw(f))?;
-            // Stop on read errors (a vanished terminal) rather than spinning.
-            if !event::poll(Duration::from_millis(500))? {
-                continue;
+            if let Err(e) = terminal.draw(|f| app.draw(f)) {
+                gone_terminal = true;
+                return Err(e.into());
             }
-            match event::read()? {
-                Event::Key(k) => match app.handle_key(k) {
-                    Action::Continue => {}
-                    Action::Quit => return Ok(None),
-                    Action::Start(cfg) => return Ok(Some(*cfg)),
-                },
-                Event::Resize(..) => terminal.autoresize()?,
-                _ => {}
+            let events = match next_input(Duration::from_millis(500)) {
+                Input::Events(e) => e,
+                Input::Idle => continue,
+                // The terminal went away: nothing to show, nobody to ask.
+                Input::Gone => {
+                    gone_terminal = true;
+                    return Ok(None);
+                }
+            };
+            for e in events {
+                match e {
+                    Event::Key(k) => match app.handle_key(k) {
+                        Action::Continue => {}
+                        Action::Quit => return Ok(None),
+                        Action::Start(cfg) => return Ok(Some(*cfg)),
+                    },
+                    Event::Resize(..) => terminal.autoresize()?,
+                    _ => {}
+                }
             }
         }
     })();
-    ratatui::restore();
+    leave(terminal, gone_terminal);
     result
 }
 
@@ -85,12 +169,13 @@ pub fn run_dashboard(info: &crate::runs::RunInfo, theme: Theme) -> Result<()> {
     let mut gpu = GpuMonitor::new();
     let first = gpu.read(&view.device, remote(&info.state));
     let mut dash = Dashboard::new(&info.id, info.state.clone(), view, first, theme);
-    // A hang-up (the SSH connection dropped) or a termination request ends the dashboard.
+    // A termination request ends the dashboard and restores the terminal. A hang-up (the
+    // SSH connection dropped) keeps its default action, ending the process at once: there
+    // is no terminal left to restore.
     let gone = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGHUP, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, gone.clone())?;
-    }
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, gone.clone())?;
     let mut terminal = ratatui::try_init()?;
+    let mut gone_terminal = false;
     let (mut last_state, mut last_gpu) = (Instant::now(), Instant::now());
     let result = (|| -> Result<()> {
         while !gone.load(Ordering::SeqCst) {
@@ -108,38 +193,43 @@ pub fn run_dashboard(info: &crate::runs::RunInfo, theme: Theme) -> Result<()> {
                 dash.gpu = gpu.read(&dash.view.device, remote(&dash.state));
             }
             if terminal.draw(|f| dash.draw(f)).is_err() {
+                gone_terminal = true;
                 return Ok(());
             }
-            // Errors here mean the terminal is gone: leave instead of spinning.
-            match event::poll(Duration::from_millis(250)) {
-                Ok(false) => continue,
-                Ok(true) => {}
-                Err(_) => return Ok(()),
-            }
-            match event::read() {
-                Ok(Event::Key(k)) => match dash.handle_key(k) {
-                    DashAction::Continue => {}
-                    DashAction::Detach => return Ok(()),
-                    DashAction::Send(req) => {
-                        let current = crate::runs::RunInfo {
-                            state: dash.state.clone(),
-                            ..info.clone()
-                        };
-                        match crate::runs::request(&current, req) {
-                            Ok(_) => dash.set_notice(true, req.sent_note()),
-                            Err(e) => dash.set_notice(false, format!("{e:#}")),
-                        }
-                    }
-                },
-                Ok(Event::Resize(..)) => {
-                    let _ = terminal.autoresize();
+            let events = match next_input(Duration::from_millis(250)) {
+                Input::Events(e) => e,
+                Input::Idle => continue,
+                // The terminal is gone: leave instead of spinning.
+                Input::Gone => {
+                    gone_terminal = true;
+                    return Ok(());
                 }
-                Ok(_) => {}
-                Err(_) => return Ok(()),
+            };
+            for e in events {
+                match e {
+                    Event::Key(k) => match dash.handle_key(k) {
+                        DashAction::Continue => {}
+                        DashAction::Detach => return Ok(()),
+                        DashAction::Send(req) => {
+                            let current = crate::runs::RunInfo {
+                                state: dash.state.clone(),
+                                ..info.clone()
+                            };
+                            match crate::runs::request(&current, req) {
+                                Ok(_) => dash.set_notice(true, req.sent_note()),
+                                Err(e) => dash.set_notice(false, format!("{e:#}")),
+                            }
+                        }
+                    },
+                    Event::Resize(..) => {
+                        let _ = terminal.autoresize();
+                    }
+                    _ => {}
+                }
             }
         }
         Ok(())
     })();
-    ratatui::restore();
+    leave(terminal, gone_terminal);
     result
 }
