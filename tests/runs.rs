@@ -661,22 +661,30 @@ fn the_dashboard_detaches_on_q_and_ends_with_its_terminal() {
     assert_eq!(state(&folder).unwrap()["state"], "running");
     pty.hang_up();
 
-    // A dashboard whose terminal disappears ends by itself (it neither lingers nor spins),
-    // with the hang-up signal (a controlling terminal) or without it (end of input only),
-    // and the run goes on.
-    for controlling in [true, false] {
-        let pty = Pty::open();
-        let mut dash = pty.spawn(
-            {
-                let mut c = softtune(&data);
-                c.arg("attach");
-                c
-            },
-            controlling,
-        );
-        wait_for(20, "the dashboard", || {
+    // Two dashboards watch the run at once. A dashboard whose terminal disappears ends by
+    // itself (it neither lingers nor spins), with the hang-up signal (a controlling
+    // terminal) or without it (end of input only), and the run goes on.
+    let ptys: Vec<(Pty, std::process::Child, bool)> = [true, false]
+        .into_iter()
+        .map(|controlling| {
+            let pty = Pty::open();
+            let child = pty.spawn(
+                {
+                    let mut c = softtune(&data);
+                    c.arg("attach");
+                    c
+                },
+                controlling,
+            );
+            (pty, child, controlling)
+        })
+        .collect();
+    for (pty, _, _) in &ptys {
+        wait_for(20, "both dashboards", || {
             pty.screen().contains("softtune · run").then_some(())
         });
+    }
+    for (pty, mut dash, controlling) in ptys {
         let pid = dash.id() as i32;
         pty.hang_up();
         assert!(
