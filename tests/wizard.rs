@@ -158,6 +158,28 @@ fn prompt_and_model_steps() {
     insta::assert_snapshot!("model_gpt2", screen(&a, 80, 24));
     goto(&mut a, Step::Prompt);
     insta::assert_snapshot!("prompt_token_count", screen(&a, 80, 24));
+
+    // The starter is a multi-line editor: Enter breaks the line, ↑ moves up a line, Tab
+    // leaves it; the token count follows.
+    focus(&mut a, "prompt.text");
+    press(&mut a, KeyCode::Enter);
+    type_str(&mut a, "in a land far away,");
+    press(&mut a, KeyCode::Enter);
+    type_str(&mut a, "there lived a writer.");
+    press(&mut a, KeyCode::Up);
+    press(&mut a, KeyCode::Home);
+    type_str(&mut a, "deep ");
+    insta::assert_snapshot!("prompt_multiline", screen(&a, 80, 24));
+    assert_eq!(
+        a.to_config().prompt.text.as_deref(),
+        Some("Once upon a time\ndeep in a land far away,\nthere lived a writer.")
+    );
+    press(&mut a, KeyCode::Tab);
+    assert_eq!(a.focused_field().unwrap().key, "prompt.file");
+    let toml = a.to_config().to_toml().unwrap();
+    let back = softtune::config::RunConfig::from_toml(&toml).unwrap();
+    assert_eq!(back.prompt.text, a.to_config().prompt.text, "{toml}");
+
     set(&mut a, "prompt.file", "tests/fixtures/nope.txt");
     insta::assert_snapshot!("prompt_conflict", screen(&a, 80, 24));
 }

@@ -503,6 +503,19 @@ impl App {
             KeyCode::Tab => self.move_field(true),
             KeyCode::BackTab => self.move_field(false),
             KeyCode::Enter if self.step == Step::Run => return self.try_start(),
+            KeyCode::Enter | KeyCode::Up | KeyCode::Down | KeyCode::Home | KeyCode::End
+                if self.typing && self.focused_field().is_some_and(|f| f.lines > 1) =>
+            {
+                let k = self.step.fields()[self.field].key;
+                let used = self
+                    .values
+                    .get_mut(k)
+                    .is_some_and(|i| i.handle_multiline(key));
+                // ↑ on the first line / ↓ on the last leave the editor.
+                if !used {
+                    self.move_field(key.code == KeyCode::Down);
+                }
+            }
             KeyCode::Enter if self.typing => self.move_field(true),
             KeyCode::Up | KeyCode::Down if self.typing => {
                 self.cycle_choice(key.code == KeyCode::Down);
@@ -704,6 +717,43 @@ impl App {
         for (i, f) in self.step.fields().iter().enumerate() {
             let focused = self.typing && i == self.field;
             let input = &self.values[f.key];
+            if f.lines > 1 {
+                let (rows, (cr, cc)) = input.view(box_w.saturating_sub(1), f.lines as usize);
+                let empty = input.value().is_empty() && !focused;
+                let style = if focused { th.focus } else { th.text };
+                for r in 0..f.lines as usize {
+                    let text = match rows.get(r) {
+                        _ if empty && r == 0 => "—".to_string(),
+                        Some(t) => t.clone(),
+                        None => String::new(),
+                    };
+                    let (marker, label) = if r == 0 {
+                        (if focused { "›" } else { " " }, f.label)
+                    } else {
+                        (" ", "")
+                    };
+                    lines.push(Line::from(vec![
+                        Span::styled(marker, th.current),
+                        Span::styled(format!("{label:<label_w$} "), th.text),
+                        Span::styled(
+                            format!("{text:<box_w$}"),
+                            if empty { th.muted } else { style },
+                        ),
+                    ]));
+                    if focused && r == cr {
+                        cursor = Some(Position::new(
+                            content.x + label_w as u16 + 2 + cc as u16,
+                            content.y + lines.len() as u16 - 1,
+                        ));
+                    }
+                }
+                for (k, msg) in &report.errors {
+                    if k == &f.key {
+                        lines.push(Line::styled(format!("   ✖ {msg}"), th.error));
+                    }
+                }
+                continue;
+            }
             let (shown, col) = input.window(box_w.saturating_sub(1));
             let value = if shown.is_empty() && !focused {
                 Span::styled(format!("{:<box_w$}", "—"), th.muted)
@@ -790,7 +840,7 @@ impl App {
             _ => String::new(),
         };
         let starter = match (&c.prompt.text, &c.prompt.file) {
-            (Some(t), _) => format!("text \"{}\"", truncate(t, 30)),
+            (Some(t), _) => format!("text \"{}\"", truncate(&t.replace('\n', " ↵ "), 30)),
             (None, Some(f)) => format!("file {}", f.display()),
             _ => "none (vocabulary sample)".into(),
         };

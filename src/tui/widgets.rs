@@ -1,4 +1,5 @@
-//! A single-line text input: insert, delete, cursor movement, Home / End.
+//! Text inputs: a single line (insert, delete, cursor movement, Home / End), and the same
+//! text edited over several lines (Enter breaks the line, ↑ / ↓ move between lines).
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::layout::Rect;
@@ -75,6 +76,95 @@ impl Input {
         true
     }
 
+    /// (start, end) char indices of every line (split at `\n`, which belongs to no line).
+    fn line_spans(&self) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let mut i = 0;
+        for c in self.text.chars() {
+            if c == '\n' {
+                out.push((start, i));
+                start = i + 1;
+            }
+            i += 1;
+        }
+        out.push((start, i));
+        out
+    }
+
+    /// Line and column of the cursor.
+    fn line_col(&self) -> (usize, usize) {
+        let spans = self.line_spans();
+        let line = spans
+            .iter()
+            .position(|&(a, b)| self.cursor >= a && self.cursor <= b)
+            .unwrap_or(spans.len() - 1);
+        (line, self.cursor - spans[line].0)
+    }
+
+    /// Handles a key of the multi-line editor: Enter breaks the line, ↑ / ↓ move between
+    /// lines, Home / End go to the line's ends; other keys as on one line. Returns whether
+    /// the key was used (↑ on the first line and ↓ on the last are not).
+    pub fn handle_multiline(&mut self, key: KeyEvent) -> bool {
+        let spans = self.line_spans();
+        let (line, col) = self.line_col();
+        match key.code {
+            KeyCode::Enter => {
+                let b = self.byte_at(self.cursor);
+                self.text.insert(b, '\n');
+                self.cursor += 1;
+            }
+            KeyCode::Up | KeyCode::Down => {
+                let target = match key.code {
+                    KeyCode::Up if line > 0 => line - 1,
+                    KeyCode::Down if line + 1 < spans.len() => line + 1,
+                    _ => return false,
+                };
+                let (a, b) = spans[target];
+                self.cursor = a + col.min(b - a);
+            }
+            KeyCode::Home => self.cursor = spans[line].0,
+            KeyCode::End => self.cursor = spans[line].1,
+            _ => return self.handle(key),
+        }
+        true
+    }
+
+    /// The text wrapped to `width` cells in `rows` rows, scrolled so the cursor is visible,
+    /// and the cursor's (row, column) in that view.
+    pub fn view(&self, width: usize, rows: usize) -> (Vec<String>, (usize, usize)) {
+        let width = width.max(1);
+        let rows = rows.max(1);
+        let chars: Vec<char> = self.text.chars().collect();
+        let mut wrapped: Vec<String> = Vec::new();
+        let mut cursor = (0, 0);
+        for (a, b) in self.line_spans() {
+            let mut start = a;
+            loop {
+                let end = (start + width).min(b);
+                if self.cursor >= start && (self.cursor < end || (self.cursor == end && (end == b)))
+                {
+                    cursor = (wrapped.len(), self.cursor - start);
+                }
+                wrapped.push(chars[start..end].iter().collect());
+                if end >= b {
+                    break;
+                }
+                start = end;
+            }
+        }
+        if cursor.1 >= width {
+            // At the end of a full row: show it at the start of the next one.
+            cursor = (cursor.0 + 1, 0);
+            if cursor.0 == wrapped.len() {
+                wrapped.push(String::new());
+            }
+        }
+        let first = (cursor.0 + 1).saturating_sub(rows);
+        let shown: Vec<String> = wrapped.into_iter().skip(first).take(rows).collect();
+        (shown, (cursor.0 - first, cursor.1))
+    }
+
     /// The visible part of the text for a box `width` cells wide, and the cursor column in it.
     pub fn window(&self, width: usize) -> (String, usize) {
         let width = width.max(1);
@@ -106,6 +196,45 @@ mod tests {
         assert_eq!((i.value(), i.cursor()), ("é", 1));
         let long = Input::new("0123456789");
         assert_eq!(long.window(4), ("789".to_string(), 3));
+    }
+
+    #[test]
+    fn multiline_editing_and_view() {
+        let mut i = Input::new("");
+        for c in "ab".chars() {
+            i.handle_multiline(k(KeyCode::Char(c)));
+        }
+        i.handle_multiline(k(KeyCode::Enter));
+        for c in "cdefg".chars() {
+            i.handle_multiline(k(KeyCode::Char(c)));
+        }
+        assert_eq!(i.value(), "ab\ncdefg");
+        // ↑ keeps the column where the line allows it; ↓ comes back.
+        assert!(i.handle_multiline(k(KeyCode::Up)));
+        assert_eq!(i.cursor(), 2, "end of \"ab\"");
+        assert!(!i.handle_multiline(k(KeyCode::Up)), "no line above");
+        i.handle_multiline(k(KeyCode::Home));
+        assert_eq!(i.cursor(), 0);
+        assert!(i.handle_multiline(k(KeyCode::Down)));
+        assert_eq!(i.cursor(), 3, "start of the second line");
+        i.handle_multiline(k(KeyCode::End));
+        assert_eq!(i.cursor(), 8);
+        // Wrapped at 3 columns: ab / cde / fg, cursor after g.
+        assert_eq!(
+            i.view(3, 5),
+            (vec!["ab".into(), "cde".into(), "fg".into()], (2, 2))
+        );
+        // Two rows scroll to the cursor.
+        assert_eq!(i.view(3, 2), (vec!["cde".into(), "fg".into()], (1, 2)));
+        // A full last row puts the cursor on a fresh row.
+        let full = Input::new("abc");
+        assert_eq!(full.view(3, 3), (vec!["abc".into(), "".into()], (1, 0)));
+        // Backspace at a line start joins the lines.
+        i.handle_multiline(k(KeyCode::Up));
+        i.handle_multiline(k(KeyCode::Down));
+        i.handle_multiline(k(KeyCode::Home));
+        i.handle_multiline(k(KeyCode::Backspace));
+        assert_eq!(i.value(), "abcdefg");
     }
 }
 

@@ -12,12 +12,14 @@ pub const FIELDS: &[FieldDef] = &[
         label: "Text file or folder",
         help: "The text to learn from: a UTF-8 file, or a folder searched recursively (e.g. data/novels)",
         choices: &[],
+        lines: 1,
     },
     FieldDef {
         key: "dataset.glob",
         label: "File pattern",
         help: "Which files of a folder are read (default *.txt; e.g. *.md)",
         choices: &["*.txt", "*.md", "*"],
+        lines: 1,
     },
 ];
 

@@ -11,12 +11,14 @@ pub const FIELDS: &[FieldDef] = &[
         label: "Device",
         help: "auto (first GPU, else CPU), cpu or cuda:N; ↑/↓ cycles",
         choices: &["auto", "cpu", "cuda:0", "cuda:1", "cuda:2", "cuda:3"],
+        lines: 1,
     },
     FieldDef {
         key: "device.precision",
         label: "Precision",
         help: "Frozen weights: auto (f32 on CPU, the checkpoint's bf16/f16 on GPU), f32, bf16, f16",
         choices: &["auto", "f32", "bf16", "f16"],
+        lines: 1,
     },
 ];
 

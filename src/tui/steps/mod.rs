@@ -18,6 +18,8 @@ pub struct FieldDef {
     pub label: &'static str,
     pub help: &'static str,
     pub choices: &'static [&'static str],
+    /// Rows of the input: 1 for a line; more for a multi-line editor (Enter breaks the line).
+    pub lines: u16,
 }
 
 /// What a step's check found: errors per field, warnings and information lines.

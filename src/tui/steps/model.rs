@@ -16,12 +16,14 @@ pub const FIELDS: &[FieldDef] = &[
         label: "Model",
         help: "Hugging Face id or local folder (e.g. EleutherAI/pythia-160m, KoboldAI/OPT-2.7B-Nerys-v2)",
         choices: &[],
+        lines: 1,
     },
     FieldDef {
         key: "model.revision",
         label: "Revision",
         help: "Hub branch, tag or commit (default main); ignored for a local folder",
         choices: &[],
+        lines: 1,
     },
 ];
 

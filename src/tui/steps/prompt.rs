@@ -7,20 +7,23 @@ pub const FIELDS: &[FieldDef] = &[
     FieldDef {
         key: "prompt.text",
         label: "Starter text",
-        help: "Text whose token embeddings start the soft prompt (one line; e.g. a summary of the style)",
+        help: "Starting text for the soft prompt, e.g. a passage in the style. Enter: new line · Tab: next field",
         choices: &[],
+        lines: 5,
     },
     FieldDef {
         key: "prompt.file",
         label: "…or starter file",
         help: "A UTF-8 file holding the starter text instead (leave both empty to sample the vocabulary)",
         choices: &[],
+        lines: 1,
     },
     FieldDef {
         key: "prompt.init",
         label: "Initialisation",
         help: "text (from the starter), vocab_sample (random vocabulary rows, the default without a starter) or random",
         choices: &["text", "vocab_sample", "random"],
+        lines: 1,
     },
 ];
 
