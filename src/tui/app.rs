@@ -69,6 +69,8 @@ pub struct App {
     dataset: Cached<DatasetInfo>,
     model: Cached<ModelInfo>,
     folder: Cached<()>,
+    /// Bytes per token of the dataset sample with the model's tokenizer.
+    bytes_per_token: Cached<f64>,
     /// Set by the last draw: the terminal is below the minimum size.
     too_small: std::cell::Cell<bool>,
 }
@@ -151,6 +153,7 @@ impl App {
             dataset: None,
             model: None,
             folder: None,
+            bytes_per_token: None,
             too_small: std::cell::Cell::new(false),
         };
         app.refresh();
@@ -202,6 +205,16 @@ impl App {
             .map(|(_, r)| r)
     }
 
+    /// Bytes per token of the dataset with the model's tokenizer (measured on a sample),
+    /// once both are known.
+    pub fn bytes_per_token(&self) -> Option<f64> {
+        let key = format!("{}\0{}", self.dataset_key(), self.model_key());
+        self.bytes_per_token
+            .as_ref()
+            .filter(|(k, _)| *k == key)
+            .and_then(|(_, r)| r.as_ref().ok().copied())
+    }
+
     /// The writability check of the current output folder, once done.
     pub fn folder_check(&self) -> Option<&Result<(), String>> {
         self.folder
@@ -243,6 +256,23 @@ impl App {
         if !id.is_empty() && self.model.as_ref().is_none_or(|(k, _)| *k != key) {
             let rev = self.value("model.revision").trim().to_string();
             self.model = Some((key, model::analyse(&id, &rev)));
+        }
+        let key = format!("{}\0{}", self.dataset_key(), self.model_key());
+        if self.bytes_per_token.as_ref().is_none_or(|(k, _)| *k != key) {
+            let measured = match (self.dataset_info(), self.model_info()) {
+                (Some(Ok(d)), Some(Ok(m))) => match &m.tokenizer {
+                    Some(tok) if !d.sample.is_empty() => Some(
+                        tok.encode(&d.sample)
+                            .map(|ids| d.sample.len() as f64 / ids.len().max(1) as f64)
+                            .map_err(|e| format!("{e:#}")),
+                    ),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some(r) = measured {
+                self.bytes_per_token = Some((key, r));
+            }
         }
         let folder = names::folder(self);
         if self.folder.as_ref().is_none_or(|(k, _)| *k != folder) {

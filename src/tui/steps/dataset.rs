@@ -31,25 +31,47 @@ pub const SMALL_DATASET: u64 = 8 * 1024 * 1024;
 pub struct DatasetInfo {
     pub files: usize,
     pub bytes: u64,
+    /// The first [`SAMPLE_BYTES`] or so of text (whole files, then a cut at a line end),
+    /// for measuring the model tokenizer's bytes per token.
+    pub sample: String,
 }
+
+/// Size of the text sample kept for estimates.
+pub const SAMPLE_BYTES: usize = 64 * 1024;
 
 /// Scans the dataset and reads every file once: errors name an unreadable or non-UTF-8 file.
 pub fn analyse(path: &str, glob: &str) -> Result<DatasetInfo, String> {
     let files = crate::data::dataset::scan(Path::new(path), glob).map_err(|e| format!("{e:#}"))?;
+    let mut sample = String::new();
     for f in &files {
         let bytes = std::fs::read(&f.path)
             .map_err(|e| format!("{}: cannot read ({e})", f.path.display()))?;
-        if let Err(e) = std::str::from_utf8(&bytes) {
-            return Err(format!(
-                "{}: not valid UTF-8 at byte offset {}",
-                f.path.display(),
-                e.valid_up_to()
-            ));
+        match std::str::from_utf8(&bytes) {
+            Err(e) => {
+                return Err(format!(
+                    "{}: not valid UTF-8 at byte offset {}",
+                    f.path.display(),
+                    e.valid_up_to()
+                ));
+            }
+            Ok(text) if sample.len() < SAMPLE_BYTES => {
+                let room = SAMPLE_BYTES - sample.len();
+                let cut = if text.len() <= room {
+                    text.len()
+                } else {
+                    text[..text.floor_char_boundary(room)]
+                        .rfind('\n')
+                        .map_or(text.floor_char_boundary(room), |i| i + 1)
+                };
+                sample.push_str(&text[..cut]);
+            }
+            Ok(_) => {}
         }
     }
     Ok(DatasetInfo {
         files: files.len(),
         bytes: files.iter().map(|f| f.size).sum(),
+        sample,
     })
 }
 

@@ -140,7 +140,17 @@ pub fn check(app: &App) -> Report {
         batch * accum
     ));
     if let Some(Ok(d)) = app.dataset_info() {
-        let tokens = d.bytes as f64 / BYTES_PER_TOKEN;
+        let (per_token, how) = match app.bytes_per_token() {
+            Some(b) => (
+                b,
+                format!("{b:.2} bytes per token, measured with the model's tokenizer"),
+            ),
+            None => (
+                BYTES_PER_TOKEN,
+                "estimated at 4 bytes per token".to_string(),
+            ),
+        };
+        let tokens = d.bytes as f64 / per_token;
         let rows = (tokens / (len + 1) as f64).floor() as usize;
         let train = rows.saturating_sub((rows as f64 * 0.05).ceil().max(1.0) as usize);
         let steps = ((epochs * train as f64) as usize / (batch * accum)).max(1);
@@ -151,7 +161,7 @@ pub fn check(app: &App) -> Report {
             ));
         }
         r.info(format!(
-            "about {} optimizer steps, {} tokens seen (estimated at 4 bytes per token)",
+            "about {} optimizer steps, {} tokens seen ({how})",
             steps,
             human_count(steps * batch * accum * len)
         ));
