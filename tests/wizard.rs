@@ -477,3 +477,52 @@ fn device_step_names_the_largest_batch_that_fits() {
     goto(&mut a, Step::Device);
     assert_eq!(errors(&a), "", "batch 1 fits in 2 MB");
 }
+
+#[test]
+fn continue_from_is_checked_against_the_models_width() {
+    use softtune::export::{KoboldMeta, write_kobold_zip};
+    use softtune::prompt::SoftPrompt;
+    let dir = Path::new(SCRATCH).join("continue");
+    std::fs::create_dir_all(&dir).unwrap();
+    let meta = KoboldMeta {
+        name: "old".into(),
+        author: String::new(),
+        supported: vec![],
+        description: String::new(),
+    };
+    for (name, width) in [("w64.zip", 64), ("w32.zip", 32)] {
+        let p = SoftPrompt::new(3, width, vec![0.5; 3 * width]).unwrap();
+        write_kobold_zip(&dir.join(name), &p, &meta, false).unwrap();
+    }
+    let mut a = app(base("continue-out"));
+    goto(&mut a, Step::Model);
+    set(&mut a, "model.id", "tests/fixtures/gpt2");
+    goto(&mut a, Step::Names);
+    set(
+        &mut a,
+        "continue_from",
+        &format!("{SCRATCH}/continue/w32.zip"),
+    );
+    press(&mut a, KeyCode::BackTab);
+    let errors = Step::Names.check(&a).errors;
+    assert!(
+        errors
+            .iter()
+            .any(|(k, m)| *k == "continue_from" && m.contains("32") && m.contains("64")),
+        "{errors:?}"
+    );
+    insta::assert_snapshot!("names_continue_wrong_width", screen(&a, 80, 24));
+    set(
+        &mut a,
+        "continue_from",
+        &format!("{SCRATCH}/continue/w64.zip"),
+    );
+    press(&mut a, KeyCode::BackTab);
+    let r = Step::Names.check(&a);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert!(
+        r.info.iter().any(|i| i.contains("3 soft tokens")),
+        "{:?}",
+        r.info
+    );
+}

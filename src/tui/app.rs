@@ -71,6 +71,8 @@ pub struct App {
     folder: Cached<()>,
     /// Bytes per token of the dataset sample with the model's tokenizer.
     bytes_per_token: Cached<f64>,
+    /// The continue-from file checked against the model's embedding width.
+    continue_from: Cached<String>,
     /// Set by the last draw: the terminal is below the minimum size.
     too_small: std::cell::Cell<bool>,
 }
@@ -154,6 +156,7 @@ impl App {
             model: None,
             folder: None,
             bytes_per_token: None,
+            continue_from: None,
             too_small: std::cell::Cell::new(false),
         };
         app.refresh();
@@ -215,6 +218,19 @@ impl App {
             .and_then(|(_, r)| r.as_ref().ok().copied())
     }
 
+    /// The continue-from file checked against the model, once both are known.
+    pub fn continue_check(&self) -> Option<&Result<String, String>> {
+        let key = format!(
+            "{}\0{}",
+            self.value("continue_from").trim(),
+            self.model_key()
+        );
+        self.continue_from
+            .as_ref()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, r)| r)
+    }
+
     /// The writability check of the current output folder, once done.
     pub fn folder_check(&self) -> Option<&Result<(), String>> {
         self.folder
@@ -272,6 +288,14 @@ impl App {
             };
             if let Some(r) = measured {
                 self.bytes_per_token = Some((key, r));
+            }
+        }
+        let path = self.value("continue_from").trim().to_string();
+        let key = format!("{path}\0{}", self.model_key());
+        if !path.is_empty() && self.continue_from.as_ref().is_none_or(|(k, _)| *k != key) {
+            if let Some(Ok(m)) = self.model_info() {
+                let r = names::check_continue(Path::new(&path), m.d_embed);
+                self.continue_from = Some((key, r));
             }
         }
         let folder = names::folder(self);

@@ -106,6 +106,14 @@ pub fn check(app: &App) -> Report {
     let c = app.value("continue_from").trim();
     if !c.is_empty() && !Path::new(c).exists() {
         r.error("continue_from", format!("{c}: no such file or folder"));
+    } else if !c.is_empty() {
+        match app.continue_check() {
+            Some(Ok(info)) => r.info(info.clone()),
+            Some(Err(e)) => r.error("continue_from", e.clone()),
+            None => r.info(
+                "continue-from is checked against the model once the model (step 3) is known",
+            ),
+        }
     }
     let stem = stem(app);
     let zip = Path::new(&folder(app)).join(format!("{stem}.zip"));
@@ -117,4 +125,31 @@ pub fn check(app: &App) -> Report {
         ));
     }
     r
+}
+
+/// Reads a continue-from file and checks it against the model's embedding width: our
+/// checkpoint (full resume) or a prompt (KoboldAI zip, PEFT adapter, npz `.mtjsp`).
+pub fn check_continue(path: &Path, d_embed: usize) -> Result<String, String> {
+    use crate::train::checkpoint::Checkpoint;
+    if Checkpoint::is_checkpoint(path) {
+        let c = Checkpoint::load(path).map_err(|e| format!("{e:#}"))?;
+        if c.dim != d_embed {
+            return Err(format!(
+                "the checkpoint's prompt is {} wide but the model's embedding width is {d_embed}: it belongs to another model",
+                c.dim
+            ));
+        }
+        return Ok(format!(
+            "resumes a run at step {} of {} ({} soft tokens); the run's settings must match it",
+            c.step, c.total_steps, c.rows
+        ));
+    }
+    crate::prompt::load_for_width(path, d_embed)
+        .map(|p| {
+            format!(
+                "starts from this prompt: {} soft tokens (it sets the soft-token count)",
+                p.rows
+            )
+        })
+        .map_err(|e| format!("{e:#}"))
 }
