@@ -102,7 +102,7 @@ pub struct BenchResult {
 impl BenchResult {
     pub fn header() -> String {
         format!(
-            "{:<15} {:<8} {:<9} {:>8} {:>10} {:>5} {:>11} {:>10} {:>11} {:>6}",
+            "{:<15} {:<13} {:<9} {:>8} {:>10} {:>5} {:>11} {:>10} {:>11} {:>6}",
             "shape",
             "device",
             "dtype",
@@ -118,7 +118,7 @@ impl BenchResult {
 
     pub fn row(&self) -> String {
         format!(
-            "{:<15} {:<8} {:<9} {:>8} {:>10} {:>5} {:>11.1} {:>10.1} {:>11} {:>6}",
+            "{:<15} {:<13} {:<9} {:>8} {:>10} {:>5} {:>11.1} {:>10.1} {:>11} {:>6}",
             self.shape,
             self.device,
             self.dtype,
@@ -213,7 +213,14 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
     };
     Ok(BenchResult {
         shape: args.shape.clone(),
-        device: args.device.to_string(),
+        device: match args.device {
+            DeviceSpec::Cuda(_) => format!(
+                "{}/{}",
+                args.device,
+                crate::device::CudaKind::from_env()?.name()
+            ),
+            DeviceSpec::Cpu => args.device.to_string(),
+        },
         dtype: dtype_name(dtype).to_string(),
         params,
         batch: args.batch,

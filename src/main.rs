@@ -145,6 +145,9 @@ enum Command {
     /// List saved profiles.
     Profiles,
     /// Time full training steps of a real model's shape with random weights (no download).
+    ///
+    /// On CUDA, SOFTTUNE_CUDA_BACKEND=cube runs CubeCL without Burn's fusion wrapper
+    /// (default: fusion); the device column names the one used.
     Bench {
         /// Shapes, comma-separated, or "all": smollm-135m, tinyllama-1.1b, pythia-1.4b, gpt2-xl, gptj-6b, opt-6.7b.
         #[arg(long, default_value = "smollm-135m")]

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The GPU check for issue 6, with an already built release binary (no Rust toolchain or CUDA
+# toolkit needed to build it; the GPU machine needs the driver and libnvrtc):
+#
+#   scripts/gpu-check.sh [BINARY] [DEVICE]
+#
+# 1. the fixture parity suite on the GPU: f32 (bound 1e-4) and bf16 (bound 5e-2) on the first
+#    backend in BACKENDS, bf16 on the others;
+# 2. the TinyLlama row of issue 6 (bf16, 20 soft tokens, AdamW) on every backend in BACKENDS
+#    (default "cube fusion": CubeCL alone, and Burn's fusion-wrapped CubeCL), then the GPT-J
+#    and OPT rows on the faster one; each row gets at most ROW_SECS seconds (default 120,
+#    kernel compilation and autotuning included);
+# 3. one table: tokens/s and peak memory beside PyTorch + PEFT's on an H100 80GB.
+# Prints the card's name first: numbers are only comparable on the same card.
+set -uo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+bin="${1:-$here/target/release/softtune}"
+device="${2:-cuda:0}"
+backends="${BACKENDS:-cube fusion}"
+row_secs="${ROW_SECS:-120}"
+fixtures="$here/tests/fixtures"
+
+if [ ! -x "$bin" ]; then
+    echo "no softtune binary at $bin: build one with 'cargo build --release' and pass its path" >&2
+    exit 2
+fi
+# NVRTC compiles the kernels at run time: make the toolkit's libraries visible.
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu; do
+    [ -d "$d" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
+done
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+
+status=0
+start=$SECONDS
+first=1
+for b in $backends; do
+    precisions="bf16"
+    [ $first -eq 1 ] && precisions="f32 bf16"
+    first=0
+    for precision in $precisions; do
+        echo "== parity: $device, $b, $precision"
+        SOFTTUNE_CUDA_BACKEND=$b timeout 120 "$bin" parity --fixtures "$fixtures" --device "$device" --precision "$precision" || status=1
+    done
+done
+echo "== parity done in $((SECONDS - start)) s"
+
+table=""
+best=""
+best_tps=0
+# bench SHAPE BATCH PEFT_TOKENS_PER_S PEFT_PEAK_GIB BACKEND: one row (H100 80GB references).
+bench() {
+    local shape=$1 batch=$2 peft_tps=$3 peft_mem=$4 b=$5 out rc line tps mem ratio
+    echo "== bench: $shape ${batch}x1024 on $b"
+    out=$(SOFTTUNE_CUDA_BACKEND=$b timeout "$row_secs" "$bin" bench --device "$device" --precision bf16 \
+        --shape "$shape" --batch "$batch" --seq 1024 --soft 20 --steps 3 --warmup 2 2>&1)
+    rc=$?
+    echo "$out"
+    line=$(echo "$out" | grep "^$shape " | tail -1)
+    if [ $rc -ne 0 ] || [ -z "$line" ]; then
+        table+=$(printf '%-15s %-7s %12s %12s %8s %10s %10s' "$shape" "$b" "failed" "$peft_tps" "-" "-" "$peft_mem GiB")$'\n'
+        status=1
+        return
+    fi
+    tps=$(echo "$line" | awk '{print $7}')
+    mem=$(echo "$line" | awk '{print $9" "$10}')
+    ratio=$(awk -v a="$tps" -v b="$peft_tps" 'BEGIN { printf "%.2f", a / b }')
+    table+=$(printf '%-15s %-7s %12s %12s %8s %10s %10s' "$shape" "$b" "$tps" "$peft_tps" "$ratio" "$mem" "$peft_mem GiB")$'\n'
+    if awk -v a="$tps" -v b="$best_tps" 'BEGIN { exit !(a > b) }'; then
+        best=$b
+        best_tps=$tps
+    fi
+}
+for b in $backends; do
+    bench tinyllama-1.1b 8 59848 16.2 "$b"
+done
+if [ -n "$best" ]; then
+    bench gptj-6b 4 10659 45.9 "$best"
+    bench opt-6.7b 4 18739 26.8 "$best"
+fi
+echo
+printf '%-15s %-7s %12s %12s %8s %10s %10s\n' shape backend "tokens/s" "PEFT tok/s" "ratio" "peak mem" "PEFT mem"
+printf '%s' "$table"
+echo "total $((SECONDS - start)) s"
+exit $status
