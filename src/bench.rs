@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Int, Tensor, TensorData};
 use serde_json::json;
 
 use crate::config::OptimizerKind;
@@ -18,7 +17,7 @@ use crate::model::lm::Precision;
 use crate::model::weights::dtype_name;
 use crate::model::{CausalLm, LoadOptions, ModelConfig};
 use crate::rng::SplitMix64;
-use crate::train::micro_step;
+use crate::train::accumulate;
 use crate::train::optimizer::Optimizer;
 
 /// Shapes of real checkpoints (config.json values), by preset name.
@@ -240,22 +239,29 @@ fn run_on<B: AutodiffBackend>(
     args: &BenchArgs,
     device: &B::Device,
     dtype: burn::tensor::DType,
-) -> Result<(usize, f64)> {
+) -> Result<(usize, f64)>
+where
+    CausalLm<B>: Sync,
+{
     let (model, params) = CausalLm::<B>::random(config, device, LoadOptions { dtype })?;
     let (n, d) = (args.soft, config.d_embed);
     let mut rng = SplitMix64::new(42);
     let mut prompt: Vec<f32> = (0..n * d).map(|_| (rng.normal() * 0.02) as f32).collect();
     let mut opt = Optimizer::new(OptimizerKind::AdamW, 0.0, n, d);
     let vocab = config.vocab_size as u64;
+    let threads = if args.device.is_gpu() {
+        1
+    } else {
+        crate::train::cpu_threads()
+    };
     let mut elapsed = 0.0;
     for step in 0..args.warmup + args.steps {
-        let ids: Vec<i32> = (0..args.batch * args.seq)
-            .map(|_| rng.below(vocab) as i32)
+        let ids: Vec<u32> = (0..args.batch * args.seq)
+            .map(|_| rng.below(vocab) as u32)
             .collect();
-        let ids =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [args.batch, args.seq]), device);
+        let rows: Vec<&[u32]> = ids.chunks(args.seq).collect();
         let t = Instant::now();
-        let (_, g) = micro_step(&model, &prompt, n, d, ids)
+        let (_, g) = accumulate(&model, &prompt, n, d, &rows, args.batch, threads)
             .map_err(|e| anyhow!("{}: step {step}: {e:#}", args.shape))?;
         opt.step(&mut prompt, &g, 1e-3);
         if step >= args.warmup {

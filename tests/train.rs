@@ -470,3 +470,67 @@ fn the_demo_configuration_and_dataset_work() {
     assert_eq!(out.step, 2);
     assert!(dir.path().join("out/kjv-demo.zip").is_file());
 }
+
+/// Splitting a step's sequences over threads (the CPU path) gives the sequential result: the
+/// same loss and gradient up to float rounding, with one thread exactly the sequential sum.
+#[test]
+fn threaded_accumulation_equals_sequential() {
+    use burn::backend::{Autodiff, Flex};
+    use softtune::model::weights::Weights;
+    use softtune::model::{CausalLm, LoadOptions, ModelConfig};
+    use softtune::train::{accumulate, micro_step};
+
+    type B = Autodiff<Flex>;
+    let dir = fixtures().join("llama");
+    let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let w = Weights::open(&[dir.join("model.safetensors")]).unwrap();
+    let dev = Default::default();
+    let model = CausalLm::<B>::load(
+        &cfg,
+        &w,
+        &dev,
+        LoadOptions {
+            dtype: burn::tensor::DType::F32,
+        },
+    )
+    .unwrap();
+    let (n, d) = (4, cfg.d_embed);
+    let prompt: Vec<f32> = (0..n * d).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
+    let data: Vec<Vec<u32>> = (0..8)
+        .map(|r| (0..24).map(|t| ((r * 31 + t * 7) % 97) as u32).collect())
+        .collect();
+    let rows: Vec<&[u32]> = data.iter().map(Vec::as_slice).collect();
+
+    // Batch 4, accumulation 2: one thread is exactly the sequential sum of micro-steps.
+    let (l1, g1) = accumulate(&model, &prompt, n, d, &rows, 4, 1).unwrap();
+    let mut sum = vec![0f32; n * d];
+    let mut loss = 0.0;
+    for micro in rows.chunks(4) {
+        let ids = softtune::eval::ids_tensor::<B>(micro, &dev);
+        let (l, g) = micro_step(&model, &prompt, n, d, ids).unwrap();
+        loss += l;
+        for (a, b) in sum.iter_mut().zip(g) {
+            *a += b;
+        }
+    }
+    let seq: Vec<f32> = sum.iter().map(|x| x / 2.0).collect();
+    assert_eq!(l1, loss / 2.0);
+    assert_eq!(g1, seq);
+
+    let max_rel = |a: &[f32], b: &[f32]| {
+        let m = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+        a.iter().zip(b).fold(0f32, |e, (x, y)| e.max((x - y).abs())) / m
+    };
+    // Two and three threads: micro-batches split in parts, or run side by side.
+    for (batch, threads) in [(4, 2), (4, 3), (2, 3), (1, 2)] {
+        let (l, g) = accumulate(&model, &prompt, n, d, &rows, batch, threads).unwrap();
+        let (lr, gr) = accumulate(&model, &prompt, n, d, &rows, batch, 1).unwrap();
+        assert!(
+            (l - lr).abs() < 1e-6 * lr.abs(),
+            "{batch}/{threads}: {l} vs {lr}"
+        );
+        let e = max_rel(&g, &gr);
+        assert!(e < 1e-5, "{batch}/{threads}: gradient differs by {e:e}");
+        assert!(g.iter().any(|x| *x != 0.0));
+    }
+}

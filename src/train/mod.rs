@@ -309,6 +309,95 @@ pub fn micro_step<B: AutodiffBackend>(
     Ok((loss, g))
 }
 
+/// Worker threads for training on the CPU: `SOFTTUNE_CPU_THREADS`, else the number of cores
+/// (at most 16). Burn's CPU backend runs many element-wise operations on one core; running
+/// parts of a step's sequences side by side keeps every core busy.
+pub fn cpu_threads() -> usize {
+    std::env::var("SOFTTUNE_CPU_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .min(16)
+}
+
+/// The prompted loss and its gradient over `rows` (an optimizer step's sequences) taken in
+/// micro-batches of `batch` rows, averaged over the micro-batches: (mean loss, gradient).
+///
+/// With `threads` > 1 (the CPU), parts run side by side on their own threads: a micro-batch
+/// of at least `threads` rows is split into `threads` parts, smaller ones run `threads` at
+/// a time. Each part's loss and gradient is weighted by its share of a micro-batch, so the
+/// result is the same sum; with one thread it is exactly the sequential one.
+pub fn accumulate<B: AutodiffBackend>(
+    model: &CausalLm<B>,
+    prompt: &[f32],
+    n: usize,
+    d: usize,
+    rows: &[&[u32]],
+    batch: usize,
+    threads: usize,
+) -> Result<(f64, Vec<f32>)>
+where
+    CausalLm<B>: Sync,
+{
+    let threads = threads.max(1);
+    let batch = batch.max(1);
+    let parts: Vec<&[&[u32]]> = if threads > 1 && batch >= threads {
+        let size = batch.div_ceil(threads);
+        rows.chunks(batch).flat_map(|m| m.chunks(size)).collect()
+    } else {
+        rows.chunks(batch).collect()
+    };
+    let device = model.device();
+    let mut grad = vec![0f32; n * d];
+    let mut loss_sum = 0.0;
+    for group in parts.chunks(threads) {
+        let results: Vec<Result<(f64, Vec<f32>)>> = if group.len() == 1 {
+            vec![micro_step(
+                model,
+                prompt,
+                n,
+                d,
+                ids_tensor::<B>(group[0], &device),
+            )]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = group
+                    .iter()
+                    .map(|part| {
+                        let device = device.clone();
+                        scope.spawn(move || {
+                            micro_step(model, prompt, n, d, ids_tensor::<B>(part, &device))
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(anyhow!("a training thread crashed")))
+                    })
+                    .collect()
+            })
+        };
+        for (part, r) in group.iter().zip(results) {
+            let (loss, g) = r?;
+            let w = part.len() as f64 / batch as f64;
+            loss_sum += loss * w;
+            let wf = w as f32;
+            for (a, b) in grad.iter_mut().zip(g) {
+                *a += b * wf;
+            }
+        }
+    }
+    let micro_batches = rows.len().div_ceil(batch);
+    let k = micro_batches as f32;
+    for x in grad.iter_mut() {
+        *x /= k;
+    }
+    Ok((loss_sum / micro_batches as f64, grad))
+}
+
 /// Indices of the training rows for global sequence numbers `from..from+n`: each epoch is a
 /// seeded shuffle of all training rows.
 pub fn data_indices(n_train: usize, seed: u64, from: usize, n: usize) -> Vec<usize> {
@@ -333,7 +422,10 @@ fn train_loop<B: AutodiffBackend>(
     device: &B::Device,
     control: &Control,
     sink: &mut dyn EventSink,
-) -> Result<Outcome> {
+) -> Result<Outcome>
+where
+    CausalLm<B>: Sync,
+{
     let cfg = &plan.cfg;
     let (n, d) = (plan.soft_tokens, plan.model_cfg.d_embed);
     let (mut prompt, initial, mut opt, start_step) = match &plan.start {
@@ -401,6 +493,11 @@ fn train_loop<B: AutodiffBackend>(
     sample(start_step, &prompt, sink);
 
     let per_step = plan.per_step();
+    let threads = if cfg.device.is_gpu() {
+        1
+    } else {
+        cpu_threads()
+    };
     let t0 = Instant::now();
     let mut paused_total = Duration::ZERO;
     let mut step = start_step;
@@ -424,23 +521,8 @@ fn train_loop<B: AutodiffBackend>(
         let step_start = Instant::now();
         let lr = schedule::lr_at(step, plan.total_steps, cfg.lr, cfg.warmup, cfg.end_lr);
         let idx = data_indices(plan.rows.train.len(), cfg.seed, step * per_step, per_step);
-        let mut grad = vec![0f32; n * d];
-        let mut loss_sum = 0.0;
-        for micro in idx.chunks(cfg.batch_size) {
-            let rows: Vec<&[u32]> = micro
-                .iter()
-                .map(|&i| plan.rows.train[i].as_slice())
-                .collect();
-            let (loss, g) = micro_step(model, &prompt, n, d, ids_tensor::<B>(&rows, device))?;
-            loss_sum += loss;
-            for (a, b) in grad.iter_mut().zip(g) {
-                *a += b;
-            }
-        }
-        let k = cfg.grad_accumulation as f32;
-        for x in grad.iter_mut() {
-            *x /= k;
-        }
+        let rows: Vec<&[u32]> = idx.iter().map(|&i| plan.rows.train[i].as_slice()).collect();
+        let (loss, mut grad) = accumulate(model, &prompt, n, d, &rows, cfg.batch_size, threads)?;
         let norm = clip_grad_norm(&mut grad, cfg.max_grad_norm);
         opt.step(&mut prompt, &grad, lr);
         step += 1;
@@ -448,7 +530,7 @@ fn train_loop<B: AutodiffBackend>(
         sink.emit(&Event::Step {
             step,
             total_steps: plan.total_steps,
-            loss: loss_sum / cfg.grad_accumulation as f64,
+            loss,
             grad_norm: norm,
             lr,
             tokens_per_s: (per_step * plan.rows.len) as f64 / secs.max(1e-9),
