@@ -10,18 +10,10 @@
 # comparison. Exits non-zero if any check fails.
 set -uo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
-bin="${1:-$here/target/release/softtune}"
 fixtures="${2:-$here/tests/fixtures}"
 device="${3:-cuda:0}"
 
-if [ ! -x "$bin" ]; then
-    echo "no softtune binary at $bin: build one with 'cargo build --release' and pass its path" >&2
-    exit 2
-fi
-# NVRTC compiles the kernels at run time: make the toolkit's libraries visible.
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu; do
-    [ -d "$d" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
-done
+. "$here/scripts/cuda-env.sh" "${1:-}"
 
 status=0
 for precision in f32 bf16; do

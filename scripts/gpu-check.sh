@@ -14,20 +14,12 @@
 # Prints the card's name first: numbers are only comparable on the same card.
 set -uo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
-bin="${1:-$here/target/release/softtune}"
 device="${2:-cuda:0}"
 backends="${BACKENDS:-cube fusion}"
 row_secs="${ROW_SECS:-120}"
 fixtures="$here/tests/fixtures"
 
-if [ ! -x "$bin" ]; then
-    echo "no softtune binary at $bin: build one with 'cargo build --release' and pass its path" >&2
-    exit 2
-fi
-# NVRTC compiles the kernels at run time: make the toolkit's libraries visible.
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu; do
-    [ -d "$d" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
-done
+. "$here/scripts/cuda-env.sh" "${1:-}"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 status=0

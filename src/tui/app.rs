@@ -15,7 +15,7 @@ use super::steps::device::GpuInfo;
 use super::steps::model::{self, ModelInfo};
 use super::steps::{FieldDef, Report, Step, names};
 use super::theme::Theme;
-use super::widgets::{Input, centered, truncate, truncate_left};
+use super::widgets::{Input, centered, draw_too_small, truncate, truncate_left};
 use crate::config::RunConfig;
 
 /// The smallest terminal the wizard draws in.
@@ -604,24 +604,12 @@ impl App {
         self.too_small
             .set(area.width < MIN_WIDTH || area.height < MIN_HEIGHT);
         if self.too_small.get() {
-            let msg = vec![
-                Line::styled("terminal too small", th.error),
-                Line::styled(
-                    format!(
-                        "need {MIN_WIDTH}×{MIN_HEIGHT}, have {}×{}",
-                        area.width, area.height
-                    ),
-                    th.text,
-                ),
-                if self.confirm_quit {
-                    Line::styled("unsaved changes: y quits, any other key stays", th.warning)
-                } else {
-                    Line::styled("enlarge the window, or press Esc to quit", th.muted)
-                },
-            ];
-            let y = area.height.saturating_sub(3) / 2;
-            let r = Rect::new(area.x, area.y + y, area.width, area.height.min(3));
-            frame.render_widget(Paragraph::new(msg).centered().wrap(Wrap { trim: true }), r);
+            let hint = if self.confirm_quit {
+                Line::styled("unsaved changes: y quits, any other key stays", th.warning)
+            } else {
+                Line::styled("enlarge the window, or press Esc to quit", th.muted)
+            };
+            draw_too_small(frame, th, hint);
             return;
         }
         let [top, body, status, footer] = Layout::vertical([

@@ -16,9 +16,8 @@ use ratatui::symbols::Marker;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Axis, Block, Chart, Clear, Dataset, GraphType, Paragraph, Wrap};
 
-use super::app::{MIN_HEIGHT, MIN_WIDTH};
 use super::theme::Theme;
-use super::widgets::{centered, truncate, truncate_left};
+use super::widgets::{centered, draw_too_small, truncate, truncate_left};
 use crate::runs::Request;
 use crate::runs::state::{RunState, Status};
 use crate::train::events::{Event, plain_text};
@@ -483,24 +482,11 @@ impl Dashboard {
     pub fn draw(&self, frame: &mut Frame) {
         let area = frame.area();
         let th = &self.theme;
-        if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
-            let msg = vec![
-                Line::styled("terminal too small", th.error),
-                Line::styled(
-                    format!(
-                        "need {MIN_WIDTH}×{MIN_HEIGHT}, have {}×{}",
-                        area.width, area.height
-                    ),
-                    th.text,
-                ),
-                Line::styled(
-                    "enlarge the window, or press q to detach (training goes on)",
-                    th.muted,
-                ),
-            ];
-            let y = area.height.saturating_sub(3) / 2;
-            let r = Rect::new(area.x, area.y + y, area.width, area.height.min(3));
-            frame.render_widget(Paragraph::new(msg).centered().wrap(Wrap { trim: true }), r);
+        let hint = Line::styled(
+            "enlarge the window, or press q to detach (training goes on)",
+            th.muted,
+        );
+        if draw_too_small(frame, th, hint) {
             return;
         }
         let rest = area.height - 4;

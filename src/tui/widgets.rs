@@ -2,7 +2,13 @@
 //! text edited over several lines (Enter breaks the line, ↑ / ↓ move between lines).
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::Frame;
 use ratatui::layout::Rect;
+use ratatui::text::Line;
+use ratatui::widgets::{Paragraph, Wrap};
+
+use super::app::{MIN_HEIGHT, MIN_WIDTH};
+use super::theme::Theme;
 
 /// A single-line text input. The cursor is a character index.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -330,4 +336,28 @@ pub(crate) fn truncate_left(s: &str, n: usize) -> String {
         let t: String = s.chars().skip(c - n.saturating_sub(1)).collect();
         format!("…{t}")
     }
+}
+
+/// Draws the "terminal too small" message (with `hint` as its last line) when the frame is
+/// below 80×24; returns whether it did (then nothing else should be drawn).
+pub(crate) fn draw_too_small(frame: &mut Frame, theme: &Theme, hint: Line<'static>) -> bool {
+    let area = frame.area();
+    if area.width >= MIN_WIDTH && area.height >= MIN_HEIGHT {
+        return false;
+    }
+    let msg = vec![
+        Line::styled("terminal too small", theme.error),
+        Line::styled(
+            format!(
+                "need {MIN_WIDTH}×{MIN_HEIGHT}, have {}×{}",
+                area.width, area.height
+            ),
+            theme.text,
+        ),
+        hint,
+    ];
+    let y = area.height.saturating_sub(3) / 2;
+    let r = Rect::new(area.x, area.y + y, area.width, area.height.min(3));
+    frame.render_widget(Paragraph::new(msg).centered().wrap(Wrap { trim: true }), r);
+    true
 }
