@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::DType;
 use softtune::model::tokenizer::Tokenizer;
-use softtune::parity::{Reference, check_fixture, tolerance};
+use softtune::parity::{Reference, check_fixture, tolerance, tolerance_for};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -121,4 +121,39 @@ fn greedy_generation_follows_the_reference_logits() {
         checked >= 6,
         "only {checked} cases were clear enough to check"
     );
+}
+
+/// The 16-bit paths the GPU runs (weights and activations in bf16 or f16; norms, attention
+/// scores, softmax and loss in f32), checked on the CPU against the float32 references with
+/// the per-dtype bounds `softtune parity` uses on a GPU.
+#[test]
+fn sixteen_bit_weights_stay_within_their_bounds() {
+    for dtype in [DType::BF16, DType::F16] {
+        for name in [
+            "gpt2",
+            "gpt_neo",
+            "gpt_neox",
+            "gptj",
+            "llama",
+            "opt_proj_postln",
+            "qwen2",
+        ] {
+            let errors =
+                check_fixture::<Autodiff<Flex>>(&fixture(name), &Default::default(), dtype)
+                    .unwrap();
+            for (what, e) in errors {
+                let bound = tolerance_for(dtype, what);
+                assert!(
+                    e <= bound,
+                    "{name} {dtype:?}: {what} max relative error {e:.3e} exceeds {bound:e}"
+                );
+                if what == "logits" {
+                    assert!(
+                        e > 1e-4,
+                        "{name} {dtype:?}: logits error {e:.1e} is too small for 16-bit weights: were they used?"
+                    );
+                }
+            }
+        }
+    }
 }
