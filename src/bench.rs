@@ -249,11 +249,7 @@ where
     let mut prompt: Vec<f32> = (0..n * d).map(|_| (rng.normal() * 0.02) as f32).collect();
     let mut opt = Optimizer::new(OptimizerKind::AdamW, 0.0, n, d);
     let vocab = config.vocab_size as u64;
-    let threads = if args.device.is_gpu() {
-        1
-    } else {
-        crate::train::cpu_threads()
-    };
+    let threads = args.device.threads();
     let mut elapsed = 0.0;
     for step in 0..args.warmup + args.steps {
         let ids: Vec<u32> = (0..args.batch * args.seq)

@@ -70,6 +70,21 @@ impl DeviceSpec {
     pub fn is_gpu(self) -> bool {
         matches!(self, DeviceSpec::Cuda(_))
     }
+
+    /// Threads that run parts of a batch side by side: one on a GPU; on the CPU
+    /// `SOFTTUNE_CPU_THREADS`, else the number of cores (at most 16). Burn's CPU backend runs
+    /// many element-wise operations on one core; parts side by side keep every core busy.
+    pub fn threads(self) -> usize {
+        match self {
+            DeviceSpec::Cuda(_) => 1,
+            DeviceSpec::Cpu => std::env::var("SOFTTUNE_CPU_THREADS")
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .min(16),
+        }
+    }
 }
 
 impl FromStr for DeviceSpec {

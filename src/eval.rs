@@ -125,18 +125,24 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport> {
     crate::with_backend!(device, |B, dev| {
         let model = CausalLm::<B>::load(&config, &weights, &dev, LoadOptions { dtype })?;
         drop(weights);
-        evaluate(&model, &blocks, prompt.as_ref(), args.batch, &dev).map(|(l, lp, tps, secs)| {
-            EvalReport {
-                model: files.id.clone(),
-                device: device.to_string(),
-                blocks: blocks.len(),
-                block_size: block,
-                loss: l,
-                loss_with_prompt: lp,
-                prompt_tokens: n_soft,
-                tokens_per_s: tps,
-                seconds: secs,
-            }
+        evaluate(
+            &model,
+            &blocks,
+            prompt.as_ref(),
+            args.batch,
+            &dev,
+            device.threads(),
+        )
+        .map(|(l, lp, tps, secs)| EvalReport {
+            model: files.id.clone(),
+            device: device.to_string(),
+            blocks: blocks.len(),
+            block_size: block,
+            loss: l,
+            loss_with_prompt: lp,
+            prompt_tokens: n_soft,
+            tokens_per_s: tps,
+            seconds: secs,
         })
     })
 }
@@ -179,22 +185,61 @@ pub fn scalar<B: Backend>(t: Tensor<B, 1>) -> Result<f64> {
 }
 
 /// Mean loss over `blocks` (equal-length token rows), `batch` rows per forward pass, with
-/// the prompt prepended when given.
+/// the prompt prepended when given. With `threads` > 1 the batches run side by side; each
+/// batch is computed as it would be alone and the sum is taken in order, so the result is
+/// the same bit for bit.
 pub fn mean_loss<B: Backend>(
     model: &CausalLm<B>,
     blocks: &[&[u32]],
     prompt: Option<&Tensor<B, 2>>,
     batch: usize,
     device: &B::Device,
-) -> Result<f64> {
-    let mut sum = 0.0;
-    for chunk in blocks.chunks(batch) {
+    threads: usize,
+) -> Result<f64>
+where
+    CausalLm<B>: Sync,
+{
+    let chunks: Vec<&[&[u32]]> = blocks.chunks(batch.max(1)).collect();
+    let one = |chunk: &[&[u32]]| -> Result<f64> {
         let ids = ids_tensor::<B>(chunk, device);
         let loss = match prompt {
             Some(p) => model.loss_with_prompt(p.clone(), ids),
             None => model.loss(ids),
         };
-        sum += scalar(loss)? * chunk.len() as f64;
+        Ok(scalar(loss)? * chunk.len() as f64)
+    };
+    let threads = threads.clamp(1, chunks.len().max(1));
+    let per_chunk: Vec<f64> = if threads == 1 {
+        chunks.iter().map(|c| one(c)).collect::<Result<_>>()?
+    } else {
+        let mut out = vec![0.0; chunks.len()];
+        std::thread::scope(|scope| -> Result<()> {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (chunks, one) = (&chunks, &one);
+                    scope.spawn(move || {
+                        (t..chunks.len())
+                            .step_by(threads)
+                            .map(|i| one(chunks[i]).map(|v| (i, v)))
+                            .collect::<Result<Vec<_>>>()
+                    })
+                })
+                .collect();
+            for h in handles {
+                let part = h
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("an evaluation thread crashed")))?;
+                for (i, v) in part {
+                    out[i] = v;
+                }
+            }
+            Ok(())
+        })?;
+        out
+    };
+    let mut sum = 0.0;
+    for v in per_chunk {
+        sum += v;
     }
     Ok(sum / blocks.len() as f64)
 }
@@ -206,12 +251,16 @@ pub fn evaluate<B: Backend>(
     prompt: Option<&SoftPrompt>,
     batch: usize,
     device: &B::Device,
-) -> Result<(f64, Option<f64>, f64, f64)> {
+    threads: usize,
+) -> Result<(f64, Option<f64>, f64, f64)>
+where
+    CausalLm<B>: Sync,
+{
     let start = Instant::now();
-    let loss = mean_loss(model, blocks, None, batch, device)?;
+    let loss = mean_loss(model, blocks, None, batch, device, threads)?;
     let p = prompt.map(|p| prompt_tensor::<B>(&p.data, p.rows, p.dim, device));
     let with = match &p {
-        Some(p) => Some(mean_loss(model, blocks, Some(p), batch, device)?),
+        Some(p) => Some(mean_loss(model, blocks, Some(p), batch, device, threads)?),
         None => None,
     };
     let passes = if p.is_some() { 2 } else { 1 };

@@ -154,7 +154,7 @@ fn twenty_steps_learn_and_export() {
     )
     .unwrap();
     let rows: Vec<&[u32]> = plan.rows.eval.iter().map(Vec::as_slice).collect();
-    let (_, with, _, _) = softtune::eval::evaluate(&model, &rows, Some(&p), 2, &dev).unwrap();
+    let (_, with, _, _) = softtune::eval::evaluate(&model, &rows, Some(&p), 2, &dev, 2).unwrap();
     let with = with.unwrap();
     assert!((with - fin).abs() < 1e-4, "eval {with} vs reported {fin}");
 
@@ -521,6 +521,14 @@ fn threaded_accumulation_equals_sequential() {
         let m = b.iter().fold(0f32, |m, x| m.max(x.abs()));
         a.iter().zip(b).fold(0f32, |e, (x, y)| e.max((x - y).abs())) / m
     };
+    // Held-out loss: batches side by side give the sequential value bit for bit.
+    let p = softtune::eval::prompt_tensor::<B>(&prompt, n, d, &dev);
+    for batch in [1, 3] {
+        let one = softtune::eval::mean_loss(&model, &rows, Some(&p), batch, &dev, 1).unwrap();
+        let three = softtune::eval::mean_loss(&model, &rows, Some(&p), batch, &dev, 3).unwrap();
+        assert_eq!(one.to_bits(), three.to_bits(), "batch {batch}");
+    }
+
     // Two and three threads: micro-batches split in parts, or run side by side.
     for (batch, threads) in [(4, 2), (4, 3), (2, 3), (1, 2)] {
         let (l, g) = accumulate(&model, &prompt, n, d, &rows, batch, threads).unwrap();

@@ -276,13 +276,24 @@ fn held_out_loss<B: AutodiffBackend>(
     model: &CausalLm<B>,
     prompt: Option<&[f32]>,
     device: &B::Device,
-) -> Result<Option<f64>> {
+) -> Result<Option<f64>>
+where
+    CausalLm<B>: Sync,
+{
     let rows: Vec<&[u32]> = plan.eval_rows().iter().map(Vec::as_slice).collect();
     if rows.is_empty() {
         return Ok(None);
     }
     let p = prompt.map(|p| prompt_tensor::<B>(p, plan.soft_tokens, plan.model_cfg.d_embed, device));
-    mean_loss(model, &rows, p.as_ref(), plan.cfg.batch_size, device).map(Some)
+    mean_loss(
+        model,
+        &rows,
+        p.as_ref(),
+        plan.cfg.batch_size,
+        device,
+        plan.cfg.device.threads(),
+    )
+    .map(Some)
 }
 
 /// One forward + backward: the prompted loss of `ids` and its gradient for the prompt
@@ -307,18 +318,6 @@ pub fn micro_step<B: AutodiffBackend>(
         .to_vec::<f32>()
         .map_err(|e| anyhow!("reading the gradient back failed: {e:?}"))?;
     Ok((loss, g))
-}
-
-/// Worker threads for training on the CPU: `SOFTTUNE_CPU_THREADS`, else the number of cores
-/// (at most 16). Burn's CPU backend runs many element-wise operations on one core; running
-/// parts of a step's sequences side by side keeps every core busy.
-pub fn cpu_threads() -> usize {
-    std::env::var("SOFTTUNE_CPU_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .min(16)
 }
 
 /// The prompted loss and its gradient over `rows` (an optimizer step's sequences) taken in
@@ -493,11 +492,7 @@ where
     sample(start_step, &prompt, sink);
 
     let per_step = plan.per_step();
-    let threads = if cfg.device.is_gpu() {
-        1
-    } else {
-        cpu_threads()
-    };
+    let threads = cfg.device.threads();
     let t0 = Instant::now();
     let mut paused_total = Duration::ZERO;
     let mut step = start_step;
