@@ -126,7 +126,7 @@ fn a_finished_run_shows_its_whole_history() {
     assert!(t.contains("sample at step 39"), "{t}");
     assert!(t.contains("q quit"), "{t}");
     assert!(
-        t.contains("wrote /home/writer/softprompts/ruth-v1.zip"),
+        t.contains("wrote ~/softprompts/ruth-v1.zip"),
         "{t}"
     );
     insta::assert_snapshot!("finished_100x30", s);
