@@ -125,10 +125,7 @@ fn a_finished_run_shows_its_whole_history() {
     assert!(t.contains("step 39/39 100%"), "{t}");
     assert!(t.contains("sample at step 39"), "{t}");
     assert!(t.contains("q quit"), "{t}");
-    assert!(
-        t.contains("wrote ~/softprompts/ruth-v1.zip"),
-        "{t}"
-    );
+    assert!(t.contains("wrote ~/softprompts/ruth-v1.zip"), "{t}");
     insta::assert_snapshot!("finished_100x30", s);
 }
 
