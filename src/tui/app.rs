@@ -759,63 +759,41 @@ impl App {
         for (i, f) in self.step.fields().iter().enumerate() {
             let focused = self.typing && i == self.field;
             let input = &self.values[f.key];
-            if f.lines > 1 {
-                let (rows, (cr, cc)) = input.view(box_w.saturating_sub(1), f.lines as usize);
-                let empty = input.value().is_empty() && !focused;
-                let style = if focused { th.focus } else { th.text };
-                for r in 0..f.lines as usize {
-                    let text = match rows.get(r) {
-                        _ if empty && r == 0 => "—".to_string(),
-                        Some(t) => t.clone(),
-                        None => String::new(),
-                    };
-                    let (marker, label) = if r == 0 {
-                        (if focused { "›" } else { " " }, f.label)
-                    } else {
-                        (" ", "")
-                    };
-                    lines.push(Line::from(vec![
-                        Span::styled(marker, th.current),
-                        Span::styled(format!("{label:<label_w$} "), th.text),
-                        Span::styled(
-                            format!("{text:<box_w$}"),
-                            if empty { th.muted } else { style },
-                        ),
-                    ]));
-                    if focused && r == cr {
-                        cursor = Some(Position::new(
-                            content.x + label_w as u16 + 2 + cc as u16,
-                            content.y + lines.len() as u16 - 1,
-                        ));
-                    }
-                }
-                for (k, msg) in &report.errors {
-                    if k == &f.key {
-                        lines.push(Line::styled(format!("   ✖ {msg}"), th.error));
-                    }
-                }
-                continue;
-            }
-            let (shown, col) = input.window(box_w.saturating_sub(1));
-            let value = if shown.is_empty() && !focused {
-                Span::styled(format!("{:<box_w$}", "—"), th.muted)
+            // A one-line field shows the window around its cursor; a multi-line editor its
+            // wrapped text, scrolled to the cursor.
+            let (rows, (cr, cc)) = if f.lines > 1 {
+                input.view(box_w.saturating_sub(1), f.lines as usize)
             } else {
-                Span::styled(
-                    format!("{shown:<box_w$}"),
-                    if focused { th.focus } else { th.text },
-                )
+                let (shown, col) = input.window(box_w.saturating_sub(1));
+                (vec![shown], (0, col))
             };
-            let marker = if focused { "›" } else { " " };
-            lines.push(Line::from(vec![
-                Span::styled(marker, th.current),
-                Span::styled(format!("{:<label_w$} ", f.label), th.text),
-                value,
-            ]));
-            if focused {
-                cursor = Some(Position::new(
-                    content.x + label_w as u16 + 2 + col as u16,
-                    content.y + lines.len() as u16 - 1,
-                ));
+            let empty = input.value().is_empty() && !focused;
+            let style = if focused { th.focus } else { th.text };
+            for r in 0..f.lines.max(1) as usize {
+                let text = match rows.get(r) {
+                    _ if empty && r == 0 => "—".to_string(),
+                    Some(t) => t.clone(),
+                    None => String::new(),
+                };
+                let (marker, label) = if r == 0 {
+                    (if focused { "›" } else { " " }, f.label)
+                } else {
+                    (" ", "")
+                };
+                lines.push(Line::from(vec![
+                    Span::styled(marker, th.current),
+                    Span::styled(format!("{label:<label_w$} "), th.text),
+                    Span::styled(
+                        format!("{text:<box_w$}"),
+                        if empty { th.muted } else { style },
+                    ),
+                ]));
+                if focused && r == cr {
+                    cursor = Some(Position::new(
+                        content.x + label_w as u16 + 2 + cc as u16,
+                        content.y + lines.len() as u16 - 1,
+                    ));
+                }
             }
             for (k, msg) in &report.errors {
                 if k == &f.key {

@@ -820,17 +820,18 @@ impl Dashboard {
             ("with", &s.with_prompt, with_h, th.current),
             ("without", &s.without_prompt, without_h, th.text),
         ] {
-            for (i, l) in wrap_text(text, w, n).into_iter().enumerate() {
+            let wrapped = wrap_text(text, w, n);
+            if wrapped.is_empty() && n > 0 {
+                lines.push(Line::from(vec![
+                    Span::styled(format!("{label:<LABEL$}"), th.muted),
+                    Span::styled("(ended at once)", th.muted),
+                ]));
+            }
+            for (i, l) in wrapped.into_iter().enumerate() {
                 let lab = if i == 0 { label } else { "" };
                 lines.push(Line::from(vec![
                     Span::styled(format!("{lab:<LABEL$}"), th.muted),
                     Span::styled(l, style),
-                ]));
-            }
-            if wrap_text(text, w, n).is_empty() && n > 0 {
-                lines.push(Line::from(vec![
-                    Span::styled(format!("{label:<LABEL$}"), th.muted),
-                    Span::styled("(ended at once)", th.muted),
                 ]));
             }
         }
