@@ -189,6 +189,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    softtune::device::keep_freed_host_memory();
     let cli = Cli::parse();
     let Some(command) = cli.command else {
         return wizard(cli.profile, cli.theme);
