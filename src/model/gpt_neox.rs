@@ -58,7 +58,7 @@ impl<B: Backend> GptNeoX<B> {
             .rotary
             .as_ref()
             .expect("gpt_neox has rotary settings");
-        let tables = RotaryTables::<B>::new(rot, s, &x.device(), x.dtype());
+        let tables = RotaryTables::<B>::new(rot, hd, s, &x.device(), x.dtype());
         let opts = AttnOpts {
             scale: 1.0 / (hd as f64).sqrt(),
             window: None,

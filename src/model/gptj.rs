@@ -50,7 +50,7 @@ impl<B: Backend> GptJ<B> {
     pub fn forward(&self, mut x: Tensor<B, 3>) -> Tensor<B, 3> {
         let s = x.dims()[1];
         let rot = self.cfg.rotary.as_ref().expect("gptj has rotary settings");
-        let tables = RotaryTables::<B>::new(rot, s, &x.device(), x.dtype());
+        let tables = RotaryTables::<B>::new(rot, self.cfg.head_dim, s, &x.device(), x.dtype());
         let heads = self.cfg.n_heads;
         let opts = AttnOpts {
             scale: 1.0 / (self.cfg.head_dim as f64).sqrt(),

@@ -62,7 +62,7 @@ impl<B: Backend> Llama<B> {
     pub fn forward(&self, mut x: Tensor<B, 3>) -> Tensor<B, 3> {
         let s = x.dims()[1];
         let rot = self.cfg.rotary.as_ref().expect("llama has rotary settings");
-        let tables = RotaryTables::<B>::new(rot, s, &x.device(), x.dtype());
+        let tables = RotaryTables::<B>::new(rot, self.cfg.head_dim, s, &x.device(), x.dtype());
         let scale = 1.0 / (self.cfg.head_dim as f64).sqrt();
         for blk in &self.blocks {
             let hn = blk.ln_1.forward(x.clone());

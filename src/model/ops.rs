@@ -7,7 +7,7 @@
 //! Numerics follow transformers: norms and attention softmax are computed in float32 even
 //! when the frozen weights run in bf16/f16, then cast back to the compute dtype.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use anyhow::{Result, anyhow};
 use burn::tensor::{
@@ -257,12 +257,23 @@ pub fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
     x.swap_dims(1, 2).reshape([b, s, h * hd])
 }
 
-/// Rotary position embedding tables for positions `0..s`.
+/// Rotary position embedding for positions `0..s`, as `x·cos + (x·P)·sin` over whole heads.
+///
+/// `P` is the signed permutation that pairs each rotating feature with its partner (the
+/// other half for the rotate-half style, the neighbour for the interleaved one); features
+/// past `dims` have `cos = 1`, `sin = 0` and no partner, so partial rotary needs no slicing.
+/// Every operation is contiguous: the heads are rotated in their `[b, s, h, hd]` layout,
+/// and `x·P` is a small matmul (exact: one ±1 term per output).
 pub struct RotaryTables<B: Backend> {
+    /// `[1, s, 1, hd]`
     cos: Tensor<B, 4>,
+    /// `[1, s, 1, hd]`
     sin: Tensor<B, 4>,
-    style: RotaryStyle,
+    /// `[hd, hd]`
+    partner: Tensor<B, 2>,
     dims: usize,
+    /// `(heads, cos, sin)` widened to whole sequences, see `per_head`.
+    per_head: RefCell<Vec<(usize, Tensor<B, 2>, Tensor<B, 2>)>>,
 }
 
 /// Inverse frequencies `1 / theta^(2i/dims)`, with `rope_scaling` applied.
@@ -301,71 +312,91 @@ fn inv_freq(r: &Rotary) -> Vec<f64> {
 }
 
 impl<B: Backend> RotaryTables<B> {
-    pub fn new(r: &Rotary, s: usize, device: &B::Device, dtype: DType) -> Self {
+    /// Tables for heads of `head_dim` features at positions `0..s`.
+    pub fn new(r: &Rotary, head_dim: usize, s: usize, device: &B::Device, dtype: DType) -> Self {
         // transformers computes the angles in float32; so do we.
         let freqs: Vec<f32> = inv_freq(r).into_iter().map(|f| f as f32).collect();
-        let half = freqs.len();
-        // Interleaved style pairs (2i, 2i+1) with frequency i; half style uses the frequency
-        // table twice ([f0..f_{h-1}, f0..f_{h-1}]).
-        let width = match r.style {
-            RotaryStyle::Interleaved => half,
-            RotaryStyle::Half => 2 * half,
+        let (hd, rot, half) = (head_dim, r.dims.min(head_dim), freqs.len());
+        // Frequency of feature j: rotate-half uses [f0..f_{h-1}, f0..f_{h-1}], interleaved
+        // pairs (2i, 2i+1) with frequency i.
+        let freq_of = |j: usize| match r.style {
+            RotaryStyle::Half => j % half,
+            RotaryStyle::Interleaved => j / 2,
         };
-        let mut cos = Vec::with_capacity(s * width);
-        let mut sin = Vec::with_capacity(s * width);
+        let mut cos = Vec::with_capacity(s * hd);
+        let mut sin = Vec::with_capacity(s * hd);
         for p in 0..s {
-            for j in 0..width {
-                let angle = p as f32 * freqs[j % half];
-                cos.push(angle.cos());
-                sin.push(angle.sin());
+            for j in 0..hd {
+                if j < rot {
+                    let angle = p as f32 * freqs[freq_of(j)];
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                } else {
+                    cos.push(1.0);
+                    sin.push(0.0);
+                }
             }
         }
-        let mk = |v: Vec<f32>| {
-            Tensor::<B, 4>::from_data(TensorData::new(v, [1, 1, s, width]), (device, DType::F32))
+        // (x·P)[j] = Σ_k x[k]·P[k][j]: rotate-half gives -x[j+half] below half and
+        // x[j-half] above; interleaved gives -x[2i+1] at 2i and x[2i] at 2i+1.
+        let mut partner = vec![0f32; hd * hd];
+        for j in 0..rot {
+            let (k, sign) = match r.style {
+                RotaryStyle::Half if j < rot / 2 => (j + rot / 2, -1.0),
+                RotaryStyle::Half => (j - rot / 2, 1.0),
+                RotaryStyle::Interleaved if j % 2 == 0 => (j + 1, -1.0),
+                RotaryStyle::Interleaved => (j - 1, 1.0),
+            };
+            partner[k * hd + j] = sign;
+        }
+        let table = |v: Vec<f32>| {
+            Tensor::<B, 4>::from_data(TensorData::new(v, [1, s, 1, hd]), (device, DType::F32))
                 .cast(dtype)
         };
         Self {
-            cos: mk(cos),
-            sin: mk(sin),
-            style: r.style,
-            dims: r.dims,
+            cos: table(cos),
+            sin: table(sin),
+            partner: Tensor::<B, 2>::from_data(
+                TensorData::new(partner, [hd, hd]),
+                (device, DType::F32),
+            )
+            .cast(dtype),
+            dims: rot,
+            per_head: RefCell::new(Vec::new()),
         }
+    }
+
+    /// The tables repeated for `h` heads, `[1, s·h·hd]` (made once per head count).
+    fn per_head(&self, h: usize) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let mut made = self.per_head.borrow_mut();
+        if let Some((_, c, s)) = made.iter().find(|(n, _, _)| *n == h) {
+            return (c.clone(), s.clone());
+        }
+        let [_, s, _, hd] = self.cos.dims();
+        let widen = |t: &Tensor<B, 4>| t.clone().expand([1, s, h, hd]).reshape([1, s * h * hd]);
+        let (c, sn) = (widen(&self.cos), widen(&self.sin));
+        made.push((h, c.clone(), sn.clone()));
+        (c, sn)
     }
 
     /// Rotates the first `dims` features of every head of `x [b, h, s, hd]`.
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [b, h, s, hd] = x.dims();
-        let r = self.dims;
-        if r == 0 {
+        if self.dims == 0 {
             return x;
         }
-        let xr = if r < hd {
-            x.clone().narrow(3, 0, r)
-        } else {
-            x.clone()
-        };
-        let rotated = match self.style {
-            RotaryStyle::Half => {
-                let x1 = xr.clone().narrow(3, 0, r / 2);
-                let x2 = xr.clone().narrow(3, r / 2, r / 2);
-                let rot = Tensor::cat(vec![x2.neg(), x1], 3);
-                xr * self.cos.clone() + rot * self.sin.clone()
-            }
-            RotaryStyle::Interleaved => {
-                let pairs = xr.reshape([b, h, s, r / 2, 2]);
-                let xe = pairs.clone().narrow(4, 0, 1).reshape([b, h, s, r / 2]);
-                let xo = pairs.narrow(4, 1, 1).reshape([b, h, s, r / 2]);
-                let (c, sn) = (self.cos.clone(), self.sin.clone());
-                let oe = xe.clone() * c.clone() - xo.clone() * sn.clone();
-                let oo = xo * c + xe * sn;
-                Tensor::stack::<5>(vec![oe, oo], 4).reshape([b, h, s, r])
-            }
-        };
-        if r < hd {
-            Tensor::cat(vec![rotated, x.narrow(3, r, hd - r)], 3)
-        } else {
-            rotated
-        }
+        let [b, h, s, hd] = x.dims();
+        // Back to the projection's own [b, s, h, hd] layout (contiguous after split_heads),
+        // flattened per sequence so the tables broadcast over the batch alone (the CPU
+        // backend's fast broadcast path; a [1, s, 1, hd] table takes its slow strided one).
+        let x = x.swap_dims(1, 2).reshape([b, s * h * hd]);
+        let turned = x
+            .clone()
+            .reshape([b * s * h, hd])
+            .matmul(self.partner.clone())
+            .reshape([b, s * h * hd]);
+        let (cos, sin) = self.per_head(h);
+        let y = x * cos + turned * sin;
+        y.reshape([b, s, h, hd]).swap_dims(1, 2)
     }
 }
 
@@ -378,24 +409,32 @@ pub struct AttnOpts {
     pub window: Option<usize>,
 }
 
-/// `[s, s]` mask, true where attention is forbidden.
+/// `[rep·s, s]` mask, true where attention is forbidden: `rep` stacked copies of the
+/// `[s, s]` causal (or local-window) pattern, one per query head sharing a key head.
 fn causal_mask<B: Backend>(
     s: usize,
+    rep: usize,
     window: Option<usize>,
     device: &B::Device,
 ) -> Tensor<B, 2, Bool> {
-    let mut m = Vec::with_capacity(s * s);
-    for i in 0..s {
-        for j in 0..s {
-            let blocked = j > i || window.is_some_and(|w| i - j >= w);
-            m.push(blocked);
+    let mut m = Vec::with_capacity(rep * s * s);
+    for _ in 0..rep {
+        for i in 0..s {
+            for j in 0..s {
+                let blocked = j > i || window.is_some_and(|w| i - j >= w);
+                m.push(blocked);
+            }
         }
     }
-    Tensor::from_data(TensorData::new(m, [s, s]), device)
+    Tensor::from_data(TensorData::new(m, [rep * s, s]), device)
 }
 
 /// Causal attention: `q [b, h, s, hd]`, `k`/`v [b, kvh, s, hd]` (grouped-query when
 /// `kvh < h`) → `[b, h, s, hd]`. Scores and softmax in float32.
+///
+/// Grouped-query attention stacks the `h / kvh` query heads of each key head along the
+/// sequence (`[b, kvh, rep·s, hd]`) instead of copying keys and values `rep` times: fewer,
+/// larger matmuls and no widened copies to differentiate through.
 pub fn causal_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -404,27 +443,19 @@ pub fn causal_attention<B: Backend>(
 ) -> Tensor<B, 4> {
     let [b, h, s, hd] = q.dims();
     let kvh = k.dims()[1];
+    let rep = h / kvh;
     let dtype = q.dtype();
-    let (k, v) = if kvh == h {
-        (k, v)
-    } else {
-        let rep = h / kvh;
-        let widen = |t: Tensor<B, 4>| {
-            t.unsqueeze_dim::<5>(2)
-                .expand([b, kvh, rep, s, hd])
-                .reshape([b, h, s, hd])
-        };
-        (widen(k), widen(v))
-    };
+    // Head kv·rep + r is query row r·s + i of group kv.
+    let q = q.reshape([b, kvh, rep * s, hd]);
     let scores = q
         .cast(DType::F32)
         .matmul(k.cast(DType::F32).swap_dims(2, 3))
         * opts.scale;
-    let mask = causal_mask::<B>(s, opts.window, &scores.device())
+    let mask = causal_mask::<B>(s, rep, opts.window, &scores.device())
         .unsqueeze::<4>()
-        .expand([b, h, s, s]);
+        .expand([b, kvh, rep * s, s]);
     let probs = activation::softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
-    probs.cast(dtype).matmul(v)
+    probs.cast(dtype).matmul(v).reshape([b, h, s, hd])
 }
 
 /// Mean next-token cross-entropy: `logits [b, t, V]` scored against `targets [b, t]`.
