@@ -8,14 +8,13 @@
 use std::time::Instant;
 
 use anyhow::{Result, anyhow, bail};
-use burn::tensor::backend::AutodiffBackend;
 use serde_json::json;
 
 use crate::config::OptimizerKind;
 use crate::device::DeviceSpec;
 use crate::model::lm::Precision;
 use crate::model::weights::dtype_name;
-use crate::model::{CausalLm, LoadOptions, ModelConfig};
+use crate::model::{CausalLm, LoadOptions, ModelConfig, TrainKernels};
 use crate::rng::SplitMix64;
 use crate::train::accumulate;
 use crate::train::optimizer::Optimizer;
@@ -234,7 +233,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
 
 /// Builds the model and times `steps` optimizer steps after `warmup` untimed ones; returns
 /// the parameter count and the mean ms per step.
-fn run_on<B: AutodiffBackend>(
+fn run_on<B: TrainKernels>(
     config: &ModelConfig,
     args: &BenchArgs,
     device: &B::Device,

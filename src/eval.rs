@@ -14,6 +14,7 @@ use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
 use crate::data;
 use crate::device::DeviceSpec;
+use crate::model::Kernels;
 use crate::model::lm::Precision;
 use crate::model::source::{self, HubOptions};
 use crate::model::tokenizer::Tokenizer;
@@ -188,7 +189,7 @@ pub fn scalar<B: Backend>(t: Tensor<B, 1>) -> Result<f64> {
 /// the prompt prepended when given. With `threads` > 1 the batches run side by side; each
 /// batch is computed as it would be alone and the sum is taken in order, so the result is
 /// the same bit for bit.
-pub fn mean_loss<B: Backend>(
+pub fn mean_loss<B: Kernels>(
     model: &CausalLm<B>,
     blocks: &[&[u32]],
     prompt: Option<&Tensor<B, 2>>,
@@ -245,7 +246,7 @@ where
 }
 
 /// Mean loss without and (if given) with the prompt, tokens/s and seconds.
-pub fn evaluate<B: Backend>(
+pub fn evaluate<B: Kernels>(
     model: &CausalLm<B>,
     blocks: &[&[u32]],
     prompt: Option<&SoftPrompt>,

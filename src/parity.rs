@@ -6,12 +6,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::model::weights::Weights;
-use crate::model::{CausalLm, LoadOptions, ModelConfig};
+use crate::model::{CausalLm, LoadOptions, ModelConfig, TrainKernels};
 
 /// The reference tensors of one fixture.
 pub struct Reference {
@@ -88,7 +87,7 @@ fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
 
 /// Relative errors of one fixture: `(quantity, error)` for logits, logits_with_prompt,
 /// loss, loss_with_prompt and grad_soft_prompt.
-pub fn check_fixture<B: AutodiffBackend>(
+pub fn check_fixture<B: TrainKernels>(
     dir: &Path,
     device: &B::Device,
     dtype: DType,
@@ -180,7 +179,7 @@ pub fn fixture_dirs(root: &Path) -> Result<Vec<std::path::PathBuf>> {
 }
 
 /// Runs every fixture under `root` and prints one line each; returns whether all passed.
-pub fn run_all<B: AutodiffBackend>(root: &Path, device: &B::Device, dtype: DType) -> Result<bool> {
+pub fn run_all<B: TrainKernels>(root: &Path, device: &B::Device, dtype: DType) -> Result<bool> {
     let tol = tolerance(dtype);
     let grad_tol = tolerance_for(dtype, "grad_soft_prompt");
     let names = [

@@ -5,9 +5,8 @@
 
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
 
-use super::CausalLm;
+use super::{CausalLm, Kernels};
 use crate::eval::ids_tensor;
 use crate::rng::SplitMix64;
 
@@ -63,7 +62,7 @@ pub fn pick(logits: &[f32], s: &Sampling, rng: &mut SplitMix64) -> Option<u32> {
 /// (`[n, d_embed]`) prepended when given. Only ids below `vocab` are drawn (embedding rows
 /// past the tokenizer's vocabulary are padding). Generation ends early at any of `stop`,
 /// which is not included. The window slides so prompt + text never exceed `context_len`.
-pub fn generate<B: Backend>(
+pub fn generate<B: Kernels>(
     model: &CausalLm<B>,
     prompt: Option<&Tensor<B, 2>>,
     context: &[u32],

@@ -1,6 +1,7 @@
 //! GPT-2: learned absolute positions, `Conv1D` weights stored `[in, out]`, fused `c_attn`
 //! (= [q | k | v] along the output axis), pre-LN blocks, tied head.
 
+use super::kernels::Kernels;
 use anyhow::Result;
 use burn::tensor::{Tensor, backend::Backend};
 
@@ -24,7 +25,7 @@ pub struct Gpt2<B: Backend> {
     ln_f: LayerNorm<B>,
 }
 
-impl<B: Backend> Gpt2<B> {
+impl<B: Kernels> Gpt2<B> {
     pub fn load(cfg: &ModelConfig, ld: &Loader<B>) -> Result<Self> {
         let ArchSpec::Gpt2 {
             scale_attn_weights,

@@ -1,6 +1,7 @@
 //! GPT-Neo: learned positions, alternating global / local (windowed) attention, no
 //! 1/√d scaling of attention scores, q/k/v without bias, out_proj with bias, tied head.
 
+use super::kernels::Kernels;
 use anyhow::Result;
 use burn::tensor::{Tensor, backend::Backend};
 
@@ -26,7 +27,7 @@ pub struct GptNeo<B: Backend> {
     ln_f: LayerNorm<B>,
 }
 
-impl<B: Backend> GptNeo<B> {
+impl<B: Kernels> GptNeo<B> {
     pub fn load(cfg: &ModelConfig, ld: &Loader<B>) -> Result<Self> {
         let ArchSpec::GptNeo { windows } = &cfg.spec else {
             unreachable!("gpt_neo loader called with another architecture")

@@ -2,6 +2,7 @@
 //! `query_key_value` laid out per head as [q_h, k_h, v_h], parallel residual
 //! (`x + attn(ln1(x)) + mlp(ln2(x))`) or sequential when `use_parallel_residual` is false.
 
+use super::kernels::Kernels;
 use anyhow::Result;
 use burn::tensor::{Tensor, backend::Backend};
 
@@ -24,7 +25,7 @@ pub struct GptNeoX<B: Backend> {
     ln_f: LayerNorm<B>,
 }
 
-impl<B: Backend> GptNeoX<B> {
+impl<B: Kernels> GptNeoX<B> {
     pub fn load(cfg: &ModelConfig, ld: &Loader<B>) -> Result<Self> {
         let ArchSpec::GptNeoX { parallel_residual } = cfg.spec else {
             unreachable!("gpt_neox loader called with another architecture")

@@ -2,6 +2,7 @@
 //! attention and MLP in parallel (`x + attn(ln(x)) + mlp(ln(x))`), q/k/v/out without bias,
 //! untied `lm_head` with bias.
 
+use super::kernels::Kernels;
 use anyhow::Result;
 use burn::tensor::{Tensor, backend::Backend};
 
@@ -24,7 +25,7 @@ pub struct GptJ<B: Backend> {
     ln_f: LayerNorm<B>,
 }
 
-impl<B: Backend> GptJ<B> {
+impl<B: Kernels> GptJ<B> {
     pub fn load(cfg: &ModelConfig, ld: &Loader<B>) -> Result<Self> {
         let (h, eps) = (cfg.hidden, cfg.norm_eps);
         let mut blocks = Vec::with_capacity(cfg.n_layers);

@@ -2,6 +2,7 @@
 //! `rope_scaling`, grouped-query attention, SwiGLU MLP, optional q/k/v bias (qwen2),
 //! sliding windows where the config asks for them, tied or untied head.
 
+use super::kernels::Kernels;
 use anyhow::Result;
 use burn::tensor::{Tensor, backend::Backend};
 
@@ -27,7 +28,7 @@ pub struct Llama<B: Backend> {
     norm: RmsNorm<B>,
 }
 
-impl<B: Backend> Llama<B> {
+impl<B: Kernels> Llama<B> {
     pub fn load(cfg: &ModelConfig, ld: &Loader<B>) -> Result<Self> {
         let ArchSpec::Llama { windows, qkv_bias } = &cfg.spec else {
             unreachable!("llama loader called with another architecture")

@@ -7,6 +7,7 @@
 //! Frozen weights are plain (untracked) tensors, so under `Autodiff` only the prompt gets
 //! a gradient.
 
+use super::kernels::Kernels;
 use anyhow::{Result, bail};
 use burn::tensor::{DType, Int, Tensor, backend::Backend};
 
@@ -93,7 +94,7 @@ pub struct CausalLm<B: Backend> {
     body: Body<B>,
 }
 
-impl<B: Backend> CausalLm<B> {
+impl<B: Kernels> CausalLm<B> {
     /// Loads a checkpoint.
     pub fn load(
         config: &ModelConfig,

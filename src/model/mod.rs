@@ -4,7 +4,9 @@
 //! * [`weights`]: safetensors files (single or sharded), validated, converted to the target dtype.
 //! * [`source`]: where the files come from: a local folder or the Hugging Face hub cache.
 //! * [`ops`]: the small ops layer every architecture is written against (linear, norms,
-//!   rotary, attention, embedding) so faster kernels can replace Burn's defaults later.
+//!   rotary, attention, embedding).
+//! * [`kernels`]: the backend extension behind it ([`kernels::Kernels`]): what a backend runs
+//!   its own way, such as the training backend's memory-saving attention.
 //! * one file per family: [`gpt2`], [`gptj`], [`gpt_neox`], [`gpt_neo`], [`opt`], [`llama`]
 //!   (llama, mistral, qwen2).
 //! * [`lm`]: the loaded model, soft-prompt forward and the loss over text positions.
@@ -16,6 +18,7 @@ pub mod gpt2;
 pub mod gpt_neo;
 pub mod gpt_neox;
 pub mod gptj;
+pub mod kernels;
 pub mod llama;
 pub mod lm;
 pub mod ops;
@@ -25,4 +28,5 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig};
+pub use kernels::{Kernels, TrainKernels};
 pub use lm::{CausalLm, LoadOptions};

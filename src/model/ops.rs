@@ -10,11 +10,10 @@
 use std::cell::{Cell, RefCell};
 
 use anyhow::{Result, anyhow};
-use burn::tensor::{
-    Bool, DType, Distribution, Int, Tensor, TensorData, activation, backend::Backend,
-};
+use burn::tensor::{DType, Distribution, Int, Tensor, TensorData, activation, backend::Backend};
 
 use super::config::{Activation, RopeScaling, Rotary, RotaryStyle};
+use super::kernels::{Kernels, stacked_mask};
 use super::weights::Weights;
 
 /// Where weights come from.
@@ -409,33 +408,25 @@ pub struct AttnOpts {
     pub window: Option<usize>,
 }
 
-/// `[rep·s, s]` mask, true where attention is forbidden: `rep` stacked copies of the
-/// `[s, s]` causal (or local-window) pattern, one per query head sharing a key head.
-fn causal_mask<B: Backend>(
-    s: usize,
-    rep: usize,
-    window: Option<usize>,
-    device: &B::Device,
-) -> Tensor<B, 2, Bool> {
-    let mut m = Vec::with_capacity(rep * s * s);
-    for _ in 0..rep {
-        for i in 0..s {
-            for j in 0..s {
-                let blocked = j > i || window.is_some_and(|w| i - j >= w);
-                m.push(blocked);
-            }
-        }
-    }
-    Tensor::from_data(TensorData::new(m, [rep * s, s]), device)
+/// Causal attention: `q [b, h, s, hd]`, `k`/`v [b, kvh, s, hd]` (grouped-query when
+/// `kvh < h`) → `[b, h, s, hd]`. Scores and softmax in float32. The backend picks how
+/// ([`Kernels::causal_attention`]).
+pub fn causal_attention<B: Kernels>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    opts: AttnOpts,
+) -> Tensor<B, 4> {
+    B::causal_attention(q, k, v, opts)
 }
 
-/// Causal attention: `q [b, h, s, hd]`, `k`/`v [b, kvh, s, hd]` (grouped-query when
-/// `kvh < h`) → `[b, h, s, hd]`. Scores and softmax in float32.
+/// Causal attention as plain Burn operations (under autodiff Burn keeps the scores and
+/// probabilities for the backward pass).
 ///
 /// Grouped-query attention stacks the `h / kvh` query heads of each key head along the
 /// sequence (`[b, kvh, rep·s, hd]`) instead of copying keys and values `rep` times: fewer,
 /// larger matmuls and no widened copies to differentiate through.
-pub fn causal_attention<B: Backend>(
+pub fn plain_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
@@ -451,7 +442,7 @@ pub fn causal_attention<B: Backend>(
         .cast(DType::F32)
         .matmul(k.cast(DType::F32).swap_dims(2, 3))
         * opts.scale;
-    let mask = causal_mask::<B>(s, rep, opts.window, &scores.device())
+    let mask = stacked_mask::<B>(s, 0, rep * s, opts.window, &scores.device())
         .unsqueeze::<4>()
         .expand([b, kvh, rep * s, s]);
     let probs = activation::softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);

@@ -2,6 +2,7 @@
 //! `word_embed_proj_dim` ≠ `hidden_size` (opt-350m), pre-LN or post-LN blocks
 //! (`do_layer_norm_before`), q scaled by 1/√d before q·k, ReLU MLP, tied head.
 
+use super::kernels::Kernels;
 use anyhow::Result;
 use burn::tensor::{Tensor, backend::Backend};
 
@@ -32,7 +33,7 @@ pub struct Opt<B: Backend> {
     final_ln: Option<LayerNorm<B>>,
 }
 
-impl<B: Backend> Opt<B> {
+impl<B: Kernels> Opt<B> {
     pub fn load(cfg: &ModelConfig, ld: &Loader<B>) -> Result<Self> {
         let ArchSpec::Opt {
             pre_layer_norm,

@@ -2,12 +2,11 @@
 //! vocabulary, or noise at the embedding matrix's scale.
 
 use anyhow::{Result, bail};
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use super::Plan;
 use crate::config::InitKind;
-use crate::model::CausalLm;
+use crate::model::{CausalLm, Kernels};
 use crate::rng::SplitMix64;
 
 /// Repeats or cuts `ids` to exactly `n` entries (as PEFT does for text initialisation).
@@ -15,7 +14,7 @@ pub fn fit_ids(ids: &[u32], n: usize) -> Vec<u32> {
     ids.iter().copied().cycle().take(n).collect()
 }
 
-fn rows_of<B: Backend>(model: &CausalLm<B>, ids: &[u32]) -> Result<Vec<f32>> {
+fn rows_of<B: Kernels>(model: &CausalLm<B>, ids: &[u32]) -> Result<Vec<f32>> {
     let device = model.device();
     let idx: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
     let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [ids.len()]), &device);
@@ -29,7 +28,7 @@ fn rows_of<B: Backend>(model: &CausalLm<B>, ids: &[u32]) -> Result<Vec<f32>> {
         .map_err(|e| anyhow::anyhow!("reading embeddings back failed: {e:?}"))
 }
 
-pub fn initial_prompt<B: Backend>(plan: &Plan, model: &CausalLm<B>) -> Result<Vec<f32>> {
+pub fn initial_prompt<B: Kernels>(plan: &Plan, model: &CausalLm<B>) -> Result<Vec<f32>> {
     let n = plan.soft_tokens;
     let mut rng = SplitMix64::new(plan.cfg.seed ^ 0x1417_0000);
     match plan.cfg.init {

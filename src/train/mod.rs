@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use burn::backend::Autodiff;
 use burn::tensor::Tensor;
-use burn::tensor::backend::AutodiffBackend;
 use sha2::{Digest, Sha256};
 
 use crate::config::{InitKind, ValidConfig};
@@ -32,7 +31,7 @@ use crate::export::{KoboldMeta, PeftMeta, write_kobold_zip, write_peft_adapter};
 use crate::model::source::{self, HubOptions, ModelFiles};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::Weights;
-use crate::model::{CausalLm, LoadOptions, ModelConfig};
+use crate::model::{CausalLm, LoadOptions, ModelConfig, TrainKernels};
 use crate::prompt::{self, SoftPrompt};
 use crate::rng::SplitMix64;
 use checkpoint::Checkpoint;
@@ -271,7 +270,7 @@ fn run_inner(plan: &Plan, control: &Control, sink: &mut dyn EventSink) -> Result
 }
 
 /// Mean held-out loss over at most `eval_rows` held-out sequences.
-fn held_out_loss<B: AutodiffBackend>(
+fn held_out_loss<B: TrainKernels>(
     plan: &Plan,
     model: &CausalLm<B>,
     prompt: Option<&[f32]>,
@@ -298,7 +297,7 @@ where
 
 /// One forward + backward: the prompted loss of `ids` and its gradient for the prompt
 /// (`[n, d]`, row-major, float32, on the host).
-pub fn micro_step<B: AutodiffBackend>(
+pub fn micro_step<B: TrainKernels>(
     model: &CausalLm<B>,
     prompt: &[f32],
     n: usize,
@@ -327,7 +326,7 @@ pub fn micro_step<B: AutodiffBackend>(
 /// of at least `threads` rows is split into `threads` parts, smaller ones run `threads` at
 /// a time. Each part's loss and gradient is weighted by its share of a micro-batch, so the
 /// result is the same sum; with one thread it is exactly the sequential one.
-pub fn accumulate<B: AutodiffBackend>(
+pub fn accumulate<B: TrainKernels>(
     model: &CausalLm<B>,
     prompt: &[f32],
     n: usize,
@@ -415,7 +414,7 @@ pub fn data_indices(n_train: usize, seed: u64, from: usize, n: usize) -> Vec<usi
     out
 }
 
-fn train_loop<B: AutodiffBackend>(
+fn train_loop<B: TrainKernels>(
     plan: &Plan,
     model: &CausalLm<B>,
     device: &B::Device,

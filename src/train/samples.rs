@@ -3,13 +3,12 @@
 //! arrive. Both use the same seed, so the only difference is the prompt.
 
 use anyhow::Result;
-use burn::tensor::backend::Backend;
 
 use super::Plan;
 use super::events::Event;
 use crate::eval::prompt_tensor;
-use crate::model::CausalLm;
 use crate::model::generate::{Sampling, generate};
+use crate::model::{CausalLm, Kernels};
 
 /// Tokens of a held-out sequence used as the sample text when none is configured.
 pub const DEFAULT_CONTEXT_TOKENS: usize = 32;
@@ -80,7 +79,7 @@ impl Sampler {
     }
 
     /// The sample event for the prompt `prompt` (`[soft_tokens, d_embed]`, row-major).
-    pub fn sample<B: Backend>(
+    pub fn sample<B: Kernels>(
         &mut self,
         plan: &Plan,
         model: &CausalLm<B>,
