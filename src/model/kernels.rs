@@ -16,9 +16,9 @@ use burn::backend::autodiff::{
     ops::{Backward, Ops, OpsKind},
 };
 use burn::tensor::{
-    Bool, DType, Int, Tensor, TensorMetadata, TensorPrimitive,
+    Bool, DType, IndexingUpdateOp, Int, Tensor, TensorMetadata, TensorPrimitive,
     backend::{AutodiffBackend, Backend},
-    ops::FloatTensor,
+    ops::{FloatTensor, IntTensor},
 };
 
 use super::ops::{self, AttnOpts};
@@ -33,6 +33,11 @@ pub trait Kernels: Backend {
         opts: AttnOpts,
     ) -> Tensor<Self, 4> {
         ops::plain_attention(q, k, v, opts)
+    }
+
+    /// Mean next-token cross-entropy, see [`ops::cross_entropy`].
+    fn cross_entropy(logits: Tensor<Self, 3>, targets: Tensor<Self, 2, Int>) -> Tensor<Self, 1> {
+        ops::plain_cross_entropy(logits, targets)
     }
 }
 
@@ -208,6 +213,57 @@ impl<B: Backend> Backward<B, 3> for SavingAttention {
     }
 }
 
+/// Cross-entropy state: float32 logits `[b, t, V]`, their log-sum-exp `[b, t, 1]`, targets.
+#[derive(Debug, Clone)]
+struct XentState<B: Backend> {
+    logits: FloatTensor<B>,
+    lse: FloatTensor<B>,
+    targets: IntTensor<B>,
+}
+
+/// `(mean loss [1], lse [b, t, 1])` of float32 logits.
+fn xent_forward<B: Backend>(
+    logits: Tensor<B, 3>,
+    targets: Tensor<B, 2, Int>,
+) -> (Tensor<B, 1>, Tensor<B, 3>) {
+    let max = logits.clone().max_dim(2);
+    let lse = max.clone() + (logits.clone() - max).exp().sum_dim(2).log();
+    let picked = logits.gather(2, targets.unsqueeze_dim::<3>(2));
+    ((lse.clone() - picked).mean(), lse)
+}
+
+/// `d loss / d logits = (softmax(logits) − onehot(targets)) · grad / (b·t)`.
+fn xent_backward<B: Backend>(st: XentState<B>, grad: Tensor<B, 1>) -> Tensor<B, 3> {
+    let logits: Tensor<B, 3> = float(st.logits);
+    let lse: Tensor<B, 3> = float(st.lse);
+    let targets = Tensor::<B, 2, Int>::from_primitive(st.targets);
+    let [b, t, _] = logits.dims();
+    let device = logits.device();
+    let minus_one = Tensor::<B, 3>::ones([b, t, 1], (&device, DType::F32)).neg();
+    let d = (logits - lse).exp().scatter(
+        2,
+        targets.unsqueeze_dim::<3>(2),
+        minus_one,
+        IndexingUpdateOp::Add,
+    );
+    d * (grad.cast(DType::F32) / (b * t) as f64).reshape([1, 1, 1])
+}
+
+#[derive(Debug)]
+struct SavingCrossEntropy;
+
+impl<B: Backend> Backward<B, 1> for SavingCrossEntropy {
+    type State = XentState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = float::<B, 1>(grads.consume::<B>(&ops.node));
+        let [parent] = ops.parents;
+        if let Some(node) = parent {
+            grads.register::<B>(node.id, prim(xent_backward(ops.state, grad)));
+        }
+    }
+}
+
 impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
     fn causal_attention(
         q: Tensor<Self, 4>,
@@ -257,13 +313,43 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         };
         float(out)
     }
+
+    /// Saves the float32 logits and one log-sum-exp per position; the plain path keeps the
+    /// whole log-softmax as well, and differentiates through a gather.
+    fn cross_entropy(logits: Tensor<Self, 3>, targets: Tensor<Self, 2, Int>) -> Tensor<Self, 1> {
+        let logits = prim(logits.cast(DType::F32));
+        let targets = targets.into_primitive();
+        let loss = match SavingCrossEntropy
+            .prepare::<C>([logits.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (loss, lse) = xent_forward::<B>(
+                    float(logits.primitive.clone()),
+                    Tensor::from_primitive(targets.clone()),
+                );
+                let state = XentState {
+                    logits: logits.primitive,
+                    lse: prim(lse),
+                    targets,
+                };
+                prep.finish(state, prim(loss))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(prim(B::cross_entropy(
+                float(logits.primitive),
+                Tensor::from_primitive(targets),
+            ))),
+        };
+        float(loss)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::device::CpuBackend as F;
-    use burn::tensor::Distribution;
+    use burn::tensor::{Distribution, TensorData};
 
     type A = Autodiff<F>;
 
@@ -339,6 +425,35 @@ mod tests {
             assert!(max_diff(gk, dk) < 1e-4);
             assert!(max_diff(gv, dv) < 1e-4);
         }
+    }
+
+    #[test]
+    fn saving_cross_entropy_equals_plain() {
+        let dev = Default::default();
+        let logits = Tensor::<F, 3>::random([2, 5, 11], Distribution::Normal(0.0, 3.0), &dev);
+        let targets = Tensor::<F, 2, Int>::from_data(
+            TensorData::new(vec![0i64, 3, 10, 7, 7, 1, 2, 9, 4, 5], [2, 5]),
+            &dev,
+        );
+        let run = |saving: bool| {
+            let x = Tensor::<A, 3>::from_inner(logits.clone()).require_grad();
+            let t = Tensor::<A, 2, Int>::from_inner(targets.clone());
+            let loss = if saving {
+                <A as Kernels>::cross_entropy(x.clone(), t)
+            } else {
+                ops::plain_cross_entropy(x.clone(), t)
+            };
+            // A non-unit upstream gradient, as under loss scaling.
+            let grads = (loss.clone() * 3.0).backward();
+            (
+                loss.inner().into_scalar(),
+                x.grad(&grads).expect("a gradient"),
+            )
+        };
+        let ((l1, g1), (l2, g2)) = (run(true), run(false));
+        assert!((l1 - l2).abs() < 1e-5, "{l1} vs {l2}");
+        let diff: f32 = (g1 - g2).abs().max().into_scalar();
+        assert!(diff < 1e-6, "gradient differs by {diff}");
     }
 
     #[test]

@@ -449,8 +449,17 @@ pub fn plain_attention<B: Backend>(
     probs.cast(dtype).matmul(v).reshape([b, h, s, hd])
 }
 
-/// Mean next-token cross-entropy: `logits [b, t, V]` scored against `targets [b, t]`.
-pub fn cross_entropy<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+/// Mean next-token cross-entropy: `logits [b, t, V]` scored against `targets [b, t]`, in
+/// float32. The backend picks how ([`Kernels::cross_entropy`]).
+pub fn cross_entropy<B: Kernels>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+    B::cross_entropy(logits, targets)
+}
+
+/// Cross-entropy as plain Burn operations.
+pub fn plain_cross_entropy<B: Backend>(
+    logits: Tensor<B, 3>,
+    targets: Tensor<B, 2, Int>,
+) -> Tensor<B, 1> {
     let logp = activation::log_softmax(logits.cast(DType::F32), 2);
     let picked = logp.gather(2, targets.unsqueeze_dim::<3>(2));
     picked.mean().neg()
