@@ -191,7 +191,9 @@ pub fn check(app: &App) -> Report {
 }
 
 /// Rough memory needs of the configured run: frozen weights in their stored dtype (when
-/// known) and activations per sequence (about 34·s·h + 5·heads·s² bytes per layer at 16 bits).
+/// known) and activations per sequence: about 34·s·h bytes per layer at 16 bits, plus one
+/// layer's float32 attention scores (4·heads·s²) while they are computed (training keeps
+/// no `[s, s]` matrix per layer, see `model::kernels`).
 pub struct MemoryEstimate {
     pub weights: Option<usize>,
     pub per_sequence: usize,
@@ -215,6 +217,6 @@ pub fn memory_estimate(app: &App) -> Option<MemoryEstimate> {
     };
     Some(MemoryEstimate {
         weights,
-        per_sequence: m.layers * (34 * s * m.hidden + 5 * m.heads * s * s),
+        per_sequence: m.layers * 34 * s * m.hidden + 4 * m.heads * s * s,
     })
 }
