@@ -16,7 +16,7 @@ use burn::backend::autodiff::{
     ops::{Backward, Ops, OpsKind},
 };
 use burn::tensor::{
-    Bool, DType, IndexingUpdateOp, Int, Tensor, TensorMetadata, TensorPrimitive,
+    Bool, DType, IndexingUpdateOp, Int, Tensor, TensorData, TensorMetadata, TensorPrimitive,
     backend::{AutodiffBackend, Backend},
     ops::{FloatTensor, IntTensor},
 };
@@ -39,6 +39,11 @@ pub trait Kernels: Backend {
     fn cross_entropy(logits: Tensor<Self, 3>, targets: Tensor<Self, 2, Int>) -> Tensor<Self, 1> {
         ops::plain_cross_entropy(logits, targets)
     }
+
+    /// `e^x` element-wise (the softmax and cross-entropy kernels above use it).
+    fn exp<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
+        x.exp()
+    }
 }
 
 /// A training backend: autodiff with kernels, over an inner backend with kernels (held-out
@@ -52,7 +57,38 @@ where
 {
 }
 
-impl Kernels for crate::device::CpuBackend {}
+/// The CPU backend: a vectorised `exp` on float32 ([`super::fast_exp`]), in place when the
+/// tensor's buffer is its own.
+impl Kernels for crate::device::CpuBackend {
+    fn exp<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
+        if x.dtype() != DType::F32 {
+            return x.exp();
+        }
+        let mut t = x.into_primitive().tensor();
+        if !t.is_contiguous() {
+            t = t.to_contiguous();
+        }
+        let (start, end) = t
+            .layout()
+            .contiguous_offsets()
+            .expect("a contiguous tensor has contiguous offsets");
+        if t.try_storage_mut::<f32>().is_none() {
+            // Shared with another tensor: work on a copy of our elements.
+            t = t.to_contiguous();
+            if t.try_storage_mut::<f32>().is_none() {
+                let shape = t.layout().shape().clone();
+                let v = t.storage::<f32>()[start..end].to_vec();
+                t = burn::backend::flex::FlexTensor::from_data(TensorData::new(v, shape));
+            }
+        }
+        let (start, end) = t.layout().contiguous_offsets().unwrap_or((start, end));
+        let storage = t
+            .try_storage_mut::<f32>()
+            .expect("the tensor owns its buffer now");
+        super::fast_exp::exp_in_place(&mut storage[start..end]);
+        float(t)
+    }
+}
 impl Kernels for crate::device::CudaBackend {}
 impl Kernels for crate::device::CudaCubeBackend {}
 
@@ -116,7 +152,7 @@ fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
 }
 
 /// Forward pass by query blocks: `(out [b, h, s, hd], lse [b, kvh, rep·s, 1])`.
-fn saving_forward<B: Backend>(
+fn saving_forward<B: Kernels>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
@@ -140,7 +176,7 @@ fn saving_forward<B: Backend>(
         let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
         // Every row sees its own position, so the row maximum is finite.
         let max = scores.clone().max_dim(3);
-        let e = (scores - max.clone()).exp();
+        let e = B::exp(scores - max.clone());
         let sum = e.clone().sum_dim(3);
         let p = e / sum.clone();
         outs.push(p.cast(dtype).matmul(v.clone()));
@@ -151,7 +187,7 @@ fn saving_forward<B: Backend>(
 }
 
 /// Gradients `(dq, dk, dv)` by query blocks, recomputing the probabilities from `lse`.
-fn saving_backward<B: Backend>(
+fn saving_backward<B: Kernels>(
     st: AttnState<B>,
     grad: Tensor<B, 4>,
     step: usize,
@@ -183,7 +219,7 @@ fn saving_backward<B: Backend>(
             .unsqueeze::<4>()
             .expand([b, kvh, n, s]);
         let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
-        let p = (scores - lse.clone().narrow(2, r0, n)).exp();
+        let p = B::exp(scores - lse.clone().narrow(2, r0, n));
         dv = dv + p.clone().swap_dims(2, 3).matmul(dob.clone());
         let dp = dob.matmul(v.clone().swap_dims(2, 3));
         let ds = p * (dp - delta.clone().narrow(2, r0, n)) * st.opts.scale;
@@ -197,7 +233,7 @@ fn saving_backward<B: Backend>(
 #[derive(Debug)]
 struct SavingAttention;
 
-impl<B: Backend> Backward<B, 3> for SavingAttention {
+impl<B: Kernels> Backward<B, 3> for SavingAttention {
     type State = AttnState<B>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -222,25 +258,25 @@ struct XentState<B: Backend> {
 }
 
 /// `(mean loss [1], lse [b, t, 1])` of float32 logits.
-fn xent_forward<B: Backend>(
+fn xent_forward<B: Kernels>(
     logits: Tensor<B, 3>,
     targets: Tensor<B, 2, Int>,
 ) -> (Tensor<B, 1>, Tensor<B, 3>) {
     let max = logits.clone().max_dim(2);
-    let lse = max.clone() + (logits.clone() - max).exp().sum_dim(2).log();
+    let lse = max.clone() + B::exp(logits.clone() - max).sum_dim(2).log();
     let picked = logits.gather(2, targets.unsqueeze_dim::<3>(2));
     ((lse.clone() - picked).mean(), lse)
 }
 
 /// `d loss / d logits = (softmax(logits) − onehot(targets)) · grad / (b·t)`.
-fn xent_backward<B: Backend>(st: XentState<B>, grad: Tensor<B, 1>) -> Tensor<B, 3> {
+fn xent_backward<B: Kernels>(st: XentState<B>, grad: Tensor<B, 1>) -> Tensor<B, 3> {
     let logits: Tensor<B, 3> = float(st.logits);
     let lse: Tensor<B, 3> = float(st.lse);
     let targets = Tensor::<B, 2, Int>::from_primitive(st.targets);
     let [b, t, _] = logits.dims();
     let device = logits.device();
     let minus_one = Tensor::<B, 3>::ones([b, t, 1], (&device, DType::F32)).neg();
-    let d = (logits - lse).exp().scatter(
+    let d = B::exp(logits - lse).scatter(
         2,
         targets.unsqueeze_dim::<3>(2),
         minus_one,
@@ -252,7 +288,7 @@ fn xent_backward<B: Backend>(st: XentState<B>, grad: Tensor<B, 1>) -> Tensor<B, 
 #[derive(Debug)]
 struct SavingCrossEntropy;
 
-impl<B: Backend> Backward<B, 1> for SavingCrossEntropy {
+impl<B: Kernels> Backward<B, 1> for SavingCrossEntropy {
     type State = XentState<B>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -454,6 +490,27 @@ mod tests {
         assert!((l1 - l2).abs() < 1e-5, "{l1} vs {l2}");
         let diff: f32 = (g1 - g2).abs().max().into_scalar();
         assert!(diff < 1e-6, "gradient differs by {diff}");
+    }
+
+    #[test]
+    fn cpu_exp_leaves_shared_and_viewed_tensors_alone() {
+        let a = random::<F>([2, 3, 4, 5]);
+        let before: Vec<f32> = a.to_data().to_vec().unwrap();
+        let want = a.clone().exp();
+        let close = |x: Tensor<F, 4>, y: Tensor<F, 4>| max_diff(x, y) < 1e-6;
+        // Shared buffer, a transposed view, and a view at an offset.
+        assert!(close(<F as Kernels>::exp(a.clone()), want.clone()));
+        assert!(close(
+            <F as Kernels>::exp(a.clone().swap_dims(1, 3)),
+            want.clone().swap_dims(1, 3)
+        ));
+        assert!(close(
+            <F as Kernels>::exp(a.clone().narrow(1, 1, 2)),
+            want.clone().narrow(1, 1, 2)
+        ));
+        assert_eq!(a.to_data().to_vec::<f32>().unwrap(), before);
+        // Its own buffer: computed in place.
+        assert!(close(<F as Kernels>::exp(a.clone() * 1.0), want));
     }
 
     #[test]

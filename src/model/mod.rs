@@ -13,6 +13,7 @@
 //! * [`generate`]: short sampled continuations (the dashboard's sample generations).
 
 pub mod config;
+pub mod fast_exp;
 pub mod generate;
 pub mod gpt2;
 pub mod gpt_neo;

@@ -1,0 +1,109 @@
+//! `e^x` over float32 slices, vectorised, for the CPU backend's softmax and cross-entropy.
+//!
+//! Burn's CPU backend calls libm's scalar `expf` per element; a training step of a small
+//! model spends ~8 % of its time there. This is the classic range reduction
+//! `e^x = 2^n · e^r` (`|r| ≤ ln 2 / 2`) with a degree-6 polynomial for `e^r` (the Cephes
+//! coefficients), written as straight-line code so the compiler vectorises the loop; on
+//! x86-64 the loop is compiled a second time for AVX2 + FMA and picked at run time.
+//! Accuracy: within 2 ulp of `f32::exp` (tested); results below `e^-87.3` (the normal
+//! range) flush to 0, which is what softmax of a masked score (`-inf`) needs anyway.
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+/// ln 2 split in two so `n · ln 2` is exact in float32 for the `n` that occur.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// ln(f32::MAX): above, e^x is infinite.
+const MAX_ARG: f32 = 88.722_84;
+/// ln(f32::MIN_POSITIVE): below, e^x is subnormal; flushed to 0.
+const MIN_ARG: f32 = -87.336_55;
+
+#[inline(always)]
+fn exp1(x: f32) -> f32 {
+    let xc = x.clamp(MIN_ARG, MAX_ARG);
+    let n = (xc * LOG2E + 0.5).floor();
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 5.000_000_1e-1;
+    let e = p * (r * r) + r + 1.0;
+    // n as an integer without a saturating conversion (which does not vectorise): adding
+    // 1.5·2^23 puts the integer in the low mantissa bits. |n| ≤ 128 here; for a NaN the
+    // bits are garbage but `e` is NaN, so the result is too (wrapping ops: no overflow).
+    let n = (n + 12_582_912.0).to_bits().wrapping_sub(0x4B40_0000) as i32;
+    // 2^n as two factors so n = 128 (x near ln f32::MAX) stays finite in each.
+    let (n1, n2) = (n >> 1, n.wrapping_sub(n >> 1));
+    let pow2 = |k: i32| f32::from_bits((k.wrapping_add(127) as u32).wrapping_shl(23));
+    let y = e * pow2(n1) * pow2(n2);
+    if x > MAX_ARG {
+        f32::INFINITY
+    } else if x < MIN_ARG {
+        0.0
+    } else {
+        y // NaN stays NaN: every comparison above is false
+    }
+}
+
+#[inline(always)]
+fn exp_loop(v: &mut [f32]) {
+    for x in v {
+        *x = exp1(*x);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn exp_avx2(v: &mut [f32]) {
+    exp_loop(v)
+}
+
+/// Replaces every element by its exponential.
+pub fn exp_in_place(v: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA, checked just above.
+        unsafe { exp_avx2(v) };
+        return;
+    }
+    exp_loop(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ulps(a: f32, b: f32) -> u32 {
+        (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
+    }
+
+    #[test]
+    fn within_two_ulp_of_std_and_exact_at_the_edges() {
+        let mut xs: Vec<f32> = (0..200_001)
+            .map(|i| -87.0 + 175.0 * i as f32 / 200_000.0)
+            .collect();
+        xs.extend([0.0, -0.0, 1.0, -1.0, 1e-30, -1e-30, 88.7, -87.3]);
+        let mut got = xs.clone();
+        exp_in_place(&mut got);
+        let mut plain = xs.clone();
+        exp_loop(&mut plain);
+        for ((&x, &g), &p) in xs.iter().zip(&got).zip(&plain) {
+            assert!(ulps(g, x.exp()) <= 2, "e^{x}: {g} vs {}", x.exp());
+            assert_eq!(
+                g.to_bits(),
+                p.to_bits(),
+                "vector and scalar loops differ at {x}"
+            );
+        }
+        let mut edges = [
+            f32::NEG_INFINITY,
+            -1000.0,
+            -88.0,
+            89.0,
+            f32::INFINITY,
+            f32::NAN,
+        ];
+        exp_in_place(&mut edges);
+        assert_eq!(edges[..5], [0.0, 0.0, 0.0, f32::INFINITY, f32::INFINITY]);
+        assert!(edges[5].is_nan());
+    }
+}
