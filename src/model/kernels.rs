@@ -151,6 +151,22 @@ fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
     t.into_primitive().tensor()
 }
 
+/// Scaled scores of stacked query rows `row0..` (`q [b, kvh, n, hd]`) against all keys
+/// (`kt [b, kvh, hd, s]`), float32, with forbidden keys at `-inf`.
+pub fn masked_scores<B: Backend>(
+    q: Tensor<B, 4>,
+    kt: Tensor<B, 4>,
+    row0: usize,
+    opts: AttnOpts,
+) -> Tensor<B, 4> {
+    let [b, kvh, n, _] = q.dims();
+    let s = kt.dims()[3];
+    let mask = stacked_mask::<B>(s, row0, n, opts.window, &q.device())
+        .unsqueeze::<4>()
+        .expand([b, kvh, n, s]);
+    (q.matmul(kt) * opts.scale).mask_fill(mask, f32::NEG_INFINITY)
+}
+
 /// Forward pass by query blocks: `(out [b, h, s, hd], lse [b, kvh, rep·s, 1])`.
 fn saving_forward<B: Kernels>(
     q: Tensor<B, 4>,
@@ -163,17 +179,12 @@ fn saving_forward<B: Kernels>(
     let kvh = k.dims()[1];
     let rows = (h / kvh) * s;
     let dtype = q.dtype();
-    let device = q.device();
     let qg = q.reshape([b, kvh, rows, hd]).cast(DType::F32);
     let kt = k.cast(DType::F32).swap_dims(2, 3);
     let (mut outs, mut lses) = (Vec::new(), Vec::new());
     for r0 in (0..rows).step_by(step) {
         let n = step.min(rows - r0);
-        let scores = qg.clone().narrow(2, r0, n).matmul(kt.clone()) * opts.scale;
-        let mask = stacked_mask::<B>(s, r0, n, opts.window, &device)
-            .unsqueeze::<4>()
-            .expand([b, kvh, n, s]);
-        let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
+        let scores = masked_scores(qg.clone().narrow(2, r0, n), kt.clone(), r0, opts);
         // Every row sees its own position, so the row maximum is finite.
         let max = scores.clone().max_dim(3);
         let e = B::exp(scores - max.clone());
@@ -214,11 +225,7 @@ fn saving_backward<B: Kernels>(
         let n = step.min(rows - r0);
         let qb = qg.clone().narrow(2, r0, n);
         let dob = dout.clone().narrow(2, r0, n);
-        let scores = qb.clone().matmul(k.clone().swap_dims(2, 3)) * st.opts.scale;
-        let mask = stacked_mask::<B>(s, r0, n, st.opts.window, &device)
-            .unsqueeze::<4>()
-            .expand([b, kvh, n, s]);
-        let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
+        let scores = masked_scores(qb.clone(), k.clone().swap_dims(2, 3), r0, st.opts);
         let p = B::exp(scores - lse.clone().narrow(2, r0, n));
         dv = dv + p.clone().swap_dims(2, 3).matmul(dob.clone());
         let dp = dob.matmul(v.clone().swap_dims(2, 3));

@@ -13,7 +13,7 @@ use anyhow::{Result, anyhow};
 use burn::tensor::{DType, Distribution, Int, Tensor, TensorData, activation, backend::Backend};
 
 use super::config::{Activation, RopeScaling, Rotary, RotaryStyle};
-use super::kernels::{Kernels, stacked_mask};
+use super::kernels::{Kernels, masked_scores};
 use super::weights::Weights;
 
 /// Where weights come from.
@@ -438,14 +438,13 @@ pub fn plain_attention<B: Backend>(
     let dtype = q.dtype();
     // Head kv·rep + r is query row r·s + i of group kv.
     let q = q.reshape([b, kvh, rep * s, hd]);
-    let scores = q
-        .cast(DType::F32)
-        .matmul(k.cast(DType::F32).swap_dims(2, 3))
-        * opts.scale;
-    let mask = stacked_mask::<B>(s, 0, rep * s, opts.window, &scores.device())
-        .unsqueeze::<4>()
-        .expand([b, kvh, rep * s, s]);
-    let probs = activation::softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
+    let scores = masked_scores(
+        q.cast(DType::F32),
+        k.cast(DType::F32).swap_dims(2, 3),
+        0,
+        opts,
+    );
+    let probs = activation::softmax(scores, 3);
     probs.cast(dtype).matmul(v).reshape([b, h, s, hd])
 }
 
