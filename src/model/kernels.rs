@@ -95,8 +95,10 @@ impl Kernels for crate::device::CudaCubeBackend {}
 /// Which attention the training backend runs (`SOFTTUNE_ATTENTION`): `saving` (default)
 /// keeps one float per query for the backward pass, `plain` keeps Burn's whole graph
 /// (the `[b, h, s, s]` scores and probabilities), for comparisons.
+/// Read once per process.
 pub fn memory_saving_attention() -> bool {
-    std::env::var("SOFTTUNE_ATTENTION").map_or(true, |v| v != "plain")
+    static SAVING: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SAVING.get_or_init(|| std::env::var("SOFTTUNE_ATTENTION").map_or(true, |v| v != "plain"))
 }
 
 /// Elements of one block of scores (`[b, kv heads, rows, s]`, float32): 64 Mi = 256 MiB.
