@@ -16,7 +16,7 @@ use burn::backend::autodiff::{
     ops::{Backward, Ops, OpsKind},
 };
 use burn::tensor::{
-    Bool, DType, IndexingUpdateOp, Int, Tensor, TensorData, TensorMetadata, TensorPrimitive,
+    Bool, DType, IndexingUpdateOp, Int, Tensor, TensorMetadata, TensorPrimitive,
     backend::{AutodiffBackend, Backend},
     ops::{FloatTensor, IntTensor},
 };
@@ -64,29 +64,21 @@ impl Kernels for crate::device::CpuBackend {
         if x.dtype() != DType::F32 {
             return x.exp();
         }
-        let mut t = x.into_primitive().tensor();
-        if !t.is_contiguous() {
-            t = t.to_contiguous();
-        }
-        let (start, end) = t
-            .layout()
-            .contiguous_offsets()
-            .expect("a contiguous tensor has contiguous offsets");
-        if t.try_storage_mut::<f32>().is_none() {
-            // Shared with another tensor: work on a copy of our elements.
-            t = t.to_contiguous();
-            if t.try_storage_mut::<f32>().is_none() {
-                let shape = t.layout().shape().clone();
-                let v = t.storage::<f32>()[start..end].to_vec();
-                t = burn::backend::flex::FlexTensor::from_data(TensorData::new(v, shape));
+        let t = x.into_primitive().tensor();
+        let mut t = if t.is_contiguous() && t.is_unique() {
+            t
+        } else {
+            // A view, or a buffer shared with another tensor: exponentiate a copy.
+            burn::backend::flex::FlexTensor::from_data(t.into_data())
+        };
+        let range = t.layout().contiguous_offsets();
+        match (range, t.try_storage_mut::<f32>()) {
+            (Some((start, end)), Some(storage)) => {
+                super::fast_exp::exp_in_place(&mut storage[start..end]);
+                float(t)
             }
+            _ => float::<Self, D>(t).exp(),
         }
-        let (start, end) = t.layout().contiguous_offsets().unwrap_or((start, end));
-        let storage = t
-            .try_storage_mut::<f32>()
-            .expect("the tensor owns its buffer now");
-        super::fast_exp::exp_in_place(&mut storage[start..end]);
-        float(t)
     }
 }
 impl Kernels for crate::device::CudaBackend {}
