@@ -6,8 +6,10 @@
 #
 # 1. the fixture parity suite on the GPU: f32 (bound 1e-4) and bf16 (bound 5e-2) on the first
 #    backend in BACKENDS, bf16 on the others;
+#    (each run starts with the kernel checks: every fast path against plain Burn on the GPU);
 # 2. the TinyLlama row of issue 6 (bf16, 20 soft tokens, AdamW) on every backend in BACKENDS
-#    (default "cube fusion": CubeCL alone, and Burn's fusion-wrapped CubeCL), then the GPT-J
+#    (default "cube fusion": CubeCL alone with its matmuls on cuBLAS, and Burn's fusion-wrapped
+#    CubeCL; "cube-cubecl" is CubeCL alone with CubeCL's own matmul), then the GPT-J
 #    and OPT rows on the faster one; each row gets at most ROW_SECS seconds (default 120,
 #    kernel compilation and autotuning included);
 # 3. one table: tokens/s and peak memory beside PyTorch + PEFT's on an H100 80GB.
@@ -22,6 +24,14 @@ fixtures="$here/tests/fixtures"
 . "$here/scripts/cuda-env.sh" "${1:-}"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
+# backend_env NAME: the environment a BACKENDS name stands for.
+backend_env() {
+    case "$1" in
+        cube-cubecl) echo "SOFTTUNE_CUDA_BACKEND=cube SOFTTUNE_CUDA_MATMUL=cubecl" ;;
+        *) echo "SOFTTUNE_CUDA_BACKEND=$1 SOFTTUNE_CUDA_MATMUL=cublas" ;;
+    esac
+}
+
 status=0
 start=$SECONDS
 first=1
@@ -31,7 +41,7 @@ for b in $backends; do
     first=0
     for precision in $precisions; do
         echo "== parity: $device, $b, $precision"
-        SOFTTUNE_CUDA_BACKEND=$b timeout 120 "$bin" parity --fixtures "$fixtures" --device "$device" --precision "$precision" || status=1
+        env $(backend_env "$b") timeout 120 "$bin" parity --fixtures "$fixtures" --device "$device" --precision "$precision" || status=1
     done
 done
 echo "== parity done in $((SECONDS - start)) s"
@@ -43,7 +53,7 @@ best_tps=0
 bench() {
     local shape=$1 batch=$2 peft_tps=$3 peft_mem=$4 b=$5 out rc line tps mem ratio
     echo "== bench: $shape ${batch}x1024 on $b"
-    out=$(SOFTTUNE_CUDA_BACKEND=$b timeout "$row_secs" "$bin" bench --device "$device" --precision bf16 \
+    out=$(env $(backend_env "$b") timeout "$row_secs" "$bin" bench --device "$device" --precision bf16 \
         --shape "$shape" --batch "$batch" --seq 1024 --soft 20 --steps 3 --warmup 2 2>&1)
     rc=$?
     echo "$out"

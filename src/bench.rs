@@ -212,11 +212,19 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
     Ok(BenchResult {
         shape: args.shape.clone(),
         device: match args.device {
-            DeviceSpec::Cuda(_) => format!(
-                "{}/{}",
-                args.device,
-                crate::device::CudaKind::from_env()?.name()
-            ),
+            DeviceSpec::Cuda(_) => {
+                let kind = crate::device::CudaKind::from_env()?;
+                // The CubeCL backend's matmuls run on cuBLAS unless SOFTTUNE_CUDA_MATMUL=cubecl
+                // (a fallback to CubeCL's kernel is reported on stderr).
+                let cublas =
+                    kind == crate::device::CudaKind::Cube && crate::model::cublas::enabled();
+                format!(
+                    "{}/{}{}",
+                    args.device,
+                    kind.name(),
+                    if cublas { "+cublas" } else { "" }
+                )
+            }
             DeviceSpec::Cpu => args.device.to_string(),
         },
         dtype: dtype_name(dtype).to_string(),

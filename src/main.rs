@@ -292,7 +292,10 @@ fn run_parity(
         softtune::model::weights::dtype_name(dtype)
     );
     let ok = softtune::with_backend!(device, |B, dev| {
-        softtune::parity::run_all::<burn::backend::Autodiff<B>>(fixtures, &dev, dtype)?
+        type A = burn::backend::Autodiff<B>;
+        let kernels = softtune::parity::run_kernel_checks::<A>(&dev, dtype)?;
+        println!();
+        softtune::parity::run_all::<A>(fixtures, &dev, dtype)? && kernels
     });
     if ok {
         Ok(())

@@ -6,11 +6,15 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
-use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{
+    DType, Distribution, Int, Tensor, TensorData,
+    backend::{AutodiffBackend, Backend},
+};
 use safetensors::{Dtype, SafeTensors};
 
+use crate::model::ops::{self, AttnOpts};
 use crate::model::weights::Weights;
-use crate::model::{CausalLm, LoadOptions, ModelConfig, TrainKernels};
+use crate::model::{CausalLm, Kernels, LoadOptions, ModelConfig, TrainKernels};
 
 /// The reference tensors of one fixture.
 pub struct Reference {
@@ -137,6 +141,159 @@ pub fn check_fixture<B: TrainKernels>(
         .ok_or_else(|| anyhow!("the soft prompt received no gradient"))?;
     cmp("grad_soft_prompt", values(g)?)?;
     Ok(out)
+}
+
+/// One comparison of a fast path against plain Burn: `(what, relative error)`.
+pub type KernelCheck = (String, f64);
+
+/// `sum(out · w)`: a loss whose gradient with respect to `out` is `w`, so every output
+/// element gets a different gradient.
+fn weighted_sum<B: AutodiffBackend, const D: usize>(
+    out: Tensor<B, D>,
+    w: &Tensor<B::InnerBackend, D>,
+) -> Tensor<B, 1> {
+    (out * Tensor::from_inner(w.clone())).sum()
+}
+
+fn random<B: Backend, const D: usize>(
+    shape: [usize; D],
+    dev: &B::Device,
+    dtype: DType,
+) -> Tensor<B, D> {
+    Tensor::<B, D>::random(shape, Distribution::Normal(0.0, 1.0), (dev, DType::F32)).cast(dtype)
+}
+
+/// Compares `Kernels::matmul` with Burn's matmul on `lhs · rhs`: the forward product on the
+/// inner backend, then the gradients of both operands through autodiff.
+fn check_matmul<B: TrainKernels, const D: usize>(
+    name: &str,
+    lhs: Tensor<B::InnerBackend, D>,
+    rhs: Tensor<B::InnerBackend, D>,
+    out: &mut Vec<KernelCheck>,
+) -> Result<()> {
+    let fast = <B::InnerBackend as Kernels>::matmul(lhs.clone(), rhs.clone());
+    let plain = lhs.clone().matmul(rhs.clone());
+    let w = random::<B::InnerBackend, D>(plain.dims(), &plain.device(), plain.dtype());
+    out.push((
+        format!("matmul {name}"),
+        rel_err(&values(fast)?, &values(plain)?),
+    ));
+    let grads = |kernel: bool| -> Result<(Vec<f32>, Vec<f32>)> {
+        let l = Tensor::<B, D>::from_inner(lhs.clone()).require_grad();
+        let r = Tensor::<B, D>::from_inner(rhs.clone()).require_grad();
+        let y = if kernel {
+            <B as Kernels>::matmul(l.clone(), r.clone())
+        } else {
+            l.clone().matmul(r.clone())
+        };
+        let g = weighted_sum(y, &w).backward();
+        let grad = |t: &Tensor<B, D>| t.grad(&g).ok_or_else(|| anyhow!("no gradient"));
+        Ok((values(grad(&l)?)?, values(grad(&r)?)?))
+    };
+    let ((fl, fr), (pl, pr)) = (grads(true)?, grads(false)?);
+    out.push((format!("matmul {name} dA"), rel_err(&fl, &pl)));
+    out.push((format!("matmul {name} dB"), rel_err(&fr, &pr)));
+    Ok(())
+}
+
+/// Every fast path of the backend's [`Kernels`] against plain Burn on the same device and
+/// dtype: matmuls in the layouts the models use (a linear layer's transposed weight,
+/// batched keys as a transposed view, a broadcast operand, a block of query rows), causal
+/// attention (grouped-query, global and local) and cross-entropy, forward and gradients.
+pub fn kernel_checks<B: TrainKernels>(dev: &B::Device, dtype: DType) -> Result<Vec<KernelCheck>> {
+    type I<B> = <B as AutodiffBackend>::InnerBackend;
+    let mut out = Vec::new();
+    B::seed(dev, 1);
+    let x = random::<I<B>, 2>([300, 96], dev, dtype);
+    let w = random::<I<B>, 2>([130, 96], dev, dtype).transpose();
+    check_matmul::<B, 2>("linear", x, w, &mut out)?;
+    let q = random::<I<B>, 4>([2, 3, 40, 16], dev, dtype);
+    let k = random::<I<B>, 4>([2, 3, 50, 16], dev, dtype);
+    check_matmul::<B, 4>("q·kᵀ", q.clone(), k.clone().swap_dims(2, 3), &mut out)?;
+    check_matmul::<B, 4>(
+        "row block",
+        q.clone().narrow(2, 8, 16),
+        k.clone().swap_dims(2, 3),
+        &mut out,
+    )?;
+    let shared = random::<I<B>, 4>([1, 1, 16, 24], dev, dtype);
+    check_matmul::<B, 4>("broadcast", q.clone(), shared, &mut out)?;
+    let per_head = random::<I<B>, 4>([1, 3, 16, 24], dev, dtype);
+    check_matmul::<B, 4>("half broadcast", q, per_head, &mut out)?;
+
+    for (label, window) in [("causal", None), ("local", Some(5))] {
+        let opts = AttnOpts {
+            scale: 0.25,
+            window,
+        };
+        let (q, k, v) = (
+            random::<I<B>, 4>([2, 4, 33, 16], dev, dtype),
+            random::<I<B>, 4>([2, 2, 33, 16], dev, dtype),
+            random::<I<B>, 4>([2, 2, 33, 16], dev, dtype),
+        );
+        let w = random::<I<B>, 4>([2, 4, 33, 16], dev, dtype);
+        let run = |kernel: bool| -> Result<Vec<Vec<f32>>> {
+            let [q, k, v] =
+                [&q, &k, &v].map(|t| Tensor::<B, 4>::from_inner(t.clone()).require_grad());
+            let y = if kernel {
+                <B as Kernels>::causal_attention(q.clone(), k.clone(), v.clone(), opts)
+            } else {
+                ops::plain_attention(q.clone(), k.clone(), v.clone(), opts)
+            };
+            let g = weighted_sum(y.clone(), &w).backward();
+            let grad = |t: &Tensor<B, 4>| t.grad(&g).ok_or_else(|| anyhow!("no gradient"));
+            Ok(vec![
+                values(y.detach())?,
+                values(grad(&q)?)?,
+                values(grad(&k)?)?,
+                values(grad(&v)?)?,
+            ])
+        };
+        let (fast, plain) = (run(true)?, run(false)?);
+        for (i, what) in ["out", "dq", "dk", "dv"].iter().enumerate() {
+            out.push((
+                format!("attention {label} {what}"),
+                rel_err(&fast[i], &plain[i]),
+            ));
+        }
+    }
+
+    let logits = random::<I<B>, 3>([2, 9, 50], dev, dtype) * 3.0;
+    let targets = Tensor::<I<B>, 2, Int>::random([2, 9], Distribution::Uniform(0.0, 50.0), dev);
+    let run = |kernel: bool| -> Result<(Vec<f32>, Vec<f32>)> {
+        let x = Tensor::<B, 3>::from_inner(logits.clone()).require_grad();
+        let t = Tensor::<B, 2, Int>::from_inner(targets.clone());
+        let loss = if kernel {
+            <B as Kernels>::cross_entropy(x.clone(), t)
+        } else {
+            ops::plain_cross_entropy(x.clone(), t)
+        };
+        let g = (loss.clone() * 3.0).backward();
+        let dx = x.grad(&g).ok_or_else(|| anyhow!("no gradient"))?;
+        Ok((values(loss.detach())?, values(dx)?))
+    };
+    let ((fl, fg), (pl, pg)) = (run(true)?, run(false)?);
+    out.push(("cross-entropy loss".into(), rel_err(&fl, &pl)));
+    out.push(("cross-entropy dlogits".into(), rel_err(&fg, &pg)));
+    Ok(out)
+}
+
+/// Runs [`kernel_checks`] and prints one line each; returns whether all are within
+/// [`tolerance`]`(dtype)`.
+pub fn run_kernel_checks<B: TrainKernels>(dev: &B::Device, dtype: DType) -> Result<bool> {
+    let bound = tolerance(dtype);
+    println!(
+        "{:<28} {}",
+        "kernel check",
+        format_args!("max relative error vs plain Burn (bound {bound:e})")
+    );
+    let mut ok = true;
+    for (what, err) in kernel_checks::<B>(dev, dtype)? {
+        let pass = err <= bound;
+        ok &= pass;
+        println!("{what:<28} {err:.2e}  {}", if pass { "ok" } else { "FAIL" });
+    }
+    Ok(ok)
 }
 
 /// The tolerance for values (logits, losses) computed with weights in `dtype`: float32 must

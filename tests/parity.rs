@@ -157,3 +157,22 @@ fn sixteen_bit_weights_stay_within_their_bounds() {
         }
     }
 }
+
+/// The comparisons `softtune parity` runs first on a GPU (every `Kernels` fast path against
+/// plain Burn, forward and gradients), here on the CPU: the memory-saving attention and
+/// cross-entropy and the matmul's own backward in every layout the models use.
+#[test]
+fn kernel_fast_paths_match_plain_burn() {
+    for dtype in [DType::F32, DType::BF16] {
+        let checks =
+            softtune::parity::kernel_checks::<Autodiff<Flex>>(&Default::default(), dtype).unwrap();
+        assert_eq!(checks.len(), 25, "{checks:?}");
+        for (what, e) in checks {
+            assert!(
+                e <= tolerance(dtype),
+                "{dtype:?}: {what} max relative error {e:.3e} exceeds {:e}",
+                tolerance(dtype)
+            );
+        }
+    }
+}

@@ -25,6 +25,19 @@ use super::ops::{self, AttnOpts};
 
 /// Operations a backend may implement its own way; the defaults are plain Burn.
 pub trait Kernels: Backend {
+    /// `lhs [.., m, k] · rhs [.., k, n]`, broadcast over the batch dimensions like Burn's
+    /// matmul (every matmul of the models and of the attention above goes through here).
+    fn matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
+        lhs.matmul(rhs)
+    }
+
+    /// [`Kernels::matmul`] with a float32 result whatever the inputs' dtype: attention
+    /// scores and their gradients from 16-bit operands (on a GPU: 16-bit tensor-core
+    /// inputs, float32 accumulation and output, the precision flash attention keeps).
+    fn matmul_f32<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
+        Self::matmul(lhs.cast(DType::F32), rhs.cast(DType::F32))
+    }
+
     /// Causal attention, see [`ops::causal_attention`].
     fn causal_attention(
         q: Tensor<Self, 4>,
@@ -81,8 +94,7 @@ impl Kernels for crate::device::CpuBackend {
         }
     }
 }
-impl Kernels for crate::device::CudaBackend {}
-impl Kernels for crate::device::CudaCubeBackend {}
+// The CUDA backends' impls are in `super::cuda`.
 
 /// Which attention the training backend runs (`SOFTTUNE_ATTENTION`): `saving` (default)
 /// keeps one float per query for the backward pass, `plain` keeps Burn's whole graph
@@ -93,31 +105,54 @@ pub fn memory_saving_attention() -> bool {
     *SAVING.get_or_init(|| std::env::var("SOFTTUNE_ATTENTION").map_or(true, |v| v != "plain"))
 }
 
-/// Elements of one block of scores (`[b, kv heads, rows, s]`, float32): 64 Mi = 256 MiB.
+/// Elements of one block of scores (`[b, kv heads, rows, keys]`, float32): 64 Mi = 256 MiB.
 const BLOCK_ELEMENTS: usize = 1 << 26;
 
-/// Query rows per block for `groups` (batch × kv heads) groups over `s` keys.
-fn block_rows(groups: usize, s: usize) -> usize {
-    (BLOCK_ELEMENTS / (groups * s).max(1)).max(1)
+/// Fewest positions in a block: smaller blocks skip more of the causal triangle, but every
+/// block is a handful of kernel launches.
+const MIN_BLOCK_POSITIONS: usize = 128;
+
+/// Query positions per block for `b·h` query heads over `s` positions: at least four
+/// blocks on long sequences (a block at positions `p0..p1` only scores keys `..p1`, so four
+/// blocks do 62.5 % of the square's work, one does all of it) but no fewer than
+/// [`MIN_BLOCK_POSITIONS`] positions, and in any case at most [`BLOCK_ELEMENTS`] scores
+/// against all `s` keys.
+pub fn block_positions(heads: usize, s: usize) -> usize {
+    let fits = (BLOCK_ELEMENTS / (heads * s).max(1)).max(1);
+    fits.min(MIN_BLOCK_POSITIONS.max(s.div_ceil(4)))
+        .min(s)
+        .max(1)
 }
 
-/// `[rows, s]` mask for stacked query rows `row0..row0 + rows` (row `r` is position
-/// `r % s`), true where attention is forbidden: later keys, and keys at least `window`
-/// positions back for local attention. Built on the device.
+/// The keys a block of query positions `p0..p0 + n` can see: `(first, count)`. Causal
+/// attention stops at the block's last position; a local window starts `window − 1`
+/// positions before its first.
+pub fn key_range(p0: usize, n: usize, window: Option<usize>) -> (usize, usize) {
+    let first = window.map_or(0, |w| (p0 + 1).saturating_sub(w));
+    (first, p0 + n - first)
+}
+
+/// `[rows, keys]` mask for stacked query rows of a block (row `r` is position
+/// `p0 + r % n`: the block's `n` positions repeated for each query head sharing a key
+/// head) against keys `k0..k0 + keys`, true where attention is forbidden: later keys, and
+/// keys at least `window` positions back for local attention. Built on the device.
 pub fn stacked_mask<B: Backend>(
-    s: usize,
-    row0: usize,
+    n: usize,
+    p0: usize,
     rows: usize,
+    k0: usize,
+    keys: usize,
     window: Option<usize>,
     device: &B::Device,
 ) -> Tensor<B, 2, Bool> {
-    let pos = Tensor::<B, 1, Int>::arange(row0 as i64..(row0 + rows) as i64, device)
-        .remainder_scalar(s as i64)
+    let pos = Tensor::<B, 1, Int>::arange(0..rows as i64, device)
+        .remainder_scalar(n as i64)
+        .add_scalar(p0 as i64)
         .reshape([rows, 1])
-        .expand([rows, s]);
-    let key = Tensor::<B, 1, Int>::arange(0..s as i64, device)
-        .reshape([1, s])
-        .expand([rows, s]);
+        .expand([rows, keys]);
+    let key = Tensor::<B, 1, Int>::arange(k0 as i64..(k0 + keys) as i64, device)
+        .reshape([1, keys])
+        .expand([rows, keys]);
     let later = key.clone().greater(pos.clone());
     match window {
         Some(w) => later.bool_or(pos.sub(key).greater_equal_elem(w as i64)),
@@ -126,7 +161,7 @@ pub fn stacked_mask<B: Backend>(
 }
 
 /// What the backward pass needs: the inputs, the output, and the log-sum-exp of every
-/// stacked query row (`[b, kvh, rep·s, 1]`, float32).
+/// query row (`[b, kvh, rep, s, 1]`, float32).
 #[derive(Debug, Clone)]
 struct AttnState<B: Backend> {
     q: FloatTensor<B>,
@@ -145,53 +180,89 @@ fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
     t.into_primitive().tensor()
 }
 
-/// Scaled scores of stacked query rows `row0..` (`q [b, kvh, n, hd]`) against all keys
-/// (`kt [b, kvh, hd, s]`), float32, with forbidden keys at `-inf`.
-pub fn masked_scores<B: Backend>(
-    q: Tensor<B, 4>,
-    kt: Tensor<B, 4>,
-    row0: usize,
-    opts: AttnOpts,
-) -> Tensor<B, 4> {
-    let [b, kvh, n, _] = q.dims();
-    let s = kt.dims()[3];
-    let mask = stacked_mask::<B>(s, row0, n, opts.window, &q.device())
-        .unsqueeze::<4>()
-        .expand([b, kvh, n, s]);
-    (q.matmul(kt) * opts.scale).mask_fill(mask, f32::NEG_INFINITY)
+/// A block of positions `p0..p0 + n`: `q` (`[b, kvh, rep, s, hd]`) there as stacked rows
+/// `[b, kvh, rep·n, hd]`, and the keys it sees as `(k0, count)`.
+fn query_block<B: Backend>(
+    q5: &Tensor<B, 5>,
+    p0: usize,
+    n: usize,
+    window: Option<usize>,
+) -> (Tensor<B, 4>, (usize, usize)) {
+    let [b, kvh, rep, s, hd] = q5.dims();
+    let qb = if n == s {
+        q5.clone().reshape([b, kvh, rep * s, hd])
+    } else {
+        q5.clone().narrow(3, p0, n).reshape([b, kvh, rep * n, hd])
+    };
+    (qb, key_range(p0, n, window))
 }
 
-/// Forward pass by query blocks: `(out [b, h, s, hd], lse [b, kvh, rep·s, 1])`.
+/// Scaled scores of a block's stacked query rows (`q [b, kvh, rep·n, hd]`, positions
+/// `p0..p0 + n`) against keys `k0..` (`kt [b, kvh, hd, keys]`), float32 from operands of
+/// any dtype ([`Kernels::matmul_f32`]), with forbidden keys at `-inf`.
+pub fn masked_scores<B: Kernels>(
+    q: Tensor<B, 4>,
+    kt: Tensor<B, 4>,
+    p0: usize,
+    n: usize,
+    k0: usize,
+    opts: AttnOpts,
+) -> Tensor<B, 4> {
+    let [b, kvh, rows, _] = q.dims();
+    let keys = kt.dims()[3];
+    let mask = stacked_mask::<B>(n, p0, rows, k0, keys, opts.window, &q.device())
+        .unsqueeze::<4>()
+        .expand([b, kvh, rows, keys]);
+    (B::matmul_f32(q, kt) * opts.scale).mask_fill(mask, f32::NEG_INFINITY)
+}
+
+/// Forward pass by blocks of `step` query positions: `(out [b, h, s, hd],
+/// lse [b, kvh, rep, s, 1])`.
 fn saving_forward<B: Kernels>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     opts: AttnOpts,
     step: usize,
-) -> (Tensor<B, 4>, Tensor<B, 4>) {
+) -> (Tensor<B, 4>, Tensor<B, 5>) {
     let [b, h, s, hd] = q.dims();
     let kvh = k.dims()[1];
-    let rows = (h / kvh) * s;
+    let rep = h / kvh;
     let dtype = q.dtype();
-    let qg = q.reshape([b, kvh, rows, hd]).cast(DType::F32);
-    let kt = k.cast(DType::F32).swap_dims(2, 3);
+    let q5 = q.reshape([b, kvh, rep, s, hd]);
     let (mut outs, mut lses) = (Vec::new(), Vec::new());
-    for r0 in (0..rows).step_by(step) {
-        let n = step.min(rows - r0);
-        let scores = masked_scores(qg.clone().narrow(2, r0, n), kt.clone(), r0, opts);
+    for p0 in (0..s).step_by(step) {
+        let n = step.min(s - p0);
+        let (qb, (k0, keys)) = query_block(&q5, p0, n, opts.window);
+        let kt = k.clone().narrow(2, k0, keys).swap_dims(2, 3);
+        let scores = masked_scores(qb, kt, p0, n, k0, opts);
         // Every row sees its own position, so the row maximum is finite.
         let max = scores.clone().max_dim(3);
         let e = B::exp(scores - max.clone());
         let sum = e.clone().sum_dim(3);
         let p = e / sum.clone();
-        outs.push(p.cast(dtype).matmul(v.clone()));
-        lses.push(max + sum.log());
+        let o = B::matmul(p.cast(dtype), v.clone().narrow(2, k0, keys));
+        outs.push(o.reshape([b, kvh, rep, n, hd]));
+        lses.push((max + sum.log()).reshape([b, kvh, rep, n, 1]));
     }
-    let out = Tensor::cat(outs, 2).reshape([b, h, s, hd]);
-    (out, Tensor::cat(lses, 2))
+    let out = Tensor::cat(outs, 3).reshape([b, h, s, hd]);
+    (out, Tensor::cat(lses, 3))
 }
 
-/// Gradients `(dq, dk, dv)` by query blocks, recomputing the probabilities from `lse`.
+/// `acc + part`, with `part` covering rows `k0..k0 + part's length` of `acc`'s dimension 2.
+fn add_rows<B: Backend>(acc: Tensor<B, 4>, k0: usize, part: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, g, s, d] = acc.dims();
+    let n = part.dims()[2];
+    if k0 == 0 && n == s {
+        return acc + part;
+    }
+    let ranges = [0..b, 0..g, k0..k0 + n, 0..d];
+    let sum = acc.clone().slice(ranges.clone()) + part;
+    acc.slice_assign(ranges, sum)
+}
+
+/// Gradients `(dq, dk, dv)` by blocks of `step` query positions, recomputing the
+/// probabilities from `lse`.
 fn saving_backward<B: Kernels>(
     st: AttnState<B>,
     grad: Tensor<B, 4>,
@@ -200,35 +271,51 @@ fn saving_backward<B: Kernels>(
     let q: Tensor<B, 4> = float(st.q);
     let (k, v): (Tensor<B, 4>, Tensor<B, 4>) = (float(st.k), float(st.v));
     let out: Tensor<B, 4> = float(st.out);
-    let lse: Tensor<B, 4> = float(st.lse);
+    let lse: Tensor<B, 5> = float(st.lse);
     let [b, h, s, hd] = q.dims();
     let kvh = k.dims()[1];
-    let rows = (h / kvh) * s;
+    let rep = h / kvh;
     let (q_dtype, k_dtype, v_dtype) = (q.dtype(), k.dtype(), v.dtype());
     let device = q.device();
-    let f32 = |t: Tensor<B, 4>| t.cast(DType::F32);
-    let qg = f32(q.reshape([b, kvh, rows, hd]));
-    let (k, v) = (f32(k), f32(v));
-    let dout = f32(grad.reshape([b, kvh, rows, hd]));
+    // The operands of the products stay in their own dtype (16-bit on a GPU: tensor cores);
+    // every product comes out in float32 and the gradients accumulate in float32.
+    let shape5 = [b, kvh, rep, s, hd];
+    let q5 = q.reshape(shape5);
+    let do5 = grad.reshape(shape5);
+    let g_dtype = do5.dtype();
     // D_i = Σ_d dO_id · O_id = Σ_j P_ij dP_ij (softmax backward's row term).
-    let delta = (dout.clone() * f32(out.reshape([b, kvh, rows, hd]))).sum_dim(3);
+    let delta =
+        (as_dtype(do5.clone(), DType::F32) * as_dtype(out.reshape(shape5), DType::F32)).sum_dim(4);
     let mut dq = Vec::new();
     let mut dk = Tensor::<B, 4>::zeros([b, kvh, s, hd], (&device, DType::F32));
     let mut dv = dk.clone();
-    for r0 in (0..rows).step_by(step) {
-        let n = step.min(rows - r0);
-        let qb = qg.clone().narrow(2, r0, n);
-        let dob = dout.clone().narrow(2, r0, n);
-        let scores = masked_scores(qb.clone(), k.clone().swap_dims(2, 3), r0, st.opts);
-        let p = B::exp(scores - lse.clone().narrow(2, r0, n));
-        dv = dv + p.clone().swap_dims(2, 3).matmul(dob.clone());
-        let dp = dob.matmul(v.clone().swap_dims(2, 3));
-        let ds = p * (dp - delta.clone().narrow(2, r0, n)) * st.opts.scale;
-        dq.push(ds.clone().matmul(k.clone()));
-        dk = dk + ds.swap_dims(2, 3).matmul(qb);
+    let rows = |t: &Tensor<B, 5>, p0: usize, n: usize| {
+        let [b, g, r, _, d] = t.dims();
+        t.clone().narrow(3, p0, n).reshape([b, g, r * n, d])
+    };
+    for p0 in (0..s).step_by(step) {
+        let n = step.min(s - p0);
+        let (qb, (k0, keys)) = query_block(&q5, p0, n, st.opts.window);
+        let dob = rows(&do5, p0, n);
+        let (kb, vb) = (k.clone().narrow(2, k0, keys), v.clone().narrow(2, k0, keys));
+        let scores = masked_scores(qb.clone(), kb.clone().swap_dims(2, 3), p0, n, k0, st.opts);
+        let p = B::exp(scores - rows(&lse, p0, n));
+        let pt = as_dtype(p.clone(), g_dtype).swap_dims(2, 3);
+        dv = add_rows(dv, k0, B::matmul_f32(pt, dob.clone()));
+        let dp = B::matmul_f32(dob, vb.swap_dims(2, 3));
+        let ds = p * (dp - rows(&delta, p0, n)) * st.opts.scale;
+        let ds_k = as_dtype(ds.clone(), k_dtype);
+        let ds_q = as_dtype(ds, q_dtype);
+        dq.push(B::matmul_f32(ds_k, kb).reshape([b, kvh, rep, n, hd]));
+        dk = add_rows(dk, k0, B::matmul_f32(ds_q.swap_dims(2, 3), qb));
     }
-    let dq = Tensor::cat(dq, 2).reshape([b, h, s, hd]).cast(q_dtype);
-    [dq, dk.cast(k_dtype), dv.cast(v_dtype)]
+    let dq = as_dtype(Tensor::cat(dq, 3).reshape([b, h, s, hd]), q_dtype);
+    [dq, as_dtype(dk, k_dtype), as_dtype(dv, v_dtype)]
+}
+
+/// `t` in `dtype`, untouched (no copy) when it already is.
+fn as_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if t.dtype() == dtype { t } else { t.cast(dtype) }
 }
 
 #[derive(Debug)]
@@ -239,9 +326,8 @@ impl<B: Kernels> Backward<B, 3> for SavingAttention {
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = float::<B, 4>(grads.consume::<B>(&ops.node));
-        let [b, _, s, _] = grad.dims();
-        let groups = b * ops.state.k.shape().dims::<4>()[1];
-        let [dq, dk, dv] = saving_backward(ops.state, grad, block_rows(groups, s));
+        let [b, h, s, _] = grad.dims();
+        let [dq, dk, dv] = saving_backward(ops.state, grad, block_positions(b * h, s));
         for (parent, g) in ops.parents.into_iter().zip([dq, dk, dv]) {
             if let Some(node) = parent {
                 grads.register::<B>(node.id, prim(g));
@@ -301,7 +387,82 @@ impl<B: Kernels> Backward<B, 1> for SavingCrossEntropy {
     }
 }
 
+/// Matmul state: the operand each gradient needs (`rhs` for the left gradient, `lhs` for
+/// the right one; a frozen weight's gradient is never computed, so the activation is not
+/// kept), and both shapes for reducing broadcast batch dimensions.
+#[derive(Debug, Clone)]
+struct MatmulState<B: Backend> {
+    lhs: Option<FloatTensor<B>>,
+    rhs: Option<FloatTensor<B>>,
+    lhs_shape: Vec<usize>,
+    rhs_shape: Vec<usize>,
+}
+
+#[derive(Debug)]
+struct KernelMatmul<const D: usize>;
+
+/// Sums `grad` over the batch dimensions where `shape` was broadcast (size 1).
+fn unbroadcast<B: Backend, const D: usize>(
+    mut grad: Tensor<B, D>,
+    shape: &[usize],
+) -> Tensor<B, D> {
+    for (i, &n) in shape.iter().enumerate().take(D - 2) {
+        if n == 1 && grad.dims()[i] != 1 {
+            grad = grad.sum_dim(i);
+        }
+    }
+    grad
+}
+
+impl<B: Kernels, const D: usize> Backward<B, 2> for KernelMatmul<D> {
+    type State = MatmulState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = float::<B, D>(grads.consume::<B>(&ops.node));
+        let [lhs_node, rhs_node] = ops.parents;
+        let st = ops.state;
+        let t = |x: FloatTensor<B>| float::<B, D>(x).swap_dims(D - 2, D - 1);
+        if let (Some(node), Some(rhs)) = (lhs_node, st.rhs) {
+            let g = unbroadcast(B::matmul(grad.clone(), t(rhs)), &st.lhs_shape);
+            grads.register::<B>(node.id, prim(g));
+        }
+        if let (Some(node), Some(lhs)) = (rhs_node, st.lhs) {
+            let g = unbroadcast(B::matmul(t(lhs), grad), &st.rhs_shape);
+            grads.register::<B>(node.id, prim(g));
+        }
+    }
+}
+
 impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
+    /// Burn's own matmul backward, with both products through the inner backend's
+    /// [`Kernels::matmul`] (so the gradients run on the same fast path as the forward).
+    fn matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
+        let (lhs, rhs) = (prim(lhs), prim(rhs));
+        let (lhs_tracked, rhs_tracked) = (lhs.is_tracked(), rhs.is_tracked());
+        let out = match KernelMatmul::<D>
+            .prepare::<C>([lhs.node.clone(), rhs.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (l, r) = (lhs.primitive, rhs.primitive);
+                let out = B::matmul(float::<B, D>(l.clone()), float(r.clone()));
+                let state = MatmulState {
+                    lhs_shape: l.shape().to_vec(),
+                    rhs_shape: r.shape().to_vec(),
+                    lhs: rhs_tracked.then_some(l),
+                    rhs: lhs_tracked.then_some(r),
+                };
+                prep.finish(state, prim(out))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(prim(B::matmul(
+                float::<B, D>(lhs.primitive),
+                float(rhs.primitive),
+            ))),
+        };
+        float(out)
+    }
+
     fn causal_attention(
         q: Tensor<Self, 4>,
         k: Tensor<Self, 4>,
@@ -319,13 +480,13 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         {
             OpsKind::Tracked(prep) => {
                 let (qi, ki, vi) = (q.primitive, k.primitive, v.primitive);
-                let [b, kvh, s, _] = ki.shape().dims::<4>();
+                let [b, h, s, _] = qi.shape().dims::<4>();
                 let (out, lse) = saving_forward::<B>(
                     float(qi.clone()),
                     float(ki.clone()),
                     float(vi.clone()),
                     opts,
-                    block_rows(b * kvh, s),
+                    block_positions(b * h, s),
                 );
                 let out = prim(out);
                 let state = AttnState {
@@ -423,7 +584,7 @@ mod tests {
     #[test]
     fn saving_attention_equals_plain_in_blocks_and_through_autodiff() {
         // Grouped-query (4 query heads on 2 key heads), causal and local windows, blocks of
-        // 1, 5 and all 14 stacked rows (7 positions × 2 heads per key head).
+        // 1, 3 (the last one short) and all 7 positions.
         for window in [None, Some(3)] {
             let opts = AttnOpts {
                 scale: 0.35,
@@ -436,7 +597,7 @@ mod tests {
             );
             let w = random::<F>([2, 4, 7, 8]);
             let (out, [dq, dk, dv]) = plain(&q, &k, &v, &w, opts, false);
-            for step in [1, 5, 14] {
+            for step in [1, 3, 7] {
                 let (o, lse) = saving_forward(q.clone(), k.clone(), v.clone(), opts, step);
                 assert!(
                     max_diff(o.clone(), out.clone()) < 1e-5,
@@ -461,6 +622,42 @@ mod tests {
             assert!(max_diff(gq, dq) < 1e-4);
             assert!(max_diff(gk, dk) < 1e-4);
             assert!(max_diff(gv, dv) < 1e-4);
+        }
+    }
+
+    /// The matmul op's gradients against Burn's own, with a broadcast batch dimension (its
+    /// gradient must be summed back) and a frozen right operand (no gradient, nothing kept).
+    #[test]
+    fn kernel_matmul_gradients_equal_burns() {
+        let a = random::<F>([2, 3, 5, 4]);
+        let b = random::<F>([1, 3, 4, 6]);
+        let w = random::<F>([2, 3, 5, 6]);
+        let run = |kernel: bool, frozen_b: bool| {
+            let x = Tensor::<A, 4>::from_inner(a.clone()).require_grad();
+            let mut y = Tensor::<A, 4>::from_inner(b.clone().swap_dims(2, 3).swap_dims(2, 3));
+            if !frozen_b {
+                y = y.require_grad();
+            }
+            let out = if kernel {
+                <A as Kernels>::matmul(x.clone(), y.clone())
+            } else {
+                x.clone().matmul(y.clone())
+            };
+            let g = (out.clone() * Tensor::from_inner(w.clone()))
+                .sum()
+                .backward();
+            (out.inner(), x.grad(&g), y.grad(&g))
+        };
+        for frozen_b in [false, true] {
+            let (o1, ga1, gb1) = run(true, frozen_b);
+            let (o2, ga2, gb2) = run(false, frozen_b);
+            assert!(max_diff(o1, o2) < 1e-6);
+            assert!(max_diff(ga1.unwrap(), ga2.unwrap()) < 1e-5);
+            assert_eq!(gb1.is_some(), !frozen_b);
+            if let (Some(g1), Some(g2)) = (gb1, gb2) {
+                assert_eq!(g1.dims(), [1, 3, 4, 6]);
+                assert!(max_diff(g1, g2) < 1e-5);
+            }
         }
     }
 
@@ -517,18 +714,35 @@ mod tests {
     #[test]
     fn device_masks_block_later_and_far_keys() {
         let dev = Default::default();
-        let m: Vec<bool> = stacked_mask::<F>(3, 2, 4, Some(2), &dev)
+        // Positions 2 and 3 of a block, stacked for two query heads (rows 2, 3, 2, 3),
+        // against keys 1..4 with a window of 2.
+        let m: Vec<bool> = stacked_mask::<F>(2, 2, 4, 1, 3, Some(2), &dev)
             .into_data()
             .to_vec()
             .unwrap();
-        // Rows 2..6 are positions 2, 0, 1, 2 of a 3-long sequence with a window of 2.
         #[rustfmt::skip]
         let want = [
-            true, false, false,
-            false, true, true,
+            // keys 1      2      3
+            false, false, true, // position 2 sees 1 and 2
+            true,  false, false, // position 3 sees 2 and 3
             false, false, true,
-            true, false, false,
+            true,  false, false,
         ];
         assert_eq!(m, want);
+    }
+
+    #[test]
+    fn blocks_cover_the_causal_triangle_and_local_windows() {
+        // Four blocks on long sequences, never under 128 positions, within the budget.
+        assert_eq!(block_positions(256, 1024), 256);
+        assert_eq!(block_positions(36, 276), 128);
+        assert_eq!(block_positions(4, 100), 100);
+        // The memory budget wins over the minimum: 64 Mi scores / (1024 heads × 4096 keys).
+        assert_eq!(block_positions(1024, 4096), 16);
+        // Keys a block sees: causal prefix, or the window reaching back from its start.
+        assert_eq!(key_range(0, 128, None), (0, 128));
+        assert_eq!(key_range(256, 128, None), (0, 384));
+        assert_eq!(key_range(256, 128, Some(256)), (1, 383));
+        assert_eq!(key_range(10, 5, Some(256)), (0, 15));
     }
 }

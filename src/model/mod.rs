@@ -6,13 +6,16 @@
 //! * [`ops`]: the small ops layer every architecture is written against (linear, norms,
 //!   rotary, attention, embedding).
 //! * [`kernels`]: the backend extension behind it ([`kernels::Kernels`]): what a backend runs
-//!   its own way, such as the training backend's memory-saving attention.
+//!   its own way, such as the training backend's memory-saving attention;
+//!   [`cuda`]: the CUDA backends' impls, their matmuls on [`cublas`].
 //! * one file per family: [`gpt2`], [`gptj`], [`gpt_neox`], [`gpt_neo`], [`opt`], [`llama`]
 //!   (llama, mistral, qwen2).
 //! * [`lm`]: the loaded model, soft-prompt forward and the loss over text positions.
 //! * [`generate`]: short sampled continuations (the dashboard's sample generations).
 
 pub mod config;
+pub mod cublas;
+pub mod cuda;
 pub mod fast_exp;
 pub mod generate;
 pub mod gpt2;

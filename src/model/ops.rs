@@ -167,7 +167,7 @@ pub struct Linear<B: Backend> {
     pub b: Option<Tensor<B, 1>>,
 }
 
-impl<B: Backend> Linear<B> {
+impl<B: Kernels> Linear<B> {
     pub fn d_in(&self) -> usize {
         self.w.dims()[0]
     }
@@ -178,7 +178,7 @@ impl<B: Backend> Linear<B> {
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, s, d] = x.dims();
-        let y = x.reshape([b * s, d]).matmul(self.w.clone());
+        let y = B::matmul(x.reshape([b * s, d]), self.w.clone());
         let y = match &self.b {
             Some(bias) => y + bias.clone().unsqueeze::<2>(),
             None => y,
@@ -310,7 +310,7 @@ fn inv_freq(r: &Rotary) -> Vec<f64> {
     }
 }
 
-impl<B: Backend> RotaryTables<B> {
+impl<B: Kernels> RotaryTables<B> {
     /// Tables for heads of `head_dim` features at positions `0..s`.
     pub fn new(r: &Rotary, head_dim: usize, s: usize, device: &B::Device, dtype: DType) -> Self {
         // transformers computes the angles in float32; so do we.
@@ -388,10 +388,7 @@ impl<B: Backend> RotaryTables<B> {
         // flattened per sequence so the tables broadcast over the batch alone (the CPU
         // backend's fast broadcast path; a [1, s, 1, hd] table takes its slow strided one).
         let x = x.swap_dims(1, 2).reshape([b, s * h * hd]);
-        let turned = x
-            .clone()
-            .reshape([b * s * h, hd])
-            .matmul(self.partner.clone())
+        let turned = B::matmul(x.clone().reshape([b * s * h, hd]), self.partner.clone())
             .reshape([b, s * h * hd]);
         let (cos, sin) = self.per_head(h);
         let y = x * cos + turned * sin;
@@ -426,7 +423,7 @@ pub fn causal_attention<B: Kernels>(
 /// Grouped-query attention stacks the `h / kvh` query heads of each key head along the
 /// sequence (`[b, kvh, rep·s, hd]`) instead of copying keys and values `rep` times: fewer,
 /// larger matmuls and no widened copies to differentiate through.
-pub fn plain_attention<B: Backend>(
+pub fn plain_attention<B: Kernels>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
@@ -438,14 +435,9 @@ pub fn plain_attention<B: Backend>(
     let dtype = q.dtype();
     // Head kv·rep + r is query row r·s + i of group kv.
     let q = q.reshape([b, kvh, rep * s, hd]);
-    let scores = masked_scores(
-        q.cast(DType::F32),
-        k.cast(DType::F32).swap_dims(2, 3),
-        0,
-        opts,
-    );
+    let scores = masked_scores(q, k.swap_dims(2, 3), 0, s, 0, opts);
     let probs = activation::softmax(scores, 3);
-    probs.cast(dtype).matmul(v).reshape([b, h, s, hd])
+    B::matmul(probs.cast(dtype), v).reshape([b, h, s, hd])
 }
 
 /// Mean next-token cross-entropy: `logits [b, t, V]` scored against `targets [b, t]`, in

@@ -1,0 +1,334 @@
+//! Matmuls on cuBLAS for the CubeCL CUDA backend (`SOFTTUNE_CUDA_BACKEND=cube`).
+//!
+//! CubeCL 0.10's best matmul reaches about a third of cuBLAS's speed on an H100 (no wgmma;
+//! `gpu-notes.md`), and the frozen linear layers are most of a training step. This runs
+//! `C = A·B` (batched, broadcast over batch dimensions, either operand a transposed view)
+//! as one `cublasGemmStridedBatchedEx`: 16-bit or float32 inputs, the output in the
+//! inputs' dtype or float32 (attention scores from 16-bit queries and keys), float32
+//! accumulation.
+//!
+//! **Ordering.** CubeCL launches on a stream of its own that it does not expose, so a call
+//! waits for that stream (`client.sync()`), runs cuBLAS on a stream of ours, and waits for
+//! it before CubeCL goes on: two host round trips a matmul, measured by `softtune bench`.
+//!
+//! **Fallback.** Whatever this path cannot take (cuBLAS missing or failing, a layout with
+//! no single leading dimension or batch stride, mixed dtypes, empty or > 2³¹ sizes) goes to
+//! CubeCL's own matmul; the first failure is reported once on stderr.
+//! `SOFTTUNE_CUDA_MATMUL=cubecl` turns this path off.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use burn::tensor::{DType, Shape};
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::cuda::CudaRuntime;
+use cudarc::cublas::{
+    CudaBlas, result as blas,
+    sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType},
+};
+use cudarc::driver::{CudaContext, CudaStream};
+
+/// Whether matmuls go to cuBLAS (`SOFTTUNE_CUDA_MATMUL`: `cublas`, the default, or
+/// `cubecl`). Read once per process.
+pub fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SOFTTUNE_CUDA_MATMUL").map_or(true, |v| v != "cubecl"))
+}
+
+/// How one operand's last two dimensions `[r, c]` lie in memory, as cuBLAS (column-major)
+/// sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Row-major in our terms (`stride[c] == 1`): column-major it is the transpose.
+    pub row_major: bool,
+    /// Leading dimension, in elements.
+    pub ld: usize,
+    /// Distance between consecutive matrices of the (flattened, broadcast) batch; 0 when
+    /// the operand is broadcast over the whole batch.
+    pub batch_stride: usize,
+}
+
+/// The layout of an operand with `shape`/`strides` (in elements) inside a batch of
+/// `out_batch` matrices, or `None` when no single leading dimension and batch stride
+/// describe it.
+pub fn layout(shape: &[usize], strides: &[usize], out_batch: &[usize]) -> Option<Layout> {
+    let d = shape.len();
+    if d < 2 || strides.len() != d || out_batch.len() != d - 2 {
+        return None;
+    }
+    let (r, c) = (shape[d - 2], shape[d - 1]);
+    let (sr, sc) = (strides[d - 2], strides[d - 1]);
+    let (row_major, ld) = if (sc == 1 || c == 1) && (r == 1 || sr >= c) {
+        (true, if r == 1 { c } else { sr })
+    } else if (sr == 1 || r == 1) && (c == 1 || sc >= r) {
+        (false, if c == 1 { r } else { sc })
+    } else {
+        return None;
+    };
+    // Batch dimensions that the output actually has (size > 1): the operand either spans
+    // all of them with one flat stride, or none of them (broadcast).
+    let live: Vec<usize> = (0..d - 2).filter(|&i| out_batch[i] > 1).collect();
+    let spans: Vec<bool> = live.iter().map(|&i| shape[i] == out_batch[i]).collect();
+    let batch_stride = if spans.iter().all(|s| !s) {
+        0
+    } else if spans.iter().all(|s| *s) {
+        for w in live.windows(2) {
+            if strides[w[0]] != strides[w[1]] * shape[w[1]] {
+                return None;
+            }
+        }
+        strides[*live.last()?]
+    } else {
+        return None;
+    };
+    Some(Layout {
+        row_major,
+        ld: ld.max(1),
+        batch_stride,
+    })
+}
+
+/// The broadcast batch shape of two operands, or `None` when they do not broadcast.
+pub fn broadcast_batch(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    if a.len() != b.len() || a.len() < 2 {
+        return None;
+    }
+    let n = a.len() - 2;
+    (0..n)
+        .map(|i| match (a[i], b[i]) {
+            (x, y) if x == y => Some(x),
+            (1, y) => Some(y),
+            (x, 1) => Some(x),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One cuBLAS handle and stream per device, on the device's primary context (the one
+/// CubeCL uses, so device pointers are shared).
+struct Blas {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+}
+
+fn open(device: usize) -> Result<Blas, String> {
+    // SAFETY: only probes whether the shared library loads.
+    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        return Err(
+            "libcublas was not found (add the CUDA toolkit's lib64 to LD_LIBRARY_PATH)".into(),
+        );
+    }
+    let ctx = CudaContext::new(device).map_err(|e| format!("CUDA context: {e:?}"))?;
+    let stream = ctx
+        .new_stream()
+        .map_err(|e| format!("CUDA stream: {e:?}"))?;
+    let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("cuBLAS handle: {e:?}"))?;
+    Ok(Blas { ctx, stream, blas })
+}
+
+type Handles = Mutex<HashMap<usize, Option<Blas>>>;
+
+fn handles() -> &'static Handles {
+    static H: OnceLock<Handles> = OnceLock::new();
+    H.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Reports the first reason this path fell back, once per process.
+fn fell_back(why: &str) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| eprintln!("softtune: cuBLAS matmul unavailable, using CubeCL's: {why}"));
+}
+
+fn data_type(dtype: DType) -> Option<cudaDataType> {
+    match dtype {
+        DType::F32 => Some(cudaDataType::CUDA_R_32F),
+        DType::BF16 => Some(cudaDataType::CUDA_R_16BF),
+        DType::F16 => Some(cudaDataType::CUDA_R_16F),
+        _ => None,
+    }
+}
+
+fn dims(t: &CubeTensor<CudaRuntime>) -> (Vec<usize>, Vec<usize>) {
+    (
+        t.meta.shape.iter().copied().collect(),
+        t.meta.strides.iter().copied().collect(),
+    )
+}
+
+/// `lhs [.., m, k] · rhs [.., k, n]` on cuBLAS, the result in `out_dtype` (the inputs'
+/// dtype, or float32 from 16-bit inputs), or `None` when this path cannot take it (the
+/// caller then runs CubeCL's matmul).
+pub fn matmul(
+    lhs: &CubeTensor<CudaRuntime>,
+    rhs: &CubeTensor<CudaRuntime>,
+    out_dtype: DType,
+) -> Option<CubeTensor<CudaRuntime>> {
+    if lhs.dtype != rhs.dtype || lhs.qparams.is_some() || rhs.qparams.is_some() {
+        return None;
+    }
+    if out_dtype != lhs.dtype && out_dtype != DType::F32 {
+        return None;
+    }
+    let ty = data_type(lhs.dtype)?;
+    let out_ty = data_type(out_dtype)?;
+    let ((ls, lst), (rs, rst)) = (dims(lhs), dims(rhs));
+    let d = ls.len();
+    let batch = broadcast_batch(&ls, &rs)?;
+    let (m, k, n) = (ls[d - 2], ls[d - 1], rs[d - 1]);
+    if rs[d - 2] != k {
+        return None;
+    }
+    let count: usize = batch.iter().product();
+    let fits = |x: usize| x > 0 && x <= i32::MAX as usize;
+    if ![m, k, n, count].into_iter().all(fits) {
+        return None;
+    }
+    let (la, ra) = (layout(&ls, &lst, &batch)?, layout(&rs, &rst, &batch)?);
+    if ![la.ld, ra.ld].into_iter().all(fits) {
+        return None;
+    }
+    let device = lhs.device.index;
+    let mut guard = handles().lock().ok()?;
+    let entry = guard.entry(device).or_insert_with(|| match open(device) {
+        Ok(b) => Some(b),
+        Err(why) => {
+            fell_back(&why);
+            None
+        }
+    });
+    let b = entry.as_ref()?;
+
+    let client = lhs.client.clone();
+    let mut out_shape = batch.clone();
+    out_shape.extend([m, n]);
+    let handle = client.empty(count * m * n * out_dtype.size());
+    let out = CubeTensor::new_contiguous(
+        client.clone(),
+        lhs.device.clone(),
+        Shape::from(out_shape),
+        handle,
+        out_dtype,
+    );
+    // Everything CubeCL queued (the inputs included) is done after this.
+    if let Err(e) = cubecl::future::block_on(client.sync()) {
+        fell_back(&format!("CubeCL sync: {e:?}"));
+        return None;
+    }
+    let resources = (
+        client.get_resource(lhs.handle.clone()),
+        client.get_resource(rhs.handle.clone()),
+        client.get_resource(out.handle.clone()),
+    );
+    let (l, r, o) = match resources {
+        (Ok(l), Ok(r), Ok(o)) => (l, r, o),
+        _ => {
+            fell_back("a tensor's device memory could not be read");
+            return None;
+        }
+    };
+    // Row-major C[m, n] is column-major Cᵀ[n, m] = Bᵀ·Aᵀ: cuBLAS gets (B, A). A row-major
+    // operand is already its transpose in column-major terms (no op); a transposed view
+    // needs op T.
+    let op = |l: Layout| {
+        if l.row_major {
+            cublasOperation_t::CUBLAS_OP_N
+        } else {
+            cublasOperation_t::CUBLAS_OP_T
+        }
+    };
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let result = b
+        .ctx
+        .bind_to_thread()
+        .map_err(|e| format!("{e:?}"))
+        .and_then(|()| {
+            // SAFETY: the pointers come from live CubeCL allocations held by the guards above;
+            // shapes, leading dimensions and batch strides were checked against the tensors'
+            // metadata; alpha/beta are host float32s, matching the float32 compute type.
+            unsafe {
+                blas::gemm_strided_batched_ex(
+                    *b.blas.handle(),
+                    op(ra),
+                    op(la),
+                    n as i32,
+                    m as i32,
+                    k as i32,
+                    (&alpha as *const f32).cast(),
+                    r.resource().ptr as *const _,
+                    ty,
+                    ra.ld as i32,
+                    ra.batch_stride as i64,
+                    l.resource().ptr as *const _,
+                    ty,
+                    la.ld as i32,
+                    la.batch_stride as i64,
+                    (&beta as *const f32).cast(),
+                    o.resource().ptr as *mut _,
+                    out_ty,
+                    n as i32,
+                    (m * n) as i64,
+                    count as i32,
+                    cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            }
+            .map_err(|e| format!("{e:?}"))?;
+            b.stream.synchronize().map_err(|e| format!("{e:?}"))
+        });
+    drop((l, r, o));
+    match result {
+        Ok(()) => Some(out),
+        Err(why) => {
+            fell_back(&format!("cuBLAS gemm: {why}"));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_of_contiguous_transposed_broadcast_and_strided_operands() {
+        // A contiguous [2, 3, 4, 5]: row-major, ld 5, batch stride 20.
+        let l = layout(&[2, 3, 4, 5], &[60, 20, 5, 1], &[2, 3]).unwrap();
+        assert_eq!((l.row_major, l.ld, l.batch_stride), (true, 5, 20));
+        // Its last two dimensions swapped ([2, 3, 5, 4] view): column-major, ld 5.
+        let t = layout(&[2, 3, 5, 4], &[60, 20, 1, 5], &[2, 3]).unwrap();
+        assert_eq!((t.row_major, t.ld, t.batch_stride), (false, 5, 20));
+        // nn.Linear's [out, in] storage seen as [in, out]: op T on the weight, no copy.
+        let w = layout(&[96, 130], &[1, 96], &[]).unwrap();
+        assert_eq!((w.row_major, w.ld, w.batch_stride), (false, 96, 0));
+        // Broadcast over the whole batch: stride 0.
+        let bc = layout(&[1, 1, 4, 5], &[20, 20, 5, 1], &[2, 3]).unwrap();
+        assert_eq!(bc.batch_stride, 0);
+        // Broadcast over one batch dimension but not the other: no single stride.
+        assert_eq!(layout(&[1, 3, 4, 5], &[60, 20, 5, 1], &[2, 3]), None);
+        // Batch dimensions that do not flatten (heads swapped with the sequence).
+        assert_eq!(layout(&[2, 3, 4, 5], &[60, 5, 15, 1], &[2, 3]), None);
+        // Neither dimension unit-strided.
+        assert_eq!(layout(&[4, 5], &[10, 2], &[]), None);
+        // A narrowed row block keeps the parent's leading dimension.
+        let nb = layout(&[2, 8, 16], &[640, 16, 1], &[2]).unwrap();
+        assert_eq!((nb.ld, nb.batch_stride), (16, 640));
+        // A single row or column takes any stride on its unit dimension.
+        assert_eq!(layout(&[1, 7], &[3, 1], &[]).unwrap().ld, 7);
+        let col = layout(&[7, 1], &[1, 3], &[]).unwrap();
+        assert_eq!((col.row_major, col.ld), (true, 1));
+        // Rows two apart: leading dimension 2 in the row reading.
+        let col = layout(&[7, 1], &[2, 1], &[]).unwrap();
+        assert_eq!((col.row_major, col.ld), (true, 2));
+    }
+
+    #[test]
+    fn batch_shapes_broadcast_like_burn() {
+        assert_eq!(
+            broadcast_batch(&[2, 1, 4, 5], &[1, 3, 5, 6]),
+            Some(vec![2, 3])
+        );
+        assert_eq!(broadcast_batch(&[2, 4, 5], &[3, 5, 6]), None);
+        assert_eq!(broadcast_batch(&[4, 5], &[5, 6]), Some(vec![]));
+    }
+}
