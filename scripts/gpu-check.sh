@@ -8,8 +8,8 @@
 #    backend in BACKENDS, bf16 on the others;
 #    (each run starts with the kernel checks: every fast path against plain Burn on the GPU);
 # 2. the TinyLlama row of issue 6 (bf16, 20 soft tokens, AdamW) on every backend in BACKENDS
-#    (default "cube fusion": CubeCL alone with its matmuls on cuBLAS, and Burn's fusion-wrapped
-#    CubeCL; "cube-cubecl" is CubeCL alone with CubeCL's own matmul), then the GPT-J
+#    (default "cube fusion": CubeCL alone and Burn's fusion-wrapped CubeCL, both with their
+#    matmuls on cuBLAS; "cube-cubecl" and "fusion-cubecl" keep CubeCL's own matmul), then the GPT-J
 #    and OPT rows on the faster one; each row gets at most ROW_SECS seconds (default 120,
 #    kernel compilation and autotuning included);
 # 3. one table: tokens/s and peak memory beside PyTorch + PEFT's on an H100 80GB.
@@ -27,7 +27,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 # backend_env NAME: the environment a BACKENDS name stands for.
 backend_env() {
     case "$1" in
-        cube-cubecl) echo "SOFTTUNE_CUDA_BACKEND=cube SOFTTUNE_CUDA_MATMUL=cubecl" ;;
+        *-cubecl) echo "SOFTTUNE_CUDA_BACKEND=${1%-cubecl} SOFTTUNE_CUDA_MATMUL=cubecl" ;;
         *) echo "SOFTTUNE_CUDA_BACKEND=$1 SOFTTUNE_CUDA_MATMUL=cublas" ;;
     esac
 }

@@ -214,10 +214,9 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
         device: match args.device {
             DeviceSpec::Cuda(_) => {
                 let kind = crate::device::CudaKind::from_env()?;
-                // The CubeCL backend's matmuls run on cuBLAS unless SOFTTUNE_CUDA_MATMUL=cubecl
-                // (a fallback to CubeCL's kernel is reported on stderr).
-                let cublas =
-                    kind == crate::device::CudaKind::Cube && crate::model::cublas::enabled();
+                // Matmuls on cuBLAS with SOFTTUNE_CUDA_MATMUL=cublas (a fallback to CubeCL's
+                // kernel is reported on stderr).
+                let cublas = crate::model::cublas::enabled();
                 format!(
                     "{}/{}{}",
                     args.device,

@@ -14,7 +14,8 @@
 //! **Fallback.** Whatever this path cannot take (cuBLAS missing or failing, a layout with
 //! no single leading dimension or batch stride, mixed dtypes, empty or > 2³¹ sizes) goes to
 //! CubeCL's own matmul; the first failure is reported once on stderr.
-//! `SOFTTUNE_CUDA_MATMUL=cubecl` turns this path off.
+//! Opt-in with `SOFTTUNE_CUDA_MATMUL=cublas` until a GPU run has checked it
+//! (`scripts/gpu-check.sh` turns it on).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -28,11 +29,11 @@ use cudarc::cublas::{
 };
 use cudarc::driver::{CudaContext, CudaStream};
 
-/// Whether matmuls go to cuBLAS (`SOFTTUNE_CUDA_MATMUL`: `cublas`, the default, or
-/// `cubecl`). Read once per process.
+/// Whether matmuls go to cuBLAS (`SOFTTUNE_CUDA_MATMUL`: `cublas`, or `cubecl`, the
+/// default). Read once per process.
 pub fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("SOFTTUNE_CUDA_MATMUL").map_or(true, |v| v != "cubecl"))
+    *ON.get_or_init(|| std::env::var("SOFTTUNE_CUDA_MATMUL").is_ok_and(|v| v == "cublas"))
 }
 
 /// How one operand's last two dimensions `[r, c]` lie in memory, as cuBLAS (column-major)

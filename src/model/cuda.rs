@@ -1,6 +1,7 @@
-//! The CUDA backends' [`Kernels`]: matmuls on cuBLAS ([`super::cublas`]) on both, CubeCL
-//! alone (`SOFTTUNE_CUDA_BACKEND=cube`) and CubeCL inside Burn's fusion wrapper (the
-//! default). Everything else is the trait's plain Burn default.
+//! The CUDA backends' [`Kernels`]: with `SOFTTUNE_CUDA_MATMUL=cublas`, matmuls on cuBLAS
+//! ([`super::cublas`]) on both, CubeCL alone (`SOFTTUNE_CUDA_BACKEND=cube`) and CubeCL
+//! inside Burn's fusion wrapper (the default). Everything else is the trait's plain Burn
+//! default.
 //!
 //! Under fusion the matmul is registered as a custom operation: Burn's fusion streams keep
 //! their order around it (element-wise chains before and after still fuse), and when it

@@ -1,13 +1,18 @@
 //! Backend extension: operations a backend may run its own way.
 //!
 //! Every model is generic over `B: Kernels`. The trait's default methods are the plain Burn
-//! compositions in [`super::ops`]; a backend overrides one when it has something better.
-//! Today that is the training backend (`Autodiff<_>`), whose causal attention keeps no
-//! `[s, s]` matrix for the backward pass: it saves the output and one log-sum-exp per
-//! query and recomputes the probabilities block by block when the gradient arrives
-//! (the flash-attention recipe, written with Burn's own operations so it runs on every
-//! backend). The CUDA kernels of issue 6 (cuBLASLt linear layers, a CubeCL flash kernel)
-//! go behind the same trait, in the CUDA backends' impls.
+//! compositions in [`super::ops`]; a backend overrides one when it has something better:
+//!
+//! * the training backend (`Autodiff<_>`): causal attention that keeps no `[s, s]` matrix
+//!   for the backward pass (it saves the output and one log-sum-exp per query and
+//!   recomputes the probabilities block by block, skipping the keys a block cannot see:
+//!   the flash-attention recipe in Burn operations, so on every backend), a cross-entropy
+//!   that keeps the logits and one log-sum-exp per position, SiLU that keeps only its
+//!   input, and a matmul whose backward runs through the inner backend's kernel;
+//! * the CPU backend: vectorised `exp` and SiLU;
+//! * the CUDA backends ([`super::cuda`]): matmuls on cuBLAS.
+//!
+//! A CubeCL flash-attention kernel would go behind [`Kernels::causal_attention`].
 
 use burn::backend::autodiff::{
     Autodiff,
@@ -15,11 +20,14 @@ use burn::backend::autodiff::{
     grads::Gradients,
     ops::{Backward, Ops, OpsKind},
 };
+use burn::backend::flex::FlexTensor;
 use burn::tensor::{
-    Bool, DType, IndexingUpdateOp, Int, Tensor, TensorMetadata, TensorPrimitive,
+    Bool, DType, IndexingUpdateOp, Int, Tensor, TensorMetadata, TensorPrimitive, activation,
     backend::{AutodiffBackend, Backend},
     ops::{FloatTensor, IntTensor},
 };
+
+use crate::device::CpuBackend;
 
 use super::ops::{self, AttnOpts};
 
@@ -57,6 +65,18 @@ pub trait Kernels: Backend {
     fn exp<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
         x.exp()
     }
+
+    /// SiLU, `x·σ(x)` (llama's MLP activation). The training backend differentiates it
+    /// with [`Kernels::silu_backward`], keeping only `x`.
+    fn silu<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
+        activation::silu(x)
+    }
+
+    /// `grad · SiLU'(x)`, with `SiLU'(x) = σ(x)·(1 + x·(1 − σ(x)))`.
+    fn silu_backward<const D: usize>(x: Tensor<Self, D>, grad: Tensor<Self, D>) -> Tensor<Self, D> {
+        let s = activation::sigmoid(x.clone());
+        grad * s.clone() * ((s.neg() + 1.0) * x + 1.0)
+    }
 }
 
 /// A training backend: autodiff with kernels, over an inner backend with kernels (held-out
@@ -70,30 +90,66 @@ where
 {
 }
 
-/// The CPU backend: a vectorised `exp` on float32 ([`super::fast_exp`]), in place when the
-/// tensor's buffer is its own.
-impl Kernels for crate::device::CpuBackend {
-    fn exp<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
-        if x.dtype() != DType::F32 {
-            return x.exp();
+/// Runs `f` on `x`'s float32 elements in place, on a copy when its buffer is a view or
+/// shared with another tensor; gives `x` back when it is not float32.
+fn cpu_in_place<const D: usize>(
+    x: Tensor<CpuBackend, D>,
+    f: impl FnOnce(&mut [f32]),
+) -> Result<Tensor<CpuBackend, D>, Tensor<CpuBackend, D>> {
+    if x.dtype() != DType::F32 {
+        return Err(x);
+    }
+    let t = x.into_primitive().tensor();
+    let mut t = if t.is_contiguous() && t.is_unique() {
+        t
+    } else {
+        FlexTensor::from_data(t.into_data())
+    };
+    let range = t.layout().contiguous_offsets();
+    match (range, t.try_storage_mut::<f32>()) {
+        (Some((start, end)), Some(storage)) => {
+            f(&mut storage[start..end]);
+            Ok(float(t))
         }
-        let t = x.into_primitive().tensor();
-        let mut t = if t.is_contiguous() && t.is_unique() {
-            t
-        } else {
-            // A view, or a buffer shared with another tensor: exponentiate a copy.
-            burn::backend::flex::FlexTensor::from_data(t.into_data())
+        _ => Err(float(t)),
+    }
+}
+
+/// The CPU backend: vectorised `exp` and SiLU on float32 ([`super::fast_exp`]), in place
+/// when the tensor's buffer is its own.
+impl Kernels for CpuBackend {
+    fn exp<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
+        cpu_in_place(x, super::fast_exp::exp_in_place).unwrap_or_else(|x| x.exp())
+    }
+
+    fn silu<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
+        cpu_in_place(x, super::fast_exp::silu_in_place).unwrap_or_else(activation::silu)
+    }
+
+    fn silu_backward<const D: usize>(x: Tensor<Self, D>, grad: Tensor<Self, D>) -> Tensor<Self, D> {
+        let plain = |x: Tensor<Self, D>, grad: Tensor<Self, D>| {
+            let s = activation::sigmoid(x.clone());
+            grad * s.clone() * ((s.neg() + 1.0) * x + 1.0)
         };
-        let range = t.layout().contiguous_offsets();
-        match (range, t.try_storage_mut::<f32>()) {
-            (Some((start, end)), Some(storage)) => {
-                super::fast_exp::exp_in_place(&mut storage[start..end]);
-                float(t)
-            }
-            _ => float::<Self, D>(t).exp(),
+        if x.dtype() != DType::F32 || x.dims() != grad.dims() {
+            return plain(x, grad);
+        }
+        let xt = x.into_primitive().tensor();
+        let xt = if xt.is_contiguous() {
+            xt
+        } else {
+            xt.to_contiguous()
+        };
+        let Some(xs) = xt.as_slice::<f32>() else {
+            return plain(float(xt), grad);
+        };
+        match cpu_in_place(grad, |g| super::fast_exp::silu_grad_in_place(xs, g)) {
+            Ok(g) => g,
+            Err(grad) => plain(float(xt), grad),
         }
     }
 }
+
 // The CUDA backends' impls are in `super::cuda`.
 
 /// Which attention the training backend runs (`SOFTTUNE_ATTENTION`): `saving` (default)
@@ -433,7 +489,42 @@ impl<B: Kernels, const D: usize> Backward<B, 2> for KernelMatmul<D> {
     }
 }
 
+#[derive(Debug)]
+struct KernelSilu<const D: usize>;
+
+impl<B: Kernels, const D: usize> Backward<B, 1> for KernelSilu<D> {
+    /// The input `x`: SiLU's derivative needs nothing else.
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = float::<B, D>(grads.consume::<B>(&ops.node));
+        let [parent] = ops.parents;
+        if let Some(node) = parent {
+            let dx = B::silu_backward(float::<B, D>(ops.state), grad);
+            grads.register::<B>(node.id, prim(dx));
+        }
+    }
+}
+
 impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
+    /// Keeps only the input for the backward pass (Burn's `x · sigmoid(x)` keeps the
+    /// input and the sigmoid), which runs [`Kernels::silu_backward`] on the inner backend.
+    fn silu<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
+        let x = prim(x);
+        let out = match KernelSilu::<D>
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::silu(float::<B, D>(x.primitive.clone()));
+                prep.finish(x.primitive, prim(y))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(prim(B::silu(float::<B, D>(x.primitive)))),
+        };
+        float(out)
+    }
+
     /// Burn's own matmul backward, with both products through the inner backend's
     /// [`Kernels::matmul`] (so the gradients run on the same fast path as the forward).
     fn matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {

@@ -225,12 +225,12 @@ impl<B: Backend> RmsNorm<B> {
     }
 }
 
-pub fn activate<B: Backend, const D: usize>(x: Tensor<B, D>, act: Activation) -> Tensor<B, D> {
+pub fn activate<B: Kernels, const D: usize>(x: Tensor<B, D>, act: Activation) -> Tensor<B, D> {
     match act {
         Activation::GeluTanh => activation::gelu_approximate(x),
         Activation::Gelu => activation::gelu(x),
         Activation::Relu => activation::relu(x),
-        Activation::Silu => activation::silu(x),
+        Activation::Silu => B::silu(x),
     }
 }
 
