@@ -12,6 +12,7 @@ use burn::tensor::{
 };
 use safetensors::{Dtype, SafeTensors};
 
+use crate::model::config::Activation;
 use crate::model::ops::{self, AttnOpts};
 use crate::model::weights::Weights;
 use crate::model::{CausalLm, Kernels, LoadOptions, ModelConfig, TrainKernels};
@@ -199,8 +200,8 @@ fn check_matmul<B: TrainKernels, const D: usize>(
 /// Every fast path of the backend's [`Kernels`] against plain Burn on the same device and
 /// dtype: matmuls in the layouts the models use (a linear layer's transposed weight,
 /// batched keys as a transposed view, a broadcast operand, a block of query rows), causal
-/// attention (grouped-query, global and local), cross-entropy and SiLU, forward and
-/// gradients.
+/// attention (grouped-query, global and local), cross-entropy, SiLU and tanh-GELU,
+/// forward and gradients.
 pub fn kernel_checks<B: TrainKernels>(dev: &B::Device, dtype: DType) -> Result<Vec<KernelCheck>> {
     type I<B> = <B as AutodiffBackend>::InnerBackend;
     let mut out = Vec::new();
@@ -277,23 +278,28 @@ pub fn kernel_checks<B: TrainKernels>(dev: &B::Device, dtype: DType) -> Result<V
     out.push(("cross-entropy loss".into(), rel_err(&fl, &pl)));
     out.push(("cross-entropy dlogits".into(), rel_err(&fg, &pg)));
 
-    // Wide enough to reach SiLU's saturated tails.
+    // Wide enough to reach the saturated tails.
     let x = random::<I<B>, 3>([2, 9, 70], dev, dtype) * 6.0;
     let w = random::<I<B>, 3>([2, 9, 70], dev, dtype);
-    let run = |kernel: bool| -> Result<(Vec<f32>, Vec<f32>)> {
-        let xa = Tensor::<B, 3>::from_inner(x.clone()).require_grad();
-        let y = if kernel {
-            <B as Kernels>::silu(xa.clone())
-        } else {
-            burn::tensor::activation::silu(xa.clone())
+    for (name, act) in [
+        ("silu", Activation::Silu),
+        ("gelu-tanh", Activation::GeluTanh),
+    ] {
+        let run = |kernel: bool| -> Result<(Vec<f32>, Vec<f32>)> {
+            let xa = Tensor::<B, 3>::from_inner(x.clone()).require_grad();
+            let y = if kernel {
+                <B as Kernels>::activation(xa.clone(), act)
+            } else {
+                ops::plain_activation(xa.clone(), act)
+            };
+            let g = weighted_sum(y.clone(), &w).backward();
+            let dx = xa.grad(&g).ok_or_else(|| anyhow!("no gradient"))?;
+            Ok((values(y.detach())?, values(dx)?))
         };
-        let g = weighted_sum(y.clone(), &w).backward();
-        let dx = xa.grad(&g).ok_or_else(|| anyhow!("no gradient"))?;
-        Ok((values(y.detach())?, values(dx)?))
-    };
-    let ((fy, fg), (py, pg)) = (run(true)?, run(false)?);
-    out.push(("silu".into(), rel_err(&fy, &py)));
-    out.push(("silu dx".into(), rel_err(&fg, &pg)));
+        let ((fy, fg), (py, pg)) = (run(true)?, run(false)?);
+        out.push((name.into(), rel_err(&fy, &py)));
+        out.push((format!("{name} dx"), rel_err(&fg, &pg)));
+    }
     Ok(out)
 }
 

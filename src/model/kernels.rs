@@ -29,6 +29,7 @@ use burn::tensor::{
 
 use crate::device::CpuBackend;
 
+use super::config::Activation;
 use super::ops::{self, AttnOpts};
 
 /// Operations a backend may implement its own way; the defaults are plain Burn.
@@ -66,18 +67,57 @@ pub trait Kernels: Backend {
         x.exp()
     }
 
-    /// SiLU, `x·σ(x)` (llama's MLP activation). The training backend differentiates it
-    /// with [`Kernels::silu_backward`], keeping only `x`.
-    fn silu<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
-        activation::silu(x)
+    /// The MLP's non-linearity. The training backend differentiates SiLU and tanh-GELU
+    /// with [`Kernels::activation_backward`], keeping only `x`.
+    fn activation<const D: usize>(x: Tensor<Self, D>, act: Activation) -> Tensor<Self, D> {
+        ops::plain_activation(x, act)
     }
 
-    /// `grad · SiLU'(x)`, with `SiLU'(x) = σ(x)·(1 + x·(1 − σ(x)))`.
-    fn silu_backward<const D: usize>(x: Tensor<Self, D>, grad: Tensor<Self, D>) -> Tensor<Self, D> {
-        let s = activation::sigmoid(x.clone());
-        grad * s.clone() * ((s.neg() + 1.0) * x + 1.0)
+    /// `grad · act'(x)`: SiLU `σ(x)·(1 + x·(1 − σ(x)))`; tanh-GELU, written `x·σ(2u)` with
+    /// `u = √(2/π)(x + 0.044715·x³)`, `σ + x·σ(1 − σ)·2u'`; GELU `Φ(x) + x·φ(x)`; ReLU
+    /// `[x > 0]`.
+    fn activation_backward<const D: usize>(
+        x: Tensor<Self, D>,
+        grad: Tensor<Self, D>,
+        act: Activation,
+    ) -> Tensor<Self, D> {
+        plain_activation_backward(x, grad, act)
     }
 }
+
+/// [`Kernels::activation_backward`] in plain Burn operations.
+pub fn plain_activation_backward<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    grad: Tensor<B, D>,
+    act: Activation,
+) -> Tensor<B, D> {
+    match act {
+        Activation::Silu => {
+            let s = activation::sigmoid(x.clone());
+            grad * s.clone() * ((s.neg() + 1.0) * x + 1.0)
+        }
+        Activation::GeluTanh => {
+            // ½x(1 + tanh u) = x·σ(2u): the derivative is σ + x·σ(1 − σ)·2u'.
+            let x2 = x.clone().powi_scalar(2);
+            let two_u = (x2.clone() * GELU_CUBIC + 1.0) * x.clone() * (2.0 * SQRT_2_OVER_PI);
+            let s = activation::sigmoid(two_u);
+            let two_du = (x2 * (3.0 * GELU_CUBIC) + 1.0) * (2.0 * SQRT_2_OVER_PI);
+            grad * (s.clone() + x * s.clone() * (s.neg() + 1.0) * two_du)
+        }
+        Activation::Gelu => {
+            // Φ(x) + x·φ(x).
+            let cdf = ((x.clone() * std::f64::consts::FRAC_1_SQRT_2).erf() + 1.0) * 0.5;
+            let pdf = (x.clone().powi_scalar(2) * -0.5).exp()
+                * (0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2);
+            grad * (cdf + x * pdf)
+        }
+        Activation::Relu => grad.mask_fill(x.lower_equal_elem(0.0), 0.0),
+    }
+}
+
+/// `√(2/π)` and the cubic coefficient of the tanh approximation of GELU.
+pub const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+pub const GELU_CUBIC: f64 = 0.044_715;
 
 /// A training backend: autodiff with kernels, over an inner backend with kernels (held-out
 /// evaluation and samples run on the inner one).
@@ -115,24 +155,34 @@ fn cpu_in_place<const D: usize>(
     }
 }
 
-/// The CPU backend: vectorised `exp` and SiLU on float32 ([`super::fast_exp`]), in place
-/// when the tensor's buffer is its own.
+/// The CPU backend: vectorised `exp`, SiLU and tanh-GELU on float32 ([`super::fast_exp`]),
+/// in place when the tensor's buffer is its own.
 impl Kernels for CpuBackend {
     fn exp<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
         cpu_in_place(x, super::fast_exp::exp_in_place).unwrap_or_else(|x| x.exp())
     }
 
-    fn silu<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
-        cpu_in_place(x, super::fast_exp::silu_in_place).unwrap_or_else(activation::silu)
+    fn activation<const D: usize>(x: Tensor<Self, D>, act: Activation) -> Tensor<Self, D> {
+        let kernel = match act {
+            Activation::Silu => super::fast_exp::silu_in_place,
+            Activation::GeluTanh => super::fast_exp::gelu_tanh_in_place,
+            _ => return ops::plain_activation(x, act),
+        };
+        cpu_in_place(x, kernel).unwrap_or_else(|x| ops::plain_activation(x, act))
     }
 
-    fn silu_backward<const D: usize>(x: Tensor<Self, D>, grad: Tensor<Self, D>) -> Tensor<Self, D> {
-        let plain = |x: Tensor<Self, D>, grad: Tensor<Self, D>| {
-            let s = activation::sigmoid(x.clone());
-            grad * s.clone() * ((s.neg() + 1.0) * x + 1.0)
+    fn activation_backward<const D: usize>(
+        x: Tensor<Self, D>,
+        grad: Tensor<Self, D>,
+        act: Activation,
+    ) -> Tensor<Self, D> {
+        let kernel = match act {
+            Activation::Silu => super::fast_exp::silu_grad_in_place,
+            Activation::GeluTanh => super::fast_exp::gelu_tanh_grad_in_place,
+            _ => return plain_activation_backward(x, grad, act),
         };
         if x.dtype() != DType::F32 || x.dims() != grad.dims() {
-            return plain(x, grad);
+            return plain_activation_backward(x, grad, act);
         }
         let xt = x.into_primitive().tensor();
         let xt = if xt.is_contiguous() {
@@ -141,11 +191,11 @@ impl Kernels for CpuBackend {
             xt.to_contiguous()
         };
         let Some(xs) = xt.as_slice::<f32>() else {
-            return plain(float(xt), grad);
+            return plain_activation_backward(float(xt), grad, act);
         };
-        match cpu_in_place(grad, |g| super::fast_exp::silu_grad_in_place(xs, g)) {
+        match cpu_in_place(grad, |g| kernel(xs, g)) {
             Ok(g) => g,
-            Err(grad) => plain(float(xt), grad),
+            Err(grad) => plain_activation_backward(float(xt), grad, act),
         }
     }
 }
@@ -490,37 +540,45 @@ impl<B: Kernels, const D: usize> Backward<B, 2> for KernelMatmul<D> {
 }
 
 #[derive(Debug)]
-struct KernelSilu<const D: usize>;
+struct KernelActivation<const D: usize>;
 
-impl<B: Kernels, const D: usize> Backward<B, 1> for KernelSilu<D> {
-    /// The input `x`: SiLU's derivative needs nothing else.
-    type State = FloatTensor<B>;
+impl<B: Kernels, const D: usize> Backward<B, 1> for KernelActivation<D> {
+    /// The input `x` and which activation: the derivative needs nothing else.
+    type State = (FloatTensor<B>, Activation);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = float::<B, D>(grads.consume::<B>(&ops.node));
         let [parent] = ops.parents;
         if let Some(node) = parent {
-            let dx = B::silu_backward(float::<B, D>(ops.state), grad);
+            let (x, act) = ops.state;
+            let dx = B::activation_backward(float::<B, D>(x), grad, act);
             grads.register::<B>(node.id, prim(dx));
         }
     }
 }
 
 impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
-    /// Keeps only the input for the backward pass (Burn's `x · sigmoid(x)` keeps the
-    /// input and the sigmoid), which runs [`Kernels::silu_backward`] on the inner backend.
-    fn silu<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
+    /// SiLU and tanh-GELU keep only their input for the backward pass, which runs
+    /// [`Kernels::activation_backward`] on the inner backend (Burn's compositions keep the
+    /// sigmoid, or the tanh and `1 + tanh`, as well: MLP-wide tensors, one or two a layer).
+    /// GELU and ReLU are Burn's own ops, which keep only the input already.
+    fn activation<const D: usize>(x: Tensor<Self, D>, act: Activation) -> Tensor<Self, D> {
+        if !matches!(act, Activation::Silu | Activation::GeluTanh) {
+            return ops::plain_activation(x, act);
+        }
         let x = prim(x);
-        let out = match KernelSilu::<D>
+        let out = match KernelActivation::<D>
             .prepare::<C>([x.node.clone()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let y = B::silu(float::<B, D>(x.primitive.clone()));
-                prep.finish(x.primitive, prim(y))
+                let y = B::activation(float::<B, D>(x.primitive.clone()), act);
+                prep.finish((x.primitive, act), prim(y))
             }
-            OpsKind::UnTracked(prep) => prep.finish(prim(B::silu(float::<B, D>(x.primitive)))),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(prim(B::activation(float::<B, D>(x.primitive), act)))
+            }
         };
         float(out)
     }
@@ -749,6 +807,42 @@ mod tests {
                 assert_eq!(g1.dims(), [1, 3, 4, 6]);
                 assert!(max_diff(g1, g2) < 1e-5);
             }
+        }
+    }
+
+    /// The activation derivatives written out (the GPU's path for SiLU and tanh-GELU; GELU
+    /// and ReLU for completeness) against Burn's autodiff of the plain activations, and
+    /// the training backend's activation op against the same.
+    #[test]
+    fn activation_derivatives_equal_burns_autodiff() {
+        let x = random::<F>([2, 3, 5, 7]) * 4.0;
+        let g = random::<F>([2, 3, 5, 7]);
+        for act in [
+            Activation::Silu,
+            Activation::GeluTanh,
+            Activation::Gelu,
+            Activation::Relu,
+        ] {
+            let burn_grad = |kernel: bool| {
+                let xa = Tensor::<A, 4>::from_inner(x.clone()).require_grad();
+                let y = if kernel {
+                    <A as Kernels>::activation(xa.clone(), act)
+                } else {
+                    ops::plain_activation(xa.clone(), act)
+                };
+                let grads = (y * Tensor::from_inner(g.clone())).sum().backward();
+                xa.grad(&grads).expect("a gradient")
+            };
+            let want = burn_grad(false);
+            let written = plain_activation_backward(x.clone(), g.clone(), act);
+            assert!(
+                max_diff(written, want.clone()) < 1e-5,
+                "{act:?} written out"
+            );
+            assert!(
+                max_diff(burn_grad(true), want) < 1e-5,
+                "{act:?} training op"
+            );
         }
     }
 

@@ -225,12 +225,21 @@ impl<B: Backend> RmsNorm<B> {
     }
 }
 
+/// The MLP's non-linearity; the backend picks how ([`Kernels::activation`]).
 pub fn activate<B: Kernels, const D: usize>(x: Tensor<B, D>, act: Activation) -> Tensor<B, D> {
+    B::activation(x, act)
+}
+
+/// The non-linearities as plain Burn operations.
+pub fn plain_activation<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    act: Activation,
+) -> Tensor<B, D> {
     match act {
         Activation::GeluTanh => activation::gelu_approximate(x),
         Activation::Gelu => activation::gelu(x),
         Activation::Relu => activation::relu(x),
-        Activation::Silu => B::silu(x),
+        Activation::Silu => activation::silu(x),
     }
 }
 
