@@ -200,8 +200,8 @@ fn check_matmul<B: TrainKernels, const D: usize>(
 /// Every fast path of the backend's [`Kernels`] against plain Burn on the same device and
 /// dtype: matmuls in the layouts the models use (a linear layer's transposed weight,
 /// batched keys as a transposed view, a broadcast operand, a block of query rows), causal
-/// attention (grouped-query, global and local), cross-entropy, SiLU and tanh-GELU,
-/// forward and gradients.
+/// attention (grouped-query, global and local), cross-entropy, LayerNorm and RMSNorm,
+/// SiLU and tanh-GELU, forward and gradients.
 pub fn kernel_checks<B: TrainKernels>(dev: &B::Device, dtype: DType) -> Result<Vec<KernelCheck>> {
     type I<B> = <B as AutodiffBackend>::InnerBackend;
     let mut out = Vec::new();
@@ -277,6 +277,37 @@ pub fn kernel_checks<B: TrainKernels>(dev: &B::Device, dtype: DType) -> Result<V
     let ((fl, fg), (pl, pg)) = (run(true)?, run(false)?);
     out.push(("cross-entropy loss".into(), rel_err(&fl, &pl)));
     out.push(("cross-entropy dlogits".into(), rel_err(&fg, &pg)));
+
+    // Norms with frozen weights, on rows with an offset (LayerNorm's mean matters).
+    // LayerNorm's weight and bias are float32 as the models load them, RMSNorm's weight is
+    // in the model's dtype.
+    let x = random::<I<B>, 3>([2, 9, 48], dev, dtype) * 3.0 + 1.0;
+    let w16 = random::<I<B>, 1>([48], dev, dtype);
+    let w32 = random::<I<B>, 1>([48], dev, DType::F32);
+    let bias = random::<I<B>, 1>([48], dev, DType::F32);
+    let wy = random::<I<B>, 3>([2, 9, 48], dev, dtype);
+    for (name, rms) in [("layer norm", false), ("rms norm", true)] {
+        let run = |kernel: bool| -> Result<(Vec<f32>, Vec<f32>)> {
+            let xa = Tensor::<B, 3>::from_inner(x.clone()).require_grad();
+            let w = if rms { &w16 } else { &w32 };
+            let (wa, ba) = (
+                Tensor::from_inner(w.clone()),
+                Tensor::from_inner(bias.clone()),
+            );
+            let y = match (kernel, rms) {
+                (true, true) => <B as Kernels>::rms_norm(xa.clone(), wa, 1e-5),
+                (true, false) => <B as Kernels>::layer_norm(xa.clone(), wa, ba, 1e-5),
+                (false, true) => ops::plain_rms_norm(xa.clone(), wa, 1e-5),
+                (false, false) => ops::plain_layer_norm(xa.clone(), wa, ba, 1e-5),
+            };
+            let g = weighted_sum(y.clone(), &wy).backward();
+            let dx = xa.grad(&g).ok_or_else(|| anyhow!("no gradient"))?;
+            Ok((values(y.detach())?, values(dx)?))
+        };
+        let ((fy, fg), (py, pg)) = (run(true)?, run(false)?);
+        out.push((name.into(), rel_err(&fy, &py)));
+        out.push((format!("{name} dx"), rel_err(&fg, &pg)));
+    }
 
     // Wide enough to reach the saturated tails.
     let x = random::<I<B>, 3>([2, 9, 70], dev, dtype) * 6.0;

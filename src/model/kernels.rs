@@ -7,9 +7,10 @@
 //!   for the backward pass (it saves the output and one log-sum-exp per query and
 //!   recomputes the probabilities block by block, skipping the keys a block cannot see:
 //!   the flash-attention recipe in Burn operations, so on every backend), a cross-entropy
-//!   that keeps the logits and one log-sum-exp per position, SiLU that keeps only its
-//!   input, and a matmul whose backward runs through the inner backend's kernel;
-//! * the CPU backend: vectorised `exp` and SiLU;
+//!   that keeps the logits and one log-sum-exp per position, norms and SiLU / tanh-GELU
+//!   that keep only their input, and a matmul whose backward runs through the inner
+//!   backend's kernel;
+//! * the CPU backend: vectorised `exp`, SiLU and tanh-GELU;
 //! * the CUDA backends ([`super::cuda`]): matmuls on cuBLAS.
 //!
 //! A CubeCL flash-attention kernel would go behind [`Kernels::causal_attention`].
@@ -67,6 +68,23 @@ pub trait Kernels: Backend {
         x.exp()
     }
 
+    /// LayerNorm over the last axis in float32, `w` and `b` frozen (see
+    /// [`ops::plain_layer_norm`]). The training backend keeps only `x` for the backward pass.
+    fn layer_norm(
+        x: Tensor<Self, 3>,
+        w: Tensor<Self, 1>,
+        b: Tensor<Self, 1>,
+        eps: f64,
+    ) -> Tensor<Self, 3> {
+        ops::plain_layer_norm(x, w, b, eps)
+    }
+
+    /// RMSNorm over the last axis in float32, `w` frozen (see [`ops::plain_rms_norm`]).
+    /// The training backend keeps only `x` for the backward pass.
+    fn rms_norm(x: Tensor<Self, 3>, w: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
+        ops::plain_rms_norm(x, w, eps)
+    }
+
     /// The MLP's non-linearity. The training backend differentiates SiLU and tanh-GELU
     /// with [`Kernels::activation_backward`], keeping only `x`.
     fn activation<const D: usize>(x: Tensor<Self, D>, act: Activation) -> Tensor<Self, D> {
@@ -83,6 +101,33 @@ pub trait Kernels: Backend {
     ) -> Tensor<Self, D> {
         plain_activation_backward(x, grad, act)
     }
+}
+
+/// `d loss / d x` of a norm over the last axis with frozen weight `w`, in float32 from
+/// `x` alone: with `x̂ = (x − μ)·rstd` (LayerNorm; RMSNorm has no `μ`) and `g' = g·w`,
+/// `dx = rstd·(g' − mean(g') − x̂·mean(g'·x̂))`, RMSNorm without the `mean(g')` term.
+pub fn norm_backward<B: Backend>(
+    x: Tensor<B, 3>,
+    w: Tensor<B, 1>,
+    grad: Tensor<B, 3>,
+    eps: f64,
+    rms: bool,
+) -> Tensor<B, 3> {
+    let dtype = x.dtype();
+    let x = x.cast(DType::F32);
+    let centered = if rms { x } else { x.clone() - x.mean_dim(2) };
+    let rstd = (centered.clone().powi_scalar(2).mean_dim(2) + eps)
+        .sqrt()
+        .recip();
+    let xhat = centered * rstd.clone();
+    let gw = grad.cast(DType::F32) * w.cast(DType::F32).unsqueeze::<3>();
+    let proj = (gw.clone() * xhat.clone()).mean_dim(2);
+    let inner = if rms {
+        gw - xhat * proj
+    } else {
+        gw.clone() - gw.mean_dim(2) - xhat * proj
+    };
+    (inner * rstd).cast(dtype)
 }
 
 /// [`Kernels::activation_backward`] in plain Burn operations.
@@ -539,6 +584,78 @@ impl<B: Kernels, const D: usize> Backward<B, 2> for KernelMatmul<D> {
     }
 }
 
+/// Norm state: the input, the frozen weight, epsilon, and RMSNorm or LayerNorm.
+#[derive(Debug, Clone)]
+struct NormState<B: Backend> {
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    eps: f64,
+    rms: bool,
+}
+
+#[derive(Debug)]
+struct KernelNorm;
+
+impl<B: Kernels> Backward<B, 1> for KernelNorm {
+    type State = NormState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = float::<B, 3>(grads.consume::<B>(&ops.node));
+        let [parent] = ops.parents;
+        if let Some(node) = parent {
+            let st = ops.state;
+            let dx = norm_backward(float(st.x), float(st.w), grad, st.eps, st.rms);
+            grads.register::<B>(node.id, prim(dx));
+        }
+    }
+}
+
+/// A norm on the training backend: the inner backend's forward, [`norm_backward`] for the
+/// input's gradient, only `x` kept. A weight or bias that wants a gradient (never in
+/// softtune: the model is frozen) takes Burn's own path so it gets one.
+fn autodiff_norm<B: Kernels, C: CheckpointStrategy>(
+    x: Tensor<Autodiff<B, C>, 3>,
+    w: Tensor<Autodiff<B, C>, 1>,
+    b: Option<Tensor<Autodiff<B, C>, 1>>,
+    eps: f64,
+) -> Tensor<Autodiff<B, C>, 3> {
+    let rms = b.is_none();
+    let frozen = !w.is_require_grad() && b.as_ref().is_none_or(|b| !b.is_require_grad());
+    if !frozen {
+        return match b {
+            Some(b) => ops::plain_layer_norm(x, w, b, eps),
+            None => ops::plain_rms_norm(x, w, eps),
+        };
+    }
+    let (wi, bi) = (w.inner(), b.map(|b| b.inner()));
+    let inner = |x: FloatTensor<B>| -> FloatTensor<B> {
+        let x = float::<B, 3>(x);
+        prim(match &bi {
+            Some(b) => <B as Kernels>::layer_norm(x, wi.clone(), b.clone(), eps),
+            None => B::rms_norm(x, wi.clone(), eps),
+        })
+    };
+    let x = prim(x);
+    let out = match KernelNorm
+        .prepare::<C>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let y = inner(x.primitive.clone());
+            let state = NormState {
+                x: x.primitive,
+                w: prim(wi.clone()),
+                eps,
+                rms,
+            };
+            prep.finish(state, y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(inner(x.primitive)),
+    };
+    float(out)
+}
+
 #[derive(Debug)]
 struct KernelActivation<const D: usize>;
 
@@ -558,6 +675,21 @@ impl<B: Kernels, const D: usize> Backward<B, 1> for KernelActivation<D> {
 }
 
 impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
+    /// Keeps only `x` (Burn's composition keeps a float32 copy of `x`, the normalised
+    /// values and more, several model-wide tensors per norm).
+    fn layer_norm(
+        x: Tensor<Self, 3>,
+        w: Tensor<Self, 1>,
+        b: Tensor<Self, 1>,
+        eps: f64,
+    ) -> Tensor<Self, 3> {
+        autodiff_norm(x, w, Some(b), eps)
+    }
+
+    fn rms_norm(x: Tensor<Self, 3>, w: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
+        autodiff_norm(x, w, None, eps)
+    }
+
     /// SiLU and tanh-GELU keep only their input for the backward pass, which runs
     /// [`Kernels::activation_backward`] on the inner backend (Burn's compositions keep the
     /// sigmoid, or the tanh and `1 + tanh`, as well: MLP-wide tensors, one or two a layer).
@@ -843,6 +975,47 @@ mod tests {
                 max_diff(burn_grad(true), want) < 1e-5,
                 "{act:?} training op"
             );
+        }
+    }
+
+    /// The norms' input gradient against Burn's autodiff of the plain norms; a weight that
+    /// wants a gradient takes Burn's path and gets one.
+    #[test]
+    fn norm_gradients_equal_burns_and_trainable_weights_still_get_theirs() {
+        let dev = Default::default();
+        let x = Tensor::<F, 3>::random([2, 5, 16], Distribution::Normal(1.0, 2.0), &dev);
+        let w = Tensor::<F, 1>::random([16], Distribution::Normal(0.0, 1.0), &dev);
+        let b = Tensor::<F, 1>::random([16], Distribution::Normal(0.0, 1.0), &dev);
+        let g = Tensor::<F, 3>::random([2, 5, 16], Distribution::Normal(0.0, 1.0), &dev);
+        for rms in [false, true] {
+            let run = |kernel: bool, train_w: bool| {
+                let xa = Tensor::<A, 3>::from_inner(x.clone()).require_grad();
+                let mut wa = Tensor::<A, 1>::from_inner(w.clone());
+                if train_w {
+                    wa = wa.require_grad();
+                }
+                let ba = Tensor::<A, 1>::from_inner(b.clone());
+                let y = match (kernel, rms) {
+                    (true, true) => <A as Kernels>::rms_norm(xa.clone(), wa.clone(), 1e-5),
+                    (true, false) => <A as Kernels>::layer_norm(xa.clone(), wa.clone(), ba, 1e-5),
+                    (false, true) => ops::plain_rms_norm(xa.clone(), wa.clone(), 1e-5),
+                    (false, false) => ops::plain_layer_norm(xa.clone(), wa.clone(), ba, 1e-5),
+                };
+                let grads = (y.clone() * Tensor::from_inner(g.clone())).sum().backward();
+                let y: Tensor<F, 4> = y.inner().unsqueeze();
+                let dx: Tensor<F, 4> = xa.grad(&grads).expect("dx").unsqueeze();
+                (y, dx, wa.grad(&grads))
+            };
+            let (y0, dx0, _) = run(false, false);
+            let (y1, dx1, dw1) = run(true, false);
+            assert!(max_diff(y0, y1) < 1e-6, "rms {rms}: output");
+            assert!(max_diff(dx0, dx1) < 1e-5, "rms {rms}: dx");
+            assert!(dw1.is_none(), "rms {rms}: a frozen weight got a gradient");
+            let (_, dx2, dw2) = run(true, true);
+            let (_, dx3, dw3) = run(false, true);
+            assert!(max_diff(dx2, dx3) < 1e-5);
+            let (dw2, dw3) = (dw2.expect("dw"), dw3.expect("dw"));
+            assert!((dw2 - dw3).abs().max().into_scalar() < 1e-5);
         }
     }
 

@@ -195,17 +195,28 @@ pub struct LayerNorm<B: Backend> {
     pub eps: f64,
 }
 
-impl<B: Backend> LayerNorm<B> {
+impl<B: Kernels> LayerNorm<B> {
+    /// The backend picks how ([`Kernels::layer_norm`]).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let dtype = x.dtype();
-        let x = x.cast(DType::F32);
-        let mean = x.clone().mean_dim(2);
-        let centered = x - mean;
-        let var = centered.clone().powi_scalar(2).mean_dim(2);
-        let y = centered * (var + self.eps).sqrt().recip();
-        let y = y * self.w.clone().unsqueeze::<3>() + self.b.clone().unsqueeze::<3>();
-        y.cast(dtype)
+        <B as Kernels>::layer_norm(x, self.w.clone(), self.b.clone(), self.eps)
     }
+}
+
+/// LayerNorm as plain Burn operations.
+pub fn plain_layer_norm<B: Backend>(
+    x: Tensor<B, 3>,
+    w: Tensor<B, 1>,
+    b: Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, 3> {
+    let dtype = x.dtype();
+    let x = x.cast(DType::F32);
+    let mean = x.clone().mean_dim(2);
+    let centered = x - mean;
+    let var = centered.clone().powi_scalar(2).mean_dim(2);
+    let y = centered * (var + eps).sqrt().recip();
+    let y = y * w.unsqueeze::<3>() + b.unsqueeze::<3>();
+    y.cast(dtype)
 }
 
 /// Llama's RMSNorm: `w * (x * rsqrt(mean(x²) + eps))`, the normalisation in float32.
@@ -215,14 +226,20 @@ pub struct RmsNorm<B: Backend> {
     pub eps: f64,
 }
 
-impl<B: Backend> RmsNorm<B> {
+impl<B: Kernels> RmsNorm<B> {
+    /// The backend picks how ([`Kernels::rms_norm`]).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let dtype = x.dtype();
-        let x = x.cast(DType::F32);
-        let ms = x.clone().powi_scalar(2).mean_dim(2);
-        let y = (x * (ms + self.eps).sqrt().recip()).cast(dtype);
-        y * self.w.clone().unsqueeze::<3>()
+        B::rms_norm(x, self.w.clone(), self.eps)
     }
+}
+
+/// RMSNorm as plain Burn operations.
+pub fn plain_rms_norm<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
+    let dtype = x.dtype();
+    let x = x.cast(DType::F32);
+    let ms = x.clone().powi_scalar(2).mean_dim(2);
+    let y = (x * (ms + eps).sqrt().recip()).cast(dtype);
+    y * w.unsqueeze::<3>()
 }
 
 /// The MLP's non-linearity; the backend picks how ([`Kernels::activation`]).
