@@ -523,6 +523,20 @@ fn xent_backward<B: Kernels>(st: XentState<B>, grad: Tensor<B, 1>) -> Tensor<B, 
     d * (grad.cast(DType::F32) / (b * t) as f64).reshape([1, 1, 1])
 }
 
+/// The backward step of an op with one input: takes the output's gradient (rank `G`) and
+/// registers `f(state, gradient)` (rank `O`) as the input's, when the input is tracked.
+fn one_parent<B: Backend, S, const G: usize, const O: usize>(
+    ops: Ops<S, 1>,
+    grads: &mut Gradients,
+    f: impl FnOnce(S, Tensor<B, G>) -> Tensor<B, O>,
+) {
+    let grad = float::<B, G>(grads.consume::<B>(&ops.node));
+    let [parent] = ops.parents;
+    if let Some(node) = parent {
+        grads.register::<B>(node.id, prim(f(ops.state, grad)));
+    }
+}
+
 #[derive(Debug)]
 struct SavingCrossEntropy;
 
@@ -530,11 +544,7 @@ impl<B: Kernels> Backward<B, 1> for SavingCrossEntropy {
     type State = XentState<B>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = float::<B, 1>(grads.consume::<B>(&ops.node));
-        let [parent] = ops.parents;
-        if let Some(node) = parent {
-            grads.register::<B>(node.id, prim(xent_backward(ops.state, grad)));
-        }
+        one_parent::<B, _, 1, 3>(ops, grads, xent_backward);
     }
 }
 
@@ -600,13 +610,9 @@ impl<B: Kernels> Backward<B, 1> for KernelNorm {
     type State = NormState<B>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = float::<B, 3>(grads.consume::<B>(&ops.node));
-        let [parent] = ops.parents;
-        if let Some(node) = parent {
-            let st = ops.state;
-            let dx = norm_backward(float(st.x), float(st.w), grad, st.eps, st.rms);
-            grads.register::<B>(node.id, prim(dx));
-        }
+        one_parent::<B, _, 3, 3>(ops, grads, |st, grad| {
+            norm_backward(float(st.x), float(st.w), grad, st.eps, st.rms)
+        });
     }
 }
 
@@ -664,13 +670,9 @@ impl<B: Kernels, const D: usize> Backward<B, 1> for KernelActivation<D> {
     type State = (FloatTensor<B>, Activation);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = float::<B, D>(grads.consume::<B>(&ops.node));
-        let [parent] = ops.parents;
-        if let Some(node) = parent {
-            let (x, act) = ops.state;
-            let dx = B::activation_backward(float::<B, D>(x), grad, act);
-            grads.register::<B>(node.id, prim(dx));
-        }
+        one_parent::<B, _, D, D>(ops, grads, |(x, act), grad| {
+            B::activation_backward(float(x), grad, act)
+        });
     }
 }
 
