@@ -19,7 +19,7 @@ use burn_fusion::{
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
 
 use super::cublas;
-use super::kernels::Kernels;
+use super::kernels::{Kernels, as_dtype};
 use crate::device::{CudaBackend, CudaCubeBackend};
 
 type CubeFloat = FloatTensor<CudaCubeBackend>;
@@ -28,9 +28,9 @@ fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
-/// The unfused CubeCL tensor product: cuBLAS when it takes the operands, CubeCL's own
-/// matmul otherwise.
-/// matmul (`out_dtype`: the inputs' dtype, or float32 from 16-bit inputs).
+/// The unfused CubeCL tensor product, its result in `out_dtype` (the inputs' dtype, or
+/// float32 from 16-bit inputs): cuBLAS when it takes the operands, CubeCL's own matmul
+/// otherwise.
 fn cube_matmul(lhs: CubeFloat, rhs: CubeFloat, out_dtype: DType) -> CubeFloat {
     if cublas::enabled()
         && let Some(out) = cublas::matmul(&lhs, &rhs, out_dtype)
@@ -102,8 +102,9 @@ fn fused_matmul<const D: usize>(
     rhs: Tensor<CudaBackend, D>,
     dtype: DType,
 ) -> Tensor<CudaBackend, D> {
-    let plain =
-        |l: Tensor<CudaBackend, D>, r: Tensor<CudaBackend, D>| l.cast(dtype).matmul(r.cast(dtype));
+    let plain = |l: Tensor<CudaBackend, D>, r: Tensor<CudaBackend, D>| {
+        as_dtype(l, dtype).matmul(as_dtype(r, dtype))
+    };
     let (ld, rd) = (lhs.dims(), rhs.dims());
     if !cublas::enabled() || lhs.dtype() != rhs.dtype() || ld[D - 1] != rd[D - 2] {
         return plain(lhs, rhs);

@@ -53,23 +53,6 @@ fn exp_loop(v: &mut [f32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn exp_avx2(v: &mut [f32]) {
-    exp_loop(v)
-}
-
-/// Replaces every element by its exponential.
-pub fn exp_in_place(v: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        unsafe { exp_avx2(v) };
-        return;
-    }
-    exp_loop(v)
-}
-
 #[inline(always)]
 fn silu_loop(v: &mut [f32]) {
     for x in v {
@@ -80,6 +63,11 @@ fn silu_loop(v: &mut [f32]) {
 
 #[inline(always)]
 fn silu_grad_loop(x: &[f32], g: &mut [f32]) {
+    assert_eq!(
+        x.len(),
+        g.len(),
+        "SiLU gradient: input and gradient lengths differ"
+    );
     for (g, &x) in g.iter_mut().zip(x) {
         let s = 1.0 / (1.0 + exp1(-x));
         *g *= s * (1.0 + x * (1.0 - s));
@@ -104,6 +92,11 @@ fn gelu_tanh_loop(v: &mut [f32]) {
 /// d/dx x·σ(2u) = σ + x·σ(1 − σ)·2u', with u' = √(2/π)(1 + 3·0.044715·x²).
 #[inline(always)]
 fn gelu_tanh_grad_loop(x: &[f32], g: &mut [f32]) {
+    assert_eq!(
+        x.len(),
+        g.len(),
+        "GELU gradient: input and gradient lengths differ"
+    );
     for (g, &x) in g.iter_mut().zip(x) {
         let x2 = x * x;
         let two_u = 2.0 * SQRT_2_OVER_PI * x * (1.0 + GELU_CUBIC * x2);
@@ -114,88 +107,59 @@ fn gelu_tanh_grad_loop(x: &[f32], g: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn gelu_tanh_avx2(v: &mut [f32]) {
-    gelu_tanh_loop(v)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn gelu_tanh_grad_avx2(x: &[f32], g: &mut [f32]) {
-    gelu_tanh_grad_loop(x, g)
-}
-
-/// Replaces every element `x` by `½x(1 + tanh(√(2/π)(x + 0.044715x³)))` (`gelu_new`).
-pub fn gelu_tanh_in_place(v: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        unsafe { gelu_tanh_avx2(v) };
-        return;
-    }
-    gelu_tanh_loop(v)
-}
-
-/// Multiplies every upstream gradient `g` by the derivative of tanh-GELU at `x`; `x` and
-/// `g` have the same length.
-pub fn gelu_tanh_grad_in_place(x: &[f32], g: &mut [f32]) {
-    assert_eq!(
-        x.len(),
-        g.len(),
-        "GELU gradient: input and gradient lengths differ"
-    );
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        unsafe { gelu_tanh_grad_avx2(x, g) };
-        return;
-    }
-    gelu_tanh_grad_loop(x, g)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn silu_avx2(v: &mut [f32]) {
-    silu_loop(v)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn silu_grad_avx2(x: &[f32], g: &mut [f32]) {
-    silu_grad_loop(x, g)
-}
-
-#[cfg(target_arch = "x86_64")]
 fn has_avx2_fma() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
-/// Replaces every element `x` by `SiLU(x) = x·σ(x) = x / (1 + e^-x)`.
-pub fn silu_in_place(v: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        unsafe { silu_avx2(v) };
-        return;
-    }
-    silu_loop(v)
+/// `pub fn NAME(args) = LOOP;` defines `NAME` as `LOOP(args)` compiled twice, for the
+/// baseline target and for AVX2 + FMA, the second picked at run time on x86-64 CPUs that
+/// have both.
+macro_rules! vectorised {
+    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) = $body:ident;) => {
+        $(#[$doc])*
+        pub fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if has_avx2_fma() {
+                    // SAFETY: the CPU has AVX2 and FMA, checked just above.
+                    unsafe { avx2($($arg),*) };
+                    return;
+                }
+            }
+            $body($($arg),*)
+        }
+    };
 }
 
-/// Multiplies every upstream gradient `g` by `SiLU'(x) = σ(x)·(1 + x·(1 − σ(x)))`;
-/// `x` and `g` have the same length.
-pub fn silu_grad_in_place(x: &[f32], g: &mut [f32]) {
-    assert_eq!(
-        x.len(),
-        g.len(),
-        "SiLU gradient: input and gradient lengths differ"
-    );
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        unsafe { silu_grad_avx2(x, g) };
-        return;
-    }
-    silu_grad_loop(x, g)
+vectorised! {
+    /// Replaces every element by its exponential.
+    pub fn exp_in_place(v: &mut [f32]) = exp_loop;
+}
+
+vectorised! {
+    /// Replaces every element `x` by `SiLU(x) = x·σ(x) = x / (1 + e^-x)`.
+    pub fn silu_in_place(v: &mut [f32]) = silu_loop;
+}
+
+vectorised! {
+    /// Multiplies every upstream gradient `g` by `SiLU'(x) = σ(x)·(1 + x·(1 − σ(x)))`;
+    /// `x` and `g` have the same length.
+    pub fn silu_grad_in_place(x: &[f32], g: &mut [f32]) = silu_grad_loop;
+}
+
+vectorised! {
+    /// Replaces every element `x` by `½x(1 + tanh(√(2/π)(x + 0.044715x³)))` (`gelu_new`).
+    pub fn gelu_tanh_in_place(v: &mut [f32]) = gelu_tanh_loop;
+}
+
+vectorised! {
+    /// Multiplies every upstream gradient `g` by the derivative of tanh-GELU at `x`; `x`
+    /// and `g` have the same length.
+    pub fn gelu_tanh_grad_in_place(x: &[f32], g: &mut [f32]) = gelu_tanh_grad_loop;
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ pub trait Kernels: Backend {
     /// scores and their gradients from 16-bit operands (on a GPU: 16-bit tensor-core
     /// inputs, float32 accumulation and output, the precision flash attention keeps).
     fn matmul_f32<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
-        Self::matmul(lhs.cast(DType::F32), rhs.cast(DType::F32))
+        Self::matmul(as_dtype(lhs, DType::F32), as_dtype(rhs, DType::F32))
     }
 
     /// Causal attention, see [`ops::causal_attention`].
@@ -465,7 +465,7 @@ fn saving_backward<B: Kernels>(
 }
 
 /// `t` in `dtype`, untouched (no copy) when it already is.
-fn as_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+pub fn as_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
     if t.dtype() == dtype { t } else { t.cast(dtype) }
 }
 
