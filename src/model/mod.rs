@@ -7,7 +7,8 @@
 //!   rotary, attention, embedding).
 //! * [`kernels`]: the backend extension behind it ([`kernels::Kernels`]): what a backend runs
 //!   its own way, such as the training backend's memory-saving attention;
-//!   [`cuda`]: the CUDA backends' impls, their matmuls on [`cublas`].
+//!   [`cuda`]: the CUDA backends' impls, their matmuls on [`cublas`]; [`vector_math`]: the
+//!   CPU backend's vectorised `exp`, SiLU and tanh-GELU.
 //! * one file per family: [`gpt2`], [`gptj`], [`gpt_neox`], [`gpt_neo`], [`opt`], [`llama`]
 //!   (llama, mistral, qwen2).
 //! * [`lm`]: the loaded model, soft-prompt forward and the loss over text positions.
@@ -16,7 +17,6 @@
 pub mod config;
 pub mod cublas;
 pub mod cuda;
-pub mod fast_exp;
 pub mod generate;
 pub mod gpt2;
 pub mod gpt_neo;
@@ -29,6 +29,7 @@ pub mod ops;
 pub mod opt;
 pub mod source;
 pub mod tokenizer;
+pub mod vector_math;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig};
