@@ -266,7 +266,7 @@ const MIN_BLOCK_POSITIONS: usize = 128;
 /// Query positions per block for `b·h` query heads over `s` positions: at least four
 /// blocks on long sequences (a block at positions `p0..p1` only scores keys `..p1`, so four
 /// blocks do 62.5 % of the square's work, one does all of it) but no fewer than
-/// [`MIN_BLOCK_POSITIONS`] positions, and in any case at most [`BLOCK_ELEMENTS`] scores
+/// `MIN_BLOCK_POSITIONS` positions, and in any case at most `BLOCK_ELEMENTS` scores
 /// against all `s` keys.
 pub fn block_positions(heads: usize, s: usize) -> usize {
     let fits = (BLOCK_ELEMENTS / (heads * s).max(1)).max(1);
