@@ -193,7 +193,7 @@ impl RunView {
         self.steps.last().map(|s| s.elapsed_s)
     }
 
-    /// Seconds left at the pace of the last [`ETA_WINDOW`] steps.
+    /// Seconds left at the pace of the last `ETA_WINDOW` steps.
     pub fn eta(&self) -> Option<f64> {
         let last = self.steps.last()?;
         let remaining = self.total_steps.saturating_sub(last.step) as f64;
