@@ -331,21 +331,15 @@ fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
     t.into_primitive().tensor()
 }
 
-/// A block of positions `p0..p0 + n`: `q` (`[b, kvh, rep, s, hd]`) there as stacked rows
-/// `[b, kvh, rep·n, hd]`, and the keys it sees as `(k0, count)`.
-fn query_block<B: Backend>(
-    q5: &Tensor<B, 5>,
-    p0: usize,
-    n: usize,
-    window: Option<usize>,
-) -> (Tensor<B, 4>, (usize, usize)) {
-    let [b, kvh, rep, s, hd] = q5.dims();
-    let qb = if n == s {
-        q5.clone().reshape([b, kvh, rep * s, hd])
+/// Positions `p0..p0 + n` of `t` (`[b, kvh, rep, s, d]`) as stacked rows
+/// `[b, kvh, rep·n, d]` (row `r` is position `p0 + r % n`), no copy for the whole sequence.
+fn stacked_rows<B: Backend>(t: &Tensor<B, 5>, p0: usize, n: usize) -> Tensor<B, 4> {
+    let [b, g, r, s, d] = t.dims();
+    if n == s {
+        t.clone().reshape([b, g, r * s, d])
     } else {
-        q5.clone().narrow(3, p0, n).reshape([b, kvh, rep * n, hd])
-    };
-    (qb, key_range(p0, n, window))
+        t.clone().narrow(3, p0, n).reshape([b, g, r * n, d])
+    }
 }
 
 /// Scaled scores of a block's stacked query rows (`q [b, kvh, rep·n, hd]`, positions
@@ -384,7 +378,7 @@ fn saving_forward<B: Kernels>(
     let (mut outs, mut lses) = (Vec::new(), Vec::new());
     for p0 in (0..s).step_by(step) {
         let n = step.min(s - p0);
-        let (qb, (k0, keys)) = query_block(&q5, p0, n, opts.window);
+        let (qb, (k0, keys)) = (stacked_rows(&q5, p0, n), key_range(p0, n, opts.window));
         let kt = k.clone().narrow(2, k0, keys).swap_dims(2, 3);
         let scores = masked_scores(qb, kt, p0, n, k0, opts);
         // Every row sees its own position, so the row maximum is finite.
@@ -440,21 +434,17 @@ fn saving_backward<B: Kernels>(
     let mut dq = Vec::new();
     let mut dk = Tensor::<B, 4>::zeros([b, kvh, s, hd], (&device, DType::F32));
     let mut dv = dk.clone();
-    let rows = |t: &Tensor<B, 5>, p0: usize, n: usize| {
-        let [b, g, r, _, d] = t.dims();
-        t.clone().narrow(3, p0, n).reshape([b, g, r * n, d])
-    };
     for p0 in (0..s).step_by(step) {
         let n = step.min(s - p0);
-        let (qb, (k0, keys)) = query_block(&q5, p0, n, st.opts.window);
-        let dob = rows(&do5, p0, n);
+        let (qb, (k0, keys)) = (stacked_rows(&q5, p0, n), key_range(p0, n, st.opts.window));
+        let dob = stacked_rows(&do5, p0, n);
         let (kb, vb) = (k.clone().narrow(2, k0, keys), v.clone().narrow(2, k0, keys));
         let scores = masked_scores(qb.clone(), kb.clone().swap_dims(2, 3), p0, n, k0, st.opts);
-        let p = B::exp(scores - rows(&lse, p0, n));
+        let p = B::exp(scores - stacked_rows(&lse, p0, n));
         let pt = as_dtype(p.clone(), g_dtype).swap_dims(2, 3);
         dv = add_rows(dv, k0, B::matmul_f32(pt, dob.clone()));
         let dp = B::matmul_f32(dob, vb.swap_dims(2, 3));
-        let ds = p * (dp - rows(&delta, p0, n)) * st.opts.scale;
+        let ds = p * (dp - stacked_rows(&delta, p0, n)) * st.opts.scale;
         let ds_k = as_dtype(ds.clone(), k_dtype);
         let ds_q = as_dtype(ds, q_dtype);
         dq.push(B::matmul_f32(ds_k, kb).reshape([b, kvh, rep, n, hd]));
