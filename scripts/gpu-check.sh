@@ -8,41 +8,58 @@
 #    backend in BACKENDS, bf16 on the others;
 #    (each run starts with the kernel checks: every fast path against plain Burn on the GPU);
 # 2. the TinyLlama row of issue 6 (bf16, 20 soft tokens, AdamW) on every backend in BACKENDS
-#    (default "cube fusion": CubeCL alone and Burn's fusion-wrapped CubeCL, both with their
-#    matmuls on cuBLAS; "cube-cubecl" and "fusion-cubecl" keep CubeCL's own matmul), then the GPT-J
-#    and OPT rows on the faster one; each row gets at most ROW_SECS seconds (default 120,
+#    (default "cube cube+flash fusion": CubeCL alone, then with attention on the flash
+#    kernels, then Burn's fusion-wrapped CubeCL, all with their matmuls on cuBLAS;
+#    "cube-cubecl" and "fusion-cubecl" keep CubeCL's own matmul), then the GPT-J
+#    and OPT rows on the fastest; each row gets at most ROW_SECS seconds (default 120,
 #    kernel compilation and autotuning included);
 # 3. one table: tokens/s and peak memory beside PyTorch + PEFT's on an H100 80GB.
+# Runs on backends after the first are skipped once OPTIONAL_SECS (default 240) have passed,
+# to stay within about 8 minutes.
 # Prints the card's name first: numbers are only comparable on the same card.
 set -uo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 device="${2:-cuda:0}"
-backends="${BACKENDS:-cube fusion}"
+backends="${BACKENDS:-cube cube+flash fusion}"
 row_secs="${ROW_SECS:-120}"
+optional_secs="${OPTIONAL_SECS:-240}"
 fixtures="$here/tests/fixtures"
 
 . "$here/scripts/cuda-env.sh" "${1:-}"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 # backend_env NAME: the environment a BACKENDS name stands for.
+# A "+flash" suffix adds SOFTTUNE_CUDA_ATTENTION=flash (the CubeCL flash attention kernels).
 backend_env() {
-    case "$1" in
-        *-cubecl) echo "SOFTTUNE_CUDA_BACKEND=${1%-cubecl} SOFTTUNE_CUDA_MATMUL=cubecl" ;;
-        *) echo "SOFTTUNE_CUDA_BACKEND=$1 SOFTTUNE_CUDA_MATMUL=cublas" ;;
+    local name=${1%+flash} attention=blocked
+    [ "$name" != "$1" ] && attention=flash
+    case "$name" in
+        *-cubecl) echo "SOFTTUNE_CUDA_BACKEND=${name%-cubecl} SOFTTUNE_CUDA_MATMUL=cubecl SOFTTUNE_CUDA_ATTENTION=$attention" ;;
+        *) echo "SOFTTUNE_CUDA_BACKEND=$name SOFTTUNE_CUDA_MATMUL=cublas SOFTTUNE_CUDA_ATTENTION=$attention" ;;
     esac
 }
 
 status=0
 start=$SECONDS
+# over_budget WHAT: true (and says so) once OPTIONAL_SECS have passed; the runs on the first
+# backend and the three rows on the fastest are never skipped, comparisons after it may be.
+over_budget() {
+    if [ $((SECONDS - start)) -ge "$optional_secs" ]; then
+        echo "== skipped (past ${optional_secs} s): $1"
+        return 0
+    fi
+    return 1
+}
 first=1
 for b in $backends; do
     precisions="bf16"
     [ $first -eq 1 ] && precisions="f32 bf16"
-    first=0
     for precision in $precisions; do
+        [ $first -eq 0 ] && over_budget "parity on $b" && continue
         echo "== parity: $device, $b, $precision"
         env $(backend_env "$b") timeout 120 "$bin" parity --fixtures "$fixtures" --device "$device" --precision "$precision" || status=1
     done
+    first=0
 done
 echo "== parity done in $((SECONDS - start)) s"
 
@@ -59,28 +76,31 @@ bench() {
     echo "$out"
     line=$(echo "$out" | grep "^$shape " | tail -1)
     if [ $rc -ne 0 ] || [ -z "$line" ]; then
-        table+=$(printf '%-15s %-7s %12s %12s %8s %10s %10s' "$shape" "$b" "failed" "$peft_tps" "-" "-" "$peft_mem GiB")$'\n'
+        table+=$(printf '%-15s %-11s %12s %12s %8s %10s %10s' "$shape" "$b" "failed" "$peft_tps" "-" "-" "$peft_mem GiB")$'\n'
         status=1
         return
     fi
     tps=$(echo "$line" | awk '{print $7}')
     mem=$(echo "$line" | awk '{print $9" "$10}')
     ratio=$(awk -v a="$tps" -v b="$peft_tps" 'BEGIN { printf "%.2f", a / b }')
-    table+=$(printf '%-15s %-7s %12s %12s %8s %10s %10s' "$shape" "$b" "$tps" "$peft_tps" "$ratio" "$mem" "$peft_mem GiB")$'\n'
+    table+=$(printf '%-15s %-11s %12s %12s %8s %10s %10s' "$shape" "$b" "$tps" "$peft_tps" "$ratio" "$mem" "$peft_mem GiB")$'\n'
     if awk -v a="$tps" -v b="$best_tps" 'BEGIN { exit !(a > b) }'; then
         best=$b
         best_tps=$tps
     fi
 }
+first=1
 for b in $backends; do
+    [ $first -eq 0 ] && over_budget "tinyllama-1.1b on $b" && continue
     bench tinyllama-1.1b 8 59848 16.2 "$b"
+    first=0
 done
 if [ -n "$best" ]; then
     bench gptj-6b 4 10659 45.9 "$best"
     bench opt-6.7b 4 18739 26.8 "$best"
 fi
 echo
-printf '%-15s %-7s %12s %12s %8s %10s %10s\n' shape backend "tokens/s" "PEFT tok/s" "ratio" "peak mem" "PEFT mem"
+printf '%-15s %-11s %12s %12s %8s %10s %10s\n' shape backend "tokens/s" "PEFT tok/s" "ratio" "peak mem" "PEFT mem"
 printf '%s' "$table"
 echo "total $((SECONDS - start)) s"
 exit $status

@@ -214,14 +214,17 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
         device: match args.device {
             DeviceSpec::Cuda(_) => {
                 let kind = crate::device::CudaKind::from_env()?;
-                // Matmuls on cuBLAS with SOFTTUNE_CUDA_MATMUL=cublas (a fallback to CubeCL's
-                // kernel is reported on stderr).
+                // Matmuls on cuBLAS with SOFTTUNE_CUDA_MATMUL=cublas, attention on the flash
+                // kernels with SOFTTUNE_CUDA_ATTENTION=flash (a fallback is reported on
+                // stderr).
                 let cublas = crate::model::cublas::enabled();
+                let flash = crate::model::flash::enabled();
                 format!(
-                    "{}/{}{}",
+                    "{}/{}{}{}",
                     args.device,
                     kind.name(),
-                    if cublas { "+cublas" } else { "" }
+                    if cublas { "+cublas" } else { "" },
+                    if flash { "+flash" } else { "" }
                 )
             }
             DeviceSpec::Cpu => args.device.to_string(),

@@ -58,6 +58,33 @@ pub trait Kernels: Backend {
         ops::plain_attention(q, k, v, opts)
     }
 
+    /// The forward pass of the memory-saving attention ([`Kernels::causal_attention`] under
+    /// autodiff): `(out [b, h, s, hd], lse [b, kvh, rep, s, 1])`, the log-sum-exp of every
+    /// query row's scaled scores in float32. By blocks of query positions on the default path.
+    fn attention_forward(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        opts: AttnOpts,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 5>) {
+        blocked_attention_forward(q, k, v, opts)
+    }
+
+    /// The gradients `[dq, dk, dv]` of [`Kernels::attention_forward`]'s output, the
+    /// probabilities recomputed from `lse`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        out: Tensor<Self, 4>,
+        lse: Tensor<Self, 5>,
+        grad: Tensor<Self, 4>,
+        opts: AttnOpts,
+    ) -> [Tensor<Self, 4>; 3] {
+        blocked_attention_backward(q, k, v, out, lse, grad, opts)
+    }
+
     /// Mean next-token cross-entropy, see [`ops::cross_entropy`].
     fn cross_entropy(logits: Tensor<Self, 3>, targets: Tensor<Self, 2, Int>) -> Tensor<Self, 1> {
         ops::plain_cross_entropy(logits, targets)
@@ -361,6 +388,32 @@ pub fn masked_scores<B: Kernels>(
     (B::matmul_f32(q, kt) * opts.scale).mask_fill(mask, f32::NEG_INFINITY)
 }
 
+/// [`Kernels::attention_forward`] by blocks of [`block_positions`] query positions, on the
+/// backend's matmuls.
+pub fn blocked_attention_forward<B: Kernels>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    opts: AttnOpts,
+) -> (Tensor<B, 4>, Tensor<B, 5>) {
+    let [b, h, s, _] = q.dims();
+    saving_forward(q, k, v, opts, block_positions(b * h, s))
+}
+
+/// [`Kernels::attention_backward`] by blocks of [`block_positions`] query positions.
+pub fn blocked_attention_backward<B: Kernels>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    out: Tensor<B, 4>,
+    lse: Tensor<B, 5>,
+    grad: Tensor<B, 4>,
+    opts: AttnOpts,
+) -> [Tensor<B, 4>; 3] {
+    let [b, h, s, _] = q.dims();
+    saving_backward(q, k, v, out, lse, grad, opts, block_positions(b * h, s))
+}
+
 /// Forward pass by blocks of `step` query positions: `(out [b, h, s, hd],
 /// lse [b, kvh, rep, s, 1])`.
 fn saving_forward<B: Kernels>(
@@ -408,15 +461,17 @@ fn add_rows<B: Backend>(acc: Tensor<B, 4>, k0: usize, part: Tensor<B, 4>) -> Ten
 
 /// Gradients `(dq, dk, dv)` by blocks of `step` query positions, recomputing the
 /// probabilities from `lse`.
+#[allow(clippy::too_many_arguments)]
 fn saving_backward<B: Kernels>(
-    st: AttnState<B>,
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    out: Tensor<B, 4>,
+    lse: Tensor<B, 5>,
     grad: Tensor<B, 4>,
+    opts: AttnOpts,
     step: usize,
 ) -> [Tensor<B, 4>; 3] {
-    let q: Tensor<B, 4> = float(st.q);
-    let (k, v): (Tensor<B, 4>, Tensor<B, 4>) = (float(st.k), float(st.v));
-    let out: Tensor<B, 4> = float(st.out);
-    let lse: Tensor<B, 5> = float(st.lse);
     let [b, h, s, hd] = q.dims();
     let kvh = k.dims()[1];
     let rep = h / kvh;
@@ -436,15 +491,15 @@ fn saving_backward<B: Kernels>(
     let mut dv = dk.clone();
     for p0 in (0..s).step_by(step) {
         let n = step.min(s - p0);
-        let (qb, (k0, keys)) = (stacked_rows(&q5, p0, n), key_range(p0, n, st.opts.window));
+        let (qb, (k0, keys)) = (stacked_rows(&q5, p0, n), key_range(p0, n, opts.window));
         let dob = stacked_rows(&do5, p0, n);
         let (kb, vb) = (k.clone().narrow(2, k0, keys), v.clone().narrow(2, k0, keys));
-        let scores = masked_scores(qb.clone(), kb.clone().swap_dims(2, 3), p0, n, k0, st.opts);
+        let scores = masked_scores(qb.clone(), kb.clone().swap_dims(2, 3), p0, n, k0, opts);
         let p = B::exp(scores - stacked_rows(&lse, p0, n));
         let pt = as_dtype(p.clone(), g_dtype).swap_dims(2, 3);
         dv = add_rows(dv, k0, B::matmul_f32(pt, dob.clone()));
         let dp = B::matmul_f32(dob, vb.swap_dims(2, 3));
-        let ds = p * (dp - stacked_rows(&delta, p0, n)) * st.opts.scale;
+        let ds = p * (dp - stacked_rows(&delta, p0, n)) * opts.scale;
         let ds_k = as_dtype(ds.clone(), k_dtype);
         let ds_q = as_dtype(ds, q_dtype);
         dq.push(B::matmul_f32(ds_k, kb).reshape([b, kvh, rep, n, hd]));
@@ -467,8 +522,16 @@ impl<B: Kernels> Backward<B, 3> for SavingAttention {
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = float::<B, 4>(grads.consume::<B>(&ops.node));
-        let [b, h, s, _] = grad.dims();
-        let [dq, dk, dv] = saving_backward(ops.state, grad, block_positions(b * h, s));
+        let st = ops.state;
+        let [dq, dk, dv] = B::attention_backward(
+            float(st.q),
+            float(st.k),
+            float(st.v),
+            float(st.out),
+            float(st.lse),
+            grad,
+            st.opts,
+        );
         for (parent, g) in ops.parents.into_iter().zip([dq, dk, dv]) {
             if let Some(node) = parent {
                 grads.register::<B>(node.id, prim(g));
@@ -753,13 +816,11 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         {
             OpsKind::Tracked(prep) => {
                 let (qi, ki, vi) = (q.primitive, k.primitive, v.primitive);
-                let [b, h, s, _] = qi.shape().dims::<4>();
-                let (out, lse) = saving_forward::<B>(
+                let (out, lse) = B::attention_forward(
                     float(qi.clone()),
                     float(ki.clone()),
                     float(vi.clone()),
                     opts,
-                    block_positions(b * h, s),
                 );
                 let out = prim(out);
                 let state = AttnState {
@@ -876,15 +937,16 @@ mod tests {
                     max_diff(o.clone(), out.clone()) < 1e-5,
                     "output, block {step}"
                 );
-                let st = AttnState::<F> {
-                    q: prim(q.clone()),
-                    k: prim(k.clone()),
-                    v: prim(v.clone()),
-                    out: prim(o),
-                    lse: prim(lse),
+                let [gq, gk, gv] = saving_backward(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    o,
+                    lse,
+                    w.clone(),
                     opts,
-                };
-                let [gq, gk, gv] = saving_backward(st, w.clone(), step);
+                    step,
+                );
                 assert!(max_diff(gq, dq.clone()) < 1e-4, "dq, block {step}");
                 assert!(max_diff(gk, dk.clone()) < 1e-4, "dk, block {step}");
                 assert!(max_diff(gv, dv.clone()) < 1e-4, "dv, block {step}");

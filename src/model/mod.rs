@@ -17,6 +17,7 @@
 pub mod config;
 pub mod cublas;
 pub mod cuda;
+pub mod flash;
 pub mod generate;
 pub mod gpt2;
 pub mod gpt_neo;

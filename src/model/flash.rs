@@ -1,0 +1,707 @@
+//! Flash-style causal attention as CubeCL kernels: forward and backward without ever
+//! holding a score matrix. Runs on any CubeCL runtime: CUDA in training (behind
+//! [`super::kernels::Kernels::attention_forward`] and
+//! [`attention_backward`](super::kernels::Kernels::attention_backward)), WebGPU/Vulkan in
+//! the tests.
+//!
+//! Each unit (thread) owns one row. The forward pass and the query gradients run one unit
+//! per query position; the key and value gradients one unit per key position, summing
+//! over every query head of a key head's group (grouped-query attention, no atomics). Units
+//! of a cube share tiles of the other side's rows in shared memory, walking only the tiles
+//! the causal (and local-window) mask leaves. Scores, probabilities and sums are float32;
+//! inputs and outputs stay in the model's dtype. The forward pass saves one log-sum-exp
+//! per query row; the backward pass recomputes the probabilities from it (FlashAttention-2).
+//!
+//! Shapes: `q`, `out`, `dq` `[b, h, s, hd]`; `k`, `v`, `dk`, `dv` `[b, kvh, s, hd]` with
+//! `h = kvh · rep` (query head `i` reads key head `i / rep`); `lse` and `delta`
+//! `[b, kvh, rep, s, 1]` float32, contiguous (the layout of the blocked path in
+//! [`super::kernels`]). Inputs may be strided views.
+
+use burn::tensor::{DType, Shape};
+use burn_cubecl::{
+    CubeRuntime, kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype,
+    tensor::CubeTensor,
+};
+use cubecl::prelude::*;
+
+use super::ops::AttnOpts;
+
+/// Query (or key) rows per cube: one unit each.
+const ROWS: usize = 64;
+
+/// Largest head size the kernels take (the per-unit rows live in registers).
+pub const MAX_HEAD: usize = 256;
+
+/// Rows of the other side per shared-memory tile: two tiles of `tile · hd` float32 plus two
+/// floats per row stay within 16 KiB, the smallest workgroup memory WebGPU guarantees.
+fn tile_rows(hd: usize) -> usize {
+    (2040 / (hd + 1)).clamp(1, 64)
+}
+
+/// The first key a query at position `p` may see: `p + 1 − window`, or 0.
+#[cube]
+fn first_key(p: usize, window: u32) -> usize {
+    let w = window as usize;
+    let from = max(p + 1, w) - w;
+    select(w > 0, from, 0usize)
+}
+
+/// Whether query position `qp` may see key position `kp`: causal, and within the window.
+#[cube]
+fn visible(qp: usize, kp: usize, window: u32) -> bool {
+    let w = window as usize;
+    kp <= qp && (w == 0 || kp + w > qp)
+}
+
+/// `Σ_d a[d] · tile[j·hd + d]`.
+#[cube]
+fn dot_row(a: &Array<f32>, tile: &SharedMemory<f32>, j: usize, #[comptime] hd: usize) -> f32 {
+    let mut acc = 0.0f32;
+    let base = j * hd;
+    for d in 0..hd {
+        acc += a[d] * tile[base + d];
+    }
+    acc
+}
+
+/// Loads rows `r0..r0 + tile` of head `(b, head)` of `src` (`[b, heads, s, hd]`) into `dst`
+/// as float32, zeros past `end`; all units of the cube take part.
+#[cube]
+fn load_tile<F: Float>(
+    src: &Tensor<F>,
+    dst: &mut SharedMemory<f32>,
+    b: usize,
+    head: usize,
+    r0: usize,
+    end: usize,
+    #[comptime] tile: usize,
+    #[comptime] hd: usize,
+) {
+    let base = b * src.stride(0) + head * src.stride(1);
+    let s2 = src.stride(2);
+    let s3 = src.stride(3);
+    let mut e = UNIT_POS_X as usize;
+    while e < tile * hd {
+        let r = r0 + e / hd;
+        let mut x = 0.0f32;
+        if r < end {
+            x = f32::cast_from(src[base + r * s2 + (e % hd) * s3]);
+        }
+        dst[e] = x;
+        e += CUBE_DIM_X as usize;
+    }
+}
+
+/// Loads row `r` of head `(b, head)` of `src` into `dst` as float32 times `scale`.
+#[cube]
+fn load_row<F: Float>(
+    src: &Tensor<F>,
+    dst: &mut Array<f32>,
+    b: usize,
+    head: usize,
+    r: usize,
+    scale: f32,
+    #[comptime] hd: usize,
+) {
+    let base = b * src.stride(0) + head * src.stride(1) + r * src.stride(2);
+    let s3 = src.stride(3);
+    for d in 0..hd {
+        dst[d] = f32::cast_from(src[base + d * s3]) * scale;
+    }
+}
+
+/// Stores `src · scale` as row `r` of head `(b, head)` of `dst`.
+#[cube]
+fn store_row<F: Float>(
+    src: &Array<f32>,
+    dst: &mut Tensor<F>,
+    b: usize,
+    head: usize,
+    r: usize,
+    scale: f32,
+    #[comptime] hd: usize,
+) {
+    let base = b * dst.stride(0) + head * dst.stride(1) + r * dst.stride(2);
+    let s3 = dst.stride(3);
+    for d in 0..hd {
+        dst[base + d * s3] = F::cast_from(src[d] * scale);
+    }
+}
+
+/// Cube `(x, y)`: query rows `x·ROWS..` of query head `y` (over `b·h`).
+#[cube(launch)]
+fn forward_kernel<F: Float>(
+    q: &Tensor<F>,
+    k: &Tensor<F>,
+    v: &Tensor<F>,
+    out: &mut Tensor<F>,
+    lse: &mut Tensor<f32>,
+    scale: f32,
+    window: u32,
+    #[comptime] hd: usize,
+    #[comptime] tile: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let s = q.shape(2);
+    let heads = q.shape(1);
+    let rep = heads / k.shape(1);
+    let bh = CUBE_POS_Y as usize;
+    let b = bh / heads;
+    let h = bh % heads;
+    let kh = h / rep;
+    let p0 = CUBE_POS_X as usize * CUBE_DIM_X as usize;
+    let row = p0 + UNIT_POS_X as usize;
+    let valid = row < s;
+    let end = min(p0 + CUBE_DIM_X as usize, s);
+
+    let mut qr = Array::<f32>::new(hd);
+    let mut acc = Array::<f32>::new(hd);
+    for d in 0..hd {
+        qr[d] = 0.0;
+        acc[d] = 0.0;
+    }
+    if valid {
+        load_row::<F>(q, &mut qr, b, h, row, scale, hd);
+    }
+    let mut scores = Array::<f32>::new(tile);
+    let mut ks = SharedMemory::<f32>::new(tile * hd);
+    let mut vs = SharedMemory::<f32>::new(tile * hd);
+    // A score no key has (exp(none − finite) = 0); finite, as WGSL has no infinity literal.
+    let none = f32::new(-1.0e30);
+    let mut m = none;
+    let mut l = 0.0f32;
+
+    let mut t0 = first_key(p0, window);
+    while t0 < end {
+        load_tile::<F>(k, &mut ks, b, kh, t0, end, tile, hd);
+        load_tile::<F>(v, &mut vs, b, kh, t0, end, tile, hd);
+        sync_cube();
+        if valid {
+            let mut tmax = m;
+            for j in 0..tile {
+                let mut sc = none;
+                if visible(row, t0 + j, window) {
+                    sc = dot_row(&qr, &ks, j, hd);
+                }
+                scores[j] = sc;
+                tmax = max(tmax, sc);
+            }
+            let corr = (m - tmax).exp();
+            l *= corr;
+            for d in 0..hd {
+                acc[d] *= corr;
+            }
+            for j in 0..tile {
+                if scores[j] > none {
+                    let p = (scores[j] - tmax).exp();
+                    l += p;
+                    let base = j * hd;
+                    for d in 0..hd {
+                        acc[d] += p * vs[base + d];
+                    }
+                }
+            }
+            m = tmax;
+        }
+        sync_cube();
+        t0 += tile;
+    }
+    if valid {
+        // Every row sees its own position: l ≥ 1.
+        let inv = l.recip();
+        store_row::<F>(&acc, out, b, h, row, inv, hd);
+        lse[bh * s + row] = m + l.ln();
+    }
+}
+
+/// Cube `(x, y)`: query rows `x·ROWS..` of query head `y`. Writes `dq` and, for the key
+/// pass, `delta = Σ_d dO · O` per row.
+#[cube(launch)]
+fn dq_kernel<F: Float>(
+    q: &Tensor<F>,
+    k: &Tensor<F>,
+    v: &Tensor<F>,
+    out: &Tensor<F>,
+    dout: &Tensor<F>,
+    lse: &Tensor<f32>,
+    delta: &mut Tensor<f32>,
+    dq: &mut Tensor<F>,
+    scale: f32,
+    window: u32,
+    #[comptime] hd: usize,
+    #[comptime] tile: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let s = q.shape(2);
+    let heads = q.shape(1);
+    let rep = heads / k.shape(1);
+    let bh = CUBE_POS_Y as usize;
+    let b = bh / heads;
+    let h = bh % heads;
+    let kh = h / rep;
+    let p0 = CUBE_POS_X as usize * CUBE_DIM_X as usize;
+    let row = p0 + UNIT_POS_X as usize;
+    let valid = row < s;
+    let end = min(p0 + CUBE_DIM_X as usize, s);
+
+    let mut qr = Array::<f32>::new(hd);
+    let mut gr = Array::<f32>::new(hd);
+    let mut acc = Array::<f32>::new(hd);
+    for d in 0..hd {
+        qr[d] = 0.0;
+        gr[d] = 0.0;
+        acc[d] = 0.0;
+    }
+    let mut row_lse = 0.0f32;
+    let mut row_delta = 0.0f32;
+    if valid {
+        load_row::<F>(q, &mut qr, b, h, row, scale, hd);
+        load_row::<F>(dout, &mut gr, b, h, row, 1.0, hd);
+        let ob = b * out.stride(0) + h * out.stride(1) + row * out.stride(2);
+        for d in 0..hd {
+            row_delta += gr[d] * f32::cast_from(out[ob + d * out.stride(3)]);
+        }
+        row_lse = lse[bh * s + row];
+        delta[bh * s + row] = row_delta;
+    }
+    let mut ks = SharedMemory::<f32>::new(tile * hd);
+    let mut vs = SharedMemory::<f32>::new(tile * hd);
+
+    let mut t0 = first_key(p0, window);
+    while t0 < end {
+        load_tile::<F>(k, &mut ks, b, kh, t0, end, tile, hd);
+        load_tile::<F>(v, &mut vs, b, kh, t0, end, tile, hd);
+        sync_cube();
+        if valid {
+            for j in 0..tile {
+                if visible(row, t0 + j, window) {
+                    let p = (dot_row(&qr, &ks, j, hd) - row_lse).exp();
+                    let ds = p * (dot_row(&gr, &vs, j, hd) - row_delta);
+                    let base = j * hd;
+                    for d in 0..hd {
+                        acc[d] += ds * ks[base + d];
+                    }
+                }
+            }
+        }
+        sync_cube();
+        t0 += tile;
+    }
+    if valid {
+        store_row::<F>(&acc, dq, b, h, row, scale, hd);
+    }
+}
+
+/// Cube `(x, y)`: key rows `x·ROWS..` of key head `y` (over `b·kvh`), summing over the
+/// `rep` query heads that read it. Needs `delta` from [`dq_kernel`].
+#[cube(launch)]
+fn dkv_kernel<F: Float>(
+    q: &Tensor<F>,
+    k: &Tensor<F>,
+    v: &Tensor<F>,
+    dout: &Tensor<F>,
+    lse: &Tensor<f32>,
+    delta: &Tensor<f32>,
+    dk: &mut Tensor<F>,
+    dv: &mut Tensor<F>,
+    scale: f32,
+    window: u32,
+    #[comptime] hd: usize,
+    #[comptime] tile: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let s = q.shape(2);
+    let heads = q.shape(1);
+    let kv_heads = k.shape(1);
+    let rep = heads / kv_heads;
+    let bg = CUBE_POS_Y as usize;
+    let b = bg / kv_heads;
+    let kh = bg % kv_heads;
+    let k0 = CUBE_POS_X as usize * CUBE_DIM_X as usize;
+    let key = k0 + UNIT_POS_X as usize;
+    let valid = key < s;
+    // The last query that sees any key of this cube, plus one.
+    let last_key = min(k0 + CUBE_DIM_X as usize, s) - 1;
+    let w = window as usize;
+    let end = select(w > 0, min(last_key + w, s), s);
+
+    let mut kr = Array::<f32>::new(hd);
+    let mut vr = Array::<f32>::new(hd);
+    let mut dkr = Array::<f32>::new(hd);
+    let mut dvr = Array::<f32>::new(hd);
+    for d in 0..hd {
+        kr[d] = 0.0;
+        vr[d] = 0.0;
+        dkr[d] = 0.0;
+        dvr[d] = 0.0;
+    }
+    if valid {
+        load_row::<F>(k, &mut kr, b, kh, key, scale, hd);
+        load_row::<F>(v, &mut vr, b, kh, key, 1.0, hd);
+    }
+    let mut qs = SharedMemory::<f32>::new(tile * hd);
+    let mut gs = SharedMemory::<f32>::new(tile * hd);
+    let mut lses = SharedMemory::<f32>::new(tile);
+    let mut deltas = SharedMemory::<f32>::new(tile);
+
+    for r in 0..rep {
+        let h = kh * rep + r;
+        let row0 = (b * heads + h) * s;
+        let mut t0 = k0;
+        while t0 < end {
+            load_tile::<F>(q, &mut qs, b, h, t0, end, tile, hd);
+            load_tile::<F>(dout, &mut gs, b, h, t0, end, tile, hd);
+            let mut e = UNIT_POS_X as usize;
+            while e < tile {
+                let mut x = 0.0f32;
+                let mut y = 0.0f32;
+                if t0 + e < end {
+                    x = lse[row0 + t0 + e];
+                    y = delta[row0 + t0 + e];
+                }
+                lses[e] = x;
+                deltas[e] = y;
+                e += CUBE_DIM_X as usize;
+            }
+            sync_cube();
+            if valid {
+                for j in 0..tile {
+                    if t0 + j < end && visible(t0 + j, key, window) {
+                        let p = (dot_row(&kr, &qs, j, hd) - lses[j]).exp();
+                        let ds = p * (dot_row(&vr, &gs, j, hd) - deltas[j]);
+                        let base = j * hd;
+                        for d in 0..hd {
+                            dvr[d] += p * gs[base + d];
+                            dkr[d] += ds * qs[base + d];
+                        }
+                    }
+                }
+            }
+            sync_cube();
+            t0 += tile;
+        }
+    }
+    if valid {
+        store_row::<F>(&dkr, dk, b, kh, key, scale, hd);
+        store_row::<F>(&dvr, dv, b, kh, key, 1.0, hd);
+    }
+}
+
+/// Whether the CUDA backends run attention on these kernels (`SOFTTUNE_CUDA_ATTENTION=flash`;
+/// the default, `blocked`, is [`super::kernels`]' blocks of query positions on matmuls).
+/// Read once per process.
+pub fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SOFTTUNE_CUDA_ATTENTION").is_ok_and(|v| v == "flash"))
+}
+
+/// Why the kernels cannot take attention of queries shaped `q`, keys and values shaped `k`
+/// and `v` and tensors of `dtypes` (all must be one float dtype): `None` when they can.
+pub fn unsupported(q: &[usize], k: &[usize], v: &[usize], dtypes: &[DType]) -> Option<String> {
+    if q.len() != 4 || k != v {
+        return Some(format!(
+            "query shape {q:?}, key shape {k:?}, value shape {v:?}"
+        ));
+    }
+    let (hd, s) = (q[3], q[2]);
+    if hd == 0 || hd > MAX_HEAD {
+        return Some(format!("head size {hd} (the kernels take 1..={MAX_HEAD})"));
+    }
+    if k[1] == 0 || q[1] % k[1] != 0 || k[2] != s || k[3] != hd || k[0] != q[0] {
+        return Some(format!("query shape {q:?} against key shape {k:?}"));
+    }
+    if dtypes.iter().any(|d| *d != dtypes[0]) {
+        return Some(format!("mixed dtypes {dtypes:?}"));
+    }
+    if !matches!(dtypes[0], DType::F32 | DType::F16 | DType::BF16) {
+        return Some(format!("dtype {:?}", dtypes[0]));
+    }
+    None
+}
+
+fn dims<R: CubeRuntime>(t: &CubeTensor<R>) -> Vec<usize> {
+    t.meta.shape.iter().copied().collect()
+}
+
+fn grid(rows: usize, heads: usize) -> (CubeCount, CubeDim) {
+    (
+        CubeCount::Static(rows.div_ceil(ROWS) as u32, heads as u32, 1),
+        CubeDim::new_1d(ROWS as u32),
+    )
+}
+
+fn window(opts: AttnOpts) -> u32 {
+    opts.window.map_or(0, |w| w.max(1) as u32)
+}
+
+/// `(out [b, h, s, hd], lse [b, kvh, rep, s, 1] float32)`. The caller has checked
+/// [`unsupported`].
+pub fn forward<R: CubeRuntime>(
+    q: &CubeTensor<R>,
+    k: &CubeTensor<R>,
+    v: &CubeTensor<R>,
+    opts: AttnOpts,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let (qs, ks) = (dims(q), dims(k));
+    debug_assert!(unsupported(&qs, &ks, &dims(v), &[q.dtype, k.dtype, v.dtype]).is_none());
+    let [b, h, s, hd] = [qs[0], qs[1], qs[2], qs[3]];
+    let kvh = ks[1];
+    let (client, device, dtype) = (q.client.clone(), q.device.clone(), q.dtype);
+    let empty = |shape: Shape, dtype: DType| {
+        empty_device_contiguous_dtype(client.clone(), device.clone(), shape, dtype)
+    };
+    let out = empty(Shape::new([b, h, s, hd]), dtype);
+    let lse = empty(Shape::new([b, kvh, h / kvh, s, 1]), DType::F32);
+    let (count, dim) = grid(s, b * h);
+    forward_kernel::launch::<R>(
+        &client,
+        count,
+        dim,
+        q.clone().into_tensor_arg(),
+        k.clone().into_tensor_arg(),
+        v.clone().into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        lse.clone().into_tensor_arg(),
+        opts.scale as f32,
+        window(opts),
+        hd,
+        tile_rows(hd),
+        dtype.into(),
+    );
+    (out, lse)
+}
+
+/// `[dq, dk, dv]` from the forward pass's inputs, output and `lse`, and the output's
+/// gradient `grad`. The caller has checked [`unsupported`] (with `out` and `grad` in the
+/// inputs' dtype).
+pub fn backward<R: CubeRuntime>(
+    q: &CubeTensor<R>,
+    k: &CubeTensor<R>,
+    v: &CubeTensor<R>,
+    out: &CubeTensor<R>,
+    lse: &CubeTensor<R>,
+    grad: &CubeTensor<R>,
+    opts: AttnOpts,
+) -> [CubeTensor<R>; 3] {
+    let (qs, ks) = (dims(q), dims(k));
+    debug_assert!(
+        unsupported(
+            &qs,
+            &ks,
+            &dims(v),
+            &[q.dtype, k.dtype, v.dtype, out.dtype, grad.dtype]
+        )
+        .is_none()
+    );
+    let [b, h, s, hd] = [qs[0], qs[1], qs[2], qs[3]];
+    let kvh = ks[1];
+    let lse = into_contiguous(lse.clone());
+    let (client, device, dtype) = (q.client.clone(), q.device.clone(), q.dtype);
+    let empty = |shape: Shape, dtype: DType| {
+        empty_device_contiguous_dtype(client.clone(), device.clone(), shape, dtype)
+    };
+    let delta = empty(Shape::new([b, kvh, h / kvh, s, 1]), DType::F32);
+    let dq = empty(Shape::new([b, h, s, hd]), dtype);
+    let dk = empty(Shape::new([b, kvh, s, hd]), dtype);
+    let dv = empty(Shape::new([b, kvh, s, hd]), dtype);
+    let (scale, window, tile) = (opts.scale as f32, window(opts), tile_rows(hd));
+    let (count, dim) = grid(s, b * h);
+    dq_kernel::launch::<R>(
+        &client,
+        count,
+        dim,
+        q.clone().into_tensor_arg(),
+        k.clone().into_tensor_arg(),
+        v.clone().into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        grad.clone().into_tensor_arg(),
+        lse.clone().into_tensor_arg(),
+        delta.clone().into_tensor_arg(),
+        dq.clone().into_tensor_arg(),
+        scale,
+        window,
+        hd,
+        tile,
+        dtype.into(),
+    );
+    let (count, dim) = grid(s, b * kvh);
+    dkv_kernel::launch::<R>(
+        &client,
+        count,
+        dim,
+        q.clone().into_tensor_arg(),
+        k.clone().into_tensor_arg(),
+        v.clone().into_tensor_arg(),
+        grad.clone().into_tensor_arg(),
+        lse.into_tensor_arg(),
+        delta.into_tensor_arg(),
+        dk.clone().into_tensor_arg(),
+        dv.clone().into_tensor_arg(),
+        scale,
+        window,
+        hd,
+        tile,
+        dtype.into(),
+    );
+    [dq, dk, dv]
+}
+
+/// The kernels on WebGPU/Vulkan (Mesa's lavapipe on a machine without a GPU) against the
+/// blocked path on the CPU, and through autodiff against plain Burn on the same device.
+/// Without a Vulkan driver they say so and pass, unless `SOFTTUNE_TEST_WGPU=require`
+/// (`.ci/run` installs lavapipe and sets it).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Autodiff;
+    use burn::tensor::{Distribution, Tensor, TensorPrimitive, backend::Backend};
+    use burn_cubecl::CubeBackend;
+    use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
+
+    use crate::device::CpuBackend;
+    use crate::model::kernels::{Kernels, blocked_attention_backward, blocked_attention_forward};
+    use crate::parity::{kernel_checks, rel_err, tolerance};
+
+    type Gpu = CubeBackend<WgpuRuntime, f32, i32, u32>;
+
+    fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> CubeTensorOf<B> {
+        t.into_primitive().tensor()
+    }
+    type CubeTensorOf<B> = burn::tensor::ops::FloatTensor<B>;
+
+    fn float<const D: usize>(t: CubeTensor<WgpuRuntime>) -> Tensor<Gpu, D> {
+        Tensor::from_primitive(TensorPrimitive::Float(t))
+    }
+
+    /// Attention on the flash kernels whenever they take it.
+    impl Kernels for Gpu {
+        fn attention_forward(
+            q: Tensor<Self, 4>,
+            k: Tensor<Self, 4>,
+            v: Tensor<Self, 4>,
+            opts: AttnOpts,
+        ) -> (Tensor<Self, 4>, Tensor<Self, 5>) {
+            let (out, lse) = forward(&prim(q), &prim(k), &prim(v), opts);
+            (float(out), float(lse))
+        }
+
+        fn attention_backward(
+            q: Tensor<Self, 4>,
+            k: Tensor<Self, 4>,
+            v: Tensor<Self, 4>,
+            out: Tensor<Self, 4>,
+            lse: Tensor<Self, 5>,
+            grad: Tensor<Self, 4>,
+            opts: AttnOpts,
+        ) -> [Tensor<Self, 4>; 3] {
+            let [dq, dk, dv] = backward(
+                &prim(q),
+                &prim(k),
+                &prim(v),
+                &prim(out),
+                &prim(lse),
+                &prim(grad),
+                opts,
+            );
+            [float(dq), float(dk), float(dv)]
+        }
+    }
+
+    /// The WebGPU device, or `None` (said on stderr) when there is no adapter and the tests
+    /// are not required.
+    fn device() -> Option<WgpuDevice> {
+        let dev = WgpuDevice::default();
+        let probe = dev.clone();
+        let found = std::panic::catch_unwind(move || {
+            Tensor::<Gpu, 1>::from_floats([1.0, 2.0], &probe)
+                .sum()
+                .into_scalar()
+        });
+        match found {
+            Ok(3.0) => Some(dev),
+            other => {
+                let required = std::env::var("SOFTTUNE_TEST_WGPU").is_ok_and(|v| v == "require");
+                assert!(
+                    !required,
+                    "SOFTTUNE_TEST_WGPU=require but WebGPU does not work here ({other:?}): \
+                     install a Vulkan driver (Debian: mesa-vulkan-drivers)"
+                );
+                eprintln!("no WebGPU adapter (install mesa-vulkan-drivers): kernel tests skipped");
+                None
+            }
+        }
+    }
+
+    fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+    }
+
+    fn to_gpu<const D: usize>(t: &Tensor<CpuBackend, D>, dev: &WgpuDevice) -> Tensor<Gpu, D> {
+        Tensor::from_data(t.to_data(), dev)
+    }
+
+    #[test]
+    fn flash_kernels_match_the_blocked_path() {
+        let Some(dev) = device() else { return };
+        let cpu = Default::default();
+        let random = |shape: [usize; 4]| {
+            Tensor::<CpuBackend, 4>::random(shape, Distribution::Normal(0.0, 1.0), &cpu)
+        };
+        // (batch, heads, kv heads, positions, head size, window, queries as a strided view):
+        // several query cubes and key tiles with short last ones, grouped-query, local
+        // windows shorter than a tile, head sizes whose tiles do not divide 64.
+        for (b, h, kvh, s, hd, window, strided) in [
+            (2, 4, 2, 70, 16, None, false),
+            (1, 2, 1, 150, 80, Some(37), true),
+            (1, 3, 3, 9, 8, Some(2), false),
+            (2, 2, 1, 130, 32, Some(100), true),
+        ] {
+            let opts = AttnOpts { scale: 0.3, window };
+            let case = format!("b{b} h{h}/{kvh} s{s} hd{hd} window {window:?}");
+            let q = if strided {
+                random([b, s, h, hd]).swap_dims(1, 2)
+            } else {
+                random([b, h, s, hd])
+            };
+            let (k, v, g) = (
+                random([b, kvh, s, hd]),
+                random([b, kvh, s, hd]),
+                random([b, h, s, hd]),
+            );
+            let (out, lse) = blocked_attention_forward(q.clone(), k.clone(), v.clone(), opts);
+            let want = blocked_attention_backward(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                out.clone(),
+                lse.clone(),
+                g.clone(),
+                opts,
+            );
+            let [qg, kg, vg, gg] = [&q, &k, &v, &g].map(|t| prim(to_gpu(t, &dev)));
+            let (fo, fl) = forward(&qg, &kg, &vg, opts);
+            assert!(
+                rel_err(&values(float::<4>(fo.clone())), &values(out)) < 1e-5,
+                "out, {case}"
+            );
+            assert!(
+                rel_err(&values(float::<5>(fl.clone())), &values(lse)) < 1e-5,
+                "lse, {case}"
+            );
+            let got = backward(&qg, &kg, &vg, &fo, &fl, &gg, opts);
+            for ((name, g), w) in ["dq", "dk", "dv"].iter().zip(got).zip(want) {
+                let err = rel_err(&values(float::<4>(g)), &values(w));
+                assert!(err < 1e-5, "{name}: {err:e}, {case}");
+            }
+        }
+    }
+
+    #[test]
+    fn kernel_checks_pass_on_webgpu_with_flash_attention() {
+        let Some(dev) = device() else { return };
+        let bound = tolerance(burn::tensor::DType::F32);
+        for (what, err) in kernel_checks::<Autodiff<Gpu>>(&dev, burn::tensor::DType::F32).unwrap() {
+            assert!(err <= bound, "{what}: {err:e} > {bound:e}");
+        }
+    }
+}
