@@ -20,7 +20,7 @@ use burn_fusion::{
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
 
 use super::cublas;
-use super::flash;
+use super::flash::{self, Unroll};
 use super::kernels::{Kernels, as_dtype, blocked_attention_backward, blocked_attention_forward};
 use super::ops::AttnOpts;
 use crate::device::{CudaBackend, CudaCubeBackend};
@@ -105,7 +105,7 @@ impl Kernels for CudaCubeBackend {
         if !use_flash(&q, &k, &v, &[]) {
             return blocked_attention_forward(q, k, v, opts);
         }
-        let (out, lse) = flash::forward(&prim(q), &prim(k), &prim(v), opts);
+        let (out, lse) = flash::forward(&prim(q), &prim(k), &prim(v), opts, Unroll::Small);
         (float(out), float(lse))
     }
 
@@ -130,6 +130,7 @@ impl Kernels for CudaCubeBackend {
             &prim(lse),
             &prim(grad),
             opts,
+            Unroll::Small,
         );
         [float(dq), float(dk), float(dv)]
     }
@@ -164,7 +165,7 @@ impl Operation<Fused> for FusedFlashForward {
     fn execute(&self, handles: &mut HandleContainer<<Fused as FusionRuntime>::FusionHandle>) {
         let ([q, k, v], [out, lse]) = self.desc.as_fixed();
         let [q, k, v] = [q, k, v].map(|t| handles.get_float_tensor::<CudaCubeBackend>(t));
-        let (o, l) = flash::forward(&q, &k, &v, self.opts);
+        let (o, l) = flash::forward(&q, &k, &v, self.opts, Unroll::Small);
         handles.register_float_tensor::<CudaCubeBackend>(&out.id, o);
         handles.register_float_tensor::<CudaCubeBackend>(&lse.id, l);
     }
@@ -184,7 +185,7 @@ impl Operation<Fused> for FusedFlashBackward {
         let [q, k, v, out, lse, grad] = inputs
             .each_ref()
             .map(|t| handles.get_float_tensor::<CudaCubeBackend>(t));
-        let grads = flash::backward(&q, &k, &v, &out, &lse, &grad, self.opts);
+        let grads = flash::backward(&q, &k, &v, &out, &lse, &grad, self.opts, Unroll::Small);
         for (ir, g) in [dq, dk, dv].into_iter().zip(grads) {
             handles.register_float_tensor::<CudaCubeBackend>(&ir.id, g);
         }

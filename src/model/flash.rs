@@ -32,6 +32,26 @@ const ROWS: usize = 64;
 /// Largest head size the kernels take (the per-unit rows live in registers).
 pub const MAX_HEAD: usize = 256;
 
+/// Largest head size whose loops [`Unroll::Small`] unrolls: every index into a unit's rows
+/// is then a constant, so the rows stay in registers instead of local memory. Larger heads
+/// would not fit the registers anyway.
+const UNROLL_HEAD: usize = 128;
+
+/// Whether the kernels' loops over a head's elements and a tile's rows are unrolled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unroll {
+    /// For head sizes up to 128: on GPUs (NVRTC compiles the unrolled source in moments).
+    Small,
+    /// Never: on CPU Vulkan drivers, where compiling unrolled shaders takes minutes.
+    Never,
+}
+
+impl Unroll {
+    fn applies(self, hd: usize) -> bool {
+        self == Unroll::Small && hd <= UNROLL_HEAD
+    }
+}
+
 /// Rows of the other side per shared-memory tile: two tiles of `tile · hd` float32 plus two
 /// floats per row stay within 16 KiB, the smallest workgroup memory WebGPU guarantees.
 fn tile_rows(hd: usize) -> usize {
@@ -55,9 +75,16 @@ fn visible(qp: usize, kp: usize, window: u32) -> bool {
 
 /// `Σ_d a[d] · tile[j·hd + d]`.
 #[cube]
-fn dot_row(a: &Array<f32>, tile: &SharedMemory<f32>, j: usize, #[comptime] hd: usize) -> f32 {
+fn dot_row(
+    a: &Array<f32>,
+    tile: &SharedMemory<f32>,
+    j: usize,
+    #[comptime] hd: usize,
+    #[comptime] unroll: bool,
+) -> f32 {
     let mut acc = 0.0f32;
     let base = j * hd;
+    #[unroll(unroll)]
     for d in 0..hd {
         acc += a[d] * tile[base + d];
     }
@@ -102,9 +129,11 @@ fn load_row<F: Float>(
     r: usize,
     scale: f32,
     #[comptime] hd: usize,
+    #[comptime] unroll: bool,
 ) {
     let base = b * src.stride(0) + head * src.stride(1) + r * src.stride(2);
     let s3 = src.stride(3);
+    #[unroll(unroll)]
     for d in 0..hd {
         dst[d] = f32::cast_from(src[base + d * s3]) * scale;
     }
@@ -120,9 +149,11 @@ fn store_row<F: Float>(
     r: usize,
     scale: f32,
     #[comptime] hd: usize,
+    #[comptime] unroll: bool,
 ) {
     let base = b * dst.stride(0) + head * dst.stride(1) + r * dst.stride(2);
     let s3 = dst.stride(3);
+    #[unroll(unroll)]
     for d in 0..hd {
         dst[base + d * s3] = F::cast_from(src[d] * scale);
     }
@@ -140,6 +171,7 @@ fn forward_kernel<F: Float>(
     window: u32,
     #[comptime] hd: usize,
     #[comptime] tile: usize,
+    #[comptime] unroll: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let s = q.shape(2);
@@ -156,12 +188,13 @@ fn forward_kernel<F: Float>(
 
     let mut qr = Array::<f32>::new(hd);
     let mut acc = Array::<f32>::new(hd);
+    #[unroll(unroll)]
     for d in 0..hd {
         qr[d] = 0.0;
         acc[d] = 0.0;
     }
     if valid {
-        load_row::<F>(q, &mut qr, b, h, row, scale, hd);
+        load_row::<F>(q, &mut qr, b, h, row, scale, hd, unroll);
     }
     let mut scores = Array::<f32>::new(tile);
     let mut ks = SharedMemory::<f32>::new(tile * hd);
@@ -178,24 +211,28 @@ fn forward_kernel<F: Float>(
         sync_cube();
         if valid {
             let mut tmax = m;
+            #[unroll(unroll)]
             for j in 0..tile {
                 let mut sc = none;
                 if visible(row, t0 + j, window) {
-                    sc = dot_row(&qr, &ks, j, hd);
+                    sc = dot_row(&qr, &ks, j, hd, unroll);
                 }
                 scores[j] = sc;
                 tmax = max(tmax, sc);
             }
             let corr = (m - tmax).exp();
             l *= corr;
+            #[unroll(unroll)]
             for d in 0..hd {
                 acc[d] *= corr;
             }
+            #[unroll(unroll)]
             for j in 0..tile {
                 if scores[j] > none {
                     let p = (scores[j] - tmax).exp();
                     l += p;
                     let base = j * hd;
+                    #[unroll(unroll)]
                     for d in 0..hd {
                         acc[d] += p * vs[base + d];
                     }
@@ -209,7 +246,7 @@ fn forward_kernel<F: Float>(
     if valid {
         // Every row sees its own position: l ≥ 1.
         let inv = l.recip();
-        store_row::<F>(&acc, out, b, h, row, inv, hd);
+        store_row::<F>(&acc, out, b, h, row, inv, hd, unroll);
         lse[bh * s + row] = m + l.ln();
     }
 }
@@ -230,6 +267,7 @@ fn dq_kernel<F: Float>(
     window: u32,
     #[comptime] hd: usize,
     #[comptime] tile: usize,
+    #[comptime] unroll: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let s = q.shape(2);
@@ -247,6 +285,7 @@ fn dq_kernel<F: Float>(
     let mut qr = Array::<f32>::new(hd);
     let mut gr = Array::<f32>::new(hd);
     let mut acc = Array::<f32>::new(hd);
+    #[unroll(unroll)]
     for d in 0..hd {
         qr[d] = 0.0;
         gr[d] = 0.0;
@@ -255,9 +294,10 @@ fn dq_kernel<F: Float>(
     let mut row_lse = 0.0f32;
     let mut row_delta = 0.0f32;
     if valid {
-        load_row::<F>(q, &mut qr, b, h, row, scale, hd);
-        load_row::<F>(dout, &mut gr, b, h, row, 1.0, hd);
+        load_row::<F>(q, &mut qr, b, h, row, scale, hd, unroll);
+        load_row::<F>(dout, &mut gr, b, h, row, 1.0, hd, unroll);
         let ob = b * out.stride(0) + h * out.stride(1) + row * out.stride(2);
+        #[unroll(unroll)]
         for d in 0..hd {
             row_delta += gr[d] * f32::cast_from(out[ob + d * out.stride(3)]);
         }
@@ -273,11 +313,13 @@ fn dq_kernel<F: Float>(
         load_tile::<F>(v, &mut vs, b, kh, t0, end, tile, hd);
         sync_cube();
         if valid {
+            #[unroll(unroll)]
             for j in 0..tile {
                 if visible(row, t0 + j, window) {
-                    let p = (dot_row(&qr, &ks, j, hd) - row_lse).exp();
-                    let ds = p * (dot_row(&gr, &vs, j, hd) - row_delta);
+                    let p = (dot_row(&qr, &ks, j, hd, unroll) - row_lse).exp();
+                    let ds = p * (dot_row(&gr, &vs, j, hd, unroll) - row_delta);
                     let base = j * hd;
+                    #[unroll(unroll)]
                     for d in 0..hd {
                         acc[d] += ds * ks[base + d];
                     }
@@ -288,7 +330,7 @@ fn dq_kernel<F: Float>(
         t0 += tile;
     }
     if valid {
-        store_row::<F>(&acc, dq, b, h, row, scale, hd);
+        store_row::<F>(&acc, dq, b, h, row, scale, hd, unroll);
     }
 }
 
@@ -308,6 +350,7 @@ fn dkv_kernel<F: Float>(
     window: u32,
     #[comptime] hd: usize,
     #[comptime] tile: usize,
+    #[comptime] unroll: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let s = q.shape(2);
@@ -329,6 +372,7 @@ fn dkv_kernel<F: Float>(
     let mut vr = Array::<f32>::new(hd);
     let mut dkr = Array::<f32>::new(hd);
     let mut dvr = Array::<f32>::new(hd);
+    #[unroll(unroll)]
     for d in 0..hd {
         kr[d] = 0.0;
         vr[d] = 0.0;
@@ -336,8 +380,8 @@ fn dkv_kernel<F: Float>(
         dvr[d] = 0.0;
     }
     if valid {
-        load_row::<F>(k, &mut kr, b, kh, key, scale, hd);
-        load_row::<F>(v, &mut vr, b, kh, key, 1.0, hd);
+        load_row::<F>(k, &mut kr, b, kh, key, scale, hd, unroll);
+        load_row::<F>(v, &mut vr, b, kh, key, 1.0, hd, unroll);
     }
     let mut qs = SharedMemory::<f32>::new(tile * hd);
     let mut gs = SharedMemory::<f32>::new(tile * hd);
@@ -365,11 +409,13 @@ fn dkv_kernel<F: Float>(
             }
             sync_cube();
             if valid {
+                #[unroll(unroll)]
                 for j in 0..tile {
                     if t0 + j < end && visible(t0 + j, key, window) {
-                        let p = (dot_row(&kr, &qs, j, hd) - lses[j]).exp();
-                        let ds = p * (dot_row(&vr, &gs, j, hd) - deltas[j]);
+                        let p = (dot_row(&kr, &qs, j, hd, unroll) - lses[j]).exp();
+                        let ds = p * (dot_row(&vr, &gs, j, hd, unroll) - deltas[j]);
                         let base = j * hd;
+                        #[unroll(unroll)]
                         for d in 0..hd {
                             dvr[d] += p * gs[base + d];
                             dkr[d] += ds * qs[base + d];
@@ -382,8 +428,8 @@ fn dkv_kernel<F: Float>(
         }
     }
     if valid {
-        store_row::<F>(&dkr, dk, b, kh, key, scale, hd);
-        store_row::<F>(&dvr, dv, b, kh, key, 1.0, hd);
+        store_row::<F>(&dkr, dk, b, kh, key, scale, hd, unroll);
+        store_row::<F>(&dvr, dv, b, kh, key, 1.0, hd, unroll);
     }
 }
 
@@ -441,6 +487,7 @@ pub fn forward<R: CubeRuntime>(
     k: &CubeTensor<R>,
     v: &CubeTensor<R>,
     opts: AttnOpts,
+    unroll: Unroll,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
     let (qs, ks) = (dims(q), dims(k));
     debug_assert!(unsupported(&qs, &ks, &dims(v), &[q.dtype, k.dtype, v.dtype]).is_none());
@@ -466,6 +513,7 @@ pub fn forward<R: CubeRuntime>(
         window(opts),
         hd,
         tile_rows(hd),
+        unroll.applies(hd),
         dtype.into(),
     );
     (out, lse)
@@ -482,6 +530,7 @@ pub fn backward<R: CubeRuntime>(
     lse: &CubeTensor<R>,
     grad: &CubeTensor<R>,
     opts: AttnOpts,
+    unroll: Unroll,
 ) -> [CubeTensor<R>; 3] {
     let (qs, ks) = (dims(q), dims(k));
     debug_assert!(
@@ -522,6 +571,7 @@ pub fn backward<R: CubeRuntime>(
         window,
         hd,
         tile,
+        unroll.applies(hd),
         dtype.into(),
     );
     let (count, dim) = grid(s, b * kvh);
@@ -541,6 +591,7 @@ pub fn backward<R: CubeRuntime>(
         window,
         hd,
         tile,
+        unroll.applies(hd),
         dtype.into(),
     );
     [dq, dk, dv]
@@ -581,7 +632,7 @@ mod tests {
             v: Tensor<Self, 4>,
             opts: AttnOpts,
         ) -> (Tensor<Self, 4>, Tensor<Self, 5>) {
-            let (out, lse) = forward(&prim(q), &prim(k), &prim(v), opts);
+            let (out, lse) = forward(&prim(q), &prim(k), &prim(v), opts, Unroll::Never);
             (float(out), float(lse))
         }
 
@@ -602,6 +653,7 @@ mod tests {
                 &prim(lse),
                 &prim(grad),
                 opts,
+                Unroll::Never,
             );
             [float(dq), float(dk), float(dv)]
         }
@@ -650,14 +702,17 @@ mod tests {
         // (batch, heads, kv heads, positions, head size, window, queries as a strided view):
         // several query cubes and key tiles with short last ones, grouped-query, local
         // windows shorter than a tile, head sizes whose tiles do not divide 64.
-        for (b, h, kvh, s, hd, window, strided) in [
-            (2, 4, 2, 70, 16, None, false),
-            (1, 2, 1, 150, 80, Some(37), true),
-            (1, 3, 3, 9, 8, Some(2), false),
-            (2, 2, 1, 130, 32, Some(100), true),
+        // The unrolled variant (what GPUs run) once, on a small head: lavapipe takes minutes
+        // to compile unrolled shaders of real head sizes.
+        for (b, h, kvh, s, hd, window, strided, unroll) in [
+            (2, 4, 2, 70, 16, None, false, Unroll::Never),
+            (1, 2, 1, 150, 80, Some(37), true, Unroll::Never),
+            (1, 3, 3, 9, 8, Some(2), false, Unroll::Never),
+            (2, 2, 1, 130, 32, Some(100), true, Unroll::Never),
+            (1, 4, 2, 80, 4, Some(30), true, Unroll::Small),
         ] {
             let opts = AttnOpts { scale: 0.3, window };
-            let case = format!("b{b} h{h}/{kvh} s{s} hd{hd} window {window:?}");
+            let case = format!("b{b} h{h}/{kvh} s{s} hd{hd} window {window:?} {unroll:?}");
             let q = if strided {
                 random([b, s, h, hd]).swap_dims(1, 2)
             } else {
@@ -679,7 +734,7 @@ mod tests {
                 opts,
             );
             let [qg, kg, vg, gg] = [&q, &k, &v, &g].map(|t| prim(to_gpu(t, &dev)));
-            let (fo, fl) = forward(&qg, &kg, &vg, opts);
+            let (fo, fl) = forward(&qg, &kg, &vg, opts, unroll);
             assert!(
                 rel_err(&values(float::<4>(fo.clone())), &values(out)) < 1e-5,
                 "out, {case}"
@@ -688,7 +743,7 @@ mod tests {
                 rel_err(&values(float::<5>(fl.clone())), &values(lse)) < 1e-5,
                 "lse, {case}"
             );
-            let got = backward(&qg, &kg, &vg, &fo, &fl, &gg, opts);
+            let got = backward(&qg, &kg, &vg, &fo, &fl, &gg, opts, unroll);
             for ((name, g), w) in ["dq", "dk", "dv"].iter().zip(got).zip(want) {
                 let err = rel_err(&values(float::<4>(g)), &values(w));
                 assert!(err < 1e-5, "{name}: {err:e}, {case}");
