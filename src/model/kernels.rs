@@ -58,6 +58,21 @@ pub trait Kernels: Backend {
         ops::plain_attention(q, k, v, opts)
     }
 
+    /// Whether [`Kernels::matmul`] is the backend's own rather than Burn's: Burn's fusion
+    /// wrapper around the backend then runs it as a custom operation ([`super::fusion`]),
+    /// otherwise as Burn's matmul, which it can fuse.
+    fn own_matmul() -> bool {
+        false
+    }
+
+    /// Whether [`Kernels::attention_forward`] and [`Kernels::attention_backward`] run the
+    /// backend's own kernels on queries shaped `q`, keys `k`, values `v` and tensors of
+    /// `dtypes` (see [`Kernels::own_matmul`]).
+    fn own_attention(q: &[usize], k: &[usize], v: &[usize], dtypes: &[DType]) -> bool {
+        let _ = (q, k, v, dtypes);
+        false
+    }
+
     /// The forward pass of the memory-saving attention ([`Kernels::causal_attention`] under
     /// autodiff): `(out [b, h, s, hd], lse [b, kvh, rep, s, 1])`, the log-sum-exp of every
     /// query row's scaled scores in float32. By blocks of query positions on the default path.

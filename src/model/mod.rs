@@ -18,6 +18,7 @@ pub mod config;
 pub mod cublas;
 pub mod cuda;
 pub mod flash;
+pub mod fusion;
 pub mod generate;
 pub mod gpt2;
 pub mod gpt_neo;

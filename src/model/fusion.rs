@@ -1,0 +1,220 @@
+//! [`Kernels`] for Burn's fusion wrapper around any backend that has them (on CUDA the
+//! default backend, `Fusion<CubeBackend<CudaRuntime>>`): where the inner backend runs a
+//! matmul or attention its own way ([`Kernels::own_matmul`], [`Kernels::own_attention`]),
+//! it is registered in the fusion stream as a custom operation that runs the inner
+//! backend's kernel on the inner tensors. Burn's fusion keeps the stream's order around
+//! it (element-wise chains before and after still fuse). Everything else is plain Burn on
+//! the wrapper, which fusion can fuse.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use burn::tensor::{DType, Shape, Tensor, TensorPrimitive, backend::Backend, ops::FloatTensor};
+use burn_fusion::{
+    Fusion, FusionBackend, FusionRuntime,
+    stream::{Operation, OperationStreams},
+};
+use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
+
+use super::cublas::broadcast_batch;
+use super::kernels::{Kernels, as_dtype, blocked_attention_backward, blocked_attention_forward};
+use super::ops::AttnOpts;
+
+fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+type Handles<B> =
+    HandleContainer<<<B as FusionBackend>::FusionRuntime as FusionRuntime>::FusionHandle>;
+
+/// A custom operation of the inner backend `B`; `what` says which.
+struct Custom<B, const D: usize> {
+    desc: CustomOpIr,
+    what: What,
+    _inner: PhantomData<fn() -> B>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum What {
+    Matmul,
+    AttentionForward(AttnOpts),
+    AttentionBackward(AttnOpts),
+}
+
+impl<B, const D: usize> fmt::Debug for Custom<B, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Custom")
+            .field("desc", &self.desc)
+            .field("what", &self.what)
+            .finish()
+    }
+}
+
+impl<B: FusionBackend + Kernels, const D: usize> Operation<B::FusionRuntime> for Custom<B, D> {
+    fn execute(&self, handles: &mut Handles<B>) {
+        let inputs: Vec<FloatTensor<B>> = self
+            .desc
+            .inputs
+            .iter()
+            .map(|t| handles.get_float_tensor::<B>(t))
+            .collect();
+        let mut inputs = inputs.into_iter();
+        // `register` gave each operation its number of inputs.
+        let mut next = || inputs.next().expect("an input of the custom operation");
+        let outputs: Vec<FloatTensor<B>> = match self.what {
+            What::Matmul => {
+                let (l, r) = (float::<B, D>(next()), float::<B, D>(next()));
+                let product = if self.desc.outputs[0].dtype == l.dtype() {
+                    B::matmul(l, r)
+                } else {
+                    B::matmul_f32(l, r)
+                };
+                vec![prim(product)]
+            }
+            What::AttentionForward(opts) => {
+                let [q, k, v] = [(); 3].map(|_| float(next()));
+                let (out, lse) = B::attention_forward(q, k, v, opts);
+                vec![prim(out), prim(lse)]
+            }
+            What::AttentionBackward(opts) => {
+                let [q, k, v, out, grad] = [(); 5].map(|_| float(next()));
+                let lse = float(next());
+                B::attention_backward(q, k, v, out, lse, grad, opts)
+                    .map(prim)
+                    .to_vec()
+            }
+        };
+        for (ir, t) in self.desc.outputs.iter().zip(outputs) {
+            handles.register_float_tensor::<B>(&ir.id, t);
+        }
+    }
+}
+
+/// Registers `what` with `inputs` and outputs of `shapes` and `dtypes`.
+fn register<B: FusionBackend + Kernels, const D: usize>(
+    name: &'static str,
+    what: What,
+    inputs: Vec<FloatTensor<Fusion<B>>>,
+    outputs: Vec<(Vec<usize>, DType)>,
+) -> Vec<FloatTensor<Fusion<B>>> {
+    let client = inputs[0].client.clone();
+    let streams = OperationStreams::with_inputs(inputs.iter());
+    let outputs: Vec<TensorIr> = outputs
+        .into_iter()
+        .map(|(shape, dtype)| {
+            TensorIr::uninit(client.create_empty_handle(), Shape::from(shape), dtype)
+        })
+        .collect();
+    let inputs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
+    let desc = CustomOpIr::new(name, &inputs, &outputs);
+    let op = Custom::<B, D> {
+        desc: desc.clone(),
+        what,
+        _inner: PhantomData,
+    };
+    client.register(streams, OperationIr::Custom(desc), op)
+}
+
+/// `lhs · rhs` with its result in `dtype`: the inner backend's matmul as a custom
+/// operation when it has its own and the operands fit, plain Burn otherwise.
+fn fused_matmul<B: FusionBackend + Kernels, const D: usize>(
+    lhs: Tensor<Fusion<B>, D>,
+    rhs: Tensor<Fusion<B>, D>,
+    dtype: DType,
+) -> Tensor<Fusion<B>, D> {
+    let plain = |l: Tensor<Fusion<B>, D>, r: Tensor<Fusion<B>, D>| {
+        as_dtype(l, dtype).matmul(as_dtype(r, dtype))
+    };
+    let (ld, rd) = (lhs.dims(), rhs.dims());
+    if !B::own_matmul() || lhs.dtype() != rhs.dtype() || ld[D - 1] != rd[D - 2] {
+        return plain(lhs, rhs);
+    }
+    let Some(mut shape) = broadcast_batch(&ld, &rd) else {
+        return plain(lhs, rhs);
+    };
+    shape.extend([ld[D - 2], rd[D - 1]]);
+    let [out] = register::<B, D>(
+        "softtune_matmul",
+        What::Matmul,
+        vec![prim(lhs), prim(rhs)],
+        vec![(shape, dtype)],
+    )
+    .try_into()
+    .expect("one output");
+    float(out)
+}
+
+impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
+    fn matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
+        let dtype = lhs.dtype();
+        fused_matmul(lhs, rhs, dtype)
+    }
+
+    fn matmul_f32<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
+        fused_matmul(lhs, rhs, DType::F32)
+    }
+
+    fn attention_forward(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        opts: AttnOpts,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 5>) {
+        let dtypes = [q.dtype(), k.dtype(), v.dtype()];
+        if !B::own_attention(&q.dims(), &k.dims(), &v.dims(), &dtypes) {
+            return blocked_attention_forward(q, k, v, opts);
+        }
+        let [b, h, s, hd] = q.dims();
+        let kvh = k.dims()[1];
+        let outputs = vec![
+            (vec![b, h, s, hd], q.dtype()),
+            (vec![b, kvh, h / kvh, s, 1], DType::F32),
+        ];
+        let [out, lse] = register::<B, 4>(
+            "softtune_attention_forward",
+            What::AttentionForward(opts),
+            vec![prim(q), prim(k), prim(v)],
+            outputs,
+        )
+        .try_into()
+        .expect("two outputs");
+        (float(out), float(lse))
+    }
+
+    fn attention_backward(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        out: Tensor<Self, 4>,
+        lse: Tensor<Self, 5>,
+        grad: Tensor<Self, 4>,
+        opts: AttnOpts,
+    ) -> [Tensor<Self, 4>; 3] {
+        let grad = as_dtype(grad, q.dtype());
+        let dtypes = [q.dtype(), k.dtype(), v.dtype(), out.dtype(), grad.dtype()];
+        if !B::own_attention(&q.dims(), &k.dims(), &v.dims(), &dtypes) {
+            return blocked_attention_backward(q, k, v, out, lse, grad, opts);
+        }
+        let outputs = [
+            (q.dims(), q.dtype()),
+            (k.dims(), k.dtype()),
+            (v.dims(), v.dtype()),
+        ]
+        .map(|(d, t)| (d.to_vec(), t))
+        .to_vec();
+        let inputs = vec![prim(q), prim(k), prim(v), prim(out), prim(grad), prim(lse)];
+        let [dq, dk, dv] = register::<B, 4>(
+            "softtune_attention_backward",
+            What::AttentionBackward(opts),
+            inputs,
+            outputs,
+        )
+        .try_into()
+        .expect("three outputs");
+        [float(dq), float(dk), float(dv)]
+    }
+}
