@@ -12,7 +12,9 @@ use burn::tensor::{
 
 use super::cublas;
 use super::flash::{self, Unroll};
-use super::kernels::{Kernels, as_dtype, blocked_attention_backward, blocked_attention_forward};
+use super::kernels::{
+    Kernels, as_dtype, blocked_attention_backward, blocked_attention_forward, owns_attention,
+};
 use super::ops::AttnOpts;
 use crate::device::CudaCubeBackend;
 
@@ -94,12 +96,7 @@ impl Kernels for CudaCubeBackend {
         v: Tensor<Self, 4>,
         opts: AttnOpts,
     ) -> (Tensor<Self, 4>, Tensor<Self, 5>) {
-        if !Self::own_attention(
-            &q.dims(),
-            &k.dims(),
-            &v.dims(),
-            &[q.dtype(), k.dtype(), v.dtype()],
-        ) {
+        if !owns_attention::<Self, Self>(&q, &k, &v, &[]) {
             return blocked_attention_forward(q, k, v, opts);
         }
         let (out, lse) = flash::forward(&prim(q), &prim(k), &prim(v), opts, Unroll::Small);
@@ -116,8 +113,7 @@ impl Kernels for CudaCubeBackend {
         opts: AttnOpts,
     ) -> [Tensor<Self, 4>; 3] {
         let grad = as_dtype(grad, q.dtype());
-        let dtypes = [q.dtype(), k.dtype(), v.dtype(), out.dtype(), grad.dtype()];
-        if !Self::own_attention(&q.dims(), &k.dims(), &v.dims(), &dtypes) {
+        if !owns_attention::<Self, Self>(&q, &k, &v, &[&out, &grad]) {
             return blocked_attention_backward(q, k, v, out, lse, grad, opts);
         }
         let [dq, dk, dv] = flash::backward(

@@ -159,6 +159,58 @@ fn store_row<F: Float>(
     }
 }
 
+/// `hd` zeros in a unit's registers (or local memory when not unrolled).
+#[cube]
+fn zeros(#[comptime] hd: usize, #[comptime] unroll: bool) -> Array<f32> {
+    let mut a = Array::<f32>::new(hd);
+    #[unroll(unroll)]
+    for d in 0..hd {
+        a[d] = 0.0;
+    }
+    a
+}
+
+/// Where a unit of a query cube stands: cube `(x, y)` holds query rows `x·ROWS..` of query
+/// head `y` (over `b·h`).
+#[derive(CubeType, Clone, Copy)]
+struct QueryUnit {
+    /// Positions.
+    s: usize,
+    b: usize,
+    /// Query head, and the key head it reads.
+    h: usize,
+    kh: usize,
+    /// `b·heads + h`: the row block of `lse` and `delta`.
+    bh: usize,
+    /// The cube's first query position, this unit's, and the cube's end (exclusive).
+    p0: usize,
+    row: usize,
+    end: usize,
+    valid: bool,
+}
+
+#[cube]
+fn query_unit<F: Float>(q: &Tensor<F>, k: &Tensor<F>) -> QueryUnit {
+    let s = q.shape(2);
+    let heads = q.shape(1);
+    let rep = heads / k.shape(1);
+    let bh = CUBE_POS_Y as usize;
+    let h = bh % heads;
+    let p0 = CUBE_POS_X as usize * CUBE_DIM_X as usize;
+    let row = p0 + UNIT_POS_X as usize;
+    QueryUnit {
+        s,
+        b: bh / heads,
+        h,
+        kh: h / rep,
+        bh,
+        p0,
+        row,
+        end: min(p0 + CUBE_DIM_X as usize, s),
+        valid: row < s,
+    }
+}
+
 /// Cube `(x, y)`: query rows `x·ROWS..` of query head `y` (over `b·h`).
 #[cube(launch)]
 fn forward_kernel<F: Float>(
@@ -174,27 +226,12 @@ fn forward_kernel<F: Float>(
     #[comptime] unroll: bool,
     #[define(F)] _dtype: StorageType,
 ) {
-    let s = q.shape(2);
-    let heads = q.shape(1);
-    let rep = heads / k.shape(1);
-    let bh = CUBE_POS_Y as usize;
-    let b = bh / heads;
-    let h = bh % heads;
-    let kh = h / rep;
-    let p0 = CUBE_POS_X as usize * CUBE_DIM_X as usize;
-    let row = p0 + UNIT_POS_X as usize;
-    let valid = row < s;
-    let end = min(p0 + CUBE_DIM_X as usize, s);
+    let u = query_unit::<F>(q, k);
 
-    let mut qr = Array::<f32>::new(hd);
-    let mut acc = Array::<f32>::new(hd);
-    #[unroll(unroll)]
-    for d in 0..hd {
-        qr[d] = 0.0;
-        acc[d] = 0.0;
-    }
-    if valid {
-        load_row::<F>(q, &mut qr, b, h, row, scale, hd, unroll);
+    let mut qr = zeros(hd, unroll);
+    let mut acc = zeros(hd, unroll);
+    if u.valid {
+        load_row::<F>(q, &mut qr, u.b, u.h, u.row, scale, hd, unroll);
     }
     let mut scores = Array::<f32>::new(tile);
     let mut ks = SharedMemory::<f32>::new(tile * hd);
@@ -204,17 +241,17 @@ fn forward_kernel<F: Float>(
     let mut m = none;
     let mut l = 0.0f32;
 
-    let mut t0 = first_key(p0, window);
-    while t0 < end {
-        load_tile::<F>(k, &mut ks, b, kh, t0, end, tile, hd);
-        load_tile::<F>(v, &mut vs, b, kh, t0, end, tile, hd);
+    let mut t0 = first_key(u.p0, window);
+    while t0 < u.end {
+        load_tile::<F>(k, &mut ks, u.b, u.kh, t0, u.end, tile, hd);
+        load_tile::<F>(v, &mut vs, u.b, u.kh, t0, u.end, tile, hd);
         sync_cube();
-        if valid {
+        if u.valid {
             let mut tmax = m;
             #[unroll(unroll)]
             for j in 0..tile {
                 let mut sc = none;
-                if visible(row, t0 + j, window) {
+                if visible(u.row, t0 + j, window) {
                     sc = dot_row(&qr, &ks, j, hd, unroll);
                 }
                 scores[j] = sc;
@@ -243,11 +280,11 @@ fn forward_kernel<F: Float>(
         sync_cube();
         t0 += tile;
     }
-    if valid {
-        // Every row sees its own position: l ≥ 1.
+    if u.valid {
+        // Every u.row sees its own position: l ≥ 1.
         let inv = l.recip();
-        store_row::<F>(&acc, out, b, h, row, inv, hd, unroll);
-        lse[bh * s + row] = m + l.ln();
+        store_row::<F>(&acc, out, u.b, u.h, u.row, inv, hd, unroll);
+        lse[u.bh * u.s + u.row] = m + l.ln();
     }
 }
 
@@ -270,52 +307,36 @@ fn dq_kernel<F: Float>(
     #[comptime] unroll: bool,
     #[define(F)] _dtype: StorageType,
 ) {
-    let s = q.shape(2);
-    let heads = q.shape(1);
-    let rep = heads / k.shape(1);
-    let bh = CUBE_POS_Y as usize;
-    let b = bh / heads;
-    let h = bh % heads;
-    let kh = h / rep;
-    let p0 = CUBE_POS_X as usize * CUBE_DIM_X as usize;
-    let row = p0 + UNIT_POS_X as usize;
-    let valid = row < s;
-    let end = min(p0 + CUBE_DIM_X as usize, s);
+    let u = query_unit::<F>(q, k);
 
-    let mut qr = Array::<f32>::new(hd);
-    let mut gr = Array::<f32>::new(hd);
-    let mut acc = Array::<f32>::new(hd);
-    #[unroll(unroll)]
-    for d in 0..hd {
-        qr[d] = 0.0;
-        gr[d] = 0.0;
-        acc[d] = 0.0;
-    }
+    let mut qr = zeros(hd, unroll);
+    let mut gr = zeros(hd, unroll);
+    let mut acc = zeros(hd, unroll);
     let mut row_lse = 0.0f32;
     let mut row_delta = 0.0f32;
-    if valid {
-        load_row::<F>(q, &mut qr, b, h, row, scale, hd, unroll);
-        load_row::<F>(dout, &mut gr, b, h, row, 1.0, hd, unroll);
-        let ob = b * out.stride(0) + h * out.stride(1) + row * out.stride(2);
+    if u.valid {
+        load_row::<F>(q, &mut qr, u.b, u.h, u.row, scale, hd, unroll);
+        load_row::<F>(dout, &mut gr, u.b, u.h, u.row, 1.0, hd, unroll);
+        let ob = u.b * out.stride(0) + u.h * out.stride(1) + u.row * out.stride(2);
         #[unroll(unroll)]
         for d in 0..hd {
             row_delta += gr[d] * f32::cast_from(out[ob + d * out.stride(3)]);
         }
-        row_lse = lse[bh * s + row];
-        delta[bh * s + row] = row_delta;
+        row_lse = lse[u.bh * u.s + u.row];
+        delta[u.bh * u.s + u.row] = row_delta;
     }
     let mut ks = SharedMemory::<f32>::new(tile * hd);
     let mut vs = SharedMemory::<f32>::new(tile * hd);
 
-    let mut t0 = first_key(p0, window);
-    while t0 < end {
-        load_tile::<F>(k, &mut ks, b, kh, t0, end, tile, hd);
-        load_tile::<F>(v, &mut vs, b, kh, t0, end, tile, hd);
+    let mut t0 = first_key(u.p0, window);
+    while t0 < u.end {
+        load_tile::<F>(k, &mut ks, u.b, u.kh, t0, u.end, tile, hd);
+        load_tile::<F>(v, &mut vs, u.b, u.kh, t0, u.end, tile, hd);
         sync_cube();
-        if valid {
+        if u.valid {
             #[unroll(unroll)]
             for j in 0..tile {
-                if visible(row, t0 + j, window) {
+                if visible(u.row, t0 + j, window) {
                     let p = (dot_row(&qr, &ks, j, hd, unroll) - row_lse).exp();
                     let ds = p * (dot_row(&gr, &vs, j, hd, unroll) - row_delta);
                     let base = j * hd;
@@ -329,8 +350,8 @@ fn dq_kernel<F: Float>(
         sync_cube();
         t0 += tile;
     }
-    if valid {
-        store_row::<F>(&acc, dq, b, h, row, scale, hd, unroll);
+    if u.valid {
+        store_row::<F>(&acc, dq, u.b, u.h, u.row, scale, hd, unroll);
     }
 }
 
@@ -368,17 +389,10 @@ fn dkv_kernel<F: Float>(
     let w = window as usize;
     let end = select(w > 0, min(last_key + w, s), s);
 
-    let mut kr = Array::<f32>::new(hd);
-    let mut vr = Array::<f32>::new(hd);
-    let mut dkr = Array::<f32>::new(hd);
-    let mut dvr = Array::<f32>::new(hd);
-    #[unroll(unroll)]
-    for d in 0..hd {
-        kr[d] = 0.0;
-        vr[d] = 0.0;
-        dkr[d] = 0.0;
-        dvr[d] = 0.0;
-    }
+    let mut kr = zeros(hd, unroll);
+    let mut vr = zeros(hd, unroll);
+    let mut dkr = zeros(hd, unroll);
+    let mut dvr = zeros(hd, unroll);
     if valid {
         load_row::<F>(k, &mut kr, b, kh, key, scale, hd, unroll);
         load_row::<F>(v, &mut vr, b, kh, key, 1.0, hd, unroll);

@@ -17,7 +17,9 @@ use burn_fusion::{
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
 use super::cublas::broadcast_batch;
-use super::kernels::{Kernels, as_dtype, blocked_attention_backward, blocked_attention_forward};
+use super::kernels::{
+    Kernels, as_dtype, blocked_attention_backward, blocked_attention_forward, owns_attention,
+};
 use super::ops::AttnOpts;
 
 fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
@@ -164,8 +166,7 @@ impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
         v: Tensor<Self, 4>,
         opts: AttnOpts,
     ) -> (Tensor<Self, 4>, Tensor<Self, 5>) {
-        let dtypes = [q.dtype(), k.dtype(), v.dtype()];
-        if !B::own_attention(&q.dims(), &k.dims(), &v.dims(), &dtypes) {
+        if !owns_attention::<B, Self>(&q, &k, &v, &[]) {
             return blocked_attention_forward(q, k, v, opts);
         }
         let [b, h, s, hd] = q.dims();
@@ -195,8 +196,7 @@ impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
         opts: AttnOpts,
     ) -> [Tensor<Self, 4>; 3] {
         let grad = as_dtype(grad, q.dtype());
-        let dtypes = [q.dtype(), k.dtype(), v.dtype(), out.dtype(), grad.dtype()];
-        if !B::own_attention(&q.dims(), &k.dims(), &v.dims(), &dtypes) {
+        if !owns_attention::<B, Self>(&q, &k, &v, &[&out, &grad]) {
             return blocked_attention_backward(q, k, v, out, lse, grad, opts);
         }
         let outputs = [

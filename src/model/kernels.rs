@@ -403,6 +403,20 @@ pub fn masked_scores<B: Kernels>(
     (B::matmul_f32(q, kt) * opts.scale).mask_fill(mask, f32::NEG_INFINITY)
 }
 
+/// [`Kernels::own_attention`] of `B` for tensors of any backend `C` (`B` itself, or a wrapper
+/// around it): the forward pass's `q`, `k`, `v`, and in the backward pass also `more` (its
+/// output and the output's gradient), whose dtypes must match.
+pub fn owns_attention<B: Kernels, C: Backend>(
+    q: &Tensor<C, 4>,
+    k: &Tensor<C, 4>,
+    v: &Tensor<C, 4>,
+    more: &[&Tensor<C, 4>],
+) -> bool {
+    let mut dtypes = vec![q.dtype(), k.dtype(), v.dtype()];
+    dtypes.extend(more.iter().map(|t| t.dtype()));
+    B::own_attention(&q.dims(), &k.dims(), &v.dims(), &dtypes)
+}
+
 /// [`Kernels::attention_forward`] by blocks of [`block_positions`] query positions, on the
 /// backend's matmuls.
 pub fn blocked_attention_forward<B: Kernels>(
