@@ -75,19 +75,11 @@ impl Kernels for CudaCubeBackend {
 
     fn matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
         let dtype = lhs.dtype();
-        float(cube_matmul(
-            lhs.into_primitive().tensor(),
-            rhs.into_primitive().tensor(),
-            dtype,
-        ))
+        float(cube_matmul(prim(lhs), prim(rhs), dtype))
     }
 
     fn matmul_f32<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
-        float(cube_matmul(
-            lhs.into_primitive().tensor(),
-            rhs.into_primitive().tensor(),
-            DType::F32,
-        ))
+        float(cube_matmul(prim(lhs), prim(rhs), DType::F32))
     }
 
     fn attention_forward(
@@ -99,8 +91,7 @@ impl Kernels for CudaCubeBackend {
         if !owns_attention::<Self, Self>(&q, &k, &v, &[]) {
             return blocked_attention_forward(q, k, v, opts);
         }
-        let (out, lse) = flash::forward(&prim(q), &prim(k), &prim(v), opts, Unroll::Small);
-        (float(out), float(lse))
+        flash::tensor_forward(q, k, v, opts, Unroll::Small)
     }
 
     fn attention_backward(
@@ -116,16 +107,6 @@ impl Kernels for CudaCubeBackend {
         if !owns_attention::<Self, Self>(&q, &k, &v, &[&out, &grad]) {
             return blocked_attention_backward(q, k, v, out, lse, grad, opts);
         }
-        let [dq, dk, dv] = flash::backward(
-            &prim(q),
-            &prim(k),
-            &prim(v),
-            &prim(out),
-            &prim(lse),
-            &prim(grad),
-            opts,
-            Unroll::Small,
-        );
-        [float(dq), float(dk), float(dv)]
+        flash::tensor_backward(q, k, v, out, lse, grad, opts, Unroll::Small)
     }
 }

@@ -17,7 +17,7 @@
 //! `[b, kvh, rep, s, 1]` float32, contiguous (the layout of the blocked path in
 //! [`super::kernels`]). Inputs may be strided views.
 
-use burn::tensor::{DType, Shape};
+use burn::tensor::{DType, Shape, Tensor as BurnTensor, TensorPrimitive, backend::Backend};
 use burn_cubecl::{
     CubeRuntime, kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype,
     tensor::CubeTensor,
@@ -612,6 +612,54 @@ pub fn backward<R: CubeRuntime>(
     [dq, dk, dv]
 }
 
+/// [`forward`] on the Burn tensors of a CubeCL backend `B`.
+pub fn tensor_forward<R, B>(
+    q: BurnTensor<B, 4>,
+    k: BurnTensor<B, 4>,
+    v: BurnTensor<B, 4>,
+    opts: AttnOpts,
+    unroll: Unroll,
+) -> (BurnTensor<B, 4>, BurnTensor<B, 5>)
+where
+    R: CubeRuntime,
+    B: Backend<FloatTensorPrimitive = CubeTensor<R>>,
+{
+    let (out, lse) = forward(&cube(q), &cube(k), &cube(v), opts, unroll);
+    (burn_tensor(out), burn_tensor(lse))
+}
+
+/// [`backward`] on the Burn tensors of a CubeCL backend `B`.
+#[allow(clippy::too_many_arguments)]
+pub fn tensor_backward<R, B>(
+    q: BurnTensor<B, 4>,
+    k: BurnTensor<B, 4>,
+    v: BurnTensor<B, 4>,
+    out: BurnTensor<B, 4>,
+    lse: BurnTensor<B, 5>,
+    grad: BurnTensor<B, 4>,
+    opts: AttnOpts,
+    unroll: Unroll,
+) -> [BurnTensor<B, 4>; 3]
+where
+    R: CubeRuntime,
+    B: Backend<FloatTensorPrimitive = CubeTensor<R>>,
+{
+    let (q, k, v, out, grad) = (cube(q), cube(k), cube(v), cube(out), cube(grad));
+    backward(&q, &k, &v, &out, &cube(lse), &grad, opts, unroll).map(burn_tensor)
+}
+
+fn cube<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTensor<R>>, const D: usize>(
+    t: BurnTensor<B, D>,
+) -> CubeTensor<R> {
+    t.into_primitive().tensor()
+}
+
+fn burn_tensor<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTensor<R>>, const D: usize>(
+    t: CubeTensor<R>,
+) -> BurnTensor<B, D> {
+    BurnTensor::from_primitive(TensorPrimitive::Float(t))
+}
+
 /// The kernels on WebGPU/Vulkan (Mesa's lavapipe on a machine without a GPU) against the
 /// blocked path on the CPU, and through autodiff against plain Burn on the same device.
 /// Without a Vulkan driver they say so and pass, unless `SOFTTUNE_TEST_WGPU=require`
@@ -620,7 +668,7 @@ pub fn backward<R: CubeRuntime>(
 mod tests {
     use super::*;
     use burn::backend::Autodiff;
-    use burn::tensor::{Distribution, Tensor, TensorPrimitive, backend::Backend};
+    use burn::tensor::{Distribution, Tensor};
     use burn_cubecl::CubeBackend;
     use burn_fusion::Fusion;
     use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
@@ -631,13 +679,8 @@ mod tests {
 
     type Gpu = CubeBackend<WgpuRuntime, f32, i32, u32>;
 
-    fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> CubeTensorOf<B> {
-        t.into_primitive().tensor()
-    }
-    type CubeTensorOf<B> = burn::tensor::ops::FloatTensor<B>;
-
     fn float<const D: usize>(t: CubeTensor<WgpuRuntime>) -> Tensor<Gpu, D> {
-        Tensor::from_primitive(TensorPrimitive::Float(t))
+        burn_tensor(t)
     }
 
     /// Attention on the flash kernels (they take every shape the tests give). The matmul is
@@ -657,8 +700,7 @@ mod tests {
             v: Tensor<Self, 4>,
             opts: AttnOpts,
         ) -> (Tensor<Self, 4>, Tensor<Self, 5>) {
-            let (out, lse) = forward(&prim(q), &prim(k), &prim(v), opts, Unroll::Never);
-            (float(out), float(lse))
+            tensor_forward(q, k, v, opts, Unroll::Never)
         }
 
         fn attention_backward(
@@ -670,17 +712,7 @@ mod tests {
             grad: Tensor<Self, 4>,
             opts: AttnOpts,
         ) -> [Tensor<Self, 4>; 3] {
-            let [dq, dk, dv] = backward(
-                &prim(q),
-                &prim(k),
-                &prim(v),
-                &prim(out),
-                &prim(lse),
-                &prim(grad),
-                opts,
-                Unroll::Never,
-            );
-            [float(dq), float(dk), float(dv)]
+            tensor_backward(q, k, v, out, lse, grad, opts, Unroll::Never)
         }
     }
 
@@ -758,7 +790,7 @@ mod tests {
                 g.clone(),
                 opts,
             );
-            let [qg, kg, vg, gg] = [&q, &k, &v, &g].map(|t| prim(to_gpu(t, &dev)));
+            let [qg, kg, vg, gg] = [&q, &k, &v, &g].map(|t| cube(to_gpu(t, &dev)));
             let (fo, fl) = forward(&qg, &kg, &vg, opts, unroll);
             assert!(
                 rel_err(&values(float::<4>(fo.clone())), &values(out)) < 1e-5,
