@@ -245,6 +245,41 @@ fn cpu_in_place<const D: usize>(
 /// The CPU backend: vectorised `exp`, SiLU and tanh-GELU on float32 ([`super::vector_math`]),
 /// in place when the tensor's buffer is its own.
 impl Kernels for CpuBackend {
+    fn causal_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        opts: AttnOpts,
+    ) -> Tensor<Self, 4> {
+        match super::cpu_attention::forward(&q, &k, &v, opts) {
+            Some((out, _)) => out,
+            None => ops::plain_attention(q, k, v, opts),
+        }
+    }
+
+    fn attention_forward(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        opts: AttnOpts,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 5>) {
+        super::cpu_attention::forward(&q, &k, &v, opts)
+            .unwrap_or_else(|| blocked_attention_forward(q, k, v, opts))
+    }
+
+    fn attention_backward(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        out: Tensor<Self, 4>,
+        lse: Tensor<Self, 5>,
+        grad: Tensor<Self, 4>,
+        opts: AttnOpts,
+    ) -> [Tensor<Self, 4>; 3] {
+        super::cpu_attention::backward((&q, &k, &v), &out, &lse, &grad, opts)
+            .unwrap_or_else(|| blocked_attention_backward(q, k, v, out, lse, grad, opts))
+    }
+
     fn exp<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
         cpu_in_place(x, super::vector_math::exp_in_place).unwrap_or_else(|x| x.exp())
     }

@@ -15,6 +15,7 @@
 //! * [`generate`]: short sampled continuations (the dashboard's sample generations).
 
 pub mod config;
+pub mod cpu_attention;
 pub mod cublas;
 pub mod cuda;
 pub mod flash;

@@ -1,0 +1,482 @@
+//! Causal attention on the CPU backend in float32: the flash-attention recipe on gemm tiles.
+//!
+//! The blocked path in [`super::kernels`] builds each block of scores out of Burn
+//! operations: the grouped queries copied into stacked rows, a mask tensor, separate passes
+//! for the maximum, `exp`, the sum and the division, and the partial key gradients added
+//! back with slice assignments. On two cores those passes cost more than the products.
+//! Here one task per query head (forward) or per key head (backward) walks the sequence in
+//! tiles of [`ROWS`] query positions; each tile is a few calls to gemm's kernels on the
+//! tensors' own buffers (strided views need no copy, transposes are strides) and one pass
+//! over the tile's scores, which only cover the keys the tile can see.
+//!
+//! Same contract as [`super::kernels::Kernels::attention_forward`] and
+//! [`super::kernels::Kernels::attention_backward`]: the output, the float32 log-sum-exp
+//! `[b, kvh, rep, s, 1]` of every query row, and the gradients from the probabilities
+//! recomputed with it. Other dtypes and shapes return `None` (the caller falls back to the
+//! blocked path).
+
+use burn::backend::flex::FlexTensor;
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use gemm::{Parallelism, gemm};
+use rayon::prelude::*;
+
+use crate::device::CpuBackend;
+
+use super::kernels::key_range;
+use super::ops::AttnOpts;
+use super::vector_math::exp_in_place;
+
+type T4 = Tensor<CpuBackend, 4>;
+type T5 = Tensor<CpuBackend, 5>;
+
+/// Query positions per tile: big enough for gemm's kernels to run near full speed, small
+/// enough that little of the causal triangle's diagonal is computed and thrown away.
+pub const ROWS: usize = 64;
+
+/// A float32 `[b, h, s, hd]` tensor's buffer, read in place: rows of `hd` contiguous
+/// features at any (non-negative) strides over batch, head and position.
+struct Heads {
+    t: FlexTensor,
+    dims: [usize; 4],
+    /// Strides of batch, head and position, in elements.
+    strides: [usize; 3],
+    offset: usize,
+}
+
+impl Heads {
+    /// `None` when `t` is not float32.
+    fn of(t: &T4) -> Option<Self> {
+        if t.dtype() != DType::F32 {
+            return None;
+        }
+        let mut p = t.clone().into_primitive().tensor();
+        let readable = |p: &FlexTensor| {
+            let st = p.layout().strides();
+            st[3] == 1 && st.iter().all(|&x| x >= 0)
+        };
+        if !readable(&p) {
+            p = p.to_contiguous();
+        }
+        let layout = p.layout();
+        let st = layout.strides();
+        let dims = t.dims();
+        Some(Self {
+            dims,
+            strides: [st[0] as usize, st[1] as usize, st[2] as usize],
+            offset: layout.start_offset(),
+            t: p,
+        })
+    }
+
+    fn data(&self) -> &[f32] {
+        self.t.storage::<f32>()
+    }
+
+    /// Index of row `(b, h, s)` in [`Heads::data`].
+    fn row(&self, b: usize, h: usize, s: usize) -> usize {
+        self.offset + b * self.strides[0] + h * self.strides[1] + s * self.strides[2]
+    }
+
+    /// Pointer to row `(b, h, s)`; the rows after it follow at [`Heads::step`].
+    fn ptr(&self, b: usize, h: usize, s: usize) -> *const f32 {
+        self.data()[self.row(b, h, s)..].as_ptr()
+    }
+
+    /// Elements from one position's row to the next.
+    fn step(&self) -> usize {
+        self.strides[2]
+    }
+
+    /// The `hd` features of row `(b, h, s)`.
+    fn features(&self, b: usize, h: usize, s: usize) -> &[f32] {
+        &self.data()[self.row(b, h, s)..][..self.dims[3]]
+    }
+}
+
+/// A matrix operand of [`product`]: its first element and its row and column strides.
+#[derive(Clone, Copy)]
+struct Operand {
+    ptr: *const f32,
+    row: usize,
+    col: usize,
+}
+
+/// A row-major matrix starting at `ptr` with `row` elements from one row to the next.
+fn rows(ptr: *const f32, row: usize) -> Operand {
+    Operand { ptr, row, col: 1 }
+}
+
+/// The transpose of [`rows`]`(ptr, row)`.
+fn transposed(ptr: *const f32, row: usize) -> Operand {
+    Operand {
+        ptr,
+        row: 1,
+        col: row,
+    }
+}
+
+/// `dst = [dst +] alpha · lhs · rhs`: `dst` row-major `m × n` (row stride `dst_row`), `lhs`
+/// `m × k`, `rhs` `k × n`; single-threaded (the tasks are the parallelism).
+///
+/// # Safety
+/// `dst` must be valid for writes and both operands for reads over every element the
+/// shapes and strides reach, and `dst` must not overlap them.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_row: usize,
+    accumulate: bool,
+    lhs: Operand,
+    rhs: Operand,
+    alpha: f32,
+) {
+    // SAFETY: the caller's contract; gemm computes dst := 1·dst + alpha·lhs·rhs, reading
+    // dst only when `accumulate`.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_row as isize,
+            accumulate,
+            lhs.ptr,
+            lhs.col as isize,
+            lhs.row as isize,
+            rhs.ptr,
+            rhs.col as isize,
+            rhs.row as isize,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
+/// The keys position `p` sees, as a range of a tile's keys starting at `k0`.
+fn visible(p: usize, k0: usize, window: Option<usize>) -> std::ops::Range<usize> {
+    let first = window.map_or(0, |w| (p + 1).saturating_sub(w));
+    first - k0..p + 1 - k0
+}
+
+/// Shapes the kernels take: `q [b, h, s, hd]`, `k`/`v [b, kvh, s, hd]` with `kvh` dividing
+/// `h`; `(b, h, kvh, s, hd)`.
+fn shapes(q: &Heads, k: &Heads, v: &Heads) -> Option<(usize, usize, usize, usize, usize)> {
+    let [b, h, s, hd] = q.dims;
+    let kvh = k.dims[1];
+    let ok = kvh > 0 && h % kvh == 0 && k.dims == [b, kvh, s, hd] && v.dims == k.dims;
+    ok.then_some((b, h, kvh, s, hd))
+}
+
+fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<CpuBackend, D> {
+    let t = FlexTensor::from_data(TensorData::new(values, shape));
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// Scores of a tile's `n` query rows from position `p0` (head `hi`) against `keys` keys
+/// from `k0` (key head `g`), scaled, into `out` (`n × keys`).
+#[allow(clippy::too_many_arguments)]
+fn scores(
+    out: &mut [f32],
+    q: &Heads,
+    k: &Heads,
+    (bi, hi, g): (usize, usize, usize),
+    p0: usize,
+    n: usize,
+    k0: usize,
+    keys: usize,
+    scale: f32,
+) {
+    let hd = q.dims[3];
+    assert!(out.len() >= n * keys);
+    // SAFETY: `out` holds n·keys floats; q's rows p0..p0+n and k's rows k0..k0+keys exist
+    // (callers keep p0 + n ≤ s and k0 + keys ≤ s) and each has hd features.
+    unsafe {
+        product(
+            n,
+            keys,
+            hd,
+            out.as_mut_ptr(),
+            keys,
+            false,
+            rows(q.ptr(bi, hi, p0), q.step()),
+            transposed(k.ptr(bi, g, k0), k.step()),
+            scale,
+        )
+    }
+}
+
+/// Forward pass: `(out [b, h, s, hd], lse [b, kvh, rep, s, 1])`; `None` unless every input
+/// is float32 with the shapes above.
+pub fn forward(q: &T4, k: &T4, v: &T4, opts: AttnOpts) -> Option<(T4, T5)> {
+    let (q, k, v) = (Heads::of(q)?, Heads::of(k)?, Heads::of(v)?);
+    let (b, h, kvh, s, hd) = shapes(&q, &k, &v)?;
+    let rep = h / kvh;
+    let scale = opts.scale as f32;
+    let mut out = vec![0f32; b * h * s * hd];
+    let mut lse = vec![0f32; b * h * s];
+    let (chunk_out, chunk_lse) = ((s * hd).max(1), s.max(1));
+    out.par_chunks_mut(chunk_out)
+        .zip(lse.par_chunks_mut(chunk_lse))
+        .enumerate()
+        .for_each(|(task, (o, l))| {
+            let (bi, hi) = (task / h, task % h);
+            let g = hi / rep;
+            let mut p = vec![0f32; ROWS.min(s) * s];
+            for p0 in (0..s).step_by(ROWS) {
+                let n = ROWS.min(s - p0);
+                let (k0, keys) = key_range(p0, n, opts.window);
+                let p = &mut p[..n * keys];
+                scores(p, &q, &k, (bi, hi, g), p0, n, k0, keys, scale);
+                for (i, row) in p.chunks_exact_mut(keys).enumerate() {
+                    let seen = visible(p0 + i, k0, opts.window);
+                    // Every row sees its own position, so the maximum is finite.
+                    let max = row[seen.clone()]
+                        .iter()
+                        .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                    row[..seen.start].fill(0.0);
+                    row[seen.end..].fill(0.0);
+                    let e = &mut row[seen];
+                    e.iter_mut().for_each(|x| *x -= max);
+                    exp_in_place(e);
+                    let sum: f32 = e.iter().sum();
+                    let inv = 1.0 / sum;
+                    e.iter_mut().for_each(|x| *x *= inv);
+                    l[p0 + i] = max + sum.ln();
+                }
+                // SAFETY: `o` holds this head's s·hd outputs, rows p0..p0+n are in it; `p`
+                // holds n·keys probabilities; v's rows k0..k0+keys exist.
+                unsafe {
+                    product(
+                        n,
+                        hd,
+                        keys,
+                        o[p0 * hd..].as_mut_ptr(),
+                        hd,
+                        false,
+                        rows(p.as_ptr(), keys),
+                        rows(v.ptr(bi, g, k0), v.step()),
+                        1.0,
+                    )
+                }
+            }
+        });
+    Some((tensor(out, [b, h, s, hd]), tensor(lse, [b, kvh, rep, s, 1])))
+}
+
+/// Backward pass: `[dq, dk, dv]` of [`forward`]'s output given its gradient `grad`, the
+/// probabilities recomputed from `lse`; `None` unless every tensor is float32 with the
+/// shapes [`forward`] takes and gives.
+pub fn backward(
+    (q, k, v): (&T4, &T4, &T4),
+    out: &T4,
+    lse: &T5,
+    grad: &T4,
+    opts: AttnOpts,
+) -> Option<[T4; 3]> {
+    let (q, k, v) = (Heads::of(q)?, Heads::of(k)?, Heads::of(v)?);
+    let (out, d_out) = (Heads::of(out)?, Heads::of(grad)?);
+    let (b, h, kvh, s, hd) = shapes(&q, &k, &v)?;
+    let rep = h / kvh;
+    if out.dims != q.dims || d_out.dims != q.dims || lse.dims() != [b, kvh, rep, s, 1] {
+        return None;
+    }
+    if lse.dtype() != DType::F32 {
+        return None;
+    }
+    let lse = lse.clone().into_primitive().tensor().to_contiguous();
+    let lse = lse.storage::<f32>();
+    let scale = opts.scale as f32;
+    let mut dq = vec![0f32; b * h * s * hd];
+    let mut dk = vec![0f32; b * kvh * s * hd];
+    let mut dv = vec![0f32; b * kvh * s * hd];
+    let head = (s * hd).max(1);
+    dq.par_chunks_mut(rep * head)
+        .zip(dk.par_chunks_mut(head))
+        .zip(dv.par_chunks_mut(head))
+        .enumerate()
+        .for_each(|(task, ((dq, dk), dv))| {
+            let (bi, g) = (task / kvh, task % kvh);
+            let mut p = vec![0f32; ROWS.min(s) * s];
+            let mut ds = p.clone();
+            for r in 0..rep {
+                let hi = g * rep + r;
+                let dq = &mut dq[r * head..][..s * hd];
+                let lse = &lse[(bi * h + hi) * s..][..s];
+                for p0 in (0..s).step_by(ROWS) {
+                    let n = ROWS.min(s - p0);
+                    let (k0, keys) = key_range(p0, n, opts.window);
+                    let (p, ds) = (&mut p[..n * keys], &mut ds[..n * keys]);
+                    scores(p, &q, &k, (bi, hi, g), p0, n, k0, keys, scale);
+                    for (i, row) in p.chunks_exact_mut(keys).enumerate() {
+                        let seen = visible(p0 + i, k0, opts.window);
+                        row[..seen.start].fill(0.0);
+                        row[seen.end..].fill(0.0);
+                        let e = &mut row[seen];
+                        e.iter_mut().for_each(|x| *x -= lse[p0 + i]);
+                        exp_in_place(e);
+                    }
+                    let d_rows = rows(d_out.ptr(bi, hi, p0), d_out.step());
+                    // SAFETY (all four products): dv/dk hold this key head's s·hd
+                    // gradients and rows k0..k0+keys are in them, dq holds this query
+                    // head's and rows p0..p0+n are in it; p and ds hold n·keys floats;
+                    // every input row read exists (p0 + n ≤ s, k0 + keys ≤ s).
+                    unsafe {
+                        // dV += Pᵀ · dO
+                        product(
+                            keys,
+                            hd,
+                            n,
+                            dv[k0 * hd..].as_mut_ptr(),
+                            hd,
+                            true,
+                            transposed(p.as_ptr(), keys),
+                            d_rows,
+                            1.0,
+                        );
+                        // dP = dO · Vᵀ
+                        product(
+                            n,
+                            keys,
+                            hd,
+                            ds.as_mut_ptr(),
+                            keys,
+                            false,
+                            d_rows,
+                            transposed(v.ptr(bi, g, k0), v.step()),
+                            1.0,
+                        );
+                    }
+                    // dS = P ⊙ (dP − Σ dO·O) · scale (zero where P is).
+                    for (i, (ds, p)) in ds
+                        .chunks_exact_mut(keys)
+                        .zip(p.chunks_exact(keys))
+                        .enumerate()
+                    {
+                        let (o, d) = (out.features(bi, hi, p0 + i), d_out.features(bi, hi, p0 + i));
+                        let delta: f32 = o.iter().zip(d).map(|(o, d)| o * d).sum();
+                        for (x, &p) in ds.iter_mut().zip(p) {
+                            *x = p * (*x - delta) * scale;
+                        }
+                    }
+                    unsafe {
+                        // dQ = dS · K
+                        product(
+                            n,
+                            hd,
+                            keys,
+                            dq[p0 * hd..].as_mut_ptr(),
+                            hd,
+                            false,
+                            rows(ds.as_ptr(), keys),
+                            rows(k.ptr(bi, g, k0), k.step()),
+                            1.0,
+                        );
+                        // dK += dSᵀ · Q
+                        product(
+                            keys,
+                            hd,
+                            n,
+                            dk[k0 * hd..].as_mut_ptr(),
+                            hd,
+                            true,
+                            transposed(ds.as_ptr(), keys),
+                            rows(q.ptr(bi, hi, p0), q.step()),
+                            1.0,
+                        );
+                    }
+                }
+            }
+        });
+    Some([
+        tensor(dq, [b, h, s, hd]),
+        tensor(dk, [b, kvh, s, hd]),
+        tensor(dv, [b, kvh, s, hd]),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::kernels::{blocked_attention_backward, blocked_attention_forward};
+    use burn::tensor::Distribution;
+
+    fn random<const D: usize>(shape: [usize; D]) -> Tensor<CpuBackend, D> {
+        Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
+    }
+
+    /// Largest difference relative to the largest magnitude of `want`.
+    fn rel_diff<const D: usize>(got: Tensor<CpuBackend, D>, want: Tensor<CpuBackend, D>) -> f32 {
+        assert_eq!(got.dims(), want.dims());
+        let scale = want.clone().abs().max().into_scalar().max(1e-6);
+        (got - want).abs().max().into_scalar() / scale
+    }
+
+    /// `[b, h, s, hd]` stored as `[b, s, h, hd]` (what `split_heads` gives): a strided view.
+    fn heads_view(b: usize, h: usize, s: usize, hd: usize) -> T4 {
+        random([b, s, h, hd]).swap_dims(1, 2)
+    }
+
+    #[test]
+    fn kernels_match_the_blocked_path() {
+        // (b, h, kvh, s, hd, window, strided inputs): grouped-query and one head per key
+        // head; several tiles with a short last one (150 = 2·64 + 22) and one short tile;
+        // windows narrower than a tile, across tiles and wider than the sequence.
+        let cases = [
+            (2, 4, 2, 7, 8, None, false),
+            (1, 6, 2, 150, 16, None, true),
+            (2, 3, 3, 150, 8, Some(1), false),
+            (1, 4, 1, 150, 8, Some(20), true),
+            (1, 2, 2, 130, 80, Some(70), true),
+            (1, 2, 1, 40, 32, Some(100), false),
+        ];
+        for (b, h, kvh, s, hd, window, strided) in cases {
+            let opts = AttnOpts { scale: 0.3, window };
+            let make = |heads| {
+                if strided {
+                    heads_view(b, heads, s, hd)
+                } else {
+                    random([b, heads, s, hd])
+                }
+            };
+            let (q, k, v, grad) = (make(h), make(kvh), make(kvh), make(h));
+            let case = format!("b {b} h {h} kvh {kvh} s {s} hd {hd} window {window:?}");
+            let (out, lse) = forward(&q, &k, &v, opts).expect("float32 inputs");
+            let (want_out, want_lse) =
+                blocked_attention_forward(q.clone(), k.clone(), v.clone(), opts);
+            assert!(
+                rel_diff(out.clone(), want_out.clone()) < 1e-5,
+                "out, {case}"
+            );
+            assert!(rel_diff(lse.clone(), want_lse) < 1e-5, "lse, {case}");
+            let got = backward((&q, &k, &v), &out, &lse, &grad, opts).expect("float32 inputs");
+            let want = blocked_attention_backward(q, k, v, want_out, lse, grad, opts);
+            for ((g, w), name) in got.into_iter().zip(want).zip(["dq", "dk", "dv"]) {
+                let d = rel_diff(g, w);
+                assert!(d < 1e-5, "{name}: {d}, {case}");
+            }
+        }
+    }
+
+    #[test]
+    fn other_dtypes_and_shapes_are_left_to_the_blocked_path() {
+        let opts = AttnOpts {
+            scale: 1.0,
+            window: None,
+        };
+        let q = random([1, 2, 5, 4]);
+        let k = random([1, 2, 5, 4]);
+        let half = k.clone().cast(DType::F16);
+        assert!(forward(&q, &half, &k, opts).is_none());
+        // Three query heads cannot share two key heads; keys shorter than queries.
+        assert!(forward(&random([1, 3, 5, 4]), &k, &k, opts).is_none());
+        assert!(forward(&q, &random([1, 2, 4, 4]), &k, opts).is_none());
+    }
+}
