@@ -175,9 +175,59 @@ fn shapes(q: &Heads, k: &Heads, v: &Heads) -> Option<(usize, usize, usize, usize
     ok.then_some((b, h, kvh, s, hd))
 }
 
-fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<CpuBackend, D> {
-    let t = FlexTensor::from_data(TensorData::new(values, shape));
-    Tensor::from_primitive(TensorPrimitive::Float(t))
+/// An output `[b, heads, s, hd]` stored in `[b, s, heads, hd]` order: the projections' own
+/// layout, so merging the heads after the attention and splitting the gradients back
+/// copies nothing. Parallel tasks write it through a raw pointer, each to whole heads.
+struct Out {
+    values: Vec<f32>,
+    dims: [usize; 4],
+}
+
+/// [`Out`]'s buffer as the tasks see it.
+#[derive(Clone, Copy)]
+struct OutPtr {
+    ptr: *mut f32,
+    dims: [usize; 4],
+}
+
+// SAFETY: the tasks that share an `OutPtr` write disjoint heads (see the callers).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl Out {
+    fn zeros(dims: [usize; 4]) -> Self {
+        Self {
+            values: vec![0f32; dims.iter().product()],
+            dims,
+        }
+    }
+
+    fn ptr(&mut self) -> OutPtr {
+        OutPtr {
+            ptr: self.values.as_mut_ptr(),
+            dims: self.dims,
+        }
+    }
+
+    fn tensor(self) -> T4 {
+        let [b, h, s, hd] = self.dims;
+        let t = FlexTensor::from_data(TensorData::new(self.values, [b, s, h, hd]));
+        Tensor::from_primitive(TensorPrimitive::Float(t.transpose(1, 2)))
+    }
+}
+
+impl OutPtr {
+    /// Row `(b, h, p)`; the next position's row is [`OutPtr::step`] further.
+    fn row(&self, b: usize, h: usize, p: usize) -> *mut f32 {
+        let [_, heads, s, hd] = self.dims;
+        debug_assert!(b < self.dims[0] && h < heads && p < s);
+        // SAFETY: in bounds for indices within the dims (checked above in debug builds).
+        unsafe { self.ptr.add(((b * s + p) * heads + h) * hd) }
+    }
+
+    fn step(&self) -> usize {
+        self.dims[1] * self.dims[3]
+    }
 }
 
 /// Scores of a tile's `n` query rows from position `p0` (head `hi`) against `keys` keys
@@ -220,13 +270,12 @@ pub fn forward(q: &T4, k: &T4, v: &T4, opts: AttnOpts) -> Option<(T4, T5)> {
     let (b, h, kvh, s, hd) = shapes(&q, &k, &v)?;
     let rep = h / kvh;
     let scale = opts.scale as f32;
-    let mut out = vec![0f32; b * h * s * hd];
+    let mut out = Out::zeros([b, h, s, hd]);
     let mut lse = vec![0f32; b * h * s];
-    let (chunk_out, chunk_lse) = ((s * hd).max(1), s.max(1));
-    out.par_chunks_mut(chunk_out)
-        .zip(lse.par_chunks_mut(chunk_lse))
+    let o = out.ptr();
+    lse.par_chunks_mut(s.max(1))
         .enumerate()
-        .for_each(|(task, (o, l))| {
+        .for_each(|(task, l)| {
             let (bi, hi) = (task / h, task % h);
             let g = hi / rep;
             let mut p = vec![0f32; ROWS.min(s) * s];
@@ -251,15 +300,15 @@ pub fn forward(q: &T4, k: &T4, v: &T4, opts: AttnOpts) -> Option<(T4, T5)> {
                     e.iter_mut().for_each(|x| *x *= inv);
                     l[p0 + i] = max + sum.ln();
                 }
-                // SAFETY: `o` holds this head's s·hd outputs, rows p0..p0+n are in it; `p`
-                // holds n·keys probabilities; v's rows k0..k0+keys exist.
+                // SAFETY: this task alone writes head (bi, hi) of `out`, rows p0..p0+n;
+                // `p` holds n·keys probabilities; v's rows k0..k0+keys exist.
                 unsafe {
                     product(
                         n,
                         hd,
                         keys,
-                        o[p0 * hd..].as_mut_ptr(),
-                        hd,
+                        o.row(bi, hi, p0),
+                        o.step(),
                         false,
                         rows(p.as_ptr(), keys),
                         rows(v.ptr(bi, g, k0), v.step()),
@@ -268,7 +317,11 @@ pub fn forward(q: &T4, k: &T4, v: &T4, opts: AttnOpts) -> Option<(T4, T5)> {
                 }
             }
         });
-    Some((tensor(out, [b, h, s, hd]), tensor(lse, [b, kvh, rep, s, 1])))
+    let lse = FlexTensor::from_data(TensorData::new(lse, [b, kvh, rep, s, 1]));
+    Some((
+        out.tensor(),
+        Tensor::from_primitive(TensorPrimitive::Float(lse)),
+    ))
 }
 
 /// Backward pass: `[dq, dk, dv]` of [`forward`]'s output given its gradient `grad`, the
@@ -294,112 +347,105 @@ pub fn backward(
     let lse = lse.clone().into_primitive().tensor().to_contiguous();
     let lse = lse.storage::<f32>();
     let scale = opts.scale as f32;
-    let mut dq = vec![0f32; b * h * s * hd];
-    let mut dk = vec![0f32; b * kvh * s * hd];
-    let mut dv = vec![0f32; b * kvh * s * hd];
-    let head = (s * hd).max(1);
-    dq.par_chunks_mut(rep * head)
-        .zip(dk.par_chunks_mut(head))
-        .zip(dv.par_chunks_mut(head))
-        .enumerate()
-        .for_each(|(task, ((dq, dk), dv))| {
-            let (bi, g) = (task / kvh, task % kvh);
-            let mut p = vec![0f32; ROWS.min(s) * s];
-            let mut ds = p.clone();
-            for r in 0..rep {
-                let hi = g * rep + r;
-                let dq = &mut dq[r * head..][..s * hd];
-                let lse = &lse[(bi * h + hi) * s..][..s];
-                for p0 in (0..s).step_by(ROWS) {
-                    let n = ROWS.min(s - p0);
-                    let (k0, keys) = key_range(p0, n, opts.window);
-                    let (p, ds) = (&mut p[..n * keys], &mut ds[..n * keys]);
-                    scores(p, &q, &k, (bi, hi, g), p0, n, k0, keys, scale);
-                    for (i, row) in p.chunks_exact_mut(keys).enumerate() {
-                        let seen = visible(p0 + i, k0, opts.window);
-                        row[..seen.start].fill(0.0);
-                        row[seen.end..].fill(0.0);
-                        let e = &mut row[seen];
-                        e.iter_mut().for_each(|x| *x -= lse[p0 + i]);
-                        exp_in_place(e);
-                    }
-                    let d_rows = rows(d_out.ptr(bi, hi, p0), d_out.step());
-                    // SAFETY (all four products): dv/dk hold this key head's s·hd
-                    // gradients and rows k0..k0+keys are in them, dq holds this query
-                    // head's and rows p0..p0+n are in it; p and ds hold n·keys floats;
-                    // every input row read exists (p0 + n ≤ s, k0 + keys ≤ s).
-                    unsafe {
-                        // dV += Pᵀ · dO
-                        product(
-                            keys,
-                            hd,
-                            n,
-                            dv[k0 * hd..].as_mut_ptr(),
-                            hd,
-                            true,
-                            transposed(p.as_ptr(), keys),
-                            d_rows,
-                            1.0,
-                        );
-                        // dP = dO · Vᵀ
-                        product(
-                            n,
-                            keys,
-                            hd,
-                            ds.as_mut_ptr(),
-                            keys,
-                            false,
-                            d_rows,
-                            transposed(v.ptr(bi, g, k0), v.step()),
-                            1.0,
-                        );
-                    }
-                    // dS = P ⊙ (dP − Σ dO·O) · scale (zero where P is).
-                    for (i, (ds, p)) in ds
-                        .chunks_exact_mut(keys)
-                        .zip(p.chunks_exact(keys))
-                        .enumerate()
-                    {
-                        let (o, d) = (out.features(bi, hi, p0 + i), d_out.features(bi, hi, p0 + i));
-                        let delta: f32 = o.iter().zip(d).map(|(o, d)| o * d).sum();
-                        for (x, &p) in ds.iter_mut().zip(p) {
-                            *x = p * (*x - delta) * scale;
-                        }
-                    }
-                    unsafe {
-                        // dQ = dS · K
-                        product(
-                            n,
-                            hd,
-                            keys,
-                            dq[p0 * hd..].as_mut_ptr(),
-                            hd,
-                            false,
-                            rows(ds.as_ptr(), keys),
-                            rows(k.ptr(bi, g, k0), k.step()),
-                            1.0,
-                        );
-                        // dK += dSᵀ · Q
-                        product(
-                            keys,
-                            hd,
-                            n,
-                            dk[k0 * hd..].as_mut_ptr(),
-                            hd,
-                            true,
-                            transposed(ds.as_ptr(), keys),
-                            rows(q.ptr(bi, hi, p0), q.step()),
-                            1.0,
-                        );
+    let (mut dq, mut dk, mut dv) = (
+        Out::zeros([b, h, s, hd]),
+        Out::zeros([b, kvh, s, hd]),
+        Out::zeros([b, kvh, s, hd]),
+    );
+    let (dq_at, dk_at, dv_at) = (dq.ptr(), dk.ptr(), dv.ptr());
+    (0..b * kvh).into_par_iter().for_each(|task| {
+        // This task alone writes key head (bi, g) of dk and dv and its query heads of dq.
+        let (bi, g) = (task / kvh, task % kvh);
+        let mut p = vec![0f32; ROWS.min(s) * s];
+        let mut ds = p.clone();
+        for r in 0..rep {
+            let hi = g * rep + r;
+            let lse = &lse[(bi * h + hi) * s..][..s];
+            for p0 in (0..s).step_by(ROWS) {
+                let n = ROWS.min(s - p0);
+                let (k0, keys) = key_range(p0, n, opts.window);
+                let (p, ds) = (&mut p[..n * keys], &mut ds[..n * keys]);
+                scores(p, &q, &k, (bi, hi, g), p0, n, k0, keys, scale);
+                for (i, row) in p.chunks_exact_mut(keys).enumerate() {
+                    let seen = visible(p0 + i, k0, opts.window);
+                    row[..seen.start].fill(0.0);
+                    row[seen.end..].fill(0.0);
+                    let e = &mut row[seen];
+                    e.iter_mut().for_each(|x| *x -= lse[p0 + i]);
+                    exp_in_place(e);
+                }
+                let d_rows = rows(d_out.ptr(bi, hi, p0), d_out.step());
+                // SAFETY (all four products): this task's rows of dq (p0..p0+n), dk and dv
+                // (k0..k0+keys) exist; p and ds hold n·keys floats; every input row read
+                // exists (p0 + n ≤ s, k0 + keys ≤ s).
+                unsafe {
+                    // dV += Pᵀ · dO
+                    product(
+                        keys,
+                        hd,
+                        n,
+                        dv_at.row(bi, g, k0),
+                        dv_at.step(),
+                        true,
+                        transposed(p.as_ptr(), keys),
+                        d_rows,
+                        1.0,
+                    );
+                    // dP = dO · Vᵀ
+                    product(
+                        n,
+                        keys,
+                        hd,
+                        ds.as_mut_ptr(),
+                        keys,
+                        false,
+                        d_rows,
+                        transposed(v.ptr(bi, g, k0), v.step()),
+                        1.0,
+                    );
+                }
+                // dS = P ⊙ (dP − Σ dO·O) · scale (zero where P is).
+                for (i, (ds, p)) in ds
+                    .chunks_exact_mut(keys)
+                    .zip(p.chunks_exact(keys))
+                    .enumerate()
+                {
+                    let (o, d) = (out.features(bi, hi, p0 + i), d_out.features(bi, hi, p0 + i));
+                    let delta: f32 = o.iter().zip(d).map(|(o, d)| o * d).sum();
+                    for (x, &p) in ds.iter_mut().zip(p) {
+                        *x = p * (*x - delta) * scale;
                     }
                 }
+                unsafe {
+                    // dQ = dS · K
+                    product(
+                        n,
+                        hd,
+                        keys,
+                        dq_at.row(bi, hi, p0),
+                        dq_at.step(),
+                        false,
+                        rows(ds.as_ptr(), keys),
+                        rows(k.ptr(bi, g, k0), k.step()),
+                        1.0,
+                    );
+                    // dK += dSᵀ · Q
+                    product(
+                        keys,
+                        hd,
+                        n,
+                        dk_at.row(bi, g, k0),
+                        dk_at.step(),
+                        true,
+                        transposed(ds.as_ptr(), keys),
+                        rows(q.ptr(bi, hi, p0), q.step()),
+                        1.0,
+                    );
+                }
             }
-        });
-    Some([
-        tensor(dq, [b, h, s, hd]),
-        tensor(dk, [b, kvh, s, hd]),
-        tensor(dv, [b, kvh, s, hd]),
-    ])
+        }
+    });
+    Some([dq.tensor(), dk.tensor(), dv.tensor()])
 }
 
 #[cfg(test)]
