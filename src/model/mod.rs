@@ -16,6 +16,8 @@
 
 pub mod config;
 pub mod cpu_attention;
+pub mod cpu_cross_entropy;
+pub mod cpu_matmul;
 pub mod cublas;
 pub mod cuda;
 pub mod flash;

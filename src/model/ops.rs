@@ -39,7 +39,7 @@ pub struct Loader<'a, B: Backend> {
 /// Prefixes some checkpoints omit (`openai-community/gpt2` stores `h.0…`, not `transformer.h.0…`).
 pub const OPTIONAL_PREFIXES: &[&str] = &["transformer.", "model.", "gpt_neox."];
 
-impl<'a, B: Backend> Loader<'a, B> {
+impl<'a, B: Kernels> Loader<'a, B> {
     pub fn new(source: Source<'a>, device: &B::Device, dtype: DType) -> Self {
         Self {
             source,
@@ -131,7 +131,7 @@ impl<'a, B: Backend> Loader<'a, B> {
             None
         };
         Ok(Linear {
-            w: w.transpose(),
+            w: B::linear_weight(w),
             b,
         })
     }
