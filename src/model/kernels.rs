@@ -10,10 +10,11 @@
 //!   that keeps the logits and one log-sum-exp per position, norms and SiLU / tanh-GELU
 //!   that keep only their input, and a matmul whose backward runs through the inner
 //!   backend's kernel;
-//! * the CPU backend: vectorised `exp`, SiLU and tanh-GELU;
-//! * the CUDA backends ([`super::cuda`]): matmuls on cuBLAS.
-//!
-//! A CubeCL flash-attention kernel would go behind [`Kernels::causal_attention`].
+//! * the CPU backend ([`super::cpu`]): matmuls straight on gemm, attention on gemm tiles,
+//!   a one-pass cross-entropy, vectorised `exp`, SiLU and tanh-GELU;
+//! * the CUDA backends ([`super::cuda`]): matmuls on cuBLAS, attention on the CubeCL
+//!   kernels of [`super::flash`] (opt-in), run inside Burn's fusion wrapper by
+//!   [`super::fusion`].
 
 use burn::backend::autodiff::{
     Autodiff,
@@ -21,14 +22,11 @@ use burn::backend::autodiff::{
     grads::Gradients,
     ops::{Backward, Ops, OpsKind},
 };
-use burn::backend::flex::FlexTensor;
 use burn::tensor::{
     Bool, DType, IndexingUpdateOp, Int, Tensor, TensorMetadata, TensorPrimitive, activation,
     backend::{AutodiffBackend, Backend},
     ops::{FloatTensor, IntTensor},
 };
-
-use crate::device::CpuBackend;
 
 use super::config::Activation;
 use super::ops::{self, AttnOpts};
@@ -244,183 +242,7 @@ where
 {
 }
 
-/// Runs `f` on `x`'s float32 elements in place, on a copy when its buffer is a view or
-/// shared with another tensor; gives `x` back when it is not float32.
-fn cpu_in_place<const D: usize>(
-    x: Tensor<CpuBackend, D>,
-    f: impl FnOnce(&mut [f32]),
-) -> Result<Tensor<CpuBackend, D>, Tensor<CpuBackend, D>> {
-    if x.dtype() != DType::F32 {
-        return Err(x);
-    }
-    let t = x.into_primitive().tensor();
-    let mut t = if t.is_contiguous() && t.is_unique() {
-        t
-    } else {
-        FlexTensor::from_data(t.into_data())
-    };
-    let range = t.layout().contiguous_offsets();
-    match (range, t.try_storage_mut::<f32>()) {
-        (Some((start, end)), Some(storage)) => {
-            f(&mut storage[start..end]);
-            Ok(float(t))
-        }
-        _ => Err(float(t)),
-    }
-}
-
-/// Elements per task of the CPU backend's element-wise kernels (256 KiB of float32).
-const CPU_CHUNK: usize = 1 << 16;
-
-/// `f` over `v` in chunks on rayon's threads.
-fn cpu_parallel(v: &mut [f32], f: fn(&mut [f32])) {
-    use rayon::prelude::*;
-    v.par_chunks_mut(CPU_CHUNK).for_each(f);
-}
-
-/// `f(x, g)` over matching chunks of `x` and `g` on rayon's threads.
-fn cpu_parallel2(x: &[f32], g: &mut [f32], f: fn(&[f32], &mut [f32])) {
-    use rayon::prelude::*;
-    x.par_chunks(CPU_CHUNK)
-        .zip(g.par_chunks_mut(CPU_CHUNK))
-        .for_each(|(x, g)| f(x, g));
-}
-
-/// The CPU backend: vectorised `exp`, SiLU and tanh-GELU on float32 ([`super::vector_math`]),
-/// in place when the tensor's buffer is its own, on all cores; attention on gemm tiles
-/// ([`super::cpu_attention`]).
-impl Kernels for CpuBackend {
-    fn matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
-        if D == 2 {
-            let two =
-                |t: &Tensor<Self, D>| Tensor::<Self, 2>::from_primitive(t.clone().into_primitive());
-            if let Some(out) = super::cpu_matmul::matmul(&two(&lhs), &two(&rhs)) {
-                return Tensor::from_primitive(out.into_primitive());
-            }
-        }
-        lhs.matmul(rhs)
-    }
-
-    fn causal_attention(
-        q: Tensor<Self, 4>,
-        k: Tensor<Self, 4>,
-        v: Tensor<Self, 4>,
-        opts: AttnOpts,
-    ) -> Tensor<Self, 4> {
-        match super::cpu_attention::forward(&q, &k, &v, opts) {
-            Some((out, _)) => out,
-            None => ops::plain_attention(q, k, v, opts),
-        }
-    }
-
-    fn attention_forward(
-        q: Tensor<Self, 4>,
-        k: Tensor<Self, 4>,
-        v: Tensor<Self, 4>,
-        opts: AttnOpts,
-    ) -> (Tensor<Self, 4>, Tensor<Self, 5>) {
-        super::cpu_attention::forward(&q, &k, &v, opts)
-            .unwrap_or_else(|| blocked_attention_forward(q, k, v, opts))
-    }
-
-    fn attention_backward(
-        q: Tensor<Self, 4>,
-        k: Tensor<Self, 4>,
-        v: Tensor<Self, 4>,
-        out: Tensor<Self, 4>,
-        lse: Tensor<Self, 5>,
-        grad: Tensor<Self, 4>,
-        opts: AttnOpts,
-    ) -> [Tensor<Self, 4>; 3] {
-        super::cpu_attention::backward((&q, &k, &v), &out, &lse, &grad, opts)
-            .unwrap_or_else(|| blocked_attention_backward(q, k, v, out, lse, grad, opts))
-    }
-
-    /// gemm's kernels read a column-major right operand slowly when its inner dimension is
-    /// long (`x · Wᵀ` of a down projection: 1536 → 576 runs at ~170 GFLOP/s, a row-major
-    /// copy at ~215 on two AVX-512 cores), so weights with `in > out` are copied row-major.
-    /// Their input gradient then reads `Wᵀ` column-major over the short dimension, which
-    /// is as fast.
-    fn linear_weight(w: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        let [d_out, d_in] = w.dims();
-        let view = w.transpose();
-        if d_in <= d_out {
-            return view;
-        }
-        float(prim(view).to_contiguous())
-    }
-
-    fn cross_entropy(logits: Tensor<Self, 3>, targets: Tensor<Self, 2, Int>) -> Tensor<Self, 1> {
-        match super::cpu_cross_entropy::forward(&logits, &targets) {
-            Some((loss, _)) => loss,
-            None => ops::plain_cross_entropy(logits, targets),
-        }
-    }
-
-    fn cross_entropy_forward(
-        logits: Tensor<Self, 3>,
-        targets: Tensor<Self, 2, Int>,
-    ) -> (Tensor<Self, 1>, Tensor<Self, 3>) {
-        super::cpu_cross_entropy::forward(&logits, &targets)
-            .unwrap_or_else(|| xent_forward(logits, targets))
-    }
-
-    fn cross_entropy_backward(
-        logits: Tensor<Self, 3>,
-        lse: Tensor<Self, 3>,
-        targets: Tensor<Self, 2, Int>,
-        grad: Tensor<Self, 1>,
-    ) -> Tensor<Self, 3> {
-        let g = grad.clone().into_scalar();
-        super::cpu_cross_entropy::backward(logits, &lse, &targets, g)
-            .unwrap_or_else(|logits| xent_backward(logits, lse, targets, grad))
-    }
-
-    fn exp<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
-        cpu_in_place(x, |v| cpu_parallel(v, super::vector_math::exp_in_place))
-            .unwrap_or_else(|x| x.exp())
-    }
-
-    fn activation<const D: usize>(x: Tensor<Self, D>, act: Activation) -> Tensor<Self, D> {
-        let kernel = match act {
-            Activation::Silu => super::vector_math::silu_in_place,
-            Activation::GeluTanh => super::vector_math::gelu_tanh_in_place,
-            _ => return ops::plain_activation(x, act),
-        };
-        cpu_in_place(x, |v| cpu_parallel(v, kernel))
-            .unwrap_or_else(|x| ops::plain_activation(x, act))
-    }
-
-    fn activation_backward<const D: usize>(
-        x: Tensor<Self, D>,
-        grad: Tensor<Self, D>,
-        act: Activation,
-    ) -> Tensor<Self, D> {
-        let kernel = match act {
-            Activation::Silu => super::vector_math::silu_grad_in_place,
-            Activation::GeluTanh => super::vector_math::gelu_tanh_grad_in_place,
-            _ => return plain_activation_backward(x, grad, act),
-        };
-        if x.dtype() != DType::F32 || x.dims() != grad.dims() {
-            return plain_activation_backward(x, grad, act);
-        }
-        let xt = x.into_primitive().tensor();
-        let xt = if xt.is_contiguous() {
-            xt
-        } else {
-            xt.to_contiguous()
-        };
-        let Some(xs) = xt.as_slice::<f32>() else {
-            return plain_activation_backward(float(xt), grad, act);
-        };
-        match cpu_in_place(grad, |g| cpu_parallel2(xs, g, kernel)) {
-            Ok(g) => g,
-            Err(grad) => plain_activation_backward(float(xt), grad, act),
-        }
-    }
-}
-
-// The CUDA backends' impls are in `super::cuda`.
+// The CPU backend's impl is in `super::cpu`, the CUDA backends' in `super::cuda`.
 
 /// Which attention the training backend runs (`SOFTTUNE_ATTENTION`): `saving` (default)
 /// keeps one float per query for the backward pass, `plain` keeps Burn's whole graph
@@ -1277,52 +1099,6 @@ mod tests {
         assert!((l1 - l2).abs() < 1e-5, "{l1} vs {l2}");
         let diff: f32 = (g1 - g2).abs().max().into_scalar();
         assert!(diff < 1e-6, "gradient differs by {diff}");
-    }
-
-    /// Down projections (`in > out`) get a row-major copy, the others a view; the values
-    /// are `nn.Linear`'s transpose either way, under autodiff too (untracked).
-    #[test]
-    fn cpu_linear_weights_are_copied_row_major_only_when_wider_in_than_out() {
-        for (d_out, d_in, copied) in [(3, 5, true), (5, 3, false), (4, 4, false)] {
-            let w =
-                Tensor::<F, 2>::random([d_out, d_in], Distribution::Default, &Default::default());
-            let got = <F as Kernels>::linear_weight(w.clone());
-            let t = got.clone().into_primitive().tensor();
-            assert_eq!(t.is_contiguous(), copied, "{d_out}×{d_in}");
-            got.into_data()
-                .assert_eq(&w.clone().transpose().into_data(), true);
-            let a = <A as Kernels>::linear_weight(Tensor::from_inner(w.clone()));
-            assert!(!a.is_require_grad());
-            a.inner()
-                .into_data()
-                .assert_eq(&w.transpose().into_data(), true);
-        }
-    }
-
-    #[test]
-    fn cpu_exp_leaves_shared_and_viewed_tensors_alone() {
-        let a = random::<F>([2, 3, 4, 5]);
-        let before: Vec<f32> = a.to_data().to_vec().unwrap();
-        let want = a.clone().exp();
-        // Relative: `exp` is within 2 ulp, and e^x of a normal sample reaches ~50 (an ulp
-        // of 4e-6), which an absolute 1e-6 failed now and then.
-        let close = |x: Tensor<F, 4>, y: Tensor<F, 4>| {
-            let scale: f32 = y.clone().abs().max().into_scalar();
-            max_diff(x, y) <= 1e-6 * scale
-        };
-        // Shared buffer, a transposed view, and a view at an offset.
-        assert!(close(<F as Kernels>::exp(a.clone()), want.clone()));
-        assert!(close(
-            <F as Kernels>::exp(a.clone().swap_dims(1, 3)),
-            want.clone().swap_dims(1, 3)
-        ));
-        assert!(close(
-            <F as Kernels>::exp(a.clone().narrow(1, 1, 2)),
-            want.clone().narrow(1, 1, 2)
-        ));
-        assert_eq!(a.to_data().to_vec::<f32>().unwrap(), before);
-        // Its own buffer: computed in place.
-        assert!(close(<F as Kernels>::exp(a.clone() * 1.0), want));
     }
 
     #[test]

@@ -7,17 +7,16 @@
 //!   rotary, attention, embedding).
 //! * [`kernels`]: the backend extension behind it ([`kernels::Kernels`]): what a backend runs
 //!   its own way, such as the training backend's memory-saving attention;
-//!   [`cuda`]: the CUDA backends' impls, their matmuls on [`cublas`]; [`vector_math`]: the
-//!   CPU backend's vectorised `exp`, SiLU and tanh-GELU.
+//!   [`cpu`]: the CPU backend's impl and kernels (gemm matmuls, attention on gemm tiles,
+//!   the loss, vectorised `exp` and activations); [`cuda`]: the CUDA backends' impls, their
+//!   matmuls on [`cublas`], attention on [`flash`], inside Burn's fusion wrapper [`fusion`].
 //! * one file per family: [`gpt2`], [`gptj`], [`gpt_neox`], [`gpt_neo`], [`opt`], [`llama`]
 //!   (llama, mistral, qwen2).
 //! * [`lm`]: the loaded model, soft-prompt forward and the loss over text positions.
 //! * [`generate`]: short sampled continuations (the dashboard's sample generations).
 
 pub mod config;
-pub mod cpu_attention;
-pub mod cpu_cross_entropy;
-pub mod cpu_matmul;
+pub mod cpu;
 pub mod cublas;
 pub mod cuda;
 pub mod flash;
@@ -34,7 +33,6 @@ pub mod ops;
 pub mod opt;
 pub mod source;
 pub mod tokenizer;
-pub mod vector_math;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig};

@@ -1,6 +1,6 @@
 //! Causal attention on the CPU backend in float32: the flash-attention recipe on gemm tiles.
 //!
-//! The blocked path in [`super::kernels`] builds each block of scores out of Burn
+//! The blocked path in [`crate::model::kernels`] builds each block of scores out of Burn
 //! operations: the grouped queries copied into stacked rows, a mask tensor, separate passes
 //! for the maximum, `exp`, the sum and the division, and the partial key gradients added
 //! back with slice assignments. On two cores those passes cost more than the products.
@@ -9,8 +9,8 @@
 //! tensors' own buffers (strided views need no copy, transposes are strides) and one pass
 //! over the tile's scores, which only cover the keys the tile can see.
 //!
-//! Same contract as [`super::kernels::Kernels::attention_forward`] and
-//! [`super::kernels::Kernels::attention_backward`]: the output, the float32 log-sum-exp
+//! Same contract as [`crate::model::kernels::Kernels::attention_forward`] and
+//! [`crate::model::kernels::Kernels::attention_backward`]: the output, the float32 log-sum-exp
 //! `[b, kvh, rep, s, 1]` of every query row, and the gradients from the probabilities
 //! recomputed with it. Other dtypes and shapes return `None` (the caller falls back to the
 //! blocked path).
@@ -22,9 +22,9 @@ use rayon::prelude::*;
 
 use crate::device::CpuBackend;
 
-use super::kernels::key_range;
-use super::ops::AttnOpts;
 use super::vector_math::exp_in_place;
+use crate::model::kernels::key_range;
+use crate::model::ops::AttnOpts;
 
 type T4 = Tensor<CpuBackend, 4>;
 type T5 = Tensor<CpuBackend, 5>;

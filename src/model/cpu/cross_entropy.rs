@@ -9,7 +9,7 @@
 //! scratch row) and the backward pass turns it into its gradient in place when the buffer
 //! is not shared.
 //!
-//! Same results as [`super::kernels`]' default `cross_entropy_forward` and
+//! Same results as [`crate::model::kernels`]' default `cross_entropy_forward` and
 //! `cross_entropy_backward`; `None` / `Err` for other dtypes or out-of-range targets (the
 //! caller then runs the default).
 
