@@ -152,6 +152,18 @@ pub trait Kernels: Backend {
         ops::plain_rms_norm(x, w, eps)
     }
 
+    /// The input gradient of [`Kernels::layer_norm`] (`rms` false) or [`Kernels::rms_norm`]
+    /// from `x` alone, see [`norm_backward`].
+    fn norm_backward(
+        x: Tensor<Self, 3>,
+        w: Tensor<Self, 1>,
+        grad: Tensor<Self, 3>,
+        eps: f64,
+        rms: bool,
+    ) -> Tensor<Self, 3> {
+        norm_backward(x, w, grad, eps, rms)
+    }
+
     /// The MLP's non-linearity. The training backend differentiates SiLU and tanh-GELU
     /// with [`Kernels::activation_backward`], keeping only `x`.
     fn activation<const D: usize>(x: Tensor<Self, D>, act: Activation) -> Tensor<Self, D> {
@@ -658,12 +670,12 @@ impl<B: Kernels> Backward<B, 1> for KernelNorm {
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         one_parent::<B, _, 3, 3>(ops, grads, |st, grad| {
-            norm_backward(float(st.x), float(st.w), grad, st.eps, st.rms)
+            B::norm_backward(float(st.x), float(st.w), grad, st.eps, st.rms)
         });
     }
 }
 
-/// A norm on the training backend: the inner backend's forward, [`norm_backward`] for the
+/// A norm on the training backend: the inner backend's forward, [`Kernels::norm_backward`] for the
 /// input's gradient, only `x` kept. A weight or bias that wants a gradient (never in
 /// softtune: the model is frozen) takes Burn's own path so it gets one.
 fn autodiff_norm<B: Kernels, C: CheckpointStrategy>(

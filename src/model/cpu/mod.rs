@@ -4,6 +4,7 @@
 //! * [`matmul`]: two-dimensional products straight on gemm (the linear layers, the LM head).
 //! * [`attention`]: causal attention forward and backward on gemm tiles, flash-style.
 //! * [`cross_entropy`]: the training loss in one parallel pass per direction.
+//! * [`norm`]: LayerNorm and RMSNorm, forward and input gradient, one pass per row.
 //! * [`vector_math`]: vectorised `exp`, SiLU and tanh-GELU, run here on all cores.
 //!
 //! A training step of a 135M llama-family model at 4 × (20 + 256) tokens on two cores is
@@ -12,6 +13,7 @@
 pub mod attention;
 pub mod cross_entropy;
 pub mod matmul;
+pub mod norm;
 pub mod vector_math;
 
 use burn::backend::flex::FlexTensor;
@@ -22,8 +24,8 @@ use crate::device::CpuBackend;
 
 use super::config::Activation;
 use super::kernels::{
-    Kernels, blocked_attention_backward, blocked_attention_forward, plain_activation_backward,
-    xent_backward, xent_forward,
+    Kernels, blocked_attention_backward, blocked_attention_forward, norm_backward,
+    plain_activation_backward, xent_backward, xent_forward,
 };
 use super::ops::{self, AttnOpts};
 
@@ -158,6 +160,30 @@ impl Kernels for CpuBackend {
         let g = grad.clone().into_scalar();
         cross_entropy::backward(logits, &lse, &targets, g)
             .unwrap_or_else(|logits| xent_backward(logits, lse, targets, grad))
+    }
+
+    fn layer_norm(
+        x: Tensor<Self, 3>,
+        w: Tensor<Self, 1>,
+        b: Tensor<Self, 1>,
+        eps: f64,
+    ) -> Tensor<Self, 3> {
+        norm::forward(&x, &w, Some(&b), eps).unwrap_or_else(|| ops::plain_layer_norm(x, w, b, eps))
+    }
+
+    fn rms_norm(x: Tensor<Self, 3>, w: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
+        norm::forward(&x, &w, None, eps).unwrap_or_else(|| ops::plain_rms_norm(x, w, eps))
+    }
+
+    fn norm_backward(
+        x: Tensor<Self, 3>,
+        w: Tensor<Self, 1>,
+        grad: Tensor<Self, 3>,
+        eps: f64,
+        rms: bool,
+    ) -> Tensor<Self, 3> {
+        norm::backward(&x, &w, &grad, eps, rms)
+            .unwrap_or_else(|| norm_backward(x, w, grad, eps, rms))
     }
 
     fn exp<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
