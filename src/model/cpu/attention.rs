@@ -16,12 +16,13 @@
 //! blocked path).
 
 use burn::backend::flex::FlexTensor;
-use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Tensor};
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
 use crate::device::CpuBackend;
 
+use super::from_values;
 use super::vector_math::exp_in_place;
 use crate::model::kernels::key_range;
 use crate::model::ops::AttnOpts;
@@ -211,8 +212,7 @@ impl Out {
 
     fn tensor(self) -> T4 {
         let [b, h, s, hd] = self.dims;
-        let t = FlexTensor::from_data(TensorData::new(self.values, [b, s, h, hd]));
-        Tensor::from_primitive(TensorPrimitive::Float(t.transpose(1, 2)))
+        from_values(self.values, [b, s, h, hd]).swap_dims(1, 2)
     }
 }
 
@@ -317,11 +317,7 @@ pub fn forward(q: &T4, k: &T4, v: &T4, opts: AttnOpts) -> Option<(T4, T5)> {
                 }
             }
         });
-    let lse = FlexTensor::from_data(TensorData::new(lse, [b, kvh, rep, s, 1]));
-    Some((
-        out.tensor(),
-        Tensor::from_primitive(TensorPrimitive::Float(lse)),
-    ))
+    Some((out.tensor(), from_values(lse, [b, kvh, rep, s, 1])))
 }
 
 /// Backward pass: `[dq, dk, dv]` of [`forward`]'s output given its gradient `grad`, the

@@ -14,18 +14,16 @@
 //! caller then runs the default).
 
 use burn::backend::flex::FlexTensor;
-use burn::tensor::{DType, Int, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Int, Tensor};
 use rayon::prelude::*;
 
 use crate::device::CpuBackend;
 
+use super::{Values, float, from_values};
+
 use super::vector_math::exp_in_place;
 
 type T3 = Tensor<CpuBackend, 3>;
-
-fn float<const D: usize>(t: FlexTensor) -> Tensor<CpuBackend, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
-}
 
 /// The targets as row indices, when every one is within `0..vocab`.
 fn target_rows(targets: &Tensor<CpuBackend, 2, Int>, vocab: usize) -> Option<Vec<usize>> {
@@ -34,19 +32,6 @@ fn target_rows(targets: &Tensor<CpuBackend, 2, Int>, vocab: usize) -> Option<Vec
     ids.iter()
         .map(|&t| usize::try_from(t).ok().filter(|&t| t < vocab))
         .collect()
-}
-
-/// The logits' float32 values, contiguous (a copy only for a strided view).
-fn contiguous(logits: &T3) -> Option<FlexTensor> {
-    if logits.dtype() != DType::F32 {
-        return None;
-    }
-    let t = logits.clone().into_primitive().tensor();
-    Some(if t.is_contiguous() {
-        t
-    } else {
-        t.to_contiguous()
-    })
 }
 
 /// `(mean loss [1], lse [b, t, 1])` of `logits [b, t, V]` against `targets [b, t]`.
@@ -59,9 +44,8 @@ pub fn forward(
         return None;
     }
     let ids = target_rows(targets, vocab)?;
-    let values = contiguous(logits)?;
-    let (start, end) = values.layout().contiguous_offsets()?;
-    let rows = &values.storage::<f32>()[start..end];
+    let values = Values::of(logits)?;
+    let rows = values.slice();
     // Per row: log-sum-exp and the loss `lse − logit of the target`.
     let per_row: Vec<(f32, f32)> = rows
         .par_chunks(vocab)
@@ -81,9 +65,10 @@ pub fn forward(
         .collect();
     let mean = per_row.iter().map(|&(_, l)| l as f64).sum::<f64>() / per_row.len() as f64;
     let lse: Vec<f32> = per_row.iter().map(|&(l, _)| l).collect();
-    let loss = FlexTensor::from_data(TensorData::new(vec![mean as f32], [1]));
-    let lse = FlexTensor::from_data(TensorData::new(lse, [b, t, 1]));
-    Some((float(loss), float(lse)))
+    Some((
+        from_values(vec![mean as f32], [1]),
+        from_values(lse, [b, t, 1]),
+    ))
 }
 
 /// `d loss / d logits = (softmax(logits) − onehot(targets)) · grad / (b·t)`, written over
@@ -98,13 +83,13 @@ pub fn backward(
     if targets.dims() != [b, t] || lse.dims() != [b, t, 1] || vocab == 0 || b * t == 0 {
         return Err(logits);
     }
-    let (Some(ids), Some(lse)) = (target_rows(targets, vocab), contiguous(lse)) else {
+    let (Some(ids), Some(lse)) = (target_rows(targets, vocab), Values::of(lse)) else {
         return Err(logits);
     };
     if logits.dtype() != DType::F32 {
         return Err(logits);
     }
-    let lse = lse.storage::<f32>()[lse.layout().start_offset()..][..b * t].to_vec();
+    let lse = lse.slice();
     let t_prim = logits.into_primitive().tensor();
     let mut d = if t_prim.is_contiguous() && t_prim.is_unique() {
         t_prim
@@ -135,7 +120,7 @@ pub fn backward(
 mod tests {
     use super::*;
     use crate::model::kernels::{xent_backward, xent_forward};
-    use burn::tensor::Distribution;
+    use burn::tensor::{Distribution, TensorData};
 
     fn close(got: T3, want: T3, tol: f32, what: &str) {
         let diff = (got - want).abs().max().into_scalar();

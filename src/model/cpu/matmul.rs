@@ -8,10 +8,12 @@
 //! multiply two-dimensional operands, so this path carries nearly all of a step's matmuls.
 
 use burn::backend::flex::FlexTensor;
-use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Tensor};
 use gemm::{Parallelism, gemm};
 
 use crate::device::CpuBackend;
+
+use super::from_values;
 
 type T2 = Tensor<CpuBackend, 2>;
 
@@ -92,8 +94,7 @@ pub fn matmul(lhs: &T2, rhs: &T2) -> Option<T2> {
             )
         }
     }
-    let t = FlexTensor::from_data(TensorData::new(out, [m, n]));
-    Some(Tensor::from_primitive(TensorPrimitive::Float(t)))
+    Some(from_values(out, [m, n]))
 }
 
 #[cfg(test)]

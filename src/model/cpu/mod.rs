@@ -17,7 +17,7 @@ pub mod norm;
 pub mod vector_math;
 
 use burn::backend::flex::FlexTensor;
-use burn::tensor::{DType, Int, Tensor, TensorPrimitive};
+use burn::tensor::{DType, Int, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
 use crate::device::CpuBackend;
@@ -29,8 +29,41 @@ use super::kernels::{
 };
 use super::ops::{self, AttnOpts};
 
+/// A CPU tensor around `t`.
 fn float<const D: usize>(t: FlexTensor) -> Tensor<CpuBackend, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// A contiguous float32 tensor of `shape` owning `values` (no copy).
+fn from_values<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<CpuBackend, D> {
+    float(FlexTensor::from_data(TensorData::new(values, shape)))
+}
+
+/// A float32 tensor's values in order: its own buffer when contiguous, else a copy.
+struct Values(FlexTensor);
+
+impl Values {
+    /// `None` unless `t` is float32.
+    fn of<const D: usize>(t: &Tensor<CpuBackend, D>) -> Option<Self> {
+        if t.dtype() != DType::F32 {
+            return None;
+        }
+        let p = t.clone().into_primitive().tensor();
+        Some(Self(if p.layout().contiguous_offsets().is_some() {
+            p
+        } else {
+            p.to_contiguous()
+        }))
+    }
+
+    fn slice(&self) -> &[f32] {
+        let (start, end) = self
+            .0
+            .layout()
+            .contiguous_offsets()
+            .expect("contiguous: made so in Values::of");
+        &self.0.storage::<f32>()[start..end]
+    }
 }
 
 /// Runs `f` on `x`'s float32 elements in place, on a copy when its buffer is a view or

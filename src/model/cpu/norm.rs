@@ -6,49 +6,18 @@
 //! [`crate::model::ops::plain_rms_norm`] and [`crate::model::kernels::norm_backward`];
 //! `None` for other dtypes or shapes (the caller falls back to them).
 
-use burn::backend::flex::FlexTensor;
-use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use crate::device::CpuBackend;
+
+use super::{Values, from_values};
 
 type T3 = Tensor<CpuBackend, 3>;
 type T1 = Tensor<CpuBackend, 1>;
 
 /// Rows per task.
 const ROWS: usize = 32;
-
-/// A float32 tensor's values in order, borrowed when contiguous.
-struct Values(FlexTensor);
-
-impl Values {
-    fn of<const D: usize>(t: &Tensor<CpuBackend, D>) -> Option<Self> {
-        if t.dtype() != DType::F32 {
-            return None;
-        }
-        let p = t.clone().into_primitive().tensor();
-        let p = if p.layout().contiguous_offsets().is_some() {
-            p
-        } else {
-            p.to_contiguous()
-        };
-        Some(Self(p))
-    }
-
-    fn slice(&self) -> &[f32] {
-        let (start, end) = self
-            .0
-            .layout()
-            .contiguous_offsets()
-            .expect("made contiguous above");
-        &self.0.storage::<f32>()[start..end]
-    }
-}
-
-fn tensor(values: Vec<f32>, dims: [usize; 3]) -> T3 {
-    let t = FlexTensor::from_data(TensorData::new(values, dims));
-    Tensor::from_primitive(TensorPrimitive::Float(t))
-}
 
 /// `(x − μ, 1/√(mean((x − μ)²) + eps))` of one row, `μ = 0` for RMSNorm, the centred row
 /// written to `c`.
@@ -96,7 +65,7 @@ pub fn forward(x: &T3, w: &T1, b: Option<&T1>, eps: f64) -> Option<T3> {
                 }
             }
         });
-    Some(tensor(out, dims))
+    Some(from_values(out, dims))
 }
 
 /// `dx = rstd·(g' − mean(g') − x̂·mean(g'·x̂))` with `g' = grad·w`, RMSNorm without the
@@ -131,7 +100,7 @@ pub fn backward(x: &T3, w: &T1, grad: &T3, eps: f64, rms: bool) -> Option<T3> {
                 }
             }
         });
-    Some(tensor(out, dims))
+    Some(from_values(out, dims))
 }
 
 #[cfg(test)]
@@ -139,7 +108,7 @@ mod tests {
     use super::*;
     use crate::model::kernels::norm_backward;
     use crate::model::ops::{plain_layer_norm, plain_rms_norm};
-    use burn::tensor::Distribution;
+    use burn::tensor::{DType, Distribution};
 
     fn random<const D: usize>(shape: [usize; D], mean: f64) -> Tensor<CpuBackend, D> {
         Tensor::random(shape, Distribution::Normal(mean, 1.0), &Default::default())
