@@ -13,13 +13,12 @@
 //! `cross_entropy_backward`; `None` / `Err` for other dtypes or out-of-range targets (the
 //! caller then runs the default).
 
-use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Int, Tensor};
 use rayon::prelude::*;
 
 use crate::device::CpuBackend;
 
-use super::{Values, float, from_values};
+use super::{Values, cpu_in_place, from_values};
 
 use super::vector_math::exp_in_place;
 
@@ -72,7 +71,8 @@ pub fn forward(
 }
 
 /// `d loss / d logits = (softmax(logits) − onehot(targets)) · grad / (b·t)`, written over
-/// the logits' own buffer when nothing else holds it. `Err` gives the logits back.
+/// the logits' own buffer when nothing else holds it (`cpu_in_place`). `Err` gives the
+/// logits back.
 pub fn backward(
     logits: T3,
     lse: &T3,
@@ -86,34 +86,18 @@ pub fn backward(
     let (Some(ids), Some(lse)) = (target_rows(targets, vocab), Values::of(lse)) else {
         return Err(logits);
     };
-    if logits.dtype() != DType::F32 {
-        return Err(logits);
-    }
     let lse = lse.slice();
-    let t_prim = logits.into_primitive().tensor();
-    let mut d = if t_prim.is_contiguous() && t_prim.is_unique() {
-        t_prim
-    } else {
-        // `into_data` copies a shared or strided buffer into one of our own.
-        FlexTensor::from_data(t_prim.into_data())
-    };
-    let Some((start, end)) = d.layout().contiguous_offsets() else {
-        return Err(float(d));
-    };
-    let Some(storage) = d.try_storage_mut::<f32>() else {
-        return Err(float(d));
-    };
     let scale = grad / (b * t) as f32;
-    storage[start..end]
-        .par_chunks_mut(vocab)
-        .zip(ids.par_iter().zip(lse.par_iter()))
-        .for_each(|(row, (&id, &lse))| {
-            row.iter_mut().for_each(|x| *x -= lse);
-            exp_in_place(row);
-            row.iter_mut().for_each(|x| *x *= scale);
-            row[id] -= scale;
-        });
-    Ok(float(d))
+    cpu_in_place(logits, |rows| {
+        rows.par_chunks_mut(vocab)
+            .zip(ids.par_iter().zip(lse.par_iter()))
+            .for_each(|(row, (&id, &lse))| {
+                row.iter_mut().for_each(|x| *x -= lse);
+                exp_in_place(row);
+                row.iter_mut().for_each(|x| *x *= scale);
+                row[id] -= scale;
+            })
+    })
 }
 
 #[cfg(test)]
