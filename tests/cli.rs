@@ -264,11 +264,11 @@ fn eval_cuda_without_gpu_is_a_clear_error() {
 fn parity_command_checks_every_fixture() {
     let (code, out, err) = softtune(&["parity", "--fixtures", fixtures().to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
-    // 33 kernel checks (fast paths against plain Burn), then 11 fixtures.
+    // 37 kernel checks (fast paths against plain Burn), then 11 fixtures.
     assert!(out.contains("kernel check"), "{out}");
     assert_eq!(
         out.lines().filter(|l| l.ends_with(" ok")).count(),
-        33 + 11,
+        37 + 11,
         "{out}"
     );
 

@@ -1,6 +1,8 @@
 //! The CUDA backend's [`Kernels`] (`CubeBackend<CudaRuntime>`): with
 //! `SOFTTUNE_CUDA_MATMUL=cublas`, matmuls on cuBLAS ([`super::cublas`]); with
-//! `SOFTTUNE_CUDA_ATTENTION=flash`, attention on the CubeCL kernels of [`super::flash`].
+//! `SOFTTUNE_CUDA_ATTENTION=flash`, attention on the CubeCL kernels of [`super::flash`];
+//! with `SOFTTUNE_CUDA_SOFTMAX=kernel`, the blocked attention's softmax on those of
+//! [`super::score_rows`].
 //! Everything else is the trait's plain Burn default. The default CUDA backend wraps this one
 //! in Burn's fusion, whose [`Kernels`] ([`super::fusion`]) runs these as custom operations.
 
@@ -13,9 +15,11 @@ use burn::tensor::{
 use super::cublas;
 use super::flash::{self, Unroll};
 use super::kernels::{
-    Kernels, as_dtype, blocked_attention_backward, blocked_attention_forward, owns_attention,
+    Kernels, ScoreBlock, as_dtype, blocked_attention_backward, blocked_attention_forward,
+    owns_attention, plain_attention_probs, plain_attention_score_grads,
 };
 use super::ops::AttnOpts;
+use super::score_rows;
 use crate::device::CudaCubeBackend;
 
 type CubeFloat = FloatTensor<CudaCubeBackend>;
@@ -73,6 +77,10 @@ impl Kernels for CudaCubeBackend {
         use_flash(q, k, v, dtypes)
     }
 
+    fn own_score_rows() -> bool {
+        score_rows::enabled()
+    }
+
     fn matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
         let dtype = lhs.dtype();
         float(cube_matmul(prim(lhs), prim(rhs), dtype))
@@ -108,5 +116,30 @@ impl Kernels for CudaCubeBackend {
             return blocked_attention_backward(q, k, v, out, lse, grad, opts);
         }
         flash::tensor_backward(q, k, v, out, lse, grad, opts, Unroll::Small)
+    }
+
+    fn attention_probs(
+        scores: Tensor<Self, 4>,
+        block: ScoreBlock,
+        dtype: DType,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
+        if score_rows::enabled() && score_rows::takes(&scores, &[], dtype) {
+            return score_rows::tensor_probs(scores, block, dtype);
+        }
+        plain_attention_probs(scores, block, dtype)
+    }
+
+    fn attention_score_grads(
+        scores: Tensor<Self, 4>,
+        dp: Tensor<Self, 4>,
+        lse: Tensor<Self, 4>,
+        delta: Tensor<Self, 4>,
+        block: ScoreBlock,
+        dtype: DType,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
+        if score_rows::enabled() && score_rows::takes(&scores, &[&dp, &lse, &delta], dtype) {
+            return score_rows::tensor_score_grads(scores, dp, lse, delta, block, dtype);
+        }
+        plain_attention_score_grads(scores, dp, lse, delta, block, dtype)
     }
 }

@@ -660,94 +660,19 @@ fn burn_tensor<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTensor<R>>,
     BurnTensor::from_primitive(TensorPrimitive::Float(t))
 }
 
-/// The kernels on WebGPU/Vulkan (Mesa's lavapipe on a machine without a GPU) against the
-/// blocked path on the CPU, and through autodiff against plain Burn on the same device.
-/// Without a Vulkan driver they say so and pass, unless `SOFTTUNE_TEST_WGPU=require`
-/// (`.ci/run` installs lavapipe and sets it).
+/// The kernels on WebGPU/Vulkan ([`super::test_gpu`]) against the blocked path on the CPU,
+/// and through autodiff against plain Burn on the same device.
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::backend::Autodiff;
     use burn::tensor::{Distribution, Tensor};
-    use burn_cubecl::CubeBackend;
     use burn_fusion::Fusion;
-    use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
 
     use crate::device::CpuBackend;
-    use crate::model::kernels::{Kernels, blocked_attention_backward, blocked_attention_forward};
+    use crate::model::kernels::{blocked_attention_backward, blocked_attention_forward};
+    use crate::model::test_gpu::{Gpu, Own, device, float, to_gpu, use_kernels, values};
     use crate::parity::{kernel_checks, rel_err, tolerance};
-
-    type Gpu = CubeBackend<WgpuRuntime, f32, i32, u32>;
-
-    fn float<const D: usize>(t: CubeTensor<WgpuRuntime>) -> Tensor<Gpu, D> {
-        burn_tensor(t)
-    }
-
-    /// Attention on the flash kernels (they take every shape the tests give). The matmul is
-    /// Burn's, but called "own" so that under fusion it runs as a custom operation too.
-    impl Kernels for Gpu {
-        fn own_matmul() -> bool {
-            true
-        }
-
-        fn own_attention(q: &[usize], k: &[usize], v: &[usize], dtypes: &[DType]) -> bool {
-            unsupported(q, k, v, dtypes).is_none()
-        }
-
-        fn attention_forward(
-            q: Tensor<Self, 4>,
-            k: Tensor<Self, 4>,
-            v: Tensor<Self, 4>,
-            opts: AttnOpts,
-        ) -> (Tensor<Self, 4>, Tensor<Self, 5>) {
-            tensor_forward(q, k, v, opts, Unroll::Never)
-        }
-
-        fn attention_backward(
-            q: Tensor<Self, 4>,
-            k: Tensor<Self, 4>,
-            v: Tensor<Self, 4>,
-            out: Tensor<Self, 4>,
-            lse: Tensor<Self, 5>,
-            grad: Tensor<Self, 4>,
-            opts: AttnOpts,
-        ) -> [Tensor<Self, 4>; 3] {
-            tensor_backward(q, k, v, out, lse, grad, opts, Unroll::Never)
-        }
-    }
-
-    /// The WebGPU device, or `None` (said on stderr) when there is no adapter and the tests
-    /// are not required.
-    fn device() -> Option<WgpuDevice> {
-        let dev = WgpuDevice::default();
-        let probe = dev.clone();
-        let found = std::panic::catch_unwind(move || {
-            Tensor::<Gpu, 1>::from_floats([1.0, 2.0], &probe)
-                .sum()
-                .into_scalar()
-        });
-        match found {
-            Ok(3.0) => Some(dev),
-            other => {
-                let required = std::env::var("SOFTTUNE_TEST_WGPU").is_ok_and(|v| v == "require");
-                assert!(
-                    !required,
-                    "SOFTTUNE_TEST_WGPU=require but WebGPU does not work here ({other:?}): \
-                     install a Vulkan driver (Debian: mesa-vulkan-drivers)"
-                );
-                eprintln!("no WebGPU adapter (install mesa-vulkan-drivers): kernel tests skipped");
-                None
-            }
-        }
-    }
-
-    fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-        t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
-    }
-
-    fn to_gpu<const D: usize>(t: &Tensor<CpuBackend, D>, dev: &WgpuDevice) -> Tensor<Gpu, D> {
-        Tensor::from_data(t.to_data(), dev)
-    }
 
     #[test]
     fn flash_kernels_match_the_blocked_path() {
@@ -814,6 +739,7 @@ mod tests {
     #[test]
     fn kernel_checks_pass_on_webgpu_with_flash_attention_alone_and_fused() {
         let Some(dev) = device() else { return };
+        use_kernels(Own::Flash);
         let bound = tolerance(DType::F32);
         let checks = [
             (

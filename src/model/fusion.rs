@@ -1,6 +1,7 @@
 //! [`Kernels`] for Burn's fusion wrapper around any backend that has them (on CUDA the
 //! default backend, `Fusion<CubeBackend<CudaRuntime>>`): where the inner backend runs a
 //! matmul or attention its own way ([`Kernels::own_matmul`], [`Kernels::own_attention`]),
+//! or the blocked attention's softmax ([`Kernels::own_score_rows`]),
 //! it is registered in the fusion stream as a custom operation that runs the inner
 //! backend's kernel on the inner tensors. Burn's fusion keeps the stream's order around
 //! it (element-wise chains before and after still fuse). Everything else is plain Burn on
@@ -18,7 +19,8 @@ use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
 use super::cublas::broadcast_batch;
 use super::kernels::{
-    Kernels, as_dtype, blocked_attention_backward, blocked_attention_forward, owns_attention,
+    Kernels, ScoreBlock, as_dtype, blocked_attention_backward, blocked_attention_forward,
+    owns_attention, plain_attention_probs, plain_attention_score_grads,
 };
 use super::ops::AttnOpts;
 
@@ -45,6 +47,9 @@ enum What {
     Matmul,
     AttentionForward(AttnOpts),
     AttentionBackward(AttnOpts),
+    /// The blocked attention's softmax, its outputs in the dtype.
+    Probs(ScoreBlock, DType),
+    ScoreGrads(ScoreBlock, DType),
 }
 
 impl<B, const D: usize> fmt::Debug for Custom<B, D> {
@@ -88,6 +93,15 @@ impl<B: FusionBackend + Kernels, const D: usize> Operation<B::FusionRuntime> for
                 B::attention_backward(q, k, v, out, lse, grad, opts)
                     .map(prim)
                     .to_vec()
+            }
+            What::Probs(block, dtype) => {
+                let (p, lse) = B::attention_probs(float(next()), block, dtype);
+                vec![prim(p), prim(lse)]
+            }
+            What::ScoreGrads(block, dtype) => {
+                let [scores, dp, lse, delta] = [(); 4].map(|_| float(next()));
+                let (p, ds) = B::attention_score_grads(scores, dp, lse, delta, block, dtype);
+                vec![prim(p), prim(ds)]
             }
         };
         for (ir, t) in self.desc.outputs.iter().zip(outputs) {
@@ -216,5 +230,52 @@ impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
         .try_into()
         .expect("three outputs");
         [float(dq), float(dk), float(dv)]
+    }
+
+    fn attention_probs(
+        scores: Tensor<Self, 4>,
+        block: ScoreBlock,
+        dtype: DType,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
+        if !B::own_score_rows() {
+            return plain_attention_probs(scores, block, dtype);
+        }
+        let [b, g, rows, keys] = scores.dims();
+        let outputs = vec![
+            (vec![b, g, rows, keys], dtype),
+            (vec![b, g, rows, 1], DType::F32),
+        ];
+        let [p, lse] = register::<B, 4>(
+            "softtune_attention_probs",
+            What::Probs(block, dtype),
+            vec![prim(scores)],
+            outputs,
+        )
+        .try_into()
+        .expect("two outputs");
+        (float(p), float(lse))
+    }
+
+    fn attention_score_grads(
+        scores: Tensor<Self, 4>,
+        dp: Tensor<Self, 4>,
+        lse: Tensor<Self, 4>,
+        delta: Tensor<Self, 4>,
+        block: ScoreBlock,
+        dtype: DType,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
+        if !B::own_score_rows() {
+            return plain_attention_score_grads(scores, dp, lse, delta, block, dtype);
+        }
+        let shape = scores.dims().to_vec();
+        let [p, ds] = register::<B, 4>(
+            "softtune_attention_score_grads",
+            What::ScoreGrads(block, dtype),
+            vec![prim(scores), prim(dp), prim(lse), prim(delta)],
+            vec![(shape.clone(), dtype), (shape, dtype)],
+        )
+        .try_into()
+        .expect("two outputs");
+        (float(p), float(ds))
     }
 }

@@ -105,6 +105,40 @@ pub trait Kernels: Backend {
         blocked_attention_backward(q, k, v, out, lse, grad, opts)
     }
 
+    /// Whether [`Kernels::attention_probs`] and [`Kernels::attention_score_grads`] run the
+    /// backend's own kernels (see [`Kernels::own_matmul`]).
+    fn own_score_rows() -> bool {
+        false
+    }
+
+    /// The blocked attention's softmax over one block of scores: from the raw products
+    /// `q·kᵀ` of the block's stacked query rows (`scores [b, kvh, rows, keys]`, float32),
+    /// the probabilities of the scaled, masked scores in `dtype` (zero where masked) and
+    /// the log-sum-exp of every row (`[b, kvh, rows, 1]`, float32).
+    fn attention_probs(
+        scores: Tensor<Self, 4>,
+        block: ScoreBlock,
+        dtype: DType,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
+        plain_attention_probs(scores, block, dtype)
+    }
+
+    /// The blocked attention's backward pass over one block: from the raw products
+    /// `scores` (as in [`Kernels::attention_probs`]), `dp = dO·vᵀ` (float32), the rows'
+    /// log-sum-exp `lse` and `delta = Σ dO·O` (`[b, kvh, rows, 1]`, float32), the
+    /// recomputed probabilities `p` and the scores' gradient `ds = p·(dp − delta)·scale`,
+    /// both in `dtype`.
+    fn attention_score_grads(
+        scores: Tensor<Self, 4>,
+        dp: Tensor<Self, 4>,
+        lse: Tensor<Self, 4>,
+        delta: Tensor<Self, 4>,
+        block: ScoreBlock,
+        dtype: DType,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
+        plain_attention_score_grads(scores, dp, lse, delta, block, dtype)
+    }
+
     /// Mean next-token cross-entropy, see [`ops::cross_entropy`].
     fn cross_entropy(logits: Tensor<Self, 3>, targets: Tensor<Self, 2, Int>) -> Tensor<Self, 1> {
         ops::plain_cross_entropy(logits, targets)
@@ -351,6 +385,33 @@ fn stacked_rows<B: Backend>(t: &Tensor<B, 5>, p0: usize, n: usize) -> Tensor<B, 
     }
 }
 
+/// One block of the blocked attention: `rows = rep·n` stacked query rows (row `r` is
+/// position `p0 + r % n`, see [`stacked_mask`]) against the keys from `k0` on.
+#[derive(Debug, Clone, Copy)]
+pub struct ScoreBlock {
+    pub p0: usize,
+    pub n: usize,
+    pub k0: usize,
+    pub opts: AttnOpts,
+}
+
+impl ScoreBlock {
+    /// The window as the kernels take it: 0 for none.
+    pub fn window(&self) -> usize {
+        self.opts.window.map_or(0, |w| w.max(1))
+    }
+}
+
+/// Raw scores `[b, kvh, rows, keys]` of `block`, scaled, with forbidden keys at `-inf`.
+fn mask_scaled<B: Backend>(raw: Tensor<B, 4>, block: ScoreBlock) -> Tensor<B, 4> {
+    let [b, kvh, rows, keys] = raw.dims();
+    let ScoreBlock { p0, n, k0, opts } = block;
+    let mask = stacked_mask::<B>(n, p0, rows, k0, keys, opts.window, &raw.device())
+        .unsqueeze::<4>()
+        .expand([b, kvh, rows, keys]);
+    (raw * opts.scale).mask_fill(mask, f32::NEG_INFINITY)
+}
+
 /// Scaled scores of a block's stacked query rows (`q [b, kvh, rep·n, hd]`, positions
 /// `p0..p0 + n`) against keys `k0..` (`kt [b, kvh, hd, keys]`), float32 from operands of
 /// any dtype ([`Kernels::matmul_f32`]), with forbidden keys at `-inf`.
@@ -362,12 +423,35 @@ pub fn masked_scores<B: Kernels>(
     k0: usize,
     opts: AttnOpts,
 ) -> Tensor<B, 4> {
-    let [b, kvh, rows, _] = q.dims();
-    let keys = kt.dims()[3];
-    let mask = stacked_mask::<B>(n, p0, rows, k0, keys, opts.window, &q.device())
-        .unsqueeze::<4>()
-        .expand([b, kvh, rows, keys]);
-    (B::matmul_f32(q, kt) * opts.scale).mask_fill(mask, f32::NEG_INFINITY)
+    mask_scaled(B::matmul_f32(q, kt), ScoreBlock { p0, n, k0, opts })
+}
+
+/// [`Kernels::attention_probs`] in plain Burn operations.
+pub fn plain_attention_probs<B: Kernels>(
+    scores: Tensor<B, 4>,
+    block: ScoreBlock,
+    dtype: DType,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let scores = mask_scaled(scores, block);
+    // Every row sees its own position, so the row maximum is finite.
+    let max = scores.clone().max_dim(3);
+    let e = B::exp(scores - max.clone());
+    let sum = e.clone().sum_dim(3);
+    (as_dtype(e / sum.clone(), dtype), max + sum.log())
+}
+
+/// [`Kernels::attention_score_grads`] in plain Burn operations.
+pub fn plain_attention_score_grads<B: Kernels>(
+    scores: Tensor<B, 4>,
+    dp: Tensor<B, 4>,
+    lse: Tensor<B, 4>,
+    delta: Tensor<B, 4>,
+    block: ScoreBlock,
+    dtype: DType,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let p = B::exp(mask_scaled(scores, block) - lse);
+    let ds = p.clone() * (dp - delta) * block.opts.scale;
+    (as_dtype(p, dtype), as_dtype(ds, dtype))
 }
 
 /// [`Kernels::own_attention`] of `B` for tensors of any backend `C` (`B` itself, or a wrapper
@@ -429,15 +513,11 @@ fn saving_forward<B: Kernels>(
         let n = step.min(s - p0);
         let (qb, (k0, keys)) = (stacked_rows(&q5, p0, n), key_range(p0, n, opts.window));
         let kt = k.clone().narrow(2, k0, keys).swap_dims(2, 3);
-        let scores = masked_scores(qb, kt, p0, n, k0, opts);
-        // Every row sees its own position, so the row maximum is finite.
-        let max = scores.clone().max_dim(3);
-        let e = B::exp(scores - max.clone());
-        let sum = e.clone().sum_dim(3);
-        let p = e / sum.clone();
-        let o = B::matmul(p.cast(dtype), v.clone().narrow(2, k0, keys));
+        let block = ScoreBlock { p0, n, k0, opts };
+        let (p, lse) = B::attention_probs(B::matmul_f32(qb, kt), block, dtype);
+        let o = B::matmul(p, v.clone().narrow(2, k0, keys));
         outs.push(o.reshape([b, kvh, rep, n, hd]));
-        lses.push((max + sum.log()).reshape([b, kvh, rep, n, 1]));
+        lses.push(lse.reshape([b, kvh, rep, n, 1]));
     }
     let out = Tensor::cat(outs, 3).reshape([b, h, s, hd]);
     (out, Tensor::cat(lses, 3))
@@ -490,15 +570,16 @@ fn saving_backward<B: Kernels>(
         let (qb, (k0, keys)) = (stacked_rows(&q5, p0, n), key_range(p0, n, opts.window));
         let dob = stacked_rows(&do5, p0, n);
         let (kb, vb) = (k.clone().narrow(2, k0, keys), v.clone().narrow(2, k0, keys));
-        let scores = masked_scores(qb.clone(), kb.clone().swap_dims(2, 3), p0, n, k0, opts);
-        let p = B::exp(scores - stacked_rows(&lse, p0, n));
-        let pt = as_dtype(p.clone(), g_dtype).swap_dims(2, 3);
-        dv = add_rows(dv, k0, B::matmul_f32(pt, dob.clone()));
-        let dp = B::matmul_f32(dob, vb.swap_dims(2, 3));
-        let ds = p * (dp - stacked_rows(&delta, p0, n)) * opts.scale;
-        let ds_k = as_dtype(ds.clone(), k_dtype);
-        let ds_q = as_dtype(ds, q_dtype);
-        dq.push(B::matmul_f32(ds_k, kb).reshape([b, kvh, rep, n, hd]));
+        let scores = B::matmul_f32(qb.clone(), kb.clone().swap_dims(2, 3));
+        let dp = B::matmul_f32(dob.clone(), vb.swap_dims(2, 3));
+        let (lse, delta) = (stacked_rows(&lse, p0, n), stacked_rows(&delta, p0, n));
+        let block = ScoreBlock { p0, n, k0, opts };
+        // One dtype for both (the model's); the other operands follow when theirs differ.
+        let (p, ds) = B::attention_score_grads(scores, dp, lse, delta, block, k_dtype);
+        let pt = as_dtype(p, g_dtype).swap_dims(2, 3);
+        dv = add_rows(dv, k0, B::matmul_f32(pt, dob));
+        let ds_q = as_dtype(ds.clone(), q_dtype);
+        dq.push(B::matmul_f32(ds, kb).reshape([b, kvh, rep, n, hd]));
         dk = add_rows(dk, k0, B::matmul_f32(ds_q.swap_dims(2, 3), qb));
     }
     let dq = as_dtype(Tensor::cat(dq, 3).reshape([b, h, s, hd]), q_dtype);

@@ -13,7 +13,7 @@
 //! `cross_entropy_backward`; `None` / `Err` for other dtypes or out-of-range targets (the
 //! caller then runs the default).
 
-use burn::tensor::{DType, Int, Tensor};
+use burn::tensor::{Int, Tensor};
 use rayon::prelude::*;
 
 use crate::device::CpuBackend;
@@ -104,7 +104,7 @@ pub fn backward(
 mod tests {
     use super::*;
     use crate::model::kernels::{xent_backward, xent_forward};
-    use burn::tensor::{Distribution, TensorData};
+    use burn::tensor::{DType, Distribution, TensorData};
 
     fn close(got: T3, want: T3, tol: f32, what: &str) {
         let diff = (got - want).abs().max().into_scalar();

@@ -1,0 +1,522 @@
+//! The blocked attention's softmax as CubeCL kernels: one pass over a block of scores
+//! instead of Burn's chain of element-wise kernels and reductions.
+//!
+//! The blocked attention ([`super::kernels`]) runs the products on the backend's matmuls
+//! (cuBLAS on CUDA) and holds one block of scores at a time. Between the products, plain
+//! Burn scales, masks, takes the row maximum, subtracts, exponentiates, sums, divides and
+//! casts: on the GPU each is a kernel reading and writing the whole block in float32, about
+//! 60 bytes of memory traffic per score in the forward pass and 100 in the backward pass,
+//! which makes the element-wise work, not the products, most of attention's time. Here:
+//!
+//! * [`probs`] (forward): reads the raw float32 products once for the row maximum, once for
+//!   the sum (mostly from cache), and writes the probabilities in the model's dtype and the
+//!   row's log-sum-exp: 4 + 2 bytes a score through DRAM;
+//! * [`score_grads`] (backward): reads the raw products and `dp = dO·vᵀ`, writes the
+//!   recomputed probabilities and `ds = p·(dp − delta)·scale` in the model's dtype: 12 bytes.
+//!
+//! The causal and local-window mask comes from the block's position (no mask tensor).
+//! One cube per row; its units stride over the keys, so reads and writes are coalesced.
+//! Runs on any CubeCL runtime: CUDA in training (behind [`Kernels::attention_probs`] and
+//! [`Kernels::attention_score_grads`]), WebGPU/Vulkan in the tests.
+//!
+//! [`Kernels::attention_probs`]: super::kernels::Kernels::attention_probs
+//! [`Kernels::attention_score_grads`]: super::kernels::Kernels::attention_score_grads
+
+use burn::tensor::{DType, Shape, Tensor as BurnTensor, TensorPrimitive, backend::Backend};
+use burn_cubecl::{CubeRuntime, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor};
+use cubecl::prelude::*;
+
+use super::kernels::ScoreBlock;
+
+/// Units per row (a power of two: the reductions halve it).
+const UNITS: usize = 256;
+
+/// Whether the CUDA backends run the blocked attention's softmax on these kernels
+/// (`SOFTTUNE_CUDA_SOFTMAX=kernel`; the default, `burn`, is plain Burn operations).
+/// Read once per process.
+pub fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SOFTTUNE_CUDA_SOFTMAX").is_ok_and(|v| v == "kernel"))
+}
+
+/// Where a cube's row stands: cube `(x, y)` is stacked row `x` of head `y` (over `b·kvh`).
+#[derive(CubeType, Clone, Copy)]
+struct Row {
+    /// Batch and key head.
+    b: usize,
+    g: usize,
+    row: usize,
+    keys: usize,
+    /// The visible keys: `lo..hi`.
+    lo: usize,
+    hi: usize,
+}
+
+#[cube]
+fn row_of(scores: &Tensor<f32>, n: u32, p0: u32, k0: u32, window: u32) -> Row {
+    let heads = scores.shape(1);
+    let keys = scores.shape(3);
+    let bg = CUBE_POS_Y as usize;
+    let row = CUBE_POS_X as usize;
+    let pos = p0 as usize + row % n as usize;
+    let k0 = k0 as usize;
+    let w = window as usize;
+    // Causal: keys up to the row's position.
+    let hi = min(max(pos + 1, k0) - k0, keys);
+    // Local: keys after `pos − window`.
+    let reach = k0 + w;
+    let lo = select(w > 0, max(pos + 1, reach) - reach, 0usize);
+    Row {
+        b: bg / heads,
+        g: bg % heads,
+        row,
+        keys,
+        lo,
+        hi,
+    }
+}
+
+/// Offset of element `(r.b, r.g, r.row, j)` of `t`.
+#[cube]
+fn at<F: Float>(t: &Tensor<F>, r: Row, j: usize) -> usize {
+    r.b * t.stride(0) + r.g * t.stride(1) + r.row * t.stride(2) + j * t.stride(3)
+}
+
+/// The maximum (`is_max`) or the sum of every unit's `x`, for every unit of the cube.
+#[cube]
+fn reduce(sm: &mut SharedMemory<f32>, x: f32, #[comptime] is_max: bool) -> f32 {
+    let u = UNIT_POS_X as usize;
+    sm[u] = x;
+    sync_cube();
+    let mut half = CUBE_DIM_X as usize / 2;
+    while half > 0 {
+        if u < half {
+            if is_max {
+                sm[u] = max(sm[u], sm[u + half]);
+            } else {
+                sm[u] += sm[u + half];
+            }
+        }
+        sync_cube();
+        half /= 2;
+    }
+    let total = sm[0];
+    sync_cube();
+    total
+}
+
+/// `p = softmax(scores·scale)` over the visible keys (0 elsewhere) and `lse` per row.
+#[cube(launch)]
+fn probs_kernel<F: Float>(
+    scores: &Tensor<f32>,
+    p: &mut Tensor<F>,
+    lse: &mut Tensor<f32>,
+    scale: f32,
+    n: u32,
+    p0: u32,
+    k0: u32,
+    window: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    let r = row_of(scores, n, p0, k0, window);
+    let u = UNIT_POS_X as usize;
+    let step = CUBE_DIM_X as usize;
+    let mut sm = SharedMemory::<f32>::new(UNITS);
+    // Below every score (WGSL has no infinity literal); the row's own position is visible.
+    let mut m = f32::new(-1.0e30);
+    let mut j = r.lo + u;
+    while j < r.hi {
+        m = max(m, scores[at(scores, r, j)] * scale);
+        j += step;
+    }
+    let m = reduce(&mut sm, m, true);
+    let mut l = 0.0f32;
+    j = r.lo + u;
+    while j < r.hi {
+        l += (scores[at(scores, r, j)] * scale - m).exp();
+        j += step;
+    }
+    let l = reduce(&mut sm, l, false);
+    let inv = l.recip();
+    j = u;
+    while j < r.keys {
+        let mut x = 0.0f32;
+        if j >= r.lo && j < r.hi {
+            x = (scores[at(scores, r, j)] * scale - m).exp() * inv;
+        }
+        p[at(p, r, j)] = F::cast_from(x);
+        j += step;
+    }
+    if u == 0 {
+        lse[at(lse, r, 0)] = m + l.ln();
+    }
+}
+
+/// `p = exp(scores·scale − lse)` and `ds = p·(dp − delta)·scale` (0 where masked).
+#[cube(launch)]
+fn grads_kernel<F: Float>(
+    scores: &Tensor<f32>,
+    dp: &Tensor<f32>,
+    lse: &Tensor<f32>,
+    delta: &Tensor<f32>,
+    p: &mut Tensor<F>,
+    ds: &mut Tensor<F>,
+    scale: f32,
+    n: u32,
+    p0: u32,
+    k0: u32,
+    window: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    let r = row_of(scores, n, p0, k0, window);
+    let row_lse = lse[at(lse, r, 0)];
+    let row_delta = delta[at(delta, r, 0)];
+    let mut j = UNIT_POS_X as usize;
+    while j < r.keys {
+        let mut pj = 0.0f32;
+        let mut dsj = 0.0f32;
+        if j >= r.lo && j < r.hi {
+            pj = (scores[at(scores, r, j)] * scale - row_lse).exp();
+            dsj = pj * (dp[at(dp, r, j)] - row_delta) * scale;
+        }
+        p[at(p, r, j)] = F::cast_from(pj);
+        ds[at(ds, r, j)] = F::cast_from(dsj);
+        j += CUBE_DIM_X as usize;
+    }
+}
+
+/// Why the kernels cannot take a block of scores shaped `scores` in `dtypes` (the inputs')
+/// with outputs in `out`: `None` when they can.
+pub fn unsupported(scores: &[usize], dtypes: &[DType], out: DType) -> Option<String> {
+    if scores.len() != 4 || scores.contains(&0) {
+        return Some(format!("scores shaped {scores:?}"));
+    }
+    if dtypes.iter().any(|d| *d != DType::F32) {
+        return Some(format!("inputs in {dtypes:?} (the kernels take float32)"));
+    }
+    if !matches!(out, DType::F32 | DType::F16 | DType::BF16) {
+        return Some(format!("outputs in {out:?}"));
+    }
+    // Grid limits: rows along x, heads along y.
+    if scores[2] > i32::MAX as usize || scores[0] * scores[1] > u16::MAX as usize {
+        return Some(format!("scores shaped {scores:?} (too many rows or heads)"));
+    }
+    None
+}
+
+fn dims<R: CubeRuntime>(t: &CubeTensor<R>) -> Vec<usize> {
+    t.meta.shape.iter().copied().collect()
+}
+
+fn grid(shape: &[usize]) -> (CubeCount, CubeDim) {
+    (
+        CubeCount::Static(shape[2] as u32, (shape[0] * shape[1]) as u32, 1),
+        CubeDim::new_1d(UNITS as u32),
+    )
+}
+
+fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>, dtype: DType) -> CubeTensor<R> {
+    empty_device_contiguous_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        Shape::from(shape),
+        dtype,
+    )
+}
+
+/// The block's scalar arguments: `(scale, n, p0, k0, window)`.
+fn args(block: ScoreBlock) -> (f32, u32, u32, u32, u32) {
+    (
+        block.opts.scale as f32,
+        block.n as u32,
+        block.p0 as u32,
+        block.k0 as u32,
+        block.window() as u32,
+    )
+}
+
+/// [`Kernels::attention_probs`](super::kernels::Kernels::attention_probs): `(p in dtype,
+/// lse)`. The caller has checked [`unsupported`].
+pub fn probs<R: CubeRuntime>(
+    scores: &CubeTensor<R>,
+    block: ScoreBlock,
+    dtype: DType,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let shape = dims(scores);
+    debug_assert!(unsupported(&shape, &[scores.dtype], dtype).is_none());
+    let p = empty(scores, shape.clone(), dtype);
+    let lse = empty(scores, vec![shape[0], shape[1], shape[2], 1], DType::F32);
+    let (count, dim) = grid(&shape);
+    let (scale, n, p0, k0, window) = args(block);
+    probs_kernel::launch::<R>(
+        &scores.client,
+        count,
+        dim,
+        scores.clone().into_tensor_arg(),
+        p.clone().into_tensor_arg(),
+        lse.clone().into_tensor_arg(),
+        scale,
+        n,
+        p0,
+        k0,
+        window,
+        dtype.into(),
+    );
+    (p, lse)
+}
+
+/// [`Kernels::attention_score_grads`](super::kernels::Kernels::attention_score_grads):
+/// `(p, ds)` in `dtype`. The caller has checked [`unsupported`] (all four inputs float32).
+pub fn score_grads<R: CubeRuntime>(
+    scores: &CubeTensor<R>,
+    dp: &CubeTensor<R>,
+    lse: &CubeTensor<R>,
+    delta: &CubeTensor<R>,
+    block: ScoreBlock,
+    dtype: DType,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let shape = dims(scores);
+    debug_assert!(
+        unsupported(
+            &shape,
+            &[scores.dtype, dp.dtype, lse.dtype, delta.dtype],
+            dtype
+        )
+        .is_none()
+    );
+    let p = empty(scores, shape.clone(), dtype);
+    let ds = empty(scores, shape.clone(), dtype);
+    let (count, dim) = grid(&shape);
+    let (scale, n, p0, k0, window) = args(block);
+    grads_kernel::launch::<R>(
+        &scores.client,
+        count,
+        dim,
+        scores.clone().into_tensor_arg(),
+        dp.clone().into_tensor_arg(),
+        lse.clone().into_tensor_arg(),
+        delta.clone().into_tensor_arg(),
+        p.clone().into_tensor_arg(),
+        ds.clone().into_tensor_arg(),
+        scale,
+        n,
+        p0,
+        k0,
+        window,
+        dtype.into(),
+    );
+    (p, ds)
+}
+
+/// Whether the kernels take these tensors: `scores` and `more` (the backward pass's `dp`,
+/// `lse`, `delta`) with outputs in `dtype`.
+pub fn takes<B: Backend>(
+    scores: &BurnTensor<B, 4>,
+    more: &[&BurnTensor<B, 4>],
+    dtype: DType,
+) -> bool {
+    let mut dtypes = vec![scores.dtype()];
+    dtypes.extend(more.iter().map(|t| t.dtype()));
+    let shapes_match = more.is_empty() || {
+        let [b, g, rows, _] = scores.dims();
+        let [mb, mg, mr, _] = more[0].dims();
+        (mb, mg, mr) == (b, g, rows)
+            && more[1..].iter().all(|t| t.dims() == [b, g, rows, 1])
+            && more[0].dims() == scores.dims()
+    };
+    shapes_match && unsupported(&scores.dims(), &dtypes, dtype).is_none()
+}
+
+/// [`probs`] on the Burn tensors of a CubeCL backend `B`.
+pub fn tensor_probs<R, B>(
+    scores: BurnTensor<B, 4>,
+    block: ScoreBlock,
+    dtype: DType,
+) -> (BurnTensor<B, 4>, BurnTensor<B, 4>)
+where
+    R: CubeRuntime,
+    B: Backend<FloatTensorPrimitive = CubeTensor<R>>,
+{
+    let (p, lse) = probs(&cube(scores), block, dtype);
+    (burn_tensor(p), burn_tensor(lse))
+}
+
+/// [`score_grads`] on the Burn tensors of a CubeCL backend `B`.
+pub fn tensor_score_grads<R, B>(
+    scores: BurnTensor<B, 4>,
+    dp: BurnTensor<B, 4>,
+    lse: BurnTensor<B, 4>,
+    delta: BurnTensor<B, 4>,
+    block: ScoreBlock,
+    dtype: DType,
+) -> (BurnTensor<B, 4>, BurnTensor<B, 4>)
+where
+    R: CubeRuntime,
+    B: Backend<FloatTensorPrimitive = CubeTensor<R>>,
+{
+    let [s, d, l, e] = [scores, dp, lse, delta].map(cube);
+    let (p, ds) = score_grads(&s, &d, &l, &e, block, dtype);
+    (burn_tensor(p), burn_tensor(ds))
+}
+
+fn cube<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTensor<R>>>(
+    t: BurnTensor<B, 4>,
+) -> CubeTensor<R> {
+    t.into_primitive().tensor()
+}
+
+fn burn_tensor<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTensor<R>>>(
+    t: CubeTensor<R>,
+) -> BurnTensor<B, 4> {
+    BurnTensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// The kernels on WebGPU/Vulkan ([`super::test_gpu`]) against plain Burn on the CPU, alone
+/// and inside the blocked attention, and through autodiff against plain Burn on the device.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Autodiff;
+    use burn::tensor::{Distribution, Tensor};
+    use burn_fusion::Fusion;
+
+    use crate::device::CpuBackend;
+    use crate::model::kernels::{
+        blocked_attention_backward, blocked_attention_forward, key_range, plain_attention_probs,
+        plain_attention_score_grads,
+    };
+    use crate::model::ops::AttnOpts;
+    use crate::model::test_gpu::{Gpu, Own, device, to_gpu, use_kernels, values};
+    use crate::parity::{kernel_checks, rel_err, tolerance};
+
+    fn random(shape: [usize; 4]) -> Tensor<CpuBackend, 4> {
+        Tensor::random(shape, Distribution::Normal(0.0, 2.0), &Default::default())
+    }
+
+    #[test]
+    fn score_row_kernels_match_plain_burn() {
+        let Some(dev) = device() else { return };
+        // (batch, key heads, query heads per key head, first position, positions, window,
+        // scores as a strided view): the first block, later blocks (keys from 0 or from the
+        // window's reach), windows of 1 and shorter than a block, more keys than units.
+        for (b, g, rep, p0, n, window, strided) in [
+            (2, 2, 2, 0, 33, None, false),
+            (1, 3, 1, 128, 64, None, true),
+            (1, 2, 4, 100, 50, Some(30), false),
+            (2, 1, 1, 256, 7, Some(1), true),
+            (1, 1, 3, 300, 40, Some(600), false),
+        ] {
+            let opts = AttnOpts { scale: 0.7, window };
+            let (k0, keys) = key_range(p0, n, window);
+            let block = ScoreBlock { p0, n, k0, opts };
+            let rows = rep * n;
+            let case = format!("b{b} g{g} rep{rep} p0 {p0} n{n} window {window:?}");
+            let scores = if strided {
+                random([b, g, keys, rows]).swap_dims(2, 3)
+            } else {
+                random([b, g, rows, keys])
+            };
+            let dp = random([b, g, rows, keys]);
+            let delta = random([b, g, rows, 1]);
+
+            let (p, lse) = plain_attention_probs(scores.clone(), block, DType::F32);
+            let (gp, glse) = {
+                let scores = to_gpu(&scores, &dev);
+                assert!(takes(&scores, &[], DType::F32), "{case}");
+                tensor_probs(scores, block, DType::F32)
+            };
+            assert!(rel_err(&values(gp), &values(p.clone())) < 1e-5, "p, {case}");
+            assert!(
+                rel_err(&values(glse.clone()), &values(lse.clone())) < 1e-5,
+                "lse, {case}"
+            );
+
+            let (p2, ds) = plain_attention_score_grads(
+                scores.clone(),
+                dp.clone(),
+                lse,
+                delta.clone(),
+                block,
+                DType::F32,
+            );
+            assert!(
+                rel_err(&values(p2.clone()), &values(p)) < 1e-5,
+                "recomputed p, {case}"
+            );
+            let [gs, gdp, gdelta] = [&scores, &dp, &delta].map(|t| to_gpu(t, &dev));
+            assert!(takes(&gs, &[&gdp, &glse, &gdelta], DType::F32), "{case}");
+            let (gp2, gds) = tensor_score_grads(gs, gdp, glse, gdelta, block, DType::F32);
+            assert!(
+                rel_err(&values(gp2), &values(p2)) < 1e-5,
+                "backward p, {case}"
+            );
+            assert!(rel_err(&values(gds), &values(ds)) < 1e-5, "ds, {case}");
+        }
+    }
+
+    /// The blocked attention over several blocks (sequences of 600 positions: four blocks of
+    /// 150), its softmax on the kernels, against the same on the CPU.
+    #[test]
+    fn blocked_attention_on_the_score_row_kernels_matches_the_cpu() {
+        let Some(dev) = device() else { return };
+        use_kernels(Own::ScoreRows);
+        for window in [None, Some(200)] {
+            let opts = AttnOpts { scale: 0.3, window };
+            let (q, k, v, g) = (
+                random([1, 4, 600, 8]),
+                random([1, 2, 600, 8]),
+                random([1, 2, 600, 8]),
+                random([1, 4, 600, 8]),
+            );
+            let (out, lse) = blocked_attention_forward(q.clone(), k.clone(), v.clone(), opts);
+            let want = blocked_attention_backward(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                out.clone(),
+                lse.clone(),
+                g.clone(),
+                opts,
+            );
+            let [gq, gk, gv, gg] = [&q, &k, &v, &g].map(|t| to_gpu(t, &dev));
+            let (gout, glse) = blocked_attention_forward(gq.clone(), gk.clone(), gv.clone(), opts);
+            assert!(
+                rel_err(&values(gout.clone()), &values(out)) < 1e-5,
+                "out, {window:?}"
+            );
+            assert!(
+                rel_err(&values(glse.clone()), &values(lse)) < 1e-5,
+                "lse, {window:?}"
+            );
+            let got = blocked_attention_backward(gq, gk, gv, gout, glse, gg, opts);
+            for ((name, g), w) in ["dq", "dk", "dv"].iter().zip(got).zip(want) {
+                let err = rel_err(&values(g), &values(w));
+                assert!(err < 1e-5, "{name}: {err:e}, window {window:?}");
+            }
+        }
+    }
+
+    /// Through autodiff, on the backend alone and under Burn's fusion wrapper (where the
+    /// kernels run as custom operations).
+    #[test]
+    fn kernel_checks_pass_on_webgpu_with_the_score_row_kernels_alone_and_fused() {
+        let Some(dev) = device() else { return };
+        use_kernels(Own::ScoreRows);
+        let bound = tolerance(DType::F32);
+        let checks = [
+            (
+                "alone",
+                kernel_checks::<Autodiff<Gpu>>(&dev, DType::F32).unwrap(),
+            ),
+            (
+                "fused",
+                kernel_checks::<Autodiff<Fusion<Gpu>>>(&dev, DType::F32).unwrap(),
+            ),
+        ];
+        for (how, results) in checks {
+            for (what, err) in results {
+                assert!(err <= bound, "{how}: {what}: {err:e} > {bound:e}");
+            }
+        }
+    }
+}

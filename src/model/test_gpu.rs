@@ -1,0 +1,149 @@
+//! The WebGPU backend the CubeCL kernels are tested on (Mesa's lavapipe on a machine
+//! without a GPU), with [`Kernels`] that run attention on the flash kernels or the blocked
+//! attention's softmax on the score-row kernels, whichever the test thread asked for
+//! ([`use_kernels`]). Without a Vulkan driver [`device`] says so and the tests pass, unless
+//! `SOFTTUNE_TEST_WGPU=require` (`.ci/run` installs lavapipe and sets it).
+
+use std::cell::Cell;
+
+use burn::tensor::{DType, Tensor, TensorPrimitive, backend::Backend};
+use burn_cubecl::{CubeBackend, tensor::CubeTensor};
+use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
+
+use super::flash::{self, Unroll};
+use super::kernels::{
+    Kernels, ScoreBlock, blocked_attention_backward, blocked_attention_forward,
+    plain_attention_probs, plain_attention_score_grads,
+};
+use super::ops::AttnOpts;
+use super::score_rows;
+use crate::device::CpuBackend;
+
+pub type Gpu = CubeBackend<WgpuRuntime, f32, i32, u32>;
+
+/// Which of the backend's own kernels a test thread runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Own {
+    /// Attention on the flash kernels.
+    Flash,
+    /// Blocked attention, its softmax on the score-row kernels.
+    ScoreRows,
+}
+
+thread_local! {
+    static OWN: Cell<Own> = const { Cell::new(Own::Flash) };
+}
+
+/// Makes this thread's [`Gpu`] run `own` (tests run each on a thread of its own; Burn's
+/// fusion runs its custom operations on the thread that registers them).
+pub fn use_kernels(own: Own) {
+    OWN.with(|o| o.set(own));
+}
+
+fn own() -> Own {
+    OWN.with(|o| o.get())
+}
+
+/// Burn's matmul, but called "own" so that under fusion it runs as a custom operation too.
+impl Kernels for Gpu {
+    fn own_matmul() -> bool {
+        true
+    }
+
+    fn own_attention(q: &[usize], k: &[usize], v: &[usize], dtypes: &[DType]) -> bool {
+        own() == Own::Flash && flash::unsupported(q, k, v, dtypes).is_none()
+    }
+
+    fn own_score_rows() -> bool {
+        own() == Own::ScoreRows
+    }
+
+    fn attention_forward(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        opts: AttnOpts,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 5>) {
+        match own() {
+            Own::Flash => flash::tensor_forward(q, k, v, opts, Unroll::Never),
+            Own::ScoreRows => blocked_attention_forward(q, k, v, opts),
+        }
+    }
+
+    fn attention_backward(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        out: Tensor<Self, 4>,
+        lse: Tensor<Self, 5>,
+        grad: Tensor<Self, 4>,
+        opts: AttnOpts,
+    ) -> [Tensor<Self, 4>; 3] {
+        match own() {
+            Own::Flash => flash::tensor_backward(q, k, v, out, lse, grad, opts, Unroll::Never),
+            Own::ScoreRows => blocked_attention_backward(q, k, v, out, lse, grad, opts),
+        }
+    }
+
+    fn attention_probs(
+        scores: Tensor<Self, 4>,
+        block: ScoreBlock,
+        dtype: DType,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
+        if own() == Own::ScoreRows && score_rows::takes(&scores, &[], dtype) {
+            return score_rows::tensor_probs(scores, block, dtype);
+        }
+        plain_attention_probs(scores, block, dtype)
+    }
+
+    fn attention_score_grads(
+        scores: Tensor<Self, 4>,
+        dp: Tensor<Self, 4>,
+        lse: Tensor<Self, 4>,
+        delta: Tensor<Self, 4>,
+        block: ScoreBlock,
+        dtype: DType,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
+        if own() == Own::ScoreRows && score_rows::takes(&scores, &[&dp, &lse, &delta], dtype) {
+            return score_rows::tensor_score_grads(scores, dp, lse, delta, block, dtype);
+        }
+        plain_attention_score_grads(scores, dp, lse, delta, block, dtype)
+    }
+}
+
+/// The WebGPU device, or `None` (said on stderr) when there is no adapter and the tests
+/// are not required.
+pub fn device() -> Option<WgpuDevice> {
+    let dev = WgpuDevice::default();
+    let probe = dev.clone();
+    let found = std::panic::catch_unwind(move || {
+        Tensor::<Gpu, 1>::from_floats([1.0, 2.0], &probe)
+            .sum()
+            .into_scalar()
+    });
+    match found {
+        Ok(3.0) => Some(dev),
+        other => {
+            let required = std::env::var("SOFTTUNE_TEST_WGPU").is_ok_and(|v| v == "require");
+            assert!(
+                !required,
+                "SOFTTUNE_TEST_WGPU=require but WebGPU does not work here ({other:?}): \
+                 install a Vulkan driver (Debian: mesa-vulkan-drivers)"
+            );
+            eprintln!("no WebGPU adapter (install mesa-vulkan-drivers): kernel tests skipped");
+            None
+        }
+    }
+}
+
+pub fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+pub fn to_gpu<const D: usize>(t: &Tensor<CpuBackend, D>, dev: &WgpuDevice) -> Tensor<Gpu, D> {
+    Tensor::from_data(t.to_data(), dev)
+}
+
+pub fn float<const D: usize>(t: CubeTensor<WgpuRuntime>) -> Tensor<Gpu, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
