@@ -8,9 +8,9 @@
 #    backend in PARITY_BACKENDS (default: the first two in BACKENDS), bf16 on the other;
 #    (each run starts with the kernel checks: every fast path against plain Burn on the GPU);
 # 2. the TinyLlama row of issue 6 (bf16, 20 soft tokens, AdamW) on every backend in BACKENDS
-#    (default "cube cube+flash fusion": CubeCL alone with attention by blocks (softmax on
-#    the score-row kernels), then with attention on the flash kernels, then Burn's
-#    fusion-wrapped CubeCL, all with their matmuls on cuBLAS;
+#    (default "cube cube+flash fusion": CubeCL alone with attention by blocks, then with
+#    attention on the flash kernels, then Burn's fusion-wrapped CubeCL, all with their
+#    matmuls on cuBLAS and the fused row kernels (softmax, norms) on;
 #    "cube-cubecl" and "fusion-cubecl" keep CubeCL's own matmul), then the GPT-J
 #    and OPT rows on the fastest; each row gets at most ROW_SECS seconds (default 120,
 #    kernel compilation and autotuning included);
@@ -33,13 +33,14 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 
 # backend_env NAME: the environment a BACKENDS name stands for.
 # A "+flash" suffix adds SOFTTUNE_CUDA_ATTENTION=flash (the CubeCL flash attention kernels);
-# without it attention runs by blocks on the matmuls, its softmax on the CubeCL score-row
-# kernels (SOFTMAX=burn keeps Burn's element-wise operations there instead).
-softmax="${SOFTMAX:-kernel}"
+# without it attention runs by blocks on the matmuls. Every backend runs softtune's fused
+# CubeCL row kernels (the blocked attention's softmax, the norms): FUSED=off keeps Burn's
+# element-wise operations there instead.
+fused="${FUSED:-on}"
 backend_env() {
     local name=${1%+flash} attention=blocked
     [ "$name" != "$1" ] && attention=flash
-    local common="SOFTTUNE_CUDA_ATTENTION=$attention SOFTTUNE_CUDA_SOFTMAX=$softmax"
+    local common="SOFTTUNE_CUDA_ATTENTION=$attention SOFTTUNE_CUDA_FUSED=$fused"
     case "$name" in
         *-cubecl) echo "SOFTTUNE_CUDA_BACKEND=${name%-cubecl} SOFTTUNE_CUDA_MATMUL=cubecl $common" ;;
         *) echo "SOFTTUNE_CUDA_BACKEND=$name SOFTTUNE_CUDA_MATMUL=cublas $common" ;;

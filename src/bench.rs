@@ -215,19 +215,18 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
             DeviceSpec::Cuda(_) => {
                 let kind = crate::device::CudaKind::from_env()?;
                 // Matmuls on cuBLAS with SOFTTUNE_CUDA_MATMUL=cublas, attention on the flash
-                // kernels with SOFTTUNE_CUDA_ATTENTION=flash, the blocked attention's
-                // softmax on the score-row kernels with SOFTTUNE_CUDA_SOFTMAX=kernel (a
-                // fallback is reported on stderr).
+                // kernels with SOFTTUNE_CUDA_ATTENTION=flash, the fused row kernels with
+                // SOFTTUNE_CUDA_FUSED=on (a fallback is reported on stderr).
                 let cublas = crate::model::cublas::enabled();
-                let flash = crate::model::flash::enabled();
-                let softmax = !flash && crate::model::score_rows::enabled();
+                let flash = crate::model::cubecl::flash::enabled();
+                let fused = crate::model::cubecl::fused();
                 format!(
                     "{}/{}{}{}{}",
                     args.device,
                     kind.name(),
                     if cublas { "+cublas" } else { "" },
                     if flash { "+flash" } else { "" },
-                    if softmax { "+softmax" } else { "" }
+                    if fused { "+fused" } else { "" }
                 )
             }
             DeviceSpec::Cpu => args.device.to_string(),

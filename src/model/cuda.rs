@@ -1,8 +1,9 @@
 //! The CUDA backend's [`Kernels`] (`CubeBackend<CudaRuntime>`): with
 //! `SOFTTUNE_CUDA_MATMUL=cublas`, matmuls on cuBLAS ([`super::cublas`]); with
-//! `SOFTTUNE_CUDA_ATTENTION=flash`, attention on the CubeCL kernels of [`super::flash`];
-//! with `SOFTTUNE_CUDA_SOFTMAX=kernel`, the blocked attention's softmax on those of
-//! [`super::score_rows`].
+//! `SOFTTUNE_CUDA_ATTENTION=flash`, attention on the CubeCL kernels of
+//! [`super::cubecl::flash`]; with `SOFTTUNE_CUDA_FUSED=on`, the blocked attention's softmax
+//! and the norms on the row kernels of [`super::cubecl::score_rows`] and
+//! [`super::cubecl::norm`].
 //! Everything else is the trait's plain Burn default. The default CUDA backend wraps this one
 //! in Burn's fusion, whose [`Kernels`] ([`super::fusion`]) runs these as custom operations.
 
@@ -12,14 +13,15 @@ use burn::tensor::{
     ops::{FloatTensor, FloatTensorOps},
 };
 
+use super::cubecl::flash::{self, Unroll};
+use super::cubecl::{self as own, norm, score_rows};
 use super::cublas;
-use super::flash::{self, Unroll};
+use super::kernels;
 use super::kernels::{
     Kernels, ScoreBlock, as_dtype, blocked_attention_backward, blocked_attention_forward,
     owns_attention, plain_attention_probs, plain_attention_score_grads,
 };
-use super::ops::AttnOpts;
-use super::score_rows;
+use super::ops::{self, AttnOpts};
 use crate::device::CudaCubeBackend;
 
 type CubeFloat = FloatTensor<CudaCubeBackend>;
@@ -77,8 +79,8 @@ impl Kernels for CudaCubeBackend {
         use_flash(q, k, v, dtypes)
     }
 
-    fn own_score_rows() -> bool {
-        score_rows::enabled()
+    fn own_fused() -> bool {
+        own::fused()
     }
 
     fn matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
@@ -123,7 +125,7 @@ impl Kernels for CudaCubeBackend {
         block: ScoreBlock,
         dtype: DType,
     ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
-        if score_rows::enabled() && score_rows::takes(&scores, &[], dtype) {
+        if own::fused() && score_rows::takes(&scores, &[], dtype) {
             return score_rows::tensor_probs(scores, block, dtype);
         }
         plain_attention_probs(scores, block, dtype)
@@ -137,9 +139,41 @@ impl Kernels for CudaCubeBackend {
         block: ScoreBlock,
         dtype: DType,
     ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
-        if score_rows::enabled() && score_rows::takes(&scores, &[&dp, &lse, &delta], dtype) {
+        if own::fused() && score_rows::takes(&scores, &[&dp, &lse, &delta], dtype) {
             return score_rows::tensor_score_grads(scores, dp, lse, delta, block, dtype);
         }
         plain_attention_score_grads(scores, dp, lse, delta, block, dtype)
+    }
+
+    fn layer_norm(
+        x: Tensor<Self, 3>,
+        w: Tensor<Self, 1>,
+        b: Tensor<Self, 1>,
+        eps: f64,
+    ) -> Tensor<Self, 3> {
+        if own::fused() && norm::takes(&x, &w, Some(&b), None) {
+            return norm::tensor_forward(x, w, Some(b), eps);
+        }
+        ops::plain_layer_norm(x, w, b, eps)
+    }
+
+    fn rms_norm(x: Tensor<Self, 3>, w: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
+        if own::fused() && norm::takes(&x, &w, None, None) {
+            return norm::tensor_forward(x, w, None, eps);
+        }
+        ops::plain_rms_norm(x, w, eps)
+    }
+
+    fn norm_backward(
+        x: Tensor<Self, 3>,
+        w: Tensor<Self, 1>,
+        grad: Tensor<Self, 3>,
+        eps: f64,
+        rms: bool,
+    ) -> Tensor<Self, 3> {
+        if own::fused() && norm::takes(&x, &w, None, Some(&grad)) {
+            return norm::tensor_backward(x, w, grad, eps, rms);
+        }
+        kernels::norm_backward(x, w, grad, eps, rms)
     }
 }

@@ -1,7 +1,7 @@
 //! [`Kernels`] for Burn's fusion wrapper around any backend that has them (on CUDA the
 //! default backend, `Fusion<CubeBackend<CudaRuntime>>`): where the inner backend runs a
 //! matmul or attention its own way ([`Kernels::own_matmul`], [`Kernels::own_attention`]),
-//! or the blocked attention's softmax ([`Kernels::own_score_rows`]),
+//! or the blocked attention's softmax and the norms ([`Kernels::own_fused`]),
 //! it is registered in the fusion stream as a custom operation that runs the inner
 //! backend's kernel on the inner tensors. Burn's fusion keeps the stream's order around
 //! it (element-wise chains before and after still fuse). Everything else is plain Burn on
@@ -18,11 +18,12 @@ use burn_fusion::{
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
 use super::cublas::broadcast_batch;
+use super::kernels;
 use super::kernels::{
     Kernels, ScoreBlock, as_dtype, blocked_attention_backward, blocked_attention_forward,
     owns_attention, plain_attention_probs, plain_attention_score_grads,
 };
-use super::ops::AttnOpts;
+use super::ops::{self, AttnOpts};
 
 fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
@@ -50,6 +51,15 @@ enum What {
     /// The blocked attention's softmax, its outputs in the dtype.
     Probs(ScoreBlock, DType),
     ScoreGrads(ScoreBlock, DType),
+    /// LayerNorm (with a bias) or RMSNorm (without), and their input gradient.
+    Norm {
+        eps: f64,
+        bias: bool,
+    },
+    NormBackward {
+        eps: f64,
+        rms: bool,
+    },
 }
 
 impl<B, const D: usize> fmt::Debug for Custom<B, D> {
@@ -102,6 +112,18 @@ impl<B: FusionBackend + Kernels, const D: usize> Operation<B::FusionRuntime> for
                 let [scores, dp, lse, delta] = [(); 4].map(|_| float(next()));
                 let (p, ds) = B::attention_score_grads(scores, dp, lse, delta, block, dtype);
                 vec![prim(p), prim(ds)]
+            }
+            What::Norm { eps, bias } => {
+                let (x, w) = (float(next()), float(next()));
+                vec![prim(if bias {
+                    <B as Kernels>::layer_norm(x, w, float(next()), eps)
+                } else {
+                    B::rms_norm(x, w, eps)
+                })]
+            }
+            What::NormBackward { eps, rms } => {
+                let (x, w, grad) = (float(next()), float(next()), float(next()));
+                vec![prim(B::norm_backward(x, w, grad, eps, rms))]
             }
         };
         for (ir, t) in self.desc.outputs.iter().zip(outputs) {
@@ -237,7 +259,7 @@ impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
         block: ScoreBlock,
         dtype: DType,
     ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
-        if !B::own_score_rows() {
+        if !B::own_fused() {
             return plain_attention_probs(scores, block, dtype);
         }
         let [b, g, rows, keys] = scores.dims();
@@ -264,7 +286,7 @@ impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
         block: ScoreBlock,
         dtype: DType,
     ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
-        if !B::own_score_rows() {
+        if !B::own_fused() {
             return plain_attention_score_grads(scores, dp, lse, delta, block, dtype);
         }
         let shape = scores.dims().to_vec();
@@ -277,5 +299,59 @@ impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
         .try_into()
         .expect("two outputs");
         (float(p), float(ds))
+    }
+
+    fn layer_norm(
+        x: Tensor<Self, 3>,
+        w: Tensor<Self, 1>,
+        b: Tensor<Self, 1>,
+        eps: f64,
+    ) -> Tensor<Self, 3> {
+        if !B::own_fused() {
+            return ops::plain_layer_norm(x, w, b, eps);
+        }
+        let output = (x.dims().to_vec(), x.dtype());
+        let what = What::Norm { eps, bias: true };
+        let inputs = vec![prim(x), prim(w), prim(b)];
+        let [y] = register::<B, 3>("softtune_layer_norm", what, inputs, vec![output])
+            .try_into()
+            .expect("one output");
+        float(y)
+    }
+
+    fn rms_norm(x: Tensor<Self, 3>, w: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
+        if !B::own_fused() {
+            return ops::plain_rms_norm(x, w, eps);
+        }
+        let output = (x.dims().to_vec(), x.dtype());
+        let what = What::Norm { eps, bias: false };
+        let [y] = register::<B, 3>(
+            "softtune_rms_norm",
+            what,
+            vec![prim(x), prim(w)],
+            vec![output],
+        )
+        .try_into()
+        .expect("one output");
+        float(y)
+    }
+
+    fn norm_backward(
+        x: Tensor<Self, 3>,
+        w: Tensor<Self, 1>,
+        grad: Tensor<Self, 3>,
+        eps: f64,
+        rms: bool,
+    ) -> Tensor<Self, 3> {
+        if !B::own_fused() {
+            return kernels::norm_backward(x, w, grad, eps, rms);
+        }
+        let output = (x.dims().to_vec(), x.dtype());
+        let what = What::NormBackward { eps, rms };
+        let inputs = vec![prim(x), prim(w), prim(grad)];
+        let [dx] = register::<B, 3>("softtune_norm_backward", what, inputs, vec![output])
+            .try_into()
+            .expect("one output");
+        float(dx)
     }
 }

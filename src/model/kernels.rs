@@ -13,7 +13,8 @@
 //! * the CPU backend ([`super::cpu`]): matmuls straight on gemm, attention on gemm tiles,
 //!   a one-pass cross-entropy, vectorised `exp`, SiLU and tanh-GELU;
 //! * the CUDA backends ([`super::cuda`]): matmuls on cuBLAS, attention on the CubeCL
-//!   kernels of [`super::flash`] (opt-in), run inside Burn's fusion wrapper by
+//!   kernels of [`super::cubecl::flash`] or the blocked attention's softmax and the norms
+//!   on the row kernels of [`super::cubecl`] (opt-in), run inside Burn's fusion wrapper by
 //!   [`super::fusion`].
 
 use burn::backend::autodiff::{
@@ -105,9 +106,10 @@ pub trait Kernels: Backend {
         blocked_attention_backward(q, k, v, out, lse, grad, opts)
     }
 
-    /// Whether [`Kernels::attention_probs`] and [`Kernels::attention_score_grads`] run the
-    /// backend's own kernels (see [`Kernels::own_matmul`]).
-    fn own_score_rows() -> bool {
+    /// Whether [`Kernels::attention_probs`], [`Kernels::attention_score_grads`], the norms
+    /// and [`Kernels::norm_backward`] run the backend's own kernels (see
+    /// [`Kernels::own_matmul`]).
+    fn own_fused() -> bool {
         false
     }
 

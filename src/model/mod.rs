@@ -9,8 +9,9 @@
 //!   its own way, such as the training backend's memory-saving attention;
 //!   [`cpu`]: the CPU backend's impl and kernels (gemm matmuls, attention on gemm tiles,
 //!   the loss, vectorised `exp` and activations); [`cuda`]: the CUDA backends' impls, their
-//!   matmuls on [`cublas`], attention on [`flash`] or the blocked attention's softmax on
-//!   [`score_rows`], inside Burn's fusion wrapper [`fusion`].
+//!   matmuls on [`cublas`], softtune's own CubeCL kernels in [`cubecl`] (flash attention;
+//!   the blocked attention's softmax and the norms fused), inside Burn's fusion wrapper
+//!   [`fusion`].
 //! * one file per family: [`gpt2`], [`gptj`], [`gpt_neox`], [`gpt_neo`], [`opt`], [`llama`]
 //!   (llama, mistral, qwen2).
 //! * [`lm`]: the loaded model, soft-prompt forward and the loss over text positions.
@@ -18,9 +19,9 @@
 
 pub mod config;
 pub mod cpu;
+pub mod cubecl;
 pub mod cublas;
 pub mod cuda;
-pub mod flash;
 pub mod fusion;
 pub mod generate;
 pub mod gpt2;
@@ -32,10 +33,7 @@ pub mod llama;
 pub mod lm;
 pub mod ops;
 pub mod opt;
-pub mod score_rows;
 pub mod source;
-#[cfg(test)]
-mod test_gpu;
 pub mod tokenizer;
 pub mod weights;
 

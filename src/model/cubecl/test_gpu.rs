@@ -1,6 +1,7 @@
 //! The WebGPU backend the CubeCL kernels are tested on (Mesa's lavapipe on a machine
-//! without a GPU), with [`Kernels`] that run attention on the flash kernels or the blocked
-//! attention's softmax on the score-row kernels, whichever the test thread asked for
+//! without a GPU), with [`Kernels`] that run attention on the flash kernels, or the blocked
+//! attention's softmax and the norms on the fused row kernels, whichever the test thread
+//! asked for
 //! ([`use_kernels`]). Without a Vulkan driver [`device`] says so and the tests pass, unless
 //! `SOFTTUNE_TEST_WGPU=require` (`.ci/run` installs lavapipe and sets it).
 
@@ -11,13 +12,13 @@ use burn_cubecl::{CubeBackend, tensor::CubeTensor};
 use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
 
 use super::flash::{self, Unroll};
-use super::kernels::{
-    Kernels, ScoreBlock, blocked_attention_backward, blocked_attention_forward,
+use super::{norm, score_rows};
+use crate::device::CpuBackend;
+use crate::model::kernels::{
+    self, Kernels, ScoreBlock, blocked_attention_backward, blocked_attention_forward,
     plain_attention_probs, plain_attention_score_grads,
 };
-use super::ops::AttnOpts;
-use super::score_rows;
-use crate::device::CpuBackend;
+use crate::model::ops::{self, AttnOpts};
 
 pub type Gpu = CubeBackend<WgpuRuntime, f32, i32, u32>;
 
@@ -26,8 +27,8 @@ pub type Gpu = CubeBackend<WgpuRuntime, f32, i32, u32>;
 pub enum Own {
     /// Attention on the flash kernels.
     Flash,
-    /// Blocked attention, its softmax on the score-row kernels.
-    ScoreRows,
+    /// Blocked attention, its softmax and the norms on the fused row kernels.
+    Fused,
 }
 
 thread_local! {
@@ -54,8 +55,8 @@ impl Kernels for Gpu {
         own() == Own::Flash && flash::unsupported(q, k, v, dtypes).is_none()
     }
 
-    fn own_score_rows() -> bool {
-        own() == Own::ScoreRows
+    fn own_fused() -> bool {
+        own() == Own::Fused
     }
 
     fn attention_forward(
@@ -66,7 +67,7 @@ impl Kernels for Gpu {
     ) -> (Tensor<Self, 4>, Tensor<Self, 5>) {
         match own() {
             Own::Flash => flash::tensor_forward(q, k, v, opts, Unroll::Never),
-            Own::ScoreRows => blocked_attention_forward(q, k, v, opts),
+            Own::Fused => blocked_attention_forward(q, k, v, opts),
         }
     }
 
@@ -81,7 +82,7 @@ impl Kernels for Gpu {
     ) -> [Tensor<Self, 4>; 3] {
         match own() {
             Own::Flash => flash::tensor_backward(q, k, v, out, lse, grad, opts, Unroll::Never),
-            Own::ScoreRows => blocked_attention_backward(q, k, v, out, lse, grad, opts),
+            Own::Fused => blocked_attention_backward(q, k, v, out, lse, grad, opts),
         }
     }
 
@@ -90,7 +91,7 @@ impl Kernels for Gpu {
         block: ScoreBlock,
         dtype: DType,
     ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
-        if own() == Own::ScoreRows && score_rows::takes(&scores, &[], dtype) {
+        if own() == Own::Fused && score_rows::takes(&scores, &[], dtype) {
             return score_rows::tensor_probs(scores, block, dtype);
         }
         plain_attention_probs(scores, block, dtype)
@@ -104,10 +105,42 @@ impl Kernels for Gpu {
         block: ScoreBlock,
         dtype: DType,
     ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
-        if own() == Own::ScoreRows && score_rows::takes(&scores, &[&dp, &lse, &delta], dtype) {
+        if own() == Own::Fused && score_rows::takes(&scores, &[&dp, &lse, &delta], dtype) {
             return score_rows::tensor_score_grads(scores, dp, lse, delta, block, dtype);
         }
         plain_attention_score_grads(scores, dp, lse, delta, block, dtype)
+    }
+
+    fn layer_norm(
+        x: Tensor<Self, 3>,
+        w: Tensor<Self, 1>,
+        b: Tensor<Self, 1>,
+        eps: f64,
+    ) -> Tensor<Self, 3> {
+        if own() == Own::Fused && norm::takes(&x, &w, Some(&b), None) {
+            return norm::tensor_forward(x, w, Some(b), eps);
+        }
+        ops::plain_layer_norm(x, w, b, eps)
+    }
+
+    fn rms_norm(x: Tensor<Self, 3>, w: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
+        if own() == Own::Fused && norm::takes(&x, &w, None, None) {
+            return norm::tensor_forward(x, w, None, eps);
+        }
+        ops::plain_rms_norm(x, w, eps)
+    }
+
+    fn norm_backward(
+        x: Tensor<Self, 3>,
+        w: Tensor<Self, 1>,
+        grad: Tensor<Self, 3>,
+        eps: f64,
+        rms: bool,
+    ) -> Tensor<Self, 3> {
+        if own() == Own::Fused && norm::takes(&x, &w, None, Some(&grad)) {
+            return norm::tensor_backward(x, w, grad, eps, rms);
+        }
+        kernels::norm_backward(x, w, grad, eps, rms)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Flash-style causal attention as CubeCL kernels: forward and backward without ever
 //! holding a score matrix. Runs on any CubeCL runtime: CUDA in training (behind
-//! [`super::kernels::Kernels::attention_forward`] and
-//! [`attention_backward`](super::kernels::Kernels::attention_backward)), WebGPU/Vulkan in
+//! [`crate::model::kernels::Kernels::attention_forward`] and
+//! [`attention_backward`](crate::model::kernels::Kernels::attention_backward)), WebGPU/Vulkan in
 //! the tests.
 //!
 //! Each unit (thread) owns one row. The forward pass and the query gradients run one unit
@@ -15,16 +15,17 @@
 //! Shapes: `q`, `out`, `dq` `[b, h, s, hd]`; `k`, `v`, `dk`, `dv` `[b, kvh, s, hd]` with
 //! `h = kvh · rep` (query head `i` reads key head `i / rep`); `lse` and `delta`
 //! `[b, kvh, rep, s, 1]` float32, contiguous (the layout of the blocked path in
-//! [`super::kernels`]). Inputs may be strided views.
+//! [`crate::model::kernels`]). Inputs may be strided views.
 
-use burn::tensor::{DType, Shape, Tensor as BurnTensor, TensorPrimitive, backend::Backend};
+use burn::tensor::{DType, Shape, Tensor as BurnTensor, backend::Backend};
 use burn_cubecl::{
     CubeRuntime, kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype,
     tensor::CubeTensor,
 };
 use cubecl::prelude::*;
 
-use super::ops::AttnOpts;
+use super::{burn_tensor, cube, dims};
+use crate::model::ops::AttnOpts;
 
 /// Query (or key) rows per cube: one unit each.
 const ROWS: usize = 64;
@@ -448,7 +449,7 @@ fn dkv_kernel<F: Float>(
 }
 
 /// Whether the CUDA backends run attention on these kernels (`SOFTTUNE_CUDA_ATTENTION=flash`;
-/// the default, `blocked`, is [`super::kernels`]' blocks of query positions on matmuls).
+/// the default, `blocked`, is [`crate::model::kernels`]' blocks of query positions on matmuls).
 /// Read once per process.
 pub fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -477,10 +478,6 @@ pub fn unsupported(q: &[usize], k: &[usize], v: &[usize], dtypes: &[DType]) -> O
         return Some(format!("dtype {:?}", dtypes[0]));
     }
     None
-}
-
-fn dims<R: CubeRuntime>(t: &CubeTensor<R>) -> Vec<usize> {
-    t.meta.shape.iter().copied().collect()
 }
 
 fn grid(rows: usize, heads: usize) -> (CubeCount, CubeDim) {
@@ -648,18 +645,6 @@ where
     backward(&q, &k, &v, &out, &cube(lse), &grad, opts, unroll).map(burn_tensor)
 }
 
-fn cube<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTensor<R>>, const D: usize>(
-    t: BurnTensor<B, D>,
-) -> CubeTensor<R> {
-    t.into_primitive().tensor()
-}
-
-fn burn_tensor<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTensor<R>>, const D: usize>(
-    t: CubeTensor<R>,
-) -> BurnTensor<B, D> {
-    BurnTensor::from_primitive(TensorPrimitive::Float(t))
-}
-
 /// The kernels on WebGPU/Vulkan ([`super::test_gpu`]) against the blocked path on the CPU,
 /// and through autodiff against plain Burn on the same device.
 #[cfg(test)]
@@ -669,9 +654,9 @@ mod tests {
     use burn::tensor::{Distribution, Tensor};
     use burn_fusion::Fusion;
 
+    use super::super::test_gpu::{Gpu, Own, device, float, to_gpu, use_kernels, values};
     use crate::device::CpuBackend;
     use crate::model::kernels::{blocked_attention_backward, blocked_attention_forward};
-    use crate::model::test_gpu::{Gpu, Own, device, float, to_gpu, use_kernels, values};
     use crate::parity::{kernel_checks, rel_err, tolerance};
 
     #[test]

@@ -1,7 +1,7 @@
 //! The blocked attention's softmax as CubeCL kernels: one pass over a block of scores
 //! instead of Burn's chain of element-wise kernels and reductions.
 //!
-//! The blocked attention ([`super::kernels`]) runs the products on the backend's matmuls
+//! The blocked attention ([`crate::model::kernels`]) runs the products on the backend's matmuls
 //! (cuBLAS on CUDA) and holds one block of scores at a time. Between the products, plain
 //! Burn scales, masks, takes the row maximum, subtracts, exponentiates, sums, divides and
 //! casts: on the GPU each is a kernel reading and writing the whole block in float32, about
@@ -16,28 +16,18 @@
 //!
 //! The causal and local-window mask comes from the block's position (no mask tensor).
 //! One cube per row; its units stride over the keys, so reads and writes are coalesced.
-//! Runs on any CubeCL runtime: CUDA in training (behind [`Kernels::attention_probs`] and
-//! [`Kernels::attention_score_grads`]), WebGPU/Vulkan in the tests.
+//! Behind [`Kernels::attention_probs`] and [`Kernels::attention_score_grads`]
+//! (`SOFTTUNE_CUDA_FUSED=on` on CUDA).
 //!
-//! [`Kernels::attention_probs`]: super::kernels::Kernels::attention_probs
-//! [`Kernels::attention_score_grads`]: super::kernels::Kernels::attention_score_grads
+//! [`Kernels::attention_probs`]: crate::model::kernels::Kernels::attention_probs
+//! [`Kernels::attention_score_grads`]: crate::model::kernels::Kernels::attention_score_grads
 
-use burn::tensor::{DType, Shape, Tensor as BurnTensor, TensorPrimitive, backend::Backend};
-use burn_cubecl::{CubeRuntime, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor};
+use burn::tensor::{DType, Tensor as BurnTensor, backend::Backend};
+use burn_cubecl::{CubeRuntime, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use super::kernels::ScoreBlock;
-
-/// Units per row (a power of two: the reductions halve it).
-const UNITS: usize = 256;
-
-/// Whether the CUDA backends run the blocked attention's softmax on these kernels
-/// (`SOFTTUNE_CUDA_SOFTMAX=kernel`; the default, `burn`, is plain Burn operations).
-/// Read once per process.
-pub fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("SOFTTUNE_CUDA_SOFTMAX").is_ok_and(|v| v == "kernel"))
-}
+use super::{ROW_UNITS, burn_tensor, cube, dims, empty, reduce};
+use crate::model::kernels::ScoreBlock;
 
 /// Where a cube's row stands: cube `(x, y)` is stacked row `x` of head `y` (over `b·kvh`).
 #[derive(CubeType, Clone, Copy)]
@@ -82,29 +72,6 @@ fn at<F: Float>(t: &Tensor<F>, r: Row, j: usize) -> usize {
     r.b * t.stride(0) + r.g * t.stride(1) + r.row * t.stride(2) + j * t.stride(3)
 }
 
-/// The maximum (`is_max`) or the sum of every unit's `x`, for every unit of the cube.
-#[cube]
-fn reduce(sm: &mut SharedMemory<f32>, x: f32, #[comptime] is_max: bool) -> f32 {
-    let u = UNIT_POS_X as usize;
-    sm[u] = x;
-    sync_cube();
-    let mut half = CUBE_DIM_X as usize / 2;
-    while half > 0 {
-        if u < half {
-            if is_max {
-                sm[u] = max(sm[u], sm[u + half]);
-            } else {
-                sm[u] += sm[u + half];
-            }
-        }
-        sync_cube();
-        half /= 2;
-    }
-    let total = sm[0];
-    sync_cube();
-    total
-}
-
 /// `p = softmax(scores·scale)` over the visible keys (0 elsewhere) and `lse` per row.
 #[cube(launch)]
 fn probs_kernel<F: Float>(
@@ -121,7 +88,7 @@ fn probs_kernel<F: Float>(
     let r = row_of(scores, n, p0, k0, window);
     let u = UNIT_POS_X as usize;
     let step = CUBE_DIM_X as usize;
-    let mut sm = SharedMemory::<f32>::new(UNITS);
+    let mut sm = SharedMemory::<f32>::new(ROW_UNITS);
     // Below every score (WGSL has no infinity literal); the row's own position is visible.
     let mut m = f32::new(-1.0e30);
     let mut j = r.lo + u;
@@ -204,23 +171,10 @@ pub fn unsupported(scores: &[usize], dtypes: &[DType], out: DType) -> Option<Str
     None
 }
 
-fn dims<R: CubeRuntime>(t: &CubeTensor<R>) -> Vec<usize> {
-    t.meta.shape.iter().copied().collect()
-}
-
 fn grid(shape: &[usize]) -> (CubeCount, CubeDim) {
     (
         CubeCount::Static(shape[2] as u32, (shape[0] * shape[1]) as u32, 1),
-        CubeDim::new_1d(UNITS as u32),
-    )
-}
-
-fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>, dtype: DType) -> CubeTensor<R> {
-    empty_device_contiguous_dtype(
-        like.client.clone(),
-        like.device.clone(),
-        Shape::from(shape),
-        dtype,
+        CubeDim::new_1d(ROW_UNITS as u32),
     )
 }
 
@@ -235,7 +189,7 @@ fn args(block: ScoreBlock) -> (f32, u32, u32, u32, u32) {
     )
 }
 
-/// [`Kernels::attention_probs`](super::kernels::Kernels::attention_probs): `(p in dtype,
+/// [`Kernels::attention_probs`](crate::model::kernels::Kernels::attention_probs): `(p in dtype,
 /// lse)`. The caller has checked [`unsupported`].
 pub fn probs<R: CubeRuntime>(
     scores: &CubeTensor<R>,
@@ -265,7 +219,7 @@ pub fn probs<R: CubeRuntime>(
     (p, lse)
 }
 
-/// [`Kernels::attention_score_grads`](super::kernels::Kernels::attention_score_grads):
+/// [`Kernels::attention_score_grads`](crate::model::kernels::Kernels::attention_score_grads):
 /// `(p, ds)` in `dtype`. The caller has checked [`unsupported`] (all four inputs float32).
 pub fn score_grads<R: CubeRuntime>(
     scores: &CubeTensor<R>,
@@ -359,18 +313,6 @@ where
     (burn_tensor(p), burn_tensor(ds))
 }
 
-fn cube<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTensor<R>>>(
-    t: BurnTensor<B, 4>,
-) -> CubeTensor<R> {
-    t.into_primitive().tensor()
-}
-
-fn burn_tensor<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTensor<R>>>(
-    t: CubeTensor<R>,
-) -> BurnTensor<B, 4> {
-    BurnTensor::from_primitive(TensorPrimitive::Float(t))
-}
-
 /// The kernels on WebGPU/Vulkan ([`super::test_gpu`]) against plain Burn on the CPU, alone
 /// and inside the blocked attention, and through autodiff against plain Burn on the device.
 #[cfg(test)]
@@ -380,13 +322,13 @@ mod tests {
     use burn::tensor::{Distribution, Tensor};
     use burn_fusion::Fusion;
 
+    use super::super::test_gpu::{Gpu, Own, device, to_gpu, use_kernels, values};
     use crate::device::CpuBackend;
     use crate::model::kernels::{
         blocked_attention_backward, blocked_attention_forward, key_range, plain_attention_probs,
         plain_attention_score_grads,
     };
     use crate::model::ops::AttnOpts;
-    use crate::model::test_gpu::{Gpu, Own, device, to_gpu, use_kernels, values};
     use crate::parity::{kernel_checks, rel_err, tolerance};
 
     fn random(shape: [usize; 4]) -> Tensor<CpuBackend, 4> {
@@ -459,7 +401,7 @@ mod tests {
     #[test]
     fn blocked_attention_on_the_score_row_kernels_matches_the_cpu() {
         let Some(dev) = device() else { return };
-        use_kernels(Own::ScoreRows);
+        use_kernels(Own::Fused);
         for window in [None, Some(200)] {
             let opts = AttnOpts { scale: 0.3, window };
             let (q, k, v, g) = (
@@ -496,12 +438,13 @@ mod tests {
         }
     }
 
-    /// Through autodiff, on the backend alone and under Burn's fusion wrapper (where the
-    /// kernels run as custom operations).
+    /// Through autodiff, with the norms' kernels too ([`super::super::norm`]), on the
+    /// backend alone and under Burn's fusion wrapper (where the kernels run as custom
+    /// operations).
     #[test]
-    fn kernel_checks_pass_on_webgpu_with_the_score_row_kernels_alone_and_fused() {
+    fn kernel_checks_pass_on_webgpu_with_the_fused_row_kernels_alone_and_under_fusion() {
         let Some(dev) = device() else { return };
-        use_kernels(Own::ScoreRows);
+        use_kernels(Own::Fused);
         let bound = tolerance(DType::F32);
         let checks = [
             (
