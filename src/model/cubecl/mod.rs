@@ -1,7 +1,7 @@
 //! softtune's own CubeCL kernels. They run on any CubeCL runtime: CUDA in training (the
 //! CUDA backends' [`Kernels`](super::kernels::Kernels) in [`super::cuda`], custom
 //! operations under Burn's fusion in [`super::fusion`]), WebGPU/Vulkan in the tests
-//! ([`test_gpu`]: Mesa's lavapipe on a machine without a GPU).
+//! (`test_gpu`: Mesa's lavapipe on a machine without a GPU).
 //!
 //! * [`flash`]: flash-style causal attention, forward and backward
 //!   (`SOFTTUNE_CUDA_ATTENTION=flash`);
@@ -10,7 +10,7 @@
 //!   LayerNorm and RMSNorm forward and their input gradient. Each replaces a chain of Burn
 //!   element-wise kernels and reductions over float32 copies with one pass per row.
 //!
-//! Shared here: the cube-wide [`reduce`], and moving between Burn tensors and CubeCL ones.
+//! Shared here: the cube-wide [`reduce()`], and moving between Burn tensors and CubeCL ones.
 
 use burn::tensor::{DType, Shape, Tensor, TensorPrimitive, backend::Backend};
 use burn_cubecl::{CubeRuntime, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor};
@@ -30,7 +30,7 @@ pub fn fused() -> bool {
     *ON.get_or_init(|| std::env::var("SOFTTUNE_CUDA_FUSED").is_ok_and(|v| v == "on"))
 }
 
-/// Units per row of the row kernels (a power of two: [`reduce`] halves it).
+/// Units per row of the row kernels (a power of two: [`reduce()`] halves it).
 pub const ROW_UNITS: usize = 256;
 
 /// The maximum (`is_max`) or the sum of every unit's `x`, returned to every unit of the
