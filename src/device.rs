@@ -5,6 +5,7 @@
 
 use std::ffi::{c_char, c_int};
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{Result, anyhow, bail};
@@ -221,11 +222,68 @@ pub fn probe_cuda(index: usize) -> Result<CudaGpu> {
             "cuda:{index}: NVRTC (libnvrtc.so), which compiles softtune's GPU kernels, was not found; add the CUDA toolkit's lib64 folder to LD_LIBRARY_PATH"
         );
     }
+    if cuda_headers(std::env::var_os("CUDA_PATH"), |p| p.exists()).is_none() {
+        bail!(
+            "cuda:{index}: no CUDA toolkit found for the headers NVRTC compiles softtune's GPU kernels with (CUDA_PATH is unset and there is no /usr/local/cuda, /opt/cuda or /usr/bin/nvcc); install the CUDA toolkit or set CUDA_PATH to one (a folder with include/); scripts/cuda-headers.sh DIR makes one from NVIDIA's pip wheels"
+        );
+    }
+    cache_compiled_kernels();
     Ok(CudaGpu {
         index,
         name,
         device_count: count,
     })
+}
+
+/// The CUDA installation CubeCL's CUDA runtime takes its NVRTC include path from (it panics
+/// on the first kernel without one): `CUDA_PATH`, else `/usr/local/cuda`, `/opt/cuda`, or
+/// `/usr` when `/usr/bin/nvcc` exists (the same order). `exists` answers for paths.
+pub fn cuda_headers(
+    cuda_path: Option<std::ffi::OsString>,
+    exists: impl Fn(&Path) -> bool,
+) -> Option<PathBuf> {
+    if let Some(p) = cuda_path {
+        return Some(PathBuf::from(p));
+    }
+    [
+        ("/usr/local/cuda", "/usr/local/cuda"),
+        ("/opt/cuda", "/opt/cuda"),
+        ("/usr/bin/nvcc", "/usr"),
+    ]
+    .into_iter()
+    .find(|(probe, _)| exists(Path::new(probe)))
+    .map(|(_, root)| PathBuf::from(root))
+}
+
+/// Keeps CubeCL's compiled kernels (NVRTC's PTX) in softtune's cache folder
+/// (`SOFTTUNE_CACHE_DIR`, else the OS cache folder, `cubecl/` inside), so that a run after
+/// the first skips compiling them: tens of seconds a process on first use. A `cubecl.toml`
+/// that names a compilation cache wins; `SOFTTUNE_KERNEL_CACHE=off` keeps none. Done once,
+/// before CubeCL reads its configuration (after that it cannot change).
+pub fn cache_compiled_kernels() {
+    use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var("SOFTTUNE_KERNEL_CACHE").is_ok_and(|v| v == "off") {
+            return;
+        }
+        let Ok(dir) = crate::config::profile::os_dir(
+            "SOFTTUNE_CACHE_DIR",
+            directories::ProjectDirs::cache_dir,
+            "compiled kernels",
+        ) else {
+            return;
+        };
+        let mut state = CubeClRuntimeConfig::storage().lock();
+        if state.is_some() {
+            return;
+        }
+        let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+        if config.compilation.cache.is_none() {
+            config.compilation.cache = Some(CacheConfig::File(dir.join("cubecl")));
+        }
+        *state = Some(std::sync::Arc::new(config));
+    });
 }
 
 /// Runs `$body` with `$B` bound to the backend type and `$dev` to its device for `$spec`,
@@ -261,6 +319,20 @@ macro_rules! with_backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cuda_headers_follow_cubecls_search_order() {
+        let none = |_: &Path| false;
+        assert_eq!(cuda_headers(None, none), None);
+        assert_eq!(
+            cuda_headers(Some("/opt/cu13".into()), none),
+            Some(PathBuf::from("/opt/cu13"))
+        );
+        let nvcc_only = |p: &Path| p == Path::new("/usr/bin/nvcc");
+        assert_eq!(cuda_headers(None, nvcc_only), Some(PathBuf::from("/usr")));
+        let both = |p: &Path| p == Path::new("/usr/bin/nvcc") || p == Path::new("/opt/cuda");
+        assert_eq!(cuda_headers(None, both), Some(PathBuf::from("/opt/cuda")));
+    }
 
     #[test]
     fn device_and_cuda_backend_names() {

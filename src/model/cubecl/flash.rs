@@ -654,10 +654,130 @@ mod tests {
     use burn::tensor::{Distribution, Tensor};
     use burn_fusion::Fusion;
 
+    use super::super::nvrtc;
     use super::super::test_gpu::{Gpu, Own, device, float, to_gpu, use_kernels, values};
     use crate::device::CpuBackend;
     use crate::model::kernels::{blocked_attention_backward, blocked_attention_forward};
     use crate::parity::{kernel_checks, rel_err, tolerance};
+    use cubecl::wgpu::WgpuRuntime;
+
+    /// The three kernels through CubeCL's CUDA compiler and NVRTC, as GPUs run them
+    /// (unrolled up to head size 128): bf16 at the head sizes of the benchmark shapes (64:
+    /// TinyLlama, Pythia; 256: GPT-J; with SOFTTUNE_TEST_CUDA_ALL=1 also 128: OPT-6.7B, and
+    /// f16 at 80, f32 at 100).
+    #[test]
+    fn flash_kernels_compile_for_cuda() {
+        use cubecl::prelude::Tensor as Cube;
+        let Some(toolkit) = nvrtc::toolkit() else {
+            return;
+        };
+        let Some(dev) = device() else { return };
+        let t = |shape: [usize; 4]| cube(Tensor::<Gpu, 4>::zeros(shape, &dev)).into_tensor_arg();
+        let client = cube::<WgpuRuntime, Gpu, 1>(Tensor::<Gpu, 1>::zeros([1], &dev)).client;
+        let dim = CubeDim::new_1d(ROWS as u32);
+        // NVRTC takes about 45 s for an unrolled set on two cores: the others with
+        // SOFTTUNE_TEST_CUDA_ALL=1.
+        let mut cases = vec![(DType::BF16, 64), (DType::BF16, 256)];
+        if std::env::var("SOFTTUNE_TEST_CUDA_ALL").is_ok_and(|v| v == "1") {
+            cases.extend([(DType::BF16, 128), (DType::F16, 80), (DType::F32, 100)]);
+        }
+        for (dtype, hd) in cases {
+            let (st, tile, unroll): (StorageType, usize, bool) =
+                (dtype.into(), tile_rows(hd), Unroll::Small.applies(hd));
+            let case = format!("{dtype:?}, head size {hd}, unrolled {unroll}");
+            let (mut l, settings) = nvrtc::launcher(&client, dim, |scope| {
+                scope.register_type::<DynamicScalar<forward_kernel::_F>>(st)
+            });
+            let mut tensor = |shape| <Cube<f32> as LaunchArg>::register(t(shape), &mut l);
+            let [q, k, v, out] = [[1, 2, 8, 4]; 4].map(&mut tensor);
+            let lse = tensor([1, 2, 8, 1]);
+            let (scale, window) = (
+                <f32 as LaunchArg>::register(0.5, &mut l),
+                <u32 as LaunchArg>::register(0, &mut l),
+            );
+            let kernel = forward_kernel::ForwardKernel::<WgpuRuntime>::new(
+                settings,
+                client.clone(),
+                q,
+                k,
+                v,
+                out,
+                lse,
+                scale,
+                window,
+                hd,
+                tile,
+                unroll,
+                st,
+            );
+            let forward = nvrtc::check(kernel, &toolkit);
+            assert!(forward.is_ok(), "forward, {case}: {}", forward.unwrap_err());
+
+            let (mut l, settings) = nvrtc::launcher(&client, dim, |scope| {
+                scope.register_type::<DynamicScalar<dq_kernel::_F>>(st)
+            });
+            let mut tensor = |shape| <Cube<f32> as LaunchArg>::register(t(shape), &mut l);
+            let [q, k, v, out, dout] = [[1, 2, 8, 4]; 5].map(&mut tensor);
+            let [lse, delta] = [[1, 2, 8, 1]; 2].map(&mut tensor);
+            let dq = tensor([1, 2, 8, 4]);
+            let (scale, window) = (
+                <f32 as LaunchArg>::register(0.5, &mut l),
+                <u32 as LaunchArg>::register(0, &mut l),
+            );
+            let kernel = dq_kernel::DqKernel::<WgpuRuntime>::new(
+                settings,
+                client.clone(),
+                q,
+                k,
+                v,
+                out,
+                dout,
+                lse,
+                delta,
+                dq,
+                scale,
+                window,
+                hd,
+                tile,
+                unroll,
+                st,
+            );
+            let dq = nvrtc::check(kernel, &toolkit);
+            assert!(dq.is_ok(), "dq, {case}: {}", dq.unwrap_err());
+
+            let (mut l, settings) = nvrtc::launcher(&client, dim, |scope| {
+                scope.register_type::<DynamicScalar<dkv_kernel::_F>>(st)
+            });
+            let mut tensor = |shape| <Cube<f32> as LaunchArg>::register(t(shape), &mut l);
+            let [q, k, v, dout] = [[1, 2, 8, 4]; 4].map(&mut tensor);
+            let [lse, delta] = [[1, 2, 8, 1]; 2].map(&mut tensor);
+            let [dk, dv] = [[1, 2, 8, 4]; 2].map(&mut tensor);
+            let (scale, window) = (
+                <f32 as LaunchArg>::register(0.5, &mut l),
+                <u32 as LaunchArg>::register(0, &mut l),
+            );
+            let kernel = dkv_kernel::DkvKernel::<WgpuRuntime>::new(
+                settings,
+                client.clone(),
+                q,
+                k,
+                v,
+                dout,
+                lse,
+                delta,
+                dk,
+                dv,
+                scale,
+                window,
+                hd,
+                tile,
+                unroll,
+                st,
+            );
+            let dkv = nvrtc::check(kernel, &toolkit);
+            assert!(dkv.is_ok(), "dk/dv, {case}: {}", dkv.unwrap_err());
+        }
+    }
 
     #[test]
     fn flash_kernels_match_the_blocked_path() {

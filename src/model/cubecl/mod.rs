@@ -93,3 +93,105 @@ where
 {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
+
+/// Compiling the kernels as the CUDA runtime does, without a GPU: the CUDA C++ that
+/// CubeCL's CUDA compiler writes for a kernel, compiled by NVRTC for an H100 (`sm_90a`).
+/// The kernels are built against the WebGPU test device's client ([`test_gpu`]); only
+/// the compiler and NVRTC are CUDA's. Needs a CUDA toolkit tree (`include/`, `lib/` or
+/// `lib64/` with `libnvrtc.so.13`, on `LD_LIBRARY_PATH`) named by `SOFTTUNE_TEST_CUDA`;
+/// without it the checks say so and pass. `.ci/run` fetches NVIDIA's pip wheels of NVRTC,
+/// the runtime headers and CCCL for it (`scripts/cuda-headers.sh`).
+#[cfg(test)]
+pub(crate) mod nvrtc {
+    use std::ffi::CString;
+    use std::path::PathBuf;
+
+    use cubecl::cuda::CudaCompiler;
+    use cubecl::ir::{ElemType, StorageType, UIntKind};
+    use cubecl::prelude::*;
+    use cubecl::wgpu::WgpuRuntime;
+    use cubecl::{Compiler, CubeTask};
+
+    /// The toolkit tree, or `None` (said on stderr) when `SOFTTUNE_TEST_CUDA` is unset.
+    pub fn toolkit() -> Option<PathBuf> {
+        match std::env::var_os("SOFTTUNE_TEST_CUDA") {
+            Some(dir) => Some(PathBuf::from(dir)),
+            None => {
+                eprintln!(
+                    "SOFTTUNE_TEST_CUDA is not set (a CUDA toolkit tree with NVRTC): \
+                     CUDA compilation checks skipped"
+                );
+                None
+            }
+        }
+    }
+
+    /// A launcher and settings for a kernel of `dim` units per cube, the kernel's dtype
+    /// markers registered by `register` (as the `launch` function CubeCL generates does).
+    pub fn launcher(
+        client: &ComputeClient<WgpuRuntime>,
+        dim: CubeDim,
+        mut register: impl FnMut(&mut Scope),
+    ) -> (KernelLauncher<WgpuRuntime>, KernelSettings) {
+        let settings = KernelSettings::default()
+            .cube_dim(dim)
+            .address_type(AddressType::U32);
+        let mut launcher = KernelLauncher::<WgpuRuntime>::new(settings.clone());
+        launcher.with_scope(|scope| {
+            scope.device_properties(client.properties());
+            register(scope);
+        });
+        (launcher, settings)
+    }
+
+    /// Compiles `kernel` to CUDA C++ and the C++ with NVRTC for `sm_90a`, with the options
+    /// the CUDA runtime gives both on an H100; `Err` with NVRTC's log (and the source).
+    pub fn check<K: CubeKernel>(kernel: K, toolkit: &std::path::Path) -> Result<(), String> {
+        let mut options: <CudaCompiler as Compiler>::CompilationOptions = Default::default();
+        options.warp_size = 32;
+        let features = &mut options.supports_features;
+        features.fast_math = true;
+        features.grid_constants = true;
+        features.clusters = true;
+        features.elect_sync = true;
+        let task = KernelTask::<CudaCompiler, K>::new(kernel);
+        let u32_type = StorageType::Scalar(ElemType::UInt(UIntKind::U32));
+        let compiled = task
+            .compile(
+                &mut Default::default(),
+                &options,
+                ExecutionMode::Checked,
+                u32_type,
+            )
+            .map_err(|e| format!("CubeCL's CUDA compiler: {e:?}"))?;
+        let include = toolkit.join("include");
+        let flags = [
+            "--gpu-architecture=sm_90a".to_string(),
+            format!("--include-path={}", include.display()),
+            format!("--include-path={}", include.join("cccl").display()),
+            "-lineinfo".to_string(),
+        ];
+        let source = CString::new(compiled.source.clone()).map_err(|e| e.to_string())?;
+        // SAFETY: NVRTC's C API on a null-terminated source that outlives the program; the
+        // program is destroyed before returning.
+        unsafe {
+            use cudarc::nvrtc::result;
+            let program = result::create_program(source.as_c_str(), None)
+                .map_err(|e| format!("NVRTC (is libnvrtc.so.13 on LD_LIBRARY_PATH?): {e:?}"))?;
+            let outcome = match result::compile_program(program, &flags) {
+                Ok(()) => Ok(()),
+                Err(_) => {
+                    let log = result::get_program_log(program)
+                        .map(|raw| {
+                            let bytes: Vec<u8> = raw.iter().map(|&c| c as u8).collect();
+                            String::from_utf8_lossy(&bytes).into_owned()
+                        })
+                        .unwrap_or_default();
+                    Err(format!("NVRTC: {log}\n--- source ---\n{}", compiled.source))
+                }
+            };
+            let _ = result::destroy_program(program);
+            outcome
+        }
+    }
+}

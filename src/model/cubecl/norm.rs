@@ -277,14 +277,87 @@ mod tests {
     use super::*;
     use burn::tensor::{Distribution, Tensor};
 
-    use super::super::test_gpu::{device, to_gpu, values};
+    use super::super::nvrtc;
+    use super::super::test_gpu::{Gpu, device, to_gpu, values};
     use crate::device::CpuBackend;
     use crate::model::kernels::norm_backward;
     use crate::model::ops::{plain_layer_norm, plain_rms_norm};
     use crate::parity::rel_err;
+    use cubecl::wgpu::WgpuRuntime;
 
     fn random<const D: usize>(shape: [usize; D], mean: f64) -> Tensor<CpuBackend, D> {
         Tensor::random(shape, Distribution::Normal(mean, 2.0), &Default::default())
+    }
+
+    /// Both kernels through CubeCL's CUDA compiler and NVRTC: LayerNorm's float32 weights
+    /// on 16-bit rows, RMSNorm's weights in the rows' dtype, all float32.
+    #[test]
+    fn norm_kernels_compile_for_cuda() {
+        use cubecl::prelude::Tensor as Cube;
+        let Some(toolkit) = nvrtc::toolkit() else {
+            return;
+        };
+        let Some(dev) = device() else { return };
+        let t = |shape: [usize; 3]| cube(Tensor::<Gpu, 3>::zeros(shape, &dev)).into_tensor_arg();
+        let client = cube(Tensor::<Gpu, 1>::zeros([1], &dev)).client;
+        let dim = CubeDim::new_1d(ROW_UNITS as u32);
+        let cases = [
+            (DType::BF16, DType::F32, false),
+            (DType::F16, DType::F32, false),
+            (DType::BF16, DType::BF16, true),
+            (DType::F32, DType::F32, true),
+        ];
+        for (x_dtype, w_dtype, rms) in cases {
+            let (xs, ws): (StorageType, StorageType) = (x_dtype.into(), w_dtype.into());
+            let case = format!("x {x_dtype:?}, w {w_dtype:?}, rms {rms}");
+            let (mut l, settings) = nvrtc::launcher(&client, dim, |scope| {
+                scope.register_type::<DynamicScalar<forward_kernel::_F>>(xs);
+                scope.register_type::<DynamicScalar<forward_kernel::_W>>(ws);
+            });
+            let mut tensor = |shape| <Cube<f32> as LaunchArg>::register(t(shape), &mut l);
+            let [x, w, b, y] = [[2, 3, 8], [1, 1, 8], [1, 1, 8], [2, 3, 8]].map(&mut tensor);
+            let eps = <f32 as LaunchArg>::register(1e-5, &mut l);
+            let kernel = forward_kernel::ForwardKernel::<WgpuRuntime>::new(
+                settings,
+                client.clone(),
+                x,
+                w,
+                b,
+                y,
+                eps,
+                rms,
+                xs,
+                ws,
+            );
+            let forward = nvrtc::check(kernel, &toolkit);
+            assert!(forward.is_ok(), "forward, {case}: {}", forward.unwrap_err());
+
+            let (mut l, settings) = nvrtc::launcher(&client, dim, |scope| {
+                scope.register_type::<DynamicScalar<backward_kernel::_F>>(xs);
+                scope.register_type::<DynamicScalar<backward_kernel::_W>>(ws);
+            });
+            let mut tensor = |shape| <Cube<f32> as LaunchArg>::register(t(shape), &mut l);
+            let [x, w, grad, dx] = [[2, 3, 8], [1, 1, 8], [2, 3, 8], [2, 3, 8]].map(&mut tensor);
+            let eps = <f32 as LaunchArg>::register(1e-5, &mut l);
+            let kernel = backward_kernel::BackwardKernel::<WgpuRuntime>::new(
+                settings,
+                client.clone(),
+                x,
+                w,
+                grad,
+                dx,
+                eps,
+                rms,
+                xs,
+                ws,
+            );
+            let backward = nvrtc::check(kernel, &toolkit);
+            assert!(
+                backward.is_ok(),
+                "backward, {case}: {}",
+                backward.unwrap_err()
+            );
+        }
     }
 
     #[test]

@@ -322,6 +322,7 @@ mod tests {
     use burn::tensor::{Distribution, Tensor};
     use burn_fusion::Fusion;
 
+    use super::super::nvrtc;
     use super::super::test_gpu::{Gpu, Own, device, to_gpu, use_kernels, values};
     use crate::device::CpuBackend;
     use crate::model::kernels::{
@@ -330,6 +331,7 @@ mod tests {
     };
     use crate::model::ops::AttnOpts;
     use crate::parity::{kernel_checks, rel_err, tolerance};
+    use cubecl::wgpu::WgpuRuntime;
 
     fn random(shape: [usize; 4]) -> Tensor<CpuBackend, 4> {
         Tensor::random(shape, Distribution::Normal(0.0, 2.0), &Default::default())
@@ -393,6 +395,80 @@ mod tests {
                 "backward p, {case}"
             );
             assert!(rel_err(&values(gds), &values(ds)) < 1e-5, "ds, {case}");
+        }
+    }
+
+    /// Both kernels through CubeCL's CUDA compiler and NVRTC, in every dtype they write.
+    #[test]
+    fn score_row_kernels_compile_for_cuda() {
+        use cubecl::prelude::Tensor as Cube;
+        let Some(toolkit) = nvrtc::toolkit() else {
+            return;
+        };
+        let Some(dev) = device() else { return };
+        let t = |shape: [usize; 4]| cube(Tensor::<Gpu, 4>::zeros(shape, &dev)).into_tensor_arg();
+        let client = cube(Tensor::<Gpu, 1>::zeros([1], &dev)).client;
+        let dim = CubeDim::new_1d(ROW_UNITS as u32);
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let st: StorageType = dtype.into();
+            let (mut l, settings) = nvrtc::launcher(&client, dim, |scope| {
+                scope.register_type::<DynamicScalar<probs_kernel::_F>>(st)
+            });
+            let kernel = probs_kernel::ProbsKernel::<WgpuRuntime>::new(
+                settings,
+                client.clone(),
+                <Cube<f32> as LaunchArg>::register(t([1, 2, 8, 8]), &mut l),
+                <Cube<f32> as LaunchArg>::register(t([1, 2, 8, 8]), &mut l),
+                <Cube<f32> as LaunchArg>::register(t([1, 2, 8, 1]), &mut l),
+                <f32 as LaunchArg>::register(0.5, &mut l),
+                <u32 as LaunchArg>::register(8, &mut l),
+                <u32 as LaunchArg>::register(0, &mut l),
+                <u32 as LaunchArg>::register(0, &mut l),
+                <u32 as LaunchArg>::register(0, &mut l),
+                st,
+            );
+            let probs = nvrtc::check(kernel, &toolkit);
+            assert!(
+                probs.is_ok(),
+                "probs_kernel, {dtype:?}: {}",
+                probs.unwrap_err()
+            );
+
+            let (mut l, settings) = nvrtc::launcher(&client, dim, |scope| {
+                scope.register_type::<DynamicScalar<grads_kernel::_F>>(st)
+            });
+            let mut tensor = |shape| <Cube<f32> as LaunchArg>::register(t(shape), &mut l);
+            let args = [
+                tensor([1, 2, 8, 8]),
+                tensor([1, 2, 8, 8]),
+                tensor([1, 2, 8, 1]),
+                tensor([1, 2, 8, 1]),
+                tensor([1, 2, 8, 8]),
+                tensor([1, 2, 8, 8]),
+            ];
+            let [scores, dp, lse, delta, p, ds] = args;
+            let kernel = grads_kernel::GradsKernel::<WgpuRuntime>::new(
+                settings,
+                client.clone(),
+                scores,
+                dp,
+                lse,
+                delta,
+                p,
+                ds,
+                <f32 as LaunchArg>::register(0.5, &mut l),
+                <u32 as LaunchArg>::register(8, &mut l),
+                <u32 as LaunchArg>::register(0, &mut l),
+                <u32 as LaunchArg>::register(0, &mut l),
+                <u32 as LaunchArg>::register(0, &mut l),
+                st,
+            );
+            let grads = nvrtc::check(kernel, &toolkit);
+            assert!(
+                grads.is_ok(),
+                "grads_kernel, {dtype:?}: {}",
+                grads.unwrap_err()
+            );
         }
     }
 
