@@ -258,8 +258,9 @@ pub fn cuda_headers(
 /// Keeps CubeCL's compiled kernels (NVRTC's PTX) in softtune's cache folder
 /// (`SOFTTUNE_CACHE_DIR`, else the OS cache folder, `cubecl/` inside), so that a run after
 /// the first skips compiling them: tens of seconds a process on first use. A `cubecl.toml`
-/// that names a compilation cache wins; `SOFTTUNE_KERNEL_CACHE=off` keeps none. Done once,
-/// before CubeCL reads its configuration (after that it cannot change).
+/// that names a compilation cache wins; `SOFTTUNE_KERNEL_CACHE=off` keeps none, and so does
+/// a folder softtune cannot write to. Done once, before CubeCL reads its configuration
+/// (after that it cannot change).
 pub fn cache_compiled_kernels() {
     use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -274,13 +275,22 @@ pub fn cache_compiled_kernels() {
         ) else {
             return;
         };
+        // CubeCL panics when it cannot write its cache: only a folder we can write to.
+        let dir = dir.join("cubecl");
+        let probe = dir.join(".softtune-write-test");
+        let writable = std::fs::create_dir_all(&dir).is_ok()
+            && std::fs::write(&probe, b"").is_ok()
+            && std::fs::remove_file(&probe).is_ok();
+        if !writable {
+            return;
+        }
         let mut state = CubeClRuntimeConfig::storage().lock();
         if state.is_some() {
             return;
         }
         let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
         if config.compilation.cache.is_none() {
-            config.compilation.cache = Some(CacheConfig::File(dir.join("cubecl")));
+            config.compilation.cache = Some(CacheConfig::File(dir));
         }
         *state = Some(std::sync::Arc::new(config));
     });

@@ -224,9 +224,6 @@ pub fn kernel_checks<B: TrainKernels>(dev: &B::Device, dtype: DType) -> Result<V
     check_matmul::<B, 4>("half broadcast", q, per_head, &mut out)?;
 
     // One block of positions, then three (128, 128 and 24 positions) for the blocked path.
-    // (Not 300 positions: Burn 0.21's CubeCL matmul on WebGPU (lavapipe) gets the plain
-    // path's `pᵀ·dO` wrong for a transposed, batched left operand with 600 inner and 16
-    // outer elements, so the reference itself would fail there.)
     for (label, window, b, s) in [
         ("causal", None, 2, 33),
         ("local", Some(5), 2, 33),

@@ -45,10 +45,41 @@ fn own() -> Own {
     OWN.with(|o| o.get())
 }
 
-/// Burn's matmul, but called "own" so that under fusion it runs as a custom operation too.
+/// `lhs · rhs` (rank 2 to 4, batch dimensions broadcast) as a broadcast product summed over
+/// `k`: no CubeCL matmul kernel. Burn 0.21's CubeCL matmul on WebGPU (lavapipe) returns
+/// wrong values for some shapes with a transposed operand, depending on which kernel its
+/// autotuning picked in that process (seen at `[2, 300, 600]ᵀ · [2, 600, 16]`, and
+/// intermittently in the kernel checks' attention over 280 positions), which made the
+/// plain reference, not the kernels under test, wrong.
+fn reference_matmul<const D: usize>(lhs: Tensor<Gpu, D>, rhs: Tensor<Gpu, D>) -> Tensor<Gpu, D> {
+    assert!((2..=4).contains(&D), "matmul of rank {D}");
+    let four = |d: [usize; D]| {
+        let mut v = [1usize; 4];
+        v[4 - D..].copy_from_slice(&d);
+        v
+    };
+    let (ld, rd) = (four(lhs.dims()), four(rhs.dims()));
+    let l = lhs.reshape(ld).unsqueeze_dim::<5>(4);
+    let r = rhs.reshape(rd).unsqueeze_dim::<5>(2);
+    let product = (l * r).sum_dim(3);
+    let mut out = [0usize; D];
+    for i in 0..D - 2 {
+        out[i] = ld[4 - D + i].max(rd[4 - D + i]);
+    }
+    out[D - 2] = ld[2];
+    out[D - 1] = rd[3];
+    product.reshape(out)
+}
+
+/// The matmul is [`reference_matmul`], called "own" so that under fusion it runs as a
+/// custom operation too.
 impl Kernels for Gpu {
     fn own_matmul() -> bool {
         true
+    }
+
+    fn matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
+        reference_matmul(lhs, rhs)
     }
 
     fn own_attention(q: &[usize], k: &[usize], v: &[usize], dtypes: &[DType]) -> bool {
