@@ -16,12 +16,11 @@ use burn::tensor::{
 use super::cubecl::flash::{self, Unroll};
 use super::cubecl::{self as own, norm, score_rows};
 use super::cublas;
-use super::kernels;
 use super::kernels::{
     Kernels, ScoreBlock, as_dtype, blocked_attention_backward, blocked_attention_forward,
-    owns_attention, plain_attention_probs, plain_attention_score_grads,
+    owns_attention,
 };
-use super::ops::{self, AttnOpts};
+use super::ops::AttnOpts;
 use crate::device::CudaCubeBackend;
 
 type CubeFloat = FloatTensor<CudaCubeBackend>;
@@ -125,10 +124,7 @@ impl Kernels for CudaCubeBackend {
         block: ScoreBlock,
         dtype: DType,
     ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
-        if own::fused() && score_rows::takes(&scores, &[], dtype) {
-            return score_rows::tensor_probs(scores, block, dtype);
-        }
-        plain_attention_probs(scores, block, dtype)
+        score_rows::probs_or_plain(own::fused(), scores, block, dtype)
     }
 
     fn attention_score_grads(
@@ -139,10 +135,7 @@ impl Kernels for CudaCubeBackend {
         block: ScoreBlock,
         dtype: DType,
     ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
-        if own::fused() && score_rows::takes(&scores, &[&dp, &lse, &delta], dtype) {
-            return score_rows::tensor_score_grads(scores, dp, lse, delta, block, dtype);
-        }
-        plain_attention_score_grads(scores, dp, lse, delta, block, dtype)
+        score_rows::score_grads_or_plain(own::fused(), scores, dp, lse, delta, block, dtype)
     }
 
     fn layer_norm(
@@ -151,17 +144,11 @@ impl Kernels for CudaCubeBackend {
         b: Tensor<Self, 1>,
         eps: f64,
     ) -> Tensor<Self, 3> {
-        if own::fused() && norm::takes(&x, &w, Some(&b), None) {
-            return norm::tensor_forward(x, w, Some(b), eps);
-        }
-        ops::plain_layer_norm(x, w, b, eps)
+        norm::forward_or_plain(own::fused(), x, w, Some(b), eps)
     }
 
     fn rms_norm(x: Tensor<Self, 3>, w: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
-        if own::fused() && norm::takes(&x, &w, None, None) {
-            return norm::tensor_forward(x, w, None, eps);
-        }
-        ops::plain_rms_norm(x, w, eps)
+        norm::forward_or_plain(own::fused(), x, w, None, eps)
     }
 
     fn norm_backward(
@@ -171,9 +158,6 @@ impl Kernels for CudaCubeBackend {
         eps: f64,
         rms: bool,
     ) -> Tensor<Self, 3> {
-        if own::fused() && norm::takes(&x, &w, None, Some(&grad)) {
-            return norm::tensor_backward(x, w, grad, eps, rms);
-        }
-        kernels::norm_backward(x, w, grad, eps, rms)
+        norm::backward_or_plain(own::fused(), x, w, grad, eps, rms)
     }
 }

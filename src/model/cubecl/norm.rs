@@ -26,6 +26,8 @@ use burn_cubecl::{CubeRuntime, tensor::CubeTensor};
 use cubecl::prelude::*;
 
 use super::{ROW_UNITS, burn_tensor, cube, dims, empty, reduce};
+use crate::model::kernels::norm_backward;
+use crate::model::ops::{plain_layer_norm, plain_rms_norm};
 
 /// Offset of element `j` of row `r` (over `b·s`) of `t` (`[b, s, d]`).
 #[cube]
@@ -240,6 +242,48 @@ pub fn backward<R: CubeRuntime>(
     dx
 }
 
+/// [`Kernels::layer_norm`] (with `b`) or [`Kernels::rms_norm`] of a CubeCL backend `B`: the
+/// kernel when `on` and it takes the tensors, plain Burn otherwise.
+pub fn forward_or_plain<R, B>(
+    on: bool,
+    x: BurnTensor<B, 3>,
+    w: BurnTensor<B, 1>,
+    b: Option<BurnTensor<B, 1>>,
+    eps: f64,
+) -> BurnTensor<B, 3>
+where
+    R: CubeRuntime,
+    B: Backend<FloatTensorPrimitive = CubeTensor<R>>,
+{
+    if on && takes(&x, &w, b.as_ref(), None) {
+        return tensor_forward(x, w, b, eps);
+    }
+    match b {
+        Some(b) => plain_layer_norm(x, w, b, eps),
+        None => plain_rms_norm(x, w, eps),
+    }
+}
+
+/// [`Kernels::norm_backward`] of a CubeCL backend `B`: the kernel when `on` and it takes the
+/// tensors, plain Burn otherwise.
+pub fn backward_or_plain<R, B>(
+    on: bool,
+    x: BurnTensor<B, 3>,
+    w: BurnTensor<B, 1>,
+    grad: BurnTensor<B, 3>,
+    eps: f64,
+    rms: bool,
+) -> BurnTensor<B, 3>
+where
+    R: CubeRuntime,
+    B: Backend<FloatTensorPrimitive = CubeTensor<R>>,
+{
+    if on && takes(&x, &w, None, Some(&grad)) {
+        return tensor_backward(x, w, grad, eps, rms);
+    }
+    norm_backward(x, w, grad, eps, rms)
+}
+
 /// [`forward`] on the Burn tensors of a CubeCL backend `B`.
 pub fn tensor_forward<R, B>(
     x: BurnTensor<B, 3>,
@@ -280,8 +324,6 @@ mod tests {
     use super::super::nvrtc;
     use super::super::test_gpu::{Gpu, device, to_gpu, values};
     use crate::device::CpuBackend;
-    use crate::model::kernels::norm_backward;
-    use crate::model::ops::{plain_layer_norm, plain_rms_norm};
     use crate::parity::rel_err;
     use cubecl::wgpu::WgpuRuntime;
 

@@ -27,7 +27,9 @@ use burn_cubecl::{CubeRuntime, tensor::CubeTensor};
 use cubecl::prelude::*;
 
 use super::{ROW_UNITS, burn_tensor, cube, dims, empty, reduce};
-use crate::model::kernels::ScoreBlock;
+use crate::model::kernels::{
+    Kernels, ScoreBlock, plain_attention_probs, plain_attention_score_grads,
+};
 
 /// Where a cube's row stands: cube `(x, y)` is stacked row `x` of head `y` (over `b·kvh`).
 #[derive(CubeType, Clone, Copy)]
@@ -281,6 +283,46 @@ pub fn takes<B: Backend>(
     shapes_match && unsupported(&scores.dims(), &dtypes, dtype).is_none()
 }
 
+/// [`Kernels::attention_probs`](crate::model::kernels::Kernels::attention_probs) of a CubeCL
+/// backend `B`: the kernel when `on` and it takes the tensors, plain Burn otherwise.
+pub fn probs_or_plain<R, B>(
+    on: bool,
+    scores: BurnTensor<B, 4>,
+    block: ScoreBlock,
+    dtype: DType,
+) -> (BurnTensor<B, 4>, BurnTensor<B, 4>)
+where
+    R: CubeRuntime,
+    B: Kernels + Backend<FloatTensorPrimitive = CubeTensor<R>>,
+{
+    if on && takes(&scores, &[], dtype) {
+        return tensor_probs(scores, block, dtype);
+    }
+    plain_attention_probs(scores, block, dtype)
+}
+
+/// [`Kernels::attention_score_grads`](crate::model::kernels::Kernels::attention_score_grads)
+/// of a CubeCL backend `B`: the kernel when `on` and it takes the tensors, plain Burn
+/// otherwise.
+pub fn score_grads_or_plain<R, B>(
+    on: bool,
+    scores: BurnTensor<B, 4>,
+    dp: BurnTensor<B, 4>,
+    lse: BurnTensor<B, 4>,
+    delta: BurnTensor<B, 4>,
+    block: ScoreBlock,
+    dtype: DType,
+) -> (BurnTensor<B, 4>, BurnTensor<B, 4>)
+where
+    R: CubeRuntime,
+    B: Kernels + Backend<FloatTensorPrimitive = CubeTensor<R>>,
+{
+    if on && takes(&scores, &[&dp, &lse, &delta], dtype) {
+        return tensor_score_grads(scores, dp, lse, delta, block, dtype);
+    }
+    plain_attention_score_grads(scores, dp, lse, delta, block, dtype)
+}
+
 /// [`probs`] on the Burn tensors of a CubeCL backend `B`.
 pub fn tensor_probs<R, B>(
     scores: BurnTensor<B, 4>,
@@ -325,10 +367,7 @@ mod tests {
     use super::super::nvrtc;
     use super::super::test_gpu::{Gpu, Own, device, to_gpu, use_kernels, values};
     use crate::device::CpuBackend;
-    use crate::model::kernels::{
-        blocked_attention_backward, blocked_attention_forward, key_range, plain_attention_probs,
-        plain_attention_score_grads,
-    };
+    use crate::model::kernels::{blocked_attention_backward, blocked_attention_forward, key_range};
     use crate::model::ops::AttnOpts;
     use crate::parity::{kernel_checks, rel_err, tolerance};
     use cubecl::wgpu::WgpuRuntime;

@@ -15,10 +15,9 @@ use super::flash::{self, Unroll};
 use super::{norm, score_rows};
 use crate::device::CpuBackend;
 use crate::model::kernels::{
-    self, Kernels, ScoreBlock, blocked_attention_backward, blocked_attention_forward,
-    plain_attention_probs, plain_attention_score_grads,
+    Kernels, ScoreBlock, blocked_attention_backward, blocked_attention_forward,
 };
-use crate::model::ops::{self, AttnOpts};
+use crate::model::ops::AttnOpts;
 
 pub type Gpu = CubeBackend<WgpuRuntime, f32, i32, u32>;
 
@@ -122,10 +121,7 @@ impl Kernels for Gpu {
         block: ScoreBlock,
         dtype: DType,
     ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
-        if own() == Own::Fused && score_rows::takes(&scores, &[], dtype) {
-            return score_rows::tensor_probs(scores, block, dtype);
-        }
-        plain_attention_probs(scores, block, dtype)
+        score_rows::probs_or_plain(own() == Own::Fused, scores, block, dtype)
     }
 
     fn attention_score_grads(
@@ -136,10 +132,7 @@ impl Kernels for Gpu {
         block: ScoreBlock,
         dtype: DType,
     ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
-        if own() == Own::Fused && score_rows::takes(&scores, &[&dp, &lse, &delta], dtype) {
-            return score_rows::tensor_score_grads(scores, dp, lse, delta, block, dtype);
-        }
-        plain_attention_score_grads(scores, dp, lse, delta, block, dtype)
+        score_rows::score_grads_or_plain(own() == Own::Fused, scores, dp, lse, delta, block, dtype)
     }
 
     fn layer_norm(
@@ -148,17 +141,11 @@ impl Kernels for Gpu {
         b: Tensor<Self, 1>,
         eps: f64,
     ) -> Tensor<Self, 3> {
-        if own() == Own::Fused && norm::takes(&x, &w, Some(&b), None) {
-            return norm::tensor_forward(x, w, Some(b), eps);
-        }
-        ops::plain_layer_norm(x, w, b, eps)
+        norm::forward_or_plain(own() == Own::Fused, x, w, Some(b), eps)
     }
 
     fn rms_norm(x: Tensor<Self, 3>, w: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
-        if own() == Own::Fused && norm::takes(&x, &w, None, None) {
-            return norm::tensor_forward(x, w, None, eps);
-        }
-        ops::plain_rms_norm(x, w, eps)
+        norm::forward_or_plain(own() == Own::Fused, x, w, None, eps)
     }
 
     fn norm_backward(
@@ -168,10 +155,7 @@ impl Kernels for Gpu {
         eps: f64,
         rms: bool,
     ) -> Tensor<Self, 3> {
-        if own() == Own::Fused && norm::takes(&x, &w, None, Some(&grad)) {
-            return norm::tensor_backward(x, w, grad, eps, rms);
-        }
-        kernels::norm_backward(x, w, grad, eps, rms)
+        norm::backward_or_plain(own() == Own::Fused, x, w, grad, eps, rms)
     }
 }
 
