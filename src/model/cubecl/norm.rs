@@ -242,8 +242,9 @@ pub fn backward<R: CubeRuntime>(
     dx
 }
 
-/// [`Kernels::layer_norm`] (with `b`) or [`Kernels::rms_norm`] of a CubeCL backend `B`: the
-/// kernel when `on` and it takes the tensors, plain Burn otherwise.
+/// [`Kernels::layer_norm`](crate::model::kernels::Kernels::layer_norm) (with `b`) or
+/// [`Kernels::rms_norm`](crate::model::kernels::Kernels::rms_norm) of a CubeCL backend `B`:
+/// the kernel when `on` and it takes the tensors, plain Burn otherwise.
 pub fn forward_or_plain<R, B>(
     on: bool,
     x: BurnTensor<B, 3>,
@@ -264,8 +265,8 @@ where
     }
 }
 
-/// [`Kernels::norm_backward`] of a CubeCL backend `B`: the kernel when `on` and it takes the
-/// tensors, plain Burn otherwise.
+/// [`Kernels::norm_backward`](crate::model::kernels::Kernels::norm_backward) of a CubeCL
+/// backend `B`: the kernel when `on` and it takes the tensors, plain Burn otherwise.
 pub fn backward_or_plain<R, B>(
     on: bool,
     x: BurnTensor<B, 3>,

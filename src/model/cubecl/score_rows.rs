@@ -191,7 +191,7 @@ fn args(block: ScoreBlock) -> (f32, u32, u32, u32, u32) {
     )
 }
 
-/// [`Kernels::attention_probs`](crate::model::kernels::Kernels::attention_probs): `(p in dtype,
+/// [`Kernels::attention_probs`]: `(p in dtype,
 /// lse)`. The caller has checked [`unsupported`].
 pub fn probs<R: CubeRuntime>(
     scores: &CubeTensor<R>,
@@ -221,7 +221,7 @@ pub fn probs<R: CubeRuntime>(
     (p, lse)
 }
 
-/// [`Kernels::attention_score_grads`](crate::model::kernels::Kernels::attention_score_grads):
+/// [`Kernels::attention_score_grads`]:
 /// `(p, ds)` in `dtype`. The caller has checked [`unsupported`] (all four inputs float32).
 pub fn score_grads<R: CubeRuntime>(
     scores: &CubeTensor<R>,
@@ -283,7 +283,7 @@ pub fn takes<B: Backend>(
     shapes_match && unsupported(&scores.dims(), &dtypes, dtype).is_none()
 }
 
-/// [`Kernels::attention_probs`](crate::model::kernels::Kernels::attention_probs) of a CubeCL
+/// [`Kernels::attention_probs`] of a CubeCL
 /// backend `B`: the kernel when `on` and it takes the tensors, plain Burn otherwise.
 pub fn probs_or_plain<R, B>(
     on: bool,
@@ -301,7 +301,7 @@ where
     plain_attention_probs(scores, block, dtype)
 }
 
-/// [`Kernels::attention_score_grads`](crate::model::kernels::Kernels::attention_score_grads)
+/// [`Kernels::attention_score_grads`]
 /// of a CubeCL backend `B`: the kernel when `on` and it takes the tensors, plain Burn
 /// otherwise.
 pub fn score_grads_or_plain<R, B>(
