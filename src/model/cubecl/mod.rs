@@ -146,6 +146,7 @@ pub(crate) mod nvrtc {
 
     /// Compiles `kernel` to CUDA C++ and the C++ with NVRTC for `sm_90a`, with the options
     /// the CUDA runtime gives both on an H100; `Err` with NVRTC's log (and the source).
+    #[allow(clippy::field_reassign_with_default)]
     pub fn check<K: CubeKernel>(kernel: K, toolkit: &std::path::Path) -> Result<(), String> {
         let mut options: <CudaCompiler as Compiler>::CompilationOptions = Default::default();
         options.warp_size = 32;

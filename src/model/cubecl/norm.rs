@@ -90,8 +90,8 @@ fn forward_kernel<F: Float, W: Float>(
     y: &mut Tensor<F>,
     eps: f32,
     #[comptime] rms: bool,
-    #[define(F)] _x: StorageType,
-    #[define(W)] _w: StorageType,
+    #[define(F)] _x_dtype: StorageType,
+    #[define(W)] _w_dtype: StorageType,
 ) {
     let r = CUBE_POS_X as usize;
     let mut sm = SharedMemory::<f32>::new(ROW_UNITS);
@@ -122,8 +122,8 @@ fn backward_kernel<F: Float, W: Float>(
     dx: &mut Tensor<F>,
     eps: f32,
     #[comptime] rms: bool,
-    #[define(F)] _x: StorageType,
-    #[define(W)] _w: StorageType,
+    #[define(F)] _x_dtype: StorageType,
+    #[define(W)] _w_dtype: StorageType,
 ) {
     let r = CUBE_POS_X as usize;
     let mut sm = SharedMemory::<f32>::new(ROW_UNITS);
@@ -335,6 +335,8 @@ mod tests {
     /// Both kernels through CubeCL's CUDA compiler and NVRTC: LayerNorm's float32 weights
     /// on 16-bit rows, RMSNorm's weights in the rows' dtype, all float32.
     #[test]
+    // Scalars register as `()` compilation arguments, as in the code CubeCL generates.
+    #[allow(clippy::let_unit_value, clippy::unit_arg)]
     fn norm_kernels_compile_for_cuda() {
         use cubecl::prelude::Tensor as Cube;
         let Some(toolkit) = nvrtc::toolkit() else {

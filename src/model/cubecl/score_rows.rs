@@ -439,6 +439,8 @@ mod tests {
 
     /// Both kernels through CubeCL's CUDA compiler and NVRTC, in every dtype they write.
     #[test]
+    // Scalars register as `()` compilation arguments, as in the code CubeCL generates.
+    #[allow(clippy::let_unit_value, clippy::unit_arg)]
     fn score_row_kernels_compile_for_cuda() {
         use cubecl::prelude::Tensor as Cube;
         let Some(toolkit) = nvrtc::toolkit() else {
