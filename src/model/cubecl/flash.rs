@@ -650,15 +650,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Autodiff;
     use burn::tensor::{Distribution, Tensor};
-    use burn_fusion::Fusion;
 
     use super::super::nvrtc;
-    use super::super::test_gpu::{Gpu, Own, device, float, to_gpu, use_kernels, values};
+    use super::super::test_gpu::{
+        Gpu, Own, assert_kernel_checks_pass, device, float, to_gpu, values,
+    };
     use crate::device::CpuBackend;
     use crate::model::kernels::{blocked_attention_backward, blocked_attention_forward};
-    use crate::parity::{kernel_checks, rel_err, tolerance};
+    use crate::parity::rel_err;
     use cubecl::wgpu::WgpuRuntime;
 
     /// The three kernels through CubeCL's CUDA compiler and NVRTC, as GPUs run them
@@ -845,28 +845,6 @@ mod tests {
     /// backend).
     #[test]
     fn kernel_checks_pass_on_webgpu_with_flash_attention_alone_and_fused() {
-        let Some(dev) = device() else { return };
-        use_kernels(Own::Flash);
-        let bound = tolerance(DType::F32);
-        let checks = [
-            (
-                "alone",
-                kernel_checks::<Autodiff<Gpu>>(&dev, DType::F32).unwrap(),
-            ),
-            (
-                "fused",
-                kernel_checks::<Autodiff<Fusion<Gpu>>>(&dev, DType::F32).unwrap(),
-            ),
-        ];
-        for (how, results) in checks {
-            assert!(
-                results
-                    .iter()
-                    .any(|(what, _)| what.starts_with("attention"))
-            );
-            for (what, err) in results {
-                assert!(err <= bound, "{how}: {what}: {err:e} > {bound:e}");
-            }
-        }
+        assert_kernel_checks_pass(Own::Flash);
     }
 }

@@ -360,16 +360,16 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Autodiff;
     use burn::tensor::{Distribution, Tensor};
-    use burn_fusion::Fusion;
 
     use super::super::nvrtc;
-    use super::super::test_gpu::{Gpu, Own, device, to_gpu, use_kernels, values};
+    use super::super::test_gpu::{
+        Gpu, Own, assert_kernel_checks_pass, device, to_gpu, use_kernels, values,
+    };
     use crate::device::CpuBackend;
     use crate::model::kernels::{blocked_attention_backward, blocked_attention_forward, key_range};
     use crate::model::ops::AttnOpts;
-    use crate::parity::{kernel_checks, rel_err, tolerance};
+    use crate::parity::rel_err;
     use cubecl::wgpu::WgpuRuntime;
 
     fn random(shape: [usize; 4]) -> Tensor<CpuBackend, 4> {
@@ -560,23 +560,6 @@ mod tests {
     /// operations).
     #[test]
     fn kernel_checks_pass_on_webgpu_with_the_fused_row_kernels_alone_and_under_fusion() {
-        let Some(dev) = device() else { return };
-        use_kernels(Own::Fused);
-        let bound = tolerance(DType::F32);
-        let checks = [
-            (
-                "alone",
-                kernel_checks::<Autodiff<Gpu>>(&dev, DType::F32).unwrap(),
-            ),
-            (
-                "fused",
-                kernel_checks::<Autodiff<Fusion<Gpu>>>(&dev, DType::F32).unwrap(),
-            ),
-        ];
-        for (how, results) in checks {
-            for (what, err) in results {
-                assert!(err <= bound, "{how}: {what}: {err:e} > {bound:e}");
-            }
-        }
+        assert_kernel_checks_pass(Own::Fused);
     }
 }

@@ -7,8 +7,10 @@
 
 use std::cell::Cell;
 
+use burn::backend::Autodiff;
 use burn::tensor::{DType, Tensor, TensorPrimitive, backend::Backend};
 use burn_cubecl::{CubeBackend, tensor::CubeTensor};
+use burn_fusion::Fusion;
 use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
 
 use super::flash::{self, Unroll};
@@ -18,6 +20,7 @@ use crate::model::kernels::{
     Kernels, ScoreBlock, blocked_attention_backward, blocked_attention_forward,
 };
 use crate::model::ops::AttnOpts;
+use crate::parity::{kernel_checks, tolerance};
 
 pub type Gpu = CubeBackend<WgpuRuntime, f32, i32, u32>;
 
@@ -194,4 +197,34 @@ pub fn to_gpu<const D: usize>(t: &Tensor<CpuBackend, D>, dev: &WgpuDevice) -> Te
 
 pub fn float<const D: usize>(t: CubeTensor<WgpuRuntime>) -> Tensor<Gpu, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// Runs the whole kernel-check suite through autodiff with this thread's [`Gpu`] running
+/// `own`, on the backend alone and under Burn's fusion wrapper (where its kernels and
+/// matmuls are custom operations, as on the default CUDA backend), and asserts every check
+/// within the float32 bound.
+pub fn assert_kernel_checks_pass(own: Own) {
+    let Some(dev) = device() else { return };
+    use_kernels(own);
+    let bound = tolerance(DType::F32);
+    let checks = [
+        (
+            "alone",
+            kernel_checks::<Autodiff<Gpu>>(&dev, DType::F32).unwrap(),
+        ),
+        (
+            "fused",
+            kernel_checks::<Autodiff<Fusion<Gpu>>>(&dev, DType::F32).unwrap(),
+        ),
+    ];
+    for (how, results) in checks {
+        assert!(
+            results
+                .iter()
+                .any(|(what, _)| what.starts_with("attention"))
+        );
+        for (what, err) in results {
+            assert!(err <= bound, "{own:?}, {how}: {what}: {err:e} > {bound:e}");
+        }
+    }
 }
