@@ -4,9 +4,9 @@
 #
 #   scripts/gpu-check.sh [BINARY] [DEVICE]
 #
-# 1. the fixture parity suite on the GPU: f32 (bound 1e-4) and bf16 (bound 5e-2) on the first
-#    backend in PARITY_BACKENDS (default: the first two in BACKENDS), bf16 on the other;
-#    (each run starts with the kernel checks: every fast path against plain Burn on the GPU);
+# In order of what matters most, within TOTAL_SECS (default 540) in all:
+# 1. the fixture parity suite in f32 (bound 1e-4) on the first backend in BACKENDS; every
+#    parity run starts with the kernel checks (every fast path against plain Burn on the GPU);
 # 2. the TinyLlama row of issue 6 (bf16, 20 soft tokens, AdamW) on every backend in BACKENDS
 #    (default "cube cube+flash fusion": CubeCL alone with attention by blocks, then with
 #    attention on the flash kernels, then Burn's fusion-wrapped CubeCL, all with their
@@ -14,9 +14,11 @@
 #    "cube-cubecl" and "fusion-cubecl" keep CubeCL's own matmul), then the GPT-J
 #    and OPT rows on the fastest; each row gets at most ROW_SECS seconds (default 120,
 #    kernel compilation and autotuning included);
-# 3. one table: tokens/s and peak memory beside PyTorch + PEFT's on an H100 80GB.
-# Runs on backends after the first are skipped once OPTIONAL_SECS (default 300) have passed,
-# to stay within about 8 minutes.
+# 3. parity in bf16 (bound 5e-2) on the backends in PARITY_BACKENDS (default: the first two
+#    in BACKENDS);
+# 4. one table: tokens/s and peak memory beside PyTorch + PEFT's on an H100 80GB.
+# TinyLlama on backends after the first is skipped once OPTIONAL_SECS (default 300) have
+# passed; every run is cut short at TOTAL_SECS, and skipped when less than 10 s are left.
 # Prints the card's name first: numbers are only comparable on the same card.
 set -uo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -49,8 +51,9 @@ backend_env() {
 
 status=0
 start=$SECONDS
-# over_budget WHAT: true (and says so) once OPTIONAL_SECS have passed; the runs on the first
-# backend and the three rows on the fastest are never skipped, comparisons after it may be.
+total_secs="${TOTAL_SECS:-540}"
+parity_secs="${PARITY_SECS:-150}"
+# over_budget WHAT: true (and says so) once OPTIONAL_SECS have passed.
 over_budget() {
     if [ $((SECONDS - start)) -ge "$optional_secs" ]; then
         echo "== skipped (past ${optional_secs} s): $1"
@@ -58,30 +61,44 @@ over_budget() {
     fi
     return 1
 }
-first=1
-for b in $parity_backends; do
-    precisions="bf16"
-    [ $first -eq 1 ] && precisions="f32 bf16"
-    for precision in $precisions; do
-        [ $first -eq 0 ] && over_budget "parity on $b" && continue
-        echo "== parity: $device, $b, $precision"
-        env $(backend_env "$b") timeout 120 "$bin" parity --fixtures "$fixtures" --device "$device" --precision "$precision" || status=1
-    done
-    first=0
-done
-echo "== parity done in $((SECONDS - start)) s"
+# limit SECS: SECS, or what is left of TOTAL_SECS if less (0 when nothing is).
+limit() {
+    local left=$((total_secs - (SECONDS - start)))
+    [ "$left" -lt 0 ] && left=0
+    [ "$1" -lt "$left" ] && left=$1
+    echo "$left"
+}
+# parity BACKEND PRECISION
+parity() {
+    local secs
+    secs=$(limit "$parity_secs")
+    if [ "$secs" -lt 10 ]; then
+        echo "== skipped (past ${total_secs} s): parity on $1, $2"
+        return
+    fi
+    echo "== parity: $device, $1, $2"
+    env $(backend_env "$1") timeout "$secs" "$bin" parity --fixtures "$fixtures" --device "$device" --precision "$2" || status=1
+    echo "== parity on $1, $2 done at $((SECONDS - start)) s"
+}
 
 table=""
 best=""
 best_tps=0
 # bench SHAPE BATCH PEFT_TOKENS_PER_S PEFT_PEAK_GIB BACKEND: one row (H100 80GB references).
 bench() {
-    local shape=$1 batch=$2 peft_tps=$3 peft_mem=$4 b=$5 out rc line tps mem ratio
+    local shape=$1 batch=$2 peft_tps=$3 peft_mem=$4 b=$5 out rc line tps mem ratio secs
+    secs=$(limit "$row_secs")
+    if [ "$secs" -lt 10 ]; then
+        echo "== skipped (past ${total_secs} s): $shape on $b"
+        table+=$(printf '%-15s %-11s %12s %12s %8s %10s %10s' "$shape" "$b" "skipped" "$peft_tps" "-" "-" "$peft_mem GiB")$'\n'
+        return
+    fi
     echo "== bench: $shape ${batch}x1024 on $b"
-    out=$(env $(backend_env "$b") timeout "$row_secs" "$bin" bench --device "$device" --precision bf16 \
+    out=$(env $(backend_env "$b") timeout "$secs" "$bin" bench --device "$device" --precision bf16 \
         --shape "$shape" --batch "$batch" --seq 1024 --soft 20 --steps 3 --warmup 2 2>&1)
     rc=$?
     echo "$out"
+    echo "== bench $shape on $b done at $((SECONDS - start)) s"
     line=$(echo "$out" | grep "^$shape " | tail -1)
     if [ $rc -ne 0 ] || [ -z "$line" ]; then
         table+=$(printf '%-15s %-11s %12s %12s %8s %10s %10s' "$shape" "$b" "failed" "$peft_tps" "-" "-" "$peft_mem GiB")$'\n'
@@ -97,6 +114,9 @@ bench() {
         best_tps=$tps
     fi
 }
+
+first_backend=$(echo $backends | cut -d' ' -f1)
+parity "$first_backend" f32
 first=1
 for b in $backends; do
     [ $first -eq 0 ] && over_budget "tinyllama-1.1b on $b" && continue
@@ -107,6 +127,9 @@ if [ -n "$best" ]; then
     bench gptj-6b 4 10659 45.9 "$best"
     bench opt-6.7b 4 18739 26.8 "$best"
 fi
+for b in $parity_backends; do
+    parity "$b" bf16
+done
 echo
 printf '%-15s %-11s %12s %12s %8s %10s %10s\n' shape backend "tokens/s" "PEFT tok/s" "ratio" "peak mem" "PEFT mem"
 printf '%s' "$table"
