@@ -5,18 +5,22 @@
 #   scripts/gpu-check.sh [BINARY] [DEVICE]
 #
 # In order of what matters most, within TOTAL_SECS (default 540) in all:
-# 1. the fixture parity suite in f32 (bound 1e-4) on the first backend in BACKENDS; every
-#    parity run starts with the kernel checks (every fast path against plain Burn on the GPU);
-# 2. the TinyLlama row of issue 6 (bf16, 20 soft tokens, AdamW) on every backend in BACKENDS
-#    (default "cube cube+flash fusion": CubeCL alone with attention by blocks, then with
-#    attention on the flash kernels, then Burn's fusion-wrapped CubeCL, all with their
-#    matmuls on cuBLAS and the fused row kernels (softmax, norms) on;
-#    "cube-cubecl" and "fusion-cubecl" keep CubeCL's own matmul), then the GPT-J
-#    and OPT rows on the fastest; each row gets at most ROW_SECS seconds (default 120,
-#    kernel compilation and autotuning included);
-# 3. parity in bf16 (bound 5e-2) on the backends in PARITY_BACKENDS (default: the first two
-#    in BACKENDS);
-# 4. one table: tokens/s and peak memory beside PyTorch + PEFT's on an H100 80GB.
+# 1. the TinyLlama row of issue 6 (bf16, 20 soft tokens, AdamW) on the first backend in
+#    BACKENDS, with FIRST_ROW_SECS (default 360): on a machine that has not run softtune
+#    before it compiles the kernels (NVRTC, then the driver's PTX compiler: minutes on an
+#    H200), and it prints each step's seconds, so compiling shows apart from the timed steps;
+# 2. the GPT-J and OPT rows on the same backend, then TinyLlama on the other backends in
+#    BACKENDS (default "cube cube+flash fusion": CubeCL alone with attention by blocks, then
+#    with attention on the flash kernels, then Burn's fusion-wrapped CubeCL, all with their
+#    matmuls on cuBLAS and the fused row kernels (softmax, norms) on; "cube-cubecl" and
+#    "fusion-cubecl" keep CubeCL's own matmul); each of these gets at most ROW_SECS
+#    seconds (default 120);
+# 3. the fixture parity suite in f32 (bound 1e-4) on the first backend, then in bf16
+#    (bound 5e-2) on the backends in PARITY_BACKENDS (default: the first two in BACKENDS);
+#    each parity run starts with the kernel checks (every fast path against plain Burn, the
+#    matmuls against an exact product, on the GPU);
+# 4. one table: tokens/s and peak memory beside PyTorch + PEFT's on an H100 80GB
+#    (`scripts/peft-baseline.py` measures those on the card at hand).
 # TinyLlama on backends after the first is skipped once OPTIONAL_SECS (default 300) have
 # passed; every run is cut short at TOTAL_SECS, and skipped when less than 10 s are left.
 # Prints the card's name first: numbers are only comparable on the same card.
@@ -82,8 +86,6 @@ parity() {
 }
 
 table=""
-best=""
-best_tps=0
 # bench SHAPE BATCH PEFT_TOKENS_PER_S PEFT_PEAK_GIB BACKEND: one row (H100 80GB references).
 bench() {
     local shape=$1 batch=$2 peft_tps=$3 peft_mem=$4 b=$5 out rc line tps mem ratio secs
@@ -109,27 +111,25 @@ bench() {
     mem=$(echo "$line" | awk '{print $9" "$10}')
     ratio=$(awk -v a="$tps" -v b="$peft_tps" 'BEGIN { printf "%.2f", a / b }')
     table+=$(printf '%-15s %-11s %12s %12s %8s %10s %10s' "$shape" "$b" "$tps" "$peft_tps" "$ratio" "$mem" "$peft_mem GiB")$'\n'
-    if awk -v a="$tps" -v b="$best_tps" 'BEGIN { exit !(a > b) }'; then
-        best=$b
-        best_tps=$tps
-    fi
 }
 
 first_backend=$(echo $backends | cut -d' ' -f1)
-parity "$first_backend" f32
-first=1
-for b in $backends; do
-    [ $first -eq 0 ] && over_budget "tinyllama-1.1b on $b" && continue
-    bench tinyllama-1.1b 8 59848 16.2 "$b"
-    first=0
+row_secs_default=$row_secs
+row_secs="${FIRST_ROW_SECS:-360}"
+bench tinyllama-1.1b 8 59848 16.2 "$first_backend"
+row_secs=$row_secs_default
+bench gptj-6b 4 10659 45.9 "$first_backend"
+bench opt-6.7b 4 18739 26.8 "$first_backend"
+for b in $(echo $backends | cut -d' ' -f2-); do
+    [ "$b" = "$first_backend" ] && continue
+    over_budget "tinyllama-1.1b on $b" || bench tinyllama-1.1b 8 59848 16.2 "$b"
 done
-if [ -n "$best" ]; then
-    bench gptj-6b 4 10659 45.9 "$best"
-    bench opt-6.7b 4 18739 26.8 "$best"
-fi
+parity "$first_backend" f32
 for b in $parity_backends; do
     parity "$b" bf16
 done
+# The compiled-kernel caches (softtune's PTX cache, the driver's machine-code cache).
+du -sh "${SOFTTUNE_CACHE_DIR:-$HOME/.cache/softtune}/cubecl" "${CUDA_CACHE_PATH:-$HOME/.nv/ComputeCache}" 2>/dev/null
 echo
 printf '%-15s %-11s %12s %12s %8s %10s %10s\n' shape backend "tokens/s" "PEFT tok/s" "ratio" "peak mem" "PEFT mem"
 printf '%s' "$table"

@@ -254,7 +254,13 @@ fn run_on<B: TrainKernels>(
 where
     CausalLm<B>: Sync,
 {
+    let t = Instant::now();
     let (model, params) = CausalLm::<B>::random(config, device, LoadOptions { dtype })?;
+    eprintln!(
+        "{}: random weights made in {:.1} s",
+        args.shape,
+        t.elapsed().as_secs_f64()
+    );
     let (n, d) = (args.soft, config.d_embed);
     let mut rng = SplitMix64::new(42);
     let mut prompt: Vec<f32> = (0..n * d).map(|_| (rng.normal() * 0.02) as f32).collect();
@@ -271,9 +277,19 @@ where
         let (_, g) = accumulate(&model, &prompt, n, d, &rows, args.batch, threads)
             .map_err(|e| anyhow!("{}: step {step}: {e:#}", args.shape))?;
         opt.step(&mut prompt, &g, 1e-3);
+        let secs = t.elapsed().as_secs_f64();
         if step >= args.warmup {
-            elapsed += t.elapsed().as_secs_f64();
+            elapsed += secs;
         }
+        // On stderr, so the table stays clean: on a GPU the first steps include compiling
+        // and autotuning the kernels, which this shows apart from the timed steps.
+        eprintln!(
+            "{}: step {}/{}: {secs:.2} s{}",
+            args.shape,
+            step + 1,
+            args.warmup + args.steps,
+            if step < args.warmup { " (warm-up)" } else { "" }
+        );
     }
     Ok((params, elapsed * 1000.0 / args.steps as f64))
 }

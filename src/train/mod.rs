@@ -462,6 +462,14 @@ where
             message: "dataset tokens read from the cache".into(),
         });
     }
+    if cfg.device.is_gpu() {
+        // Seen on an H200: minutes of compiling before the first step of a first run.
+        sink.emit(&Event::Log {
+            message: "the GPU kernels are compiled on first use: on a first run the first \
+                      evaluation and steps can take minutes; later runs reuse them"
+                .into(),
+        });
+    }
     let eval_no_prompt = held_out_loss(plan, model, None, device)?;
     let eval_initial = held_out_loss(plan, model, Some(&initial), device)?;
     for (label, v) in [("no_prompt", eval_no_prompt), ("initial", eval_initial)] {
