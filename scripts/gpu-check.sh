@@ -21,6 +21,9 @@
 #    matmuls against an exact product, on the GPU);
 # 4. one table: tokens/s and peak memory beside PyTorch + PEFT's on an H100 80GB
 #    (`scripts/peft-baseline.py` measures those on the card at hand).
+# The first row runs with CubeCL's compilation log (COMPILE_LOG, default
+# /tmp/softtune-cubecl-compile.log; "off" for none), summarized after it: how many kernels
+# were compiled, by name, and the autotune results.
 # TinyLlama on backends after the first is skipped once OPTIONAL_SECS (default 300) have
 # passed; every run is cut short at TOTAL_SECS, and skipped when less than 10 s are left.
 # Prints the card's name first: numbers are only comparable on the same card.
@@ -54,6 +57,7 @@ backend_env() {
 }
 
 status=0
+extra_env=""
 start=$SECONDS
 total_secs="${TOTAL_SECS:-540}"
 parity_secs="${PARITY_SECS:-150}"
@@ -96,7 +100,7 @@ bench() {
         return
     fi
     echo "== bench: $shape ${batch}x1024 on $b"
-    out=$(env $(backend_env "$b") timeout "$secs" "$bin" bench --device "$device" --precision bf16 \
+    out=$(env $(backend_env "$b") $extra_env timeout "$secs" "$bin" bench --device "$device" --precision bf16 \
         --shape "$shape" --batch "$batch" --seq 1024 --soft 20 --steps 3 --warmup 2 2>&1)
     rc=$?
     echo "$out"
@@ -116,8 +120,20 @@ bench() {
 first_backend=$(echo $backends | cut -d' ' -f1)
 row_secs_default=$row_secs
 row_secs="${FIRST_ROW_SECS:-360}"
+compile_log="${COMPILE_LOG:-/tmp/softtune-cubecl-compile.log}"
+if [ "$compile_log" != off ]; then
+    rm -f "$compile_log"
+    extra_env="CUBECL_DEBUG_LOG=$compile_log"
+fi
 bench tinyllama-1.1b 8 59848 16.2 "$first_backend"
+extra_env=""
 row_secs=$row_secs_default
+if [ "$compile_log" != off ] && [ -s "$compile_log" ]; then
+    echo "== kernels compiled for the first row: $(grep -c '^\[START_KERNEL_COMPILATION\]' "$compile_log"), by name:"
+    grep '^name:' "$compile_log" | sed -E 's/^name: //; s/<.*//' | sort | uniq -c | sort -rn | head -30
+    echo "== autotune log lines: $(grep -c 'key=' "$compile_log"); the first 15 that name the fastest:"
+    grep -i 'fastest' "$compile_log" | cut -c1-240 | head -15
+fi
 bench gptj-6b 4 10659 45.9 "$first_backend"
 bench opt-6.7b 4 18739 26.8 "$first_backend"
 for b in $(echo $backends | cut -d' ' -f2-); do

@@ -113,22 +113,6 @@ pub fn keep_freed_host_memory() {
     }
 }
 
-/// Lets the CUDA driver keep the machine code it compiles for softtune's kernels.
-/// CubeCL hands the driver PTX, which the driver compiles to machine code whenever a process
-/// loads a kernel: on an H200 the first minutes of a run were spent in the driver's PTX
-/// compiler (`libnvidia-ptxjitcompiler`). The driver caches what it compiled
-/// (`CUDA_CACHE_PATH`, by default `~/.nv/ComputeCache`) up to `CUDA_CACHE_MAXSIZE` bytes;
-/// this raises that to the driver's maximum, 4 GiB, unless it is set already, so that
-/// later runs load the machine code instead. Call it first thing in `main`, before any
-/// thread starts (the driver reads it when CUDA starts).
-pub fn keep_jit_compiled_kernels() {
-    if std::env::var_os("CUDA_CACHE_MAXSIZE").is_none() {
-        // SAFETY: called before any other thread exists, so nothing reads the environment
-        // concurrently.
-        unsafe { std::env::set_var("CUDA_CACHE_MAXSIZE", (4u64 << 30).to_string()) };
-    }
-}
-
 impl FromStr for DeviceSpec {
     type Err = anyhow::Error;
 

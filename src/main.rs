@@ -190,7 +190,6 @@ enum Command {
 
 fn main() -> ExitCode {
     softtune::device::keep_freed_host_memory();
-    softtune::device::keep_jit_compiled_kernels();
     let cli = Cli::parse();
     let Some(command) = cli.command else {
         return wizard(cli.profile, cli.theme);
