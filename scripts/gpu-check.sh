@@ -27,6 +27,12 @@
 # TinyLlama on backends after the first is skipped once OPTIONAL_SECS (default 300) have
 # passed; every run is cut short at TOTAL_SECS, and skipped when less than 10 s are left.
 # Prints the card's name first: numbers are only comparable on the same card.
+#
+# Kernel caches: softtune's PTX cache and the driver's machine-code cache go to CACHE_DIR
+# (default /tmp/softtune-cache). CACHE_IN=PREFIX unpacks the parts PREFIX.* of an earlier
+# CACHE_OUT first (a GPU machine starts without them, and compiling costs minutes);
+# CACHE_OUT=PREFIX packs them at the end into parts of at most 15 MiB (PREFIX.aa, .ab, …),
+# e.g. into $OUT, to carry to the next session's machine of the same driver.
 set -uo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 device="${2:-cuda:0}"
@@ -38,6 +44,13 @@ parity_backends="${PARITY_BACKENDS:-$(echo $backends | cut -d' ' -f1-2)}"
 fixtures="$here/tests/fixtures"
 
 . "$here/scripts/cuda-env.sh" "${1:-}"
+cache_dir="${CACHE_DIR:-/tmp/softtune-cache}"
+export SOFTTUNE_CACHE_DIR="${SOFTTUNE_CACHE_DIR:-$cache_dir}"
+export CUDA_CACHE_PATH="${CUDA_CACHE_PATH:-$cache_dir/nv}"
+mkdir -p "$cache_dir"
+if [ -n "${CACHE_IN:-}" ] && ls "$CACHE_IN".* >/dev/null 2>&1; then
+    cat "$CACHE_IN".* | xz -dc | tar -x -C "$cache_dir" && echo "== kernel caches unpacked: $(du -sh "$cache_dir" | cut -f1)"
+fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 # backend_env NAME: the environment a BACKENDS name stands for.
@@ -145,7 +158,12 @@ for b in $parity_backends; do
     parity "$b" bf16
 done
 # The compiled-kernel caches (softtune's PTX cache, the driver's machine-code cache).
-du -sh "${SOFTTUNE_CACHE_DIR:-$HOME/.cache/softtune}/cubecl" "${CUDA_CACHE_PATH:-$HOME/.nv/ComputeCache}" 2>/dev/null
+du -sh "$SOFTTUNE_CACHE_DIR/cubecl" "$CUDA_CACHE_PATH" 2>/dev/null
+if [ -n "${CACHE_OUT:-}" ]; then
+    rm -f "$CACHE_OUT".*
+    tar -c -C "$cache_dir" . | xz -T0 -6 | split -b 15M - "$CACHE_OUT."
+    ls -l "$CACHE_OUT".*
+fi
 echo
 printf '%-15s %-11s %12s %12s %8s %10s %10s\n' shape backend "tokens/s" "PEFT tok/s" "ratio" "peak mem" "PEFT mem"
 printf '%s' "$table"

@@ -65,10 +65,10 @@ fn run(plan: &Plan, stop_at: Option<usize>) -> (Outcome, Vec<Event>) {
     }
     impl EventSink for StopAt {
         fn emit(&mut self, e: &Event) {
-            if let (Event::Step { step, .. }, Some(at)) = (e, self.at) {
-                if *step == at {
-                    self.flag.store(true, Ordering::SeqCst);
-                }
+            if let (Event::Step { step, .. }, Some(at)) = (e, self.at)
+                && *step == at
+            {
+                self.flag.store(true, Ordering::SeqCst);
             }
             self.inner.emit(e);
         }

@@ -208,10 +208,10 @@ impl RunConfig {
     /// Makes relative paths relative to `base`.
     pub fn rebase(&mut self, base: &Path) {
         let fix = |p: &mut Option<PathBuf>| {
-            if let Some(x) = p {
-                if x.is_relative() {
-                    *x = base.join(&*x);
-                }
+            if let Some(x) = p
+                && x.is_relative()
+            {
+                *x = base.join(&*x);
             }
         };
         fix(&mut self.dataset.path);

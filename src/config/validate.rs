@@ -262,10 +262,10 @@ impl RunConfig {
         };
 
         let t = &self.training;
-        if let Some(n) = t.tokens_per_sequence {
-            if n < 2 {
-                errs.add(bad("training.tokens_per_sequence", n, "must be at least 2"));
-            }
+        if let Some(n) = t.tokens_per_sequence
+            && n < 2
+        {
+            errs.add(bad("training.tokens_per_sequence", n, "must be at least 2"));
         }
         let batch_size = errs.positive("training.batch_size", t.batch_size, 1);
         let grad_accumulation =
@@ -339,13 +339,13 @@ impl RunConfig {
                 errs.add(e.context("`device.precision`"));
                 Precision::Auto
             });
-        if let Some(c) = &self.continue_from {
-            if !c.exists() {
-                errs.add(anyhow!(
-                    "`continue_from` = {}: no such file or folder",
-                    c.display()
-                ));
-            }
+        if let Some(c) = &self.continue_from
+            && !c.exists()
+        {
+            errs.add(anyhow!(
+                "`continue_from` = {}: no such file or folder",
+                c.display()
+            ));
         }
         let sm = &self.samples;
         if sm.prompt.as_deref().is_some_and(|p| p.trim().is_empty()) {

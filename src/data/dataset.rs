@@ -192,14 +192,14 @@ pub fn load_or_tokenize(
 ) -> Result<(Vec<u32>, bool)> {
     let key = cache_key(&tok.path, eos, files)?;
     let path = cache_dir.join(format!("tokens-{key}.u32"));
-    if let Ok(bytes) = std::fs::read(&path) {
-        if bytes.len() % 4 == 0 {
-            let ids = bytes
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            return Ok((ids, true));
-        }
+    if let Ok(bytes) = std::fs::read(&path)
+        && bytes.len() % 4 == 0
+    {
+        let ids = bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        return Ok((ids, true));
     }
     let ids = tokenize_files(tok, files, eos)?;
     std::fs::create_dir_all(cache_dir)

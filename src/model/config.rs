@@ -499,14 +499,14 @@ impl ModelConfig {
 }
 
 fn div_heads(hidden: usize, heads: usize) -> Result<usize> {
-    if heads == 0 || hidden % heads != 0 {
+    if heads == 0 || !hidden.is_multiple_of(heads) {
         bail!("hidden size {hidden} is not divisible by the number of attention heads {heads}");
     }
     Ok(hidden / heads)
 }
 
 fn check_rotary_dims(dims: usize, head_dim: usize, key: &str) -> Result<()> {
-    if dims > head_dim || dims % 2 != 0 {
+    if dims > head_dim || !dims.is_multiple_of(2) {
         bail!(
             "`{key}` gives {dims} rotary dimensions; it must be even and at most the head size {head_dim}"
         );

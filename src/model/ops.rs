@@ -298,8 +298,11 @@ pub struct RotaryTables<B: Backend> {
     partner: Tensor<B, 2>,
     dims: usize,
     /// `(heads, cos, sin)` widened to whole sequences, see `per_head`.
-    per_head: RefCell<Vec<(usize, Tensor<B, 2>, Tensor<B, 2>)>>,
+    per_head: RefCell<Vec<PerHead<B>>>,
 }
+
+/// `(heads, cos, sin)`: a rotary table widened for `heads` heads.
+type PerHead<B> = (usize, Tensor<B, 2>, Tensor<B, 2>);
 
 /// Inverse frequencies `1 / theta^(2i/dims)`, with `rope_scaling` applied.
 fn inv_freq(r: &Rotary) -> Vec<f64> {

@@ -179,12 +179,12 @@ pub fn plan(cfg: &ValidConfig, run_dir: &Path) -> Result<Plan> {
         .take(8)
         .map(|b| format!("{b:02x}"))
         .collect();
-    if let Start::Resume(c) = &start {
-        if c.fingerprint != fingerprint {
-            bail!(
-                "continue_from: the checkpoint belongs to a different run (dataset, model, soft tokens, sequence length, batch, accumulation, seed or step count changed); train from its exported prompt instead (the .zip)"
-            );
-        }
+    if let Start::Resume(c) = &start
+        && c.fingerprint != fingerprint
+    {
+        bail!(
+            "continue_from: the checkpoint belongs to a different run (dataset, model, soft tokens, sequence length, batch, accumulation, seed or step count changed); train from its exported prompt instead (the .zip)"
+        );
     }
     let heldout: Vec<u32> = rows
         .eval

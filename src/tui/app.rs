@@ -292,11 +292,12 @@ impl App {
         }
         let path = self.value("continue_from").trim().to_string();
         let key = format!("{path}\0{}", self.model_key());
-        if !path.is_empty() && self.continue_from.as_ref().is_none_or(|(k, _)| *k != key) {
-            if let Some(Ok(m)) = self.model_info() {
-                let r = names::check_continue(Path::new(&path), m.d_embed);
-                self.continue_from = Some((key, r));
-            }
+        if !path.is_empty()
+            && self.continue_from.as_ref().is_none_or(|(k, _)| *k != key)
+            && let Some(Ok(m)) = self.model_info()
+        {
+            let r = names::check_continue(Path::new(&path), m.d_embed);
+            self.continue_from = Some((key, r));
         }
         let folder = names::folder(self);
         if self.folder.as_ref().is_none_or(|(k, _)| *k != folder) {

@@ -68,6 +68,8 @@ impl Values {
 
 /// Runs `f` on `x`'s float32 elements in place, on a copy when its buffer is a view or
 /// shared with another tensor; gives `x` back when it is not float32.
+// The `Err` hands the moved tensor back to the caller (no allocation, unlike a box).
+#[allow(clippy::result_large_err)]
 fn cpu_in_place<const D: usize>(
     x: Tensor<CpuBackend, D>,
     f: impl FnOnce(&mut [f32]),

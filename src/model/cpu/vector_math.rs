@@ -27,7 +27,7 @@ fn exp1(x: f32) -> f32 {
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 5e-1;
     let e = p * (r * r) + r + 1.0;
     // n as an integer without a saturating conversion (which does not vectorise): adding
     // 1.5·2^23 puts the integer in the low mantissa bits. |n| ≤ 128 here; for a NaN the
