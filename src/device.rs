@@ -154,6 +154,8 @@ type CuInit = unsafe extern "C" fn(u32) -> c_int;
 type CuDeviceGetCount = unsafe extern "C" fn(*mut c_int) -> c_int;
 type CuDeviceGet = unsafe extern "C" fn(*mut c_int, c_int) -> c_int;
 type CuDeviceGetName = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int;
+type CuDriverGetVersion = unsafe extern "C" fn(*mut c_int) -> c_int;
+type NvrtcVersion = unsafe extern "C" fn(*mut c_int, *mut c_int) -> c_int;
 
 fn open_first(names: &[&str]) -> Option<libloading::Library> {
     // SAFETY: loading the vendor's driver / NVRTC libraries, whose initialisers are benign.
@@ -168,7 +170,7 @@ pub fn probe_cuda(index: usize) -> Result<CudaGpu> {
         anyhow!("cuda:{index}: no NVIDIA driver found (libcuda.so.1 could not be loaded); use --device cpu, or install the NVIDIA driver")
     })?;
     // SAFETY: the symbols have the documented CUDA driver API signatures.
-    let (count, name) = unsafe {
+    let (count, name, driver) = unsafe {
         let init: libloading::Symbol<CuInit> = lib
             .get(b"cuInit\0")
             .map_err(|e| anyhow!("libcuda has no cuInit: {e}"))?;
@@ -209,7 +211,11 @@ pub fn probe_cuda(index: usize) -> Result<CudaGpu> {
         } else {
             "unknown GPU".to_string()
         };
-        (n as usize, name)
+        let mut driver: c_int = 0;
+        let version: Option<libloading::Symbol<CuDriverGetVersion>> =
+            lib.get(b"cuDriverGetVersion\0").ok();
+        let driver = version.filter(|v| v(&mut driver) == 0).map(|_| driver);
+        (n as usize, name, driver)
     };
     let nvrtc = [
         "libnvrtc.so",
@@ -217,10 +223,24 @@ pub fn probe_cuda(index: usize) -> Result<CudaGpu> {
         "libnvrtc.so.12",
         "libnvrtc.so.11.2",
     ];
-    if open_first(&nvrtc).is_none() {
+    let Some(nvrtc) = open_first(&nvrtc) else {
         bail!(
             "cuda:{index}: NVRTC (libnvrtc.so), which compiles softtune's GPU kernels, was not found; add the CUDA toolkit's lib64 folder to LD_LIBRARY_PATH"
         );
+    };
+    // SAFETY: nvrtcVersion has this signature in every NVRTC release.
+    let nvrtc_version = unsafe {
+        let (mut major, mut minor) = (0, 0);
+        nvrtc
+            .get::<NvrtcVersion>(b"nvrtcVersion\0")
+            .ok()
+            .filter(|v| v(&mut major, &mut minor) == 0)
+            .map(|_| (major, minor))
+    };
+    if let (Some(nvrtc), Some(driver)) = (nvrtc_version, driver)
+        && let Some(why) = nvrtc_newer_than_driver(nvrtc, driver)
+    {
+        bail!("cuda:{index}: {why}");
     }
     if cuda_headers(std::env::var_os("CUDA_PATH"), |p| p.exists()).is_none() {
         bail!(
@@ -233,6 +253,22 @@ pub fn probe_cuda(index: usize) -> Result<CudaGpu> {
         name,
         device_count: count,
     })
+}
+
+/// Why kernels compiled by NVRTC `(major, minor)` cannot run on a driver of CUDA version
+/// `driver` (`cuDriverGetVersion`: 1000·major + 10·minor), or `None` when they can. NVRTC
+/// writes PTX of its own release's ISA version, and a driver only loads PTX up to its own
+/// (an H200's 13.0 driver rejects 13.5's `.version 9.5`); CubeCL would fail at its first
+/// kernel.
+pub fn nvrtc_newer_than_driver(nvrtc: (i32, i32), driver: i32) -> Option<String> {
+    let (major, minor) = nvrtc;
+    if 1000 * major + 10 * minor <= driver {
+        return None;
+    }
+    let (dmajor, dminor) = (driver / 1000, driver % 1000 / 10);
+    Some(format!(
+        "NVRTC {major}.{minor} (the first libnvrtc on LD_LIBRARY_PATH) is newer than the NVIDIA driver, which supports CUDA {dmajor}.{dminor}: the driver cannot load the kernels it compiles; put the lib64 folder of a CUDA {dmajor}.{dminor} (or older) toolkit first on LD_LIBRARY_PATH, or update the driver"
+    ))
 }
 
 /// The CUDA installation CubeCL's CUDA runtime takes its NVRTC include path from (it panics
@@ -329,6 +365,21 @@ macro_rules! with_backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nvrtc_newer_than_the_driver_is_refused() {
+        // The H200's 580 driver is CUDA 13.0; NVIDIA's pip wheels carry NVRTC 13.5.
+        let why = nvrtc_newer_than_driver((13, 5), 13000).unwrap();
+        assert!(
+            why.contains("NVRTC 13.5") && why.contains("CUDA 13.0"),
+            "{why}"
+        );
+        assert!(why.contains("LD_LIBRARY_PATH"), "{why}");
+        assert!(nvrtc_newer_than_driver((13, 0), 13000).is_none());
+        assert!(nvrtc_newer_than_driver((12, 8), 13000).is_none());
+        assert!(nvrtc_newer_than_driver((12, 9), 12080).is_some());
+        assert!(nvrtc_newer_than_driver((12, 4), 12080).is_none());
+    }
 
     #[test]
     fn cuda_headers_follow_cubecls_search_order() {

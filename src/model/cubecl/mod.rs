@@ -180,7 +180,19 @@ pub(crate) mod nvrtc {
             let program = result::create_program(source.as_c_str(), None)
                 .map_err(|e| format!("NVRTC (is libnvrtc.so.13 on LD_LIBRARY_PATH?): {e:?}"))?;
             let outcome = match result::compile_program(program, &flags) {
-                Ok(()) => Ok(()),
+                Ok(()) => {
+                    // SOFTTUNE_TEST_PTX_DIR=DIR keeps each kernel's PTX (to time `ptxas` on,
+                    // which is what the driver runs when it loads a kernel).
+                    if let Some(dir) = std::env::var_os("SOFTTUNE_TEST_PTX_DIR") {
+                        let ptx = result::get_ptx(program).map_err(|e| format!("{e:?}"))?;
+                        let bytes: Vec<u8> = ptx.iter().map(|&c| c as u8).collect();
+                        let name = format!("{}.ptx", compiled.entrypoint_name);
+                        let path = std::path::Path::new(&dir).join(name);
+                        std::fs::write(&path, bytes.split(|&b| b == 0).next().unwrap_or(&[]))
+                            .map_err(|e| format!("{}: {e}", path.display()))?;
+                    }
+                    Ok(())
+                }
                 Err(_) => {
                     let log = result::get_program_log(program)
                         .map(|raw| {
