@@ -23,7 +23,9 @@
 #    (`scripts/peft-baseline.py` measures those on the card at hand).
 # The first row runs with CubeCL's compilation log (COMPILE_LOG, default
 # /tmp/softtune-cubecl-compile.log; "off" for none), summarized after it: how many kernels
-# were compiled, by name, and the autotune results.
+# were compiled, by name, and the autotune results. While its warm-up steps run, cuda-gdb
+# (where there is one) samples its threads' stacks at SAMPLE_AT seconds (default "45 150";
+# "off" for none).
 # TinyLlama on backends after the first is skipped once OPTIONAL_SECS (default 300) have
 # passed; every run is cut short at TOTAL_SECS, and skipped when less than 10 s are left.
 # Prints the card's name first: numbers are only comparable on the same card.
@@ -102,6 +104,27 @@ parity() {
     echo "== parity on $1, $2 done at $((SECONDS - start)) s"
 }
 
+# sample_stacks PID LOG SECONDS...: at each SECONDS after the start, while the bench under
+# `timeout` PID is still in its warm-up steps (LOG has no "step 3/" yet), the top frames of
+# each of its threads (cuda-gdb attaches for a moment): where compiling spends its time.
+sample_stacks() {
+    local parent=$1 log=$2 t0=$SECONDS child at
+    shift 2
+    for at in "$@"; do
+        while [ $((SECONDS - t0)) -lt "$at" ]; do
+            kill -0 "$parent" 2>/dev/null || return 0
+            sleep 1
+        done
+        grep -q 'step 3/' "$log" && return 0
+        child=$(pgrep -P "$parent" | head -1)
+        [ -z "$child" ] && return 0
+        echo "== the bench's threads at ${at} s (top frames):"
+        timeout 30 cuda-gdb -p "$child" -batch -ex 'thread apply all bt 6' 2>/dev/null \
+            | grep -E '^Thread|^#' | cut -c1-160 | head -80
+    done
+}
+sample_at=""
+
 table=""
 # bench SHAPE BATCH PEFT_TOKENS_PER_S PEFT_PEAK_GIB BACKEND: one row (H100 80GB references).
 bench() {
@@ -113,9 +136,19 @@ bench() {
         return
     fi
     echo "== bench: $shape ${batch}x1024 on $b"
-    out=$(env $(backend_env "$b") $extra_env timeout "$secs" "$bin" bench --device "$device" --precision bf16 \
-        --shape "$shape" --batch "$batch" --seq 1024 --soft 20 --steps 3 --warmup 2 2>&1)
+    local log="${TMPDIR:-/tmp}/softtune-bench-$$.log" pid sampler=""
+    env $(backend_env "$b") $extra_env timeout "$secs" "$bin" bench --device "$device" --precision bf16 \
+        --shape "$shape" --batch "$batch" --seq 1024 --soft 20 --steps 3 --warmup 2 >"$log" 2>&1 &
+    pid=$!
+    if [ -n "$sample_at" ] && command -v cuda-gdb >/dev/null; then
+        sample_stacks "$pid" "$log" $sample_at &
+        sampler=$!
+    fi
+    wait "$pid"
     rc=$?
+    [ -n "$sampler" ] && wait "$sampler"
+    out=$(cat "$log")
+    rm -f "$log"
     echo "$out"
     echo "== bench $shape on $b done at $((SECONDS - start)) s"
     line=$(echo "$out" | grep "^$shape " | tail -1)
@@ -138,8 +171,11 @@ if [ "$compile_log" != off ]; then
     rm -f "$compile_log"
     extra_env="CUBECL_DEBUG_LOG=$compile_log"
 fi
+sample_at="${SAMPLE_AT:-45 150}"
+[ "$sample_at" = off ] && sample_at=""
 bench tinyllama-1.1b 8 59848 16.2 "$first_backend"
 extra_env=""
+sample_at=""
 row_secs=$row_secs_default
 if [ "$compile_log" != off ] && [ -s "$compile_log" ]; then
     echo "== kernels compiled for the first row: $(grep -c '^\[START_KERNEL_COMPILATION\]' "$compile_log"), by name:"
