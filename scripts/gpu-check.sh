@@ -19,8 +19,8 @@
 #    (bound 5e-2) on the backends in PARITY_BACKENDS (default: the first two in BACKENDS);
 #    each parity run starts with the kernel checks (every fast path against plain Burn, the
 #    matmuls against an exact product, on the GPU);
-# 4. one table: tokens/s and peak memory beside PyTorch + PEFT's on an H100 80GB
-#    (`scripts/peft-baseline.py` measures those on the card at hand).
+# 4. one table: tokens/s and peak memory beside PyTorch + PEFT's, on the same card where
+#    `scripts/peft-baseline.py` measured it (H200), else on an H100 80GB.
 # The first row runs with CubeCL's compilation log (COMPILE_LOG, default
 # /tmp/softtune-cubecl-compile.log; "off" for none), summarized after it: how many kernels
 # were compiled, by name, and the autotune results. While its warm-up steps run, cuda-gdb
@@ -53,7 +53,15 @@ mkdir -p "$cache_dir"
 if [ -n "${CACHE_IN:-}" ] && ls "$CACHE_IN".* >/dev/null 2>&1; then
     cat "$CACHE_IN".* | xz -dc | tar -x -C "$cache_dir" && echo "== kernel caches unpacked: $(du -sh "$cache_dir" | cut -f1)"
 fi
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+card=""
+command -v nvidia-smi >/dev/null && card=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)
+echo "$card"
+# PyTorch + PEFT on the same card where measured (scripts/peft-baseline.py), else on an H100
+# 80GB: "TinyLlama GPT-J OPT" tokens/s, then peak GiB.
+case "$card" in
+    *H200*) peft_card=H200 peft_tps=(66382 11606 19705) peft_mem=(16.6 46.4 26.9) ;;
+    *) peft_card=H100 peft_tps=(59848 10659 18739) peft_mem=(16.2 45.9 26.8) ;;
+esac
 
 # backend_env NAME: the environment a BACKENDS name stands for.
 # A "+flash" suffix adds SOFTTUNE_CUDA_ATTENTION=flash (the CubeCL flash attention kernels);
@@ -126,7 +134,7 @@ sample_stacks() {
 sample_at=""
 
 table=""
-# bench SHAPE BATCH PEFT_TOKENS_PER_S PEFT_PEAK_GIB BACKEND: one row (H100 80GB references).
+# bench SHAPE BATCH PEFT_TOKENS_PER_S PEFT_PEAK_GIB BACKEND: one row.
 bench() {
     local shape=$1 batch=$2 peft_tps=$3 peft_mem=$4 b=$5 out rc line tps mem ratio secs
     secs=$(limit "$row_secs")
@@ -173,7 +181,7 @@ if [ "$compile_log" != off ]; then
 fi
 sample_at="${SAMPLE_AT:-45 150}"
 [ "$sample_at" = off ] && sample_at=""
-bench tinyllama-1.1b 8 59848 16.2 "$first_backend"
+bench tinyllama-1.1b 8 ${peft_tps[0]} ${peft_mem[0]} "$first_backend"
 extra_env=""
 sample_at=""
 row_secs=$row_secs_default
@@ -183,16 +191,20 @@ if [ "$compile_log" != off ] && [ -s "$compile_log" ]; then
     echo "== autotune log lines: $(grep -c 'key=' "$compile_log"); the first 15 that name the fastest:"
     grep -i 'fastest' "$compile_log" | cut -c1-240 | head -15
 fi
-bench gptj-6b 4 10659 45.9 "$first_backend"
-bench opt-6.7b 4 18739 26.8 "$first_backend"
+bench gptj-6b 4 ${peft_tps[1]} ${peft_mem[1]} "$first_backend"
+bench opt-6.7b 4 ${peft_tps[2]} ${peft_mem[2]} "$first_backend"
 for b in $(echo $backends | cut -d' ' -f2-); do
     [ "$b" = "$first_backend" ] && continue
-    over_budget "tinyllama-1.1b on $b" || bench tinyllama-1.1b 8 59848 16.2 "$b"
+    over_budget "tinyllama-1.1b on $b" || bench tinyllama-1.1b 8 ${peft_tps[0]} ${peft_mem[0]} "$b"
 done
 parity "$first_backend" f32
 for b in $parity_backends; do
     parity "$b" bf16
 done
+echo
+printf '%-15s %-11s %12s %12s %8s %10s %10s\n' shape backend "tokens/s" "PEFT $peft_card" "ratio" "peak mem" "PEFT mem"
+printf '%s' "$table"
+echo "total $((SECONDS - start)) s"
 # The compiled-kernel caches (softtune's PTX cache, the driver's machine-code cache).
 du -sh "$SOFTTUNE_CACHE_DIR/cubecl" "$CUDA_CACHE_PATH" 2>/dev/null
 if [ -n "${CACHE_OUT:-}" ]; then
@@ -200,8 +212,4 @@ if [ -n "${CACHE_OUT:-}" ]; then
     tar -c -C "$cache_dir" . | xz -T0 -6 | split -b 15M - "$CACHE_OUT."
     ls -l "$CACHE_OUT".*
 fi
-echo
-printf '%-15s %-11s %12s %12s %8s %10s %10s\n' shape backend "tokens/s" "PEFT tok/s" "ratio" "peak mem" "PEFT mem"
-printf '%s' "$table"
-echo "total $((SECONDS - start)) s"
 exit $status
