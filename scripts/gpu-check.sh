@@ -113,7 +113,7 @@ parity() {
 }
 
 # sample_stacks PID LOG SECONDS...: at each SECONDS after the start, while the bench under
-# `timeout` PID is still in its warm-up steps (LOG has no "step 3/" yet), the top frames of
+# `timeout` PID is still in its warm-up steps (LOG has no "step 2/" yet), the top frames of
 # each of its threads (cuda-gdb attaches for a moment): where compiling spends its time.
 sample_stacks() {
     local parent=$1 log=$2 t0=$SECONDS child at
@@ -123,7 +123,7 @@ sample_stacks() {
             kill -0 "$parent" 2>/dev/null || return 0
             sleep 1
         done
-        grep -q 'step 3/' "$log" && return 0
+        grep -q 'step 2/' "$log" && return 0
         child=$(pgrep -P "$parent" | head -1)
         [ -z "$child" ] && return 0
         echo "== the bench's threads at ${at} s (top frames):"
