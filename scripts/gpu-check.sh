@@ -21,8 +21,8 @@
 #    matmuls against an exact product, on the GPU);
 # 4. one table: tokens/s and peak memory beside PyTorch + PEFT's, on the same card where
 #    `scripts/peft-baseline.py` measured it (H200), else on an H100 80GB.
-# The first row runs with CubeCL's compilation log (COMPILE_LOG, default
-# /tmp/softtune-cubecl-compile.log; "off" for none), summarized after it: how many kernels
+# The first row runs with CubeCL's compilation log (COMPILE_LOG, default a temporary file;
+# "off" for none), summarized after it: how many kernels
 # were compiled, by name, and the autotune results. While its warm-up steps run, cuda-gdb
 # (where there is one) samples its threads' stacks at SAMPLE_AT seconds (default "45 150";
 # "off" for none).
@@ -30,8 +30,8 @@
 # passed; every run is cut short at TOTAL_SECS, and skipped when less than 10 s are left.
 # Prints the card's name first: numbers are only comparable on the same card.
 #
-# Kernel caches: softtune's PTX cache and the driver's machine-code cache go to CACHE_DIR
-# (default /tmp/softtune-cache). CACHE_IN=PREFIX unpacks the parts PREFIX.* of an earlier
+# Kernel caches: softtune's PTX cache and the driver's machine-code cache, where softtune
+# and the driver keep them. CACHE_IN=PREFIX unpacks the parts PREFIX.* of an earlier
 # CACHE_OUT first (a GPU machine starts without them, and compiling costs minutes);
 # CACHE_OUT=PREFIX packs them at the end into parts of at most 15 MiB (PREFIX.aa, .ab, …),
 # e.g. into $OUT, to carry to the next session's machine of the same driver.
@@ -46,12 +46,12 @@ parity_backends="${PARITY_BACKENDS:-$(echo $backends | cut -d' ' -f1-2)}"
 fixtures="$here/tests/fixtures"
 
 . "$here/scripts/cuda-env.sh" "${1:-}"
-cache_dir="${CACHE_DIR:-/tmp/softtune-cache}"
-export SOFTTUNE_CACHE_DIR="${SOFTTUNE_CACHE_DIR:-$cache_dir}"
-export CUDA_CACHE_PATH="${CUDA_CACHE_PATH:-$cache_dir/nv}"
-mkdir -p "$cache_dir"
+kernel_caches=(
+    "${SOFTTUNE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/softtune}/cubecl"
+    "${CUDA_CACHE_PATH:-$HOME/.nv/ComputeCache}"
+)
 if [ -n "${CACHE_IN:-}" ] && ls "$CACHE_IN".* >/dev/null 2>&1; then
-    cat "$CACHE_IN".* | xz -dc | tar -x -C "$cache_dir" && echo "== kernel caches unpacked: $(du -sh "$cache_dir" | cut -f1)"
+    cat "$CACHE_IN".* | xz -dc | tar -x -P && echo "== kernel caches unpacked:" && du -sh "${kernel_caches[@]}" 2>/dev/null
 fi
 card=""
 command -v nvidia-smi >/dev/null && card=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)
@@ -174,9 +174,9 @@ bench() {
 first_backend=$(echo $backends | cut -d' ' -f1)
 row_secs_default=$row_secs
 row_secs="${FIRST_ROW_SECS:-360}"
-compile_log="${COMPILE_LOG:-/tmp/softtune-cubecl-compile.log}"
+compile_log="${COMPILE_LOG:-$(mktemp)}"
 if [ "$compile_log" != off ]; then
-    rm -f "$compile_log"
+    : >"$compile_log"
     extra_env="CUBECL_DEBUG_LOG=$compile_log"
 fi
 sample_at="${SAMPLE_AT:-45 150}"
@@ -191,6 +191,7 @@ if [ "$compile_log" != off ] && [ -s "$compile_log" ]; then
     echo "== autotune log lines: $(grep -c 'key=' "$compile_log"); the first 15 that name the fastest:"
     grep -i 'fastest' "$compile_log" | cut -c1-240 | head -15
 fi
+[ -z "${COMPILE_LOG:-}" ] && rm -f "$compile_log"
 bench gptj-6b 4 ${peft_tps[1]} ${peft_mem[1]} "$first_backend"
 bench opt-6.7b 4 ${peft_tps[2]} ${peft_mem[2]} "$first_backend"
 for b in $(echo $backends | cut -d' ' -f2-); do
@@ -206,10 +207,14 @@ printf '%-15s %-11s %12s %12s %8s %10s %10s\n' shape backend "tokens/s" "PEFT $p
 printf '%s' "$table"
 echo "total $((SECONDS - start)) s"
 # The compiled-kernel caches (softtune's PTX cache, the driver's machine-code cache).
-du -sh "$SOFTTUNE_CACHE_DIR/cubecl" "$CUDA_CACHE_PATH" 2>/dev/null
-if [ -n "${CACHE_OUT:-}" ]; then
+existing=()
+for d in "${kernel_caches[@]}"; do
+    [ -d "$d" ] && existing+=("$d")
+done
+[ ${#existing[@]} -gt 0 ] && du -sh "${existing[@]}"
+if [ -n "${CACHE_OUT:-}" ] && [ ${#existing[@]} -gt 0 ]; then
     rm -f "$CACHE_OUT".*
-    tar -c -C "$cache_dir" . | xz -T0 -6 | split -b 15M - "$CACHE_OUT."
+    tar -c -P "${existing[@]}" | xz -T0 -6 | split -b 15M - "$CACHE_OUT."
     ls -l "$CACHE_OUT".*
 fi
 exit $status

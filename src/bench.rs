@@ -214,9 +214,9 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
         device: match args.device {
             DeviceSpec::Cuda(_) => {
                 let kind = crate::device::CudaKind::from_env()?;
-                // Matmuls on cuBLAS with SOFTTUNE_CUDA_MATMUL=cublas, attention on the flash
-                // kernels with SOFTTUNE_CUDA_ATTENTION=flash, the fused row kernels with
-                // SOFTTUNE_CUDA_FUSED=on (a fallback is reported on stderr).
+                // Matmuls on cuBLAS unless SOFTTUNE_CUDA_MATMUL=cubecl, attention on the flash
+                // kernels with SOFTTUNE_CUDA_ATTENTION=flash, the fused row kernels unless
+                // SOFTTUNE_CUDA_FUSED=off (a fallback is reported on stderr).
                 let cublas = crate::model::cublas::enabled();
                 let flash = crate::model::cubecl::flash::enabled();
                 let fused = crate::model::cubecl::fused();

@@ -1,9 +1,9 @@
-//! The CUDA backend's [`Kernels`] (`CubeBackend<CudaRuntime>`): with
-//! `SOFTTUNE_CUDA_MATMUL=cublas`, matmuls on cuBLAS ([`super::cublas`]); with
+//! The CUDA backend's [`Kernels`] (`CubeBackend<CudaRuntime>`): matmuls on cuBLAS
+//! ([`super::cublas`]; `SOFTTUNE_CUDA_MATMUL=cubecl` keeps CubeCL's); the blocked
+//! attention's softmax and the norms on the row kernels of [`super::cubecl::score_rows`] and
+//! [`super::cubecl::norm`] (`SOFTTUNE_CUDA_FUSED=off` keeps Burn's operations); with
 //! `SOFTTUNE_CUDA_ATTENTION=flash`, attention on the CubeCL kernels of
-//! [`super::cubecl::flash`]; with `SOFTTUNE_CUDA_FUSED=on`, the blocked attention's softmax
-//! and the norms on the row kernels of [`super::cubecl::score_rows`] and
-//! [`super::cubecl::norm`].
+//! [`super::cubecl::flash`].
 //! Everything else is the trait's plain Burn default. The default CUDA backend wraps this one
 //! in Burn's fusion, whose [`Kernels`] ([`super::fusion`]) runs these as custom operations.
 

@@ -310,30 +310,14 @@ impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
         if !B::own_fused() {
             return ops::plain_layer_norm(x, w, b, eps);
         }
-        let output = (x.dims().to_vec(), x.dtype());
-        let what = What::Norm { eps, bias: true };
-        let inputs = vec![prim(x), prim(w), prim(b)];
-        let [y] = register::<B, 3>("softtune_layer_norm", what, inputs, vec![output])
-            .try_into()
-            .expect("one output");
-        float(y)
+        norm_op::<B>(x, w, Some(b), eps)
     }
 
     fn rms_norm(x: Tensor<Self, 3>, w: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
         if !B::own_fused() {
             return ops::plain_rms_norm(x, w, eps);
         }
-        let output = (x.dims().to_vec(), x.dtype());
-        let what = What::Norm { eps, bias: false };
-        let [y] = register::<B, 3>(
-            "softtune_rms_norm",
-            what,
-            vec![prim(x), prim(w)],
-            vec![output],
-        )
-        .try_into()
-        .expect("one output");
-        float(y)
+        norm_op::<B>(x, w, None, eps)
     }
 
     fn norm_backward(
@@ -354,4 +338,24 @@ impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
             .expect("one output");
         float(dx)
     }
+}
+
+/// LayerNorm (with `b`) or RMSNorm as one custom operation running the inner backend's norm.
+fn norm_op<B: FusionBackend + Kernels>(
+    x: Tensor<Fusion<B>, 3>,
+    w: Tensor<Fusion<B>, 1>,
+    b: Option<Tensor<Fusion<B>, 1>>,
+    eps: f64,
+) -> Tensor<Fusion<B>, 3> {
+    let output = (x.dims().to_vec(), x.dtype());
+    let (name, what) = match b {
+        Some(_) => ("softtune_layer_norm", What::Norm { eps, bias: true }),
+        None => ("softtune_rms_norm", What::Norm { eps, bias: false }),
+    };
+    let mut inputs = vec![prim(x), prim(w)];
+    inputs.extend(b.map(prim));
+    let [y] = register::<B, 3>(name, what, inputs, vec![output])
+        .try_into()
+        .expect("one output");
+    float(y)
 }

@@ -13,8 +13,8 @@
 //! * the CPU backend ([`super::cpu`]): matmuls straight on gemm, attention on gemm tiles,
 //!   a one-pass cross-entropy, vectorised `exp`, SiLU and tanh-GELU;
 //! * the CUDA backends ([`super::cuda`]): matmuls on cuBLAS, attention on the CubeCL
-//!   kernels of [`super::cubecl::flash`] or the blocked attention's softmax and the norms
-//!   on the row kernels of [`super::cubecl`] (opt-in), run inside Burn's fusion wrapper by
+//!   kernels of [`super::cubecl::flash`] (opt-in) or the blocked attention's softmax and
+//!   the norms on the row kernels of [`super::cubecl`], run inside Burn's fusion wrapper by
 //!   [`super::fusion`].
 
 use burn::backend::autodiff::{

@@ -5,7 +5,7 @@
 //!
 //! * [`flash`]: flash-style causal attention, forward and backward
 //!   (`SOFTTUNE_CUDA_ATTENTION=flash`);
-//! * the fused row kernels (`SOFTTUNE_CUDA_FUSED=on`, [`fused`]): [`score_rows`], the
+//! * the fused row kernels (on unless `SOFTTUNE_CUDA_FUSED=off`, [`fused`]): [`score_rows`], the
 //!   blocked attention's softmax and its backward over a block of scores; [`norm`],
 //!   LayerNorm and RMSNorm forward and their input gradient. Each replaces a chain of Burn
 //!   element-wise kernels and reductions over float32 copies with one pass per row.

@@ -8,7 +8,7 @@
 //! rounding points: RMSNorm rounds `x·rstd` to the model's dtype before the weight
 //! multiplies it (as Hugging Face's llama does), LayerNorm rounds once at the end.
 //! Behind [`Kernels::layer_norm`], [`Kernels::rms_norm`] and [`Kernels::norm_backward`]
-//! (`SOFTTUNE_CUDA_FUSED=on` on CUDA).
+//! (on CUDA unless `SOFTTUNE_CUDA_FUSED=off`).
 //!
 //! Shapes: `x`, `y`, `grad`, `dx` `[b, s, d]` (`x` and `grad` may be strided views); `w`
 //! and LayerNorm's bias `[d]`, in their own dtype (float32 for LayerNorm, the model's

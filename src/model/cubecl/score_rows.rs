@@ -17,7 +17,7 @@
 //! The causal and local-window mask comes from the block's position (no mask tensor).
 //! One cube per row; its units stride over the keys, so reads and writes are coalesced.
 //! Behind [`Kernels::attention_probs`] and [`Kernels::attention_score_grads`]
-//! (`SOFTTUNE_CUDA_FUSED=on` on CUDA).
+//! (on CUDA unless `SOFTTUNE_CUDA_FUSED=off`).
 //!
 //! [`Kernels::attention_probs`]: crate::model::kernels::Kernels::attention_probs
 //! [`Kernels::attention_score_grads`]: crate::model::kernels::Kernels::attention_score_grads
