@@ -20,7 +20,9 @@
 #    each parity run starts with the kernel checks (every fast path against plain Burn, the
 #    matmuls against an exact product, on the GPU);
 # 4. one table: tokens/s and peak memory beside PyTorch + PEFT's, on the same card where
-#    `scripts/peft-baseline.py` measured it (H200), else on an H100 80GB.
+#    `scripts/peft-baseline.py` measured it (H200), else on an H100 80GB. A row cut short
+#    after its first step still gets a rough number ("~"): tokens/s from its last finished
+#    step, and the peak of the device memory in use (nvidia-smi, polled every 0.5 s).
 # The first row runs with CubeCL's compilation log (COMPILE_LOG, default a temporary file;
 # "off" for none), summarized after it: how many kernels
 # were compiled, by name, and the autotune results. While its warm-up steps run, cuda-gdb
@@ -136,7 +138,7 @@ sample_at=""
 table=""
 # bench SHAPE BATCH PEFT_TOKENS_PER_S PEFT_PEAK_GIB BACKEND: one row.
 bench() {
-    local shape=$1 batch=$2 peft_tps=$3 peft_mem=$4 b=$5 out rc line tps mem ratio secs
+    local shape=$1 batch=$2 peft_tps=$3 peft_mem=$4 b=$5 out rc line tps mem ratio secs fallbacks
     secs=$(limit "$row_secs")
     if [ "$secs" -lt 10 ]; then
         echo "== skipped (past ${total_secs} s): $shape on $b"
@@ -152,19 +154,46 @@ bench() {
         sample_stacks "$pid" "$log" $sample_at &
         sampler=$!
     fi
+    # The device's memory in use, every half second, for a row that does not finish.
+    local mem_log="${TMPDIR:-/tmp}/softtune-mem-$$.log" poller=""
+    if command -v nvidia-smi >/dev/null; then
+        nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i "${device#cuda:}" \
+            -lms 500 >"$mem_log" 2>/dev/null &
+        poller=$!
+    fi
     wait "$pid"
     rc=$?
     [ -n "$sampler" ] && wait "$sampler"
+    [ -n "$poller" ] && kill "$poller" 2>/dev/null && wait "$poller" 2>/dev/null
     out=$(cat "$log")
     rm -f "$log"
     echo "$out"
     echo "== bench $shape on $b done at $((SECONDS - start)) s"
+    fallbacks=$(echo "$out" | sed -n "s/^$shape: matmuls on CubeCL instead of cuBLAS: //p" | tail -1)
+    [ -n "$fallbacks" ] && [ "$fallbacks" != 0 ] && echo "== $shape on $b: $fallbacks matmuls fell back to CubeCL"
     line=$(echo "$out" | grep "^$shape " | tail -1)
     if [ $rc -ne 0 ] || [ -z "$line" ]; then
-        table+=$(printf '%-15s %-11s %12s %12s %8s %10s %10s' "$shape" "$b" "failed" "$peft_tps" "-" "-" "$peft_mem GiB")$'\n'
+        # Cut short (or failed): a rough number from the last step that finished after the
+        # first (the first compiles the kernels), marked "~", with the polled peak memory.
+        local last secs_step peak
+        last=$(echo "$out" | grep -E "^$shape: step [0-9]+/[0-9]+: [0-9.]+ s" | grep -v "step 1/" | tail -1)
+        peak=$(sort -n "$mem_log" 2>/dev/null | tail -1)
+        rm -f "$mem_log"
         status=1
+        if [ -z "$last" ]; then
+            table+=$(printf '%-15s %-11s %12s %12s %8s %10s %10s' "$shape" "$b" "failed" "$peft_tps" "-" "-" "$peft_mem GiB")$'\n'
+            return
+        fi
+        secs_step=$(echo "$last" | sed -E 's/.*: ([0-9.]+) s.*/\1/')
+        tps=$(awk -v b="$batch" -v s="$secs_step" 'BEGIN { printf "~%.0f", b * 1024 / s }')
+        ratio=$(awk -v a="${tps#\~}" -v b="$peft_tps" 'BEGIN { printf "~%.2f", a / b }')
+        mem="-"
+        [ -n "$peak" ] && mem=$(awk -v m="$peak" 'BEGIN { printf "~%.1f GiB", m / 1024 }')
+        echo "== $shape on $b cut short: ${tps#\~} tokens/s from ${last#"$shape: "}"
+        table+=$(printf '%-15s %-11s %12s %12s %8s %10s %10s' "$shape" "$b" "$tps" "$peft_tps" "$ratio" "$mem" "$peft_mem GiB")$'\n'
         return
     fi
+    rm -f "$mem_log"
     tps=$(echo "$line" | awk '{print $7}')
     mem=$(echo "$line" | awk '{print $9" "$10}')
     ratio=$(awk -v a="$tps" -v b="$peft_tps" 'BEGIN { printf "%.2f", a / b }')

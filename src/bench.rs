@@ -197,6 +197,14 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
     let (params, ms) = crate::with_backend!(args.device, |B, dev| {
         run_on::<burn::backend::Autodiff<B>>(&config, args, &dev, dtype)?
     });
+    if args.device.is_gpu() && crate::model::cublas::enabled() {
+        // gpu-check.sh reads this line: every product should have run on cuBLAS.
+        eprintln!(
+            "{}: matmuls on CubeCL instead of cuBLAS: {}",
+            args.shape,
+            crate::model::cublas::fallback_count()
+        );
+    }
     let text_tokens = (args.batch * args.seq) as f64;
     let tokens_per_s = text_tokens / (ms / 1000.0);
     let (peak_bytes, mfu) = match args.device {

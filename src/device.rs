@@ -291,14 +291,15 @@ pub fn cuda_headers(
     .map(|(_, root)| PathBuf::from(root))
 }
 
-/// Keeps CubeCL's compiled kernels (NVRTC's PTX) in softtune's cache folder
-/// (`SOFTTUNE_CACHE_DIR`, else the OS cache folder, `cubecl/` inside), so that a run after
-/// the first skips compiling them: tens of seconds a process on first use. A `cubecl.toml`
-/// that names a compilation cache wins; `SOFTTUNE_KERNEL_CACHE=off` keeps none, and so does
+/// Keeps CubeCL's compiled kernels (NVRTC's PTX) and its autotune results in softtune's
+/// cache folder (`SOFTTUNE_CACHE_DIR`, else the OS cache folder, `cubecl/` inside), so that
+/// a run after the first skips compiling and tuning them: minutes on a first run. A
+/// `cubecl.toml` that names a compilation cache, or an autotune cache other than
+/// `target`, wins; `SOFTTUNE_KERNEL_CACHE=off` keeps none, and so does
 /// a folder softtune cannot write to. Done once, before CubeCL reads its configuration
 /// (after that it cannot change).
 pub fn cache_compiled_kernels() {
-    use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
+    use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         if std::env::var("SOFTTUNE_KERNEL_CACHE").is_ok_and(|v| v == "off") {
@@ -324,12 +325,27 @@ pub fn cache_compiled_kernels() {
         if state.is_some() {
             return;
         }
-        let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
-        if config.compilation.cache.is_none() {
-            config.compilation.cache = Some(CacheConfig::File(dir));
-        }
-        *state = Some(std::sync::Arc::new(config));
+        let config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+        *state = Some(std::sync::Arc::new(with_kernel_cache(config, &dir)));
     });
+}
+
+/// `config` with its compiled kernels and its autotune results kept under `dir`, unless it
+/// names places of its own: CubeCL keeps no compiled kernels by default, and its autotune
+/// results in the `target/` folder of whatever Cargo project the working directory is in
+/// (else the OS cache folder), so a run from another folder would tune again.
+fn with_kernel_cache(
+    mut config: cubecl::config::CubeClRuntimeConfig,
+    dir: &Path,
+) -> cubecl::config::CubeClRuntimeConfig {
+    use cubecl::config::cache::CacheConfig;
+    if config.compilation.cache.is_none() {
+        config.compilation.cache = Some(CacheConfig::File(dir.to_path_buf()));
+    }
+    if matches!(config.autotune.cache, CacheConfig::Target) {
+        config.autotune.cache = CacheConfig::File(dir.to_path_buf());
+    }
+    config
 }
 
 /// Runs `$body` with `$B` bound to the backend type and `$dev` to its device for `$spec`,
@@ -407,5 +423,22 @@ mod tests {
             e.contains("SOFTTUNE_CUDA_BACKEND") && e.contains("cube"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn compiled_kernels_and_autotune_results_go_to_our_cache_unless_configured() {
+        use cubecl::config::{CubeClRuntimeConfig, cache::CacheConfig};
+        let dir = Path::new("/cache/softtune/cubecl");
+        let is_ours = |c: &CacheConfig| matches!(c, CacheConfig::File(p) if p == dir);
+        let c = with_kernel_cache(CubeClRuntimeConfig::default(), dir);
+        assert!(c.compilation.cache.as_ref().is_some_and(is_ours));
+        assert!(is_ours(&c.autotune.cache));
+        // Places a cubecl.toml names stay.
+        let mut own = CubeClRuntimeConfig::default();
+        own.compilation.cache = Some(CacheConfig::Global);
+        own.autotune.cache = CacheConfig::Local;
+        let c = with_kernel_cache(own, dir);
+        assert!(matches!(c.compilation.cache, Some(CacheConfig::Global)));
+        assert!(matches!(c.autotune.cache, CacheConfig::Local));
     }
 }

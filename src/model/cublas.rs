@@ -134,17 +134,86 @@ fn open(device: usize) -> Result<Blas, String> {
     Ok(Blas { ctx, stream, blas })
 }
 
-type Handles = Mutex<HashMap<usize, Option<Blas>>>;
+type Handles = Mutex<HashMap<usize, Result<Blas, Fallback>>>;
 
 fn handles() -> &'static Handles {
     static H: OnceLock<Handles> = OnceLock::new();
     H.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-/// Reports the first reason this path fell back, once per process.
-fn fell_back(why: &str) {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| eprintln!("softtune: cuBLAS matmul unavailable, using CubeCL's: {why}"));
+/// Why a product did not run on cuBLAS: `kind` is the class of reason (each class is
+/// reported once per process), `detail` the operands of the first product of that class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    pub kind: &'static str,
+    pub detail: String,
+}
+
+impl Fallback {
+    fn new(kind: &'static str, detail: impl Into<String>) -> Self {
+        Fallback {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Counts the products that went to CubeCL's matmul, and says once per class of reason
+/// why (CubeCL's matmul autotunes and compiles many large kernels on first use, so a
+/// silent fallback would cost minutes and speed unnoticed).
+#[derive(Debug, Default)]
+pub struct Fallbacks {
+    count: usize,
+    said: Vec<&'static str>,
+}
+
+impl Fallbacks {
+    /// Counts `why`; returns the line to print when its class is new.
+    pub fn record(&mut self, why: &Fallback) -> Option<String> {
+        self.count += 1;
+        if self.said.contains(&why.kind) {
+            return None;
+        }
+        self.said.push(why.kind);
+        Some(format!(
+            "softtune: matmul on CubeCL instead of cuBLAS ({}): {}",
+            why.kind, why.detail
+        ))
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+}
+
+fn fallbacks() -> &'static Mutex<Fallbacks> {
+    static F: OnceLock<Mutex<Fallbacks>> = OnceLock::new();
+    F.get_or_init(|| Mutex::new(Fallbacks::default()))
+}
+
+/// Records that a product fell back to CubeCL's matmul (said on stderr once per class).
+pub fn fell_back(why: &Fallback) {
+    let line = match fallbacks().lock() {
+        Ok(mut f) => f.record(why),
+        Err(_) => None,
+    };
+    if let Some(line) = line {
+        eprintln!("{line}");
+    }
+}
+
+/// How many products fell back to CubeCL's matmul in this process so far.
+pub fn fallback_count() -> usize {
+    fallbacks().lock().map_or(0, |f| f.count())
+}
+
+/// The operands of a product, for a [`Fallback`]'s detail.
+fn operands(lhs: &CubeTensor<CudaRuntime>, rhs: &CubeTensor<CudaRuntime>) -> String {
+    let one = |t: &CubeTensor<CudaRuntime>| {
+        let (shape, strides) = dims(t);
+        format!("{shape:?} {:?} (strides {strides:?})", t.dtype)
+    };
+    format!("{} · {}", one(lhs), one(rhs))
 }
 
 fn data_type(dtype: DType) -> Option<cudaDataType> {
@@ -164,43 +233,48 @@ fn dims(t: &CubeTensor<CudaRuntime>) -> (Vec<usize>, Vec<usize>) {
 }
 
 /// `lhs [.., m, k] · rhs [.., k, n]` on cuBLAS, the result in `out_dtype` (the inputs'
-/// dtype, or float32 from 16-bit inputs), or `None` when this path cannot take it (the
-/// caller then runs CubeCL's matmul).
+/// dtype, or float32 from 16-bit inputs), or why this path cannot take it (the caller then
+/// runs CubeCL's matmul and reports it with [`fell_back`]).
 pub fn matmul(
     lhs: &CubeTensor<CudaRuntime>,
     rhs: &CubeTensor<CudaRuntime>,
     out_dtype: DType,
-) -> Option<CubeTensor<CudaRuntime>> {
-    if lhs.dtype != rhs.dtype || lhs.qparams.is_some() || rhs.qparams.is_some() {
-        return None;
+) -> Result<CubeTensor<CudaRuntime>, Fallback> {
+    let why = |kind: &'static str| Fallback::new(kind, operands(lhs, rhs));
+    if lhs.qparams.is_some() || rhs.qparams.is_some() {
+        return Err(why("quantized operand"));
     }
-    if out_dtype != lhs.dtype && out_dtype != DType::F32 {
-        return None;
+    if lhs.dtype != rhs.dtype || (out_dtype != lhs.dtype && out_dtype != DType::F32) {
+        return Err(Fallback::new(
+            "mixed dtypes",
+            format!("{} → {out_dtype:?}", operands(lhs, rhs)),
+        ));
     }
-    let ty = data_type(lhs.dtype)?;
-    let out_ty = data_type(out_dtype)?;
+    let (Some(ty), Some(out_ty)) = (data_type(lhs.dtype), data_type(out_dtype)) else {
+        return Err(why("dtype cuBLAS does not take here"));
+    };
     let ((ls, lst), (rs, rst)) = (dims(lhs), dims(rhs));
     let d = ls.len();
-    let batch = broadcast_batch(&ls, &rs)?;
+    let Some(batch) = broadcast_batch(&ls, &rs) else {
+        return Err(why("batch dimensions that do not broadcast"));
+    };
     let (m, k, n) = (ls[d - 2], ls[d - 1], rs[d - 1]);
     if rs[d - 2] != k {
-        return None;
+        return Err(why("inner dimensions differ"));
     }
     let count: usize = batch.iter().product();
     let fits = |x: usize| x > 0 && x <= i32::MAX as usize;
     if ![m, k, n, count].into_iter().all(fits) {
-        return None;
+        return Err(why("empty, or a size above 2³¹"));
     }
     let device = lhs.device.index;
-    let mut guard = handles().lock().ok()?;
-    let entry = guard.entry(device).or_insert_with(|| match open(device) {
-        Ok(b) => Some(b),
-        Err(why) => {
-            fell_back(&why);
-            None
-        }
-    });
-    let b = entry.as_ref()?;
+    let mut guard = handles()
+        .lock()
+        .map_err(|_| why("cuBLAS handle lock poisoned"))?;
+    let entry = guard
+        .entry(device)
+        .or_insert_with(|| open(device).map_err(|e| Fallback::new("cuBLAS unavailable", e)));
+    let b = entry.as_ref().map_err(Clone::clone)?;
 
     // An operand that no single leading dimension and batch stride describe (broadcast
     // along some batch dimensions only, batches out of order) is copied into full,
@@ -216,9 +290,11 @@ pub fn matmul(
     };
     let (lhs, rhs) = (&full(lhs, &ls, &lst), &full(rhs, &rs, &rst));
     let ((ls, lst), (rs, rst)) = (dims(lhs), dims(rhs));
-    let (la, ra) = (layout(&ls, &lst, &batch)?, layout(&rs, &rst, &batch)?);
+    let (Some(la), Some(ra)) = (layout(&ls, &lst, &batch), layout(&rs, &rst, &batch)) else {
+        return Err(why("a layout no leading dimension describes"));
+    };
     if ![la.ld, ra.ld].into_iter().all(fits) {
-        return None;
+        return Err(why("a leading dimension above 2³¹"));
     }
 
     let client = lhs.client.clone();
@@ -234,8 +310,7 @@ pub fn matmul(
     );
     // Everything CubeCL queued (the inputs included) is done after this.
     if let Err(e) = cubecl::future::block_on(client.sync()) {
-        fell_back(&format!("CubeCL sync: {e:?}"));
-        return None;
+        return Err(Fallback::new("CubeCL sync failed", format!("{e:?}")));
     }
     let resources = (
         client.get_resource(lhs.handle.clone()),
@@ -244,10 +319,7 @@ pub fn matmul(
     );
     let (l, r, o) = match resources {
         (Ok(l), Ok(r), Ok(o)) => (l, r, o),
-        _ => {
-            fell_back("a tensor's device memory could not be read");
-            return None;
-        }
+        _ => return Err(why("a tensor's device memory could not be read")),
     };
     // Row-major C[m, n] is column-major Cᵀ[n, m] = Bᵀ·Aᵀ: cuBLAS gets (B, A). A row-major
     // operand is already its transpose in column-major terms (no op); a transposed view
@@ -299,13 +371,9 @@ pub fn matmul(
             b.stream.synchronize().map_err(|e| format!("{e:?}"))
         });
     drop((l, r, o));
-    match result {
-        Ok(()) => Some(out),
-        Err(why) => {
-            fell_back(&format!("cuBLAS gemm: {why}"));
-            None
-        }
-    }
+    result
+        .map(|()| out)
+        .map_err(|e| Fallback::new("cuBLAS gemm failed", format!("{e}: {}", operands(lhs, rhs))))
 }
 
 #[cfg(test)]
@@ -342,6 +410,24 @@ mod tests {
         // Rows two apart: leading dimension 2 in the row reading.
         let col = layout(&[7, 1], &[2, 1], &[]).unwrap();
         assert_eq!((col.row_major, col.ld), (true, 2));
+    }
+
+    #[test]
+    fn fallbacks_are_counted_and_each_reason_said_once() {
+        let mut f = Fallbacks::default();
+        let mixed = Fallback::new("mixed dtypes", "[2, 3] BF16 · [3, 4] F32 → F32");
+        let first = f.record(&mixed).expect("the first of its kind is said");
+        assert!(
+            first.contains("mixed dtypes") && first.contains("[2, 3] BF16"),
+            "{first}"
+        );
+        assert_eq!(
+            f.record(&Fallback::new("mixed dtypes", "other shapes")),
+            None
+        );
+        let other = Fallback::new("cuBLAS unavailable", "libcublas was not found");
+        assert!(f.record(&other).unwrap().contains("libcublas"));
+        assert_eq!(f.count(), 3);
     }
 
     #[test]

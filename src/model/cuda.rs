@@ -52,13 +52,9 @@ fn use_flash(q: &[usize], k: &[usize], v: &[usize], dtypes: &[DType]) -> bool {
 
 /// The unfused CubeCL tensor product, its result in `out_dtype` (the inputs' dtype, or
 /// float32 from 16-bit inputs): cuBLAS when it takes the operands, CubeCL's own matmul
-/// otherwise.
+/// otherwise (counted and said once per reason, [`cublas::fell_back`]). Operands of two
+/// dtypes are both cast to `out_dtype` first, as the plain path computes them.
 fn cube_matmul(lhs: CubeFloat, rhs: CubeFloat, out_dtype: DType) -> CubeFloat {
-    if cublas::enabled()
-        && let Some(out) = cublas::matmul(&lhs, &rhs, out_dtype)
-    {
-        return out;
-    }
     let cast = |t: CubeFloat| {
         if t.dtype == out_dtype {
             t
@@ -66,6 +62,17 @@ fn cube_matmul(lhs: CubeFloat, rhs: CubeFloat, out_dtype: DType) -> CubeFloat {
             CudaCubeBackend::float_cast(t, out_dtype.into())
         }
     };
+    let (lhs, rhs) = if lhs.dtype == rhs.dtype {
+        (lhs, rhs)
+    } else {
+        (cast(lhs), cast(rhs))
+    };
+    if cublas::enabled() {
+        match cublas::matmul(&lhs, &rhs, out_dtype) {
+            Ok(out) => return out,
+            Err(why) => cublas::fell_back(&why),
+        }
+    }
     CudaCubeBackend::float_matmul(cast(lhs), cast(rhs))
 }
 

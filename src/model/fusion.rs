@@ -168,9 +168,17 @@ fn fused_matmul<B: FusionBackend + Kernels, const D: usize>(
         as_dtype(l, dtype).matmul(as_dtype(r, dtype))
     };
     let (ld, rd) = (lhs.dims(), rhs.dims());
-    if !B::own_matmul() || lhs.dtype() != rhs.dtype() || ld[D - 1] != rd[D - 2] {
+    if !B::own_matmul() || ld[D - 1] != rd[D - 2] {
         return plain(lhs, rhs);
     }
+    // Operands of two dtypes: both in `dtype`, as the plain path computes them, so that
+    // the product still runs on the backend's own matmul (Burn's fused matmul autotunes
+    // many large kernels on first use).
+    let (lhs, rhs) = if lhs.dtype() == rhs.dtype() {
+        (lhs, rhs)
+    } else {
+        (as_dtype(lhs, dtype), as_dtype(rhs, dtype))
+    };
     let Some(mut shape) = broadcast_batch(&ld, &rd) else {
         return plain(lhs, rhs);
     };

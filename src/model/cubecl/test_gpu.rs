@@ -6,6 +6,7 @@
 //! `SOFTTUNE_TEST_WGPU=require` (`.ci/run` installs lavapipe and sets it).
 
 use std::cell::Cell;
+use std::sync::Mutex;
 
 use burn::backend::Autodiff;
 use burn::tensor::{DType, Tensor, TensorPrimitive, backend::Backend};
@@ -31,6 +32,20 @@ pub enum Own {
     Flash,
     /// Blocked attention, its softmax and the norms on the fused row kernels.
     Fused,
+}
+
+/// The operands (shapes, dtypes) of the products run on [`Gpu`]'s own matmul in this
+/// process (fusion runs them on a thread of its own).
+static OWN_MATMULS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn own_matmuls_of(lhs: [usize; 3], rhs: [usize; 3], dtype: DType) -> usize {
+    let key = format!("{lhs:?} {dtype:?} · {rhs:?} {dtype:?}");
+    OWN_MATMULS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|k| **k == key)
+        .count()
 }
 
 thread_local! {
@@ -81,6 +96,14 @@ impl Kernels for Gpu {
     }
 
     fn matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
+        let key = format!(
+            "{:?} {:?} · {:?} {:?}",
+            lhs.dims(),
+            lhs.dtype(),
+            rhs.dims(),
+            rhs.dtype()
+        );
+        OWN_MATMULS.lock().unwrap().push(key);
         reference_matmul(lhs, rhs)
     }
 
@@ -227,4 +250,32 @@ pub fn assert_kernel_checks_pass(own: Own) {
             assert!(err <= bound, "{own:?}, {how}: {what}: {err:e} > {bound:e}");
         }
     }
+}
+
+/// Under fusion, a product of operands in two dtypes still runs on the backend's own matmul
+/// (both operands cast to the result's dtype first, as the plain path computes them), not
+/// on Burn's fused matmul.
+#[test]
+fn mixed_dtype_products_run_on_the_backends_own_matmul_under_fusion() {
+    let Some(dev) = device() else { return };
+    type F = Fusion<Gpu>;
+    let a = Tensor::<F, 3>::random([2, 5, 8], burn::tensor::Distribution::Default, &dev);
+    let b = Tensor::<F, 3>::random([2, 8, 3], burn::tensor::Distribution::Default, &dev);
+    let b16 = b.cast(DType::F16);
+    let mixed = <F as Kernels>::matmul_f32(a.clone(), b16.clone());
+    let want = a.clone().matmul(b16.clone().cast(DType::F32));
+    assert_eq!(mixed.dtype(), DType::F32);
+    let (got, want) = (values(mixed), values(want));
+    let err = got
+        .iter()
+        .zip(&want)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    assert!(err < 1e-5, "{err}");
+    assert_eq!(own_matmuls_of([2, 5, 8], [2, 8, 3], DType::F32), 1);
+    // In the left operand's dtype (16-bit) when that is the result's.
+    let half = <F as Kernels>::matmul(b16.swap_dims(1, 2), a.swap_dims(1, 2));
+    assert_eq!(half.dtype(), DType::F16);
+    values(half);
+    assert_eq!(own_matmuls_of([2, 3, 8], [2, 8, 5], DType::F16), 1);
 }
