@@ -224,30 +224,36 @@ pub fn float<const D: usize>(t: CubeTensor<WgpuRuntime>) -> Tensor<Gpu, D> {
 
 /// Runs the whole kernel-check suite through autodiff with this thread's [`Gpu`] running
 /// `own`, on the backend alone and under Burn's fusion wrapper (where its kernels and
-/// matmuls are custom operations, as on the default CUDA backend), and asserts every check
-/// within the float32 bound.
+/// matmuls are custom operations, as on the default CUDA backend), in float32 and in
+/// float16 (the 16-bit paths the GPU runs in bf16; lavapipe has no bf16), and asserts every
+/// check within its dtype's bound.
 pub fn assert_kernel_checks_pass(own: Own) {
     let Some(dev) = device() else { return };
     use_kernels(own);
-    let bound = tolerance(DType::F32);
-    let checks = [
-        (
-            "alone",
-            kernel_checks::<Autodiff<Gpu>>(&dev, DType::F32).unwrap(),
-        ),
-        (
-            "fused",
-            kernel_checks::<Autodiff<Fusion<Gpu>>>(&dev, DType::F32).unwrap(),
-        ),
-    ];
-    for (how, results) in checks {
-        assert!(
-            results
-                .iter()
-                .any(|(what, _)| what.starts_with("attention"))
-        );
-        for (what, err) in results {
-            assert!(err <= bound, "{own:?}, {how}: {what}: {err:e} > {bound:e}");
+    for dtype in [DType::F32, DType::F16] {
+        let bound = tolerance(dtype);
+        let checks = [
+            (
+                "alone",
+                kernel_checks::<Autodiff<Gpu>>(&dev, dtype).unwrap(),
+            ),
+            (
+                "fused",
+                kernel_checks::<Autodiff<Fusion<Gpu>>>(&dev, dtype).unwrap(),
+            ),
+        ];
+        for (how, results) in checks {
+            assert!(
+                results
+                    .iter()
+                    .any(|(what, _)| what.starts_with("attention"))
+            );
+            for (what, err) in results {
+                assert!(
+                    err <= bound,
+                    "{own:?}, {how}, {dtype:?}: {what}: {err:e} > {bound:e}"
+                );
+            }
         }
     }
 }
