@@ -839,12 +839,18 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         autodiff_norm(x, w, None, eps)
     }
 
-    /// SiLU and tanh-GELU keep only their input for the backward pass, which runs
+    /// SiLU, tanh-GELU and GELU keep only their input for the backward pass, which runs
     /// [`Kernels::activation_backward`] on the inner backend (Burn's compositions keep the
     /// sigmoid, or the tanh and `1 + tanh`, as well: MLP-wide tensors, one or two a layer).
-    /// GELU and ReLU are Burn's own ops, which keep only the input already.
+    /// Exact GELU is ours too because Burn 0.21's default `gelu_backward`, which the
+    /// CubeCL backends (CUDA, WebGPU) use, is the derivative of the tanh approximation
+    /// (off by up to 1e-3 against the erf GELU's forward; the CPU backend's is exact).
+    /// ReLU is Burn's own op, which keeps only the input already.
     fn activation<const D: usize>(x: Tensor<Self, D>, act: Activation) -> Tensor<Self, D> {
-        if !matches!(act, Activation::Silu | Activation::GeluTanh) {
+        if !matches!(
+            act,
+            Activation::Silu | Activation::GeluTanh | Activation::Gelu
+        ) {
             return ops::plain_activation(x, act);
         }
         let x = prim(x);

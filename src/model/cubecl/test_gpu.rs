@@ -28,9 +28,10 @@ pub type Gpu = CubeBackend<WgpuRuntime, f32, i32, u32>;
 /// Which of the backend's own kernels a test thread runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Own {
-    /// Attention on the flash kernels.
+    /// Attention on the flash kernels (blocked attention's softmax in Burn operations
+    /// where flash does not take the shapes).
     Flash,
-    /// Blocked attention, its softmax and the norms on the fused row kernels.
+    /// Blocked attention, its softmax on the fused row kernels.
     Fused,
 }
 
@@ -76,9 +77,12 @@ fn reference_matmul<const D: usize>(lhs: Tensor<Gpu, D>, rhs: Tensor<Gpu, D>) ->
         v
     };
     let (ld, rd) = (four(lhs.dims()), four(rhs.dims()));
-    let l = lhs.reshape(ld).unsqueeze_dim::<5>(4);
-    let r = rhs.reshape(rd).unsqueeze_dim::<5>(2);
-    let product = (l * r).sum_dim(3);
+    // Products and sums in float32, the result in the operands' dtype: as cuBLAS computes
+    // 16-bit products on the GPU (float32 accumulation).
+    let dtype = lhs.dtype();
+    let l = lhs.cast(DType::F32).reshape(ld).unsqueeze_dim::<5>(4);
+    let r = rhs.cast(DType::F32).reshape(rd).unsqueeze_dim::<5>(2);
+    let product = (l * r).sum_dim(3).cast(dtype);
     let mut out = [0usize; D];
     for i in 0..D - 2 {
         out[i] = ld[4 - D + i].max(rd[4 - D + i]);
@@ -112,7 +116,7 @@ impl Kernels for Gpu {
     }
 
     fn own_fused() -> bool {
-        own() == Own::Fused
+        true
     }
 
     fn attention_forward(
@@ -167,11 +171,11 @@ impl Kernels for Gpu {
         b: Tensor<Self, 1>,
         eps: f64,
     ) -> Tensor<Self, 3> {
-        norm::forward_or_plain(own() == Own::Fused, x, w, Some(b), eps)
+        norm::forward_or_plain(true, x, w, Some(b), eps)
     }
 
     fn rms_norm(x: Tensor<Self, 3>, w: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
-        norm::forward_or_plain(own() == Own::Fused, x, w, None, eps)
+        norm::forward_or_plain(true, x, w, None, eps)
     }
 
     fn norm_backward(
@@ -181,7 +185,7 @@ impl Kernels for Gpu {
         eps: f64,
         rms: bool,
     ) -> Tensor<Self, 3> {
-        norm::backward_or_plain(own() == Own::Fused, x, w, grad, eps, rms)
+        norm::backward_or_plain(true, x, w, grad, eps, rms)
     }
 }
 
@@ -284,4 +288,38 @@ fn mixed_dtype_products_run_on_the_backends_own_matmul_under_fusion() {
     assert_eq!(half.dtype(), DType::F16);
     values(half);
     assert_eq!(own_matmuls_of([2, 3, 8], [2, 8, 5], DType::F16), 1);
+}
+
+/// The fixtures through the structure of the default CUDA backend (autodiff over Burn's
+/// fusion wrapper, the backend's matmul and kernels as custom operations), within the
+/// bounds `softtune parity` holds CUDA to: the default blocked attention in float32 and
+/// float16 (the 16-bit paths the GPU runs in bf16), flash attention (opt-in) in float32.
+/// Flash attention in float16 is not held to the bound yet: on `opt_proj_postln` its
+/// prompt gradient is 5e-2 off (blocked attention 3e-3, the CPU 2.5e-3), so it stays
+/// opt-in.
+#[test]
+fn fixture_parity_on_webgpu_under_fusion() {
+    let Some(dev) = device() else { return };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dirs = crate::parity::fixture_dirs(&root).unwrap();
+    assert!(dirs.len() >= 9, "{} fixtures", dirs.len());
+    for (own, dtype) in [
+        (Own::Fused, DType::F32),
+        (Own::Fused, DType::F16),
+        (Own::Flash, DType::F32),
+    ] {
+        use_kernels(own);
+        for dir in &dirs {
+            let errs =
+                crate::parity::check_fixture::<Autodiff<Fusion<Gpu>>>(dir, &dev, dtype).unwrap();
+            for (what, err) in errs {
+                let bound = crate::parity::tolerance_for(dtype, what);
+                assert!(
+                    err <= bound,
+                    "{own:?}, {dtype:?}, {}: {what}: {err:e} > {bound:e}",
+                    dir.display()
+                );
+            }
+        }
+    }
 }
