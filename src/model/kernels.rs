@@ -1162,7 +1162,14 @@ mod tests {
             };
             let (y0, dx0, _) = run(false, false);
             let (y1, dx1, dw1) = run(true, false);
-            assert!(max_diff(y0, y1) < 1e-6, "rms {rms}: output");
+            // A few float32 roundings of the largest output (the inputs are unseeded: |y|
+            // reaches 5 to 10, where one rounding step is 5e-7 to 1e-6).
+            let scale = y0.clone().abs().max().into_scalar().max(1.0);
+            let diff = max_diff(y0, y1);
+            assert!(
+                diff < 1e-6 * scale,
+                "rms {rms}: output {diff:e} (|y| ≤ {scale})"
+            );
             assert!(max_diff(dx0, dx1) < 1e-5, "rms {rms}: dx");
             assert!(dw1.is_none(), "rms {rms}: a frozen weight got a gradient");
             let (_, dx2, dw2) = run(true, true);
