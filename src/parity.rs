@@ -370,7 +370,9 @@ pub fn kernel_checks<B: TrainKernels>(dev: &B::Device, dtype: DType) -> Result<V
         out.push((format!("{name} dx"), rel_err(&fg, &pg)));
     }
 
-    // Wide enough to reach the saturated tails.
+    // Wide enough to reach the saturated tails. Exact GELU is not compared here: its plain
+    // reference runs Burn 0.21's `gelu_backward`, which on the CubeCL backends is the tanh
+    // approximation's derivative; the fixtures (`gpt_neox`) check softtune's own instead.
     let x = random::<I<B>, 3>([2, 9, 70], dev, dtype) * 6.0;
     let w = random::<I<B>, 3>([2, 9, 70], dev, dtype);
     for (name, act) in [

@@ -1,11 +1,11 @@
 //! The WebGPU backend the CubeCL kernels are tested on (Mesa's lavapipe on a machine
-//! without a GPU), with [`Kernels`] that run attention on the flash kernels, or the blocked
-//! attention's softmax and the norms on the fused row kernels, whichever the test thread
-//! asked for
-//! ([`use_kernels`]). Without a Vulkan driver [`device`] says so and the tests pass, unless
+//! without a GPU), with [`Kernels`] that run the norms on the fused row kernels, and
+//! attention on the flash kernels or blocked with its softmax on the fused row kernels,
+//! whichever the test thread asked for ([`use_kernels`]). Without a Vulkan driver [`device`] says so and the tests pass, unless
 //! `SOFTTUNE_TEST_WGPU=require` (`.ci/run` installs lavapipe and sets it).
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use burn::backend::Autodiff;
@@ -35,18 +35,13 @@ pub enum Own {
     Fused,
 }
 
-/// The operands (shapes, dtypes) of the products run on [`Gpu`]'s own matmul in this
-/// process (fusion runs them on a thread of its own).
-static OWN_MATMULS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// How many products [`Gpu`]'s own matmul ran in this process, by operands (shapes and
+/// dtypes; fusion runs them on a thread of its own).
+static OWN_MATMULS: Mutex<BTreeMap<String, usize>> = Mutex::new(BTreeMap::new());
 
 fn own_matmuls_of(lhs: [usize; 3], rhs: [usize; 3], dtype: DType) -> usize {
     let key = format!("{lhs:?} {dtype:?} · {rhs:?} {dtype:?}");
-    OWN_MATMULS
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|k| **k == key)
-        .count()
+    OWN_MATMULS.lock().unwrap().get(&key).copied().unwrap_or(0)
 }
 
 thread_local! {
@@ -107,7 +102,7 @@ impl Kernels for Gpu {
             rhs.dims(),
             rhs.dtype()
         );
-        OWN_MATMULS.lock().unwrap().push(key);
+        *OWN_MATMULS.lock().unwrap().entry(key).or_default() += 1;
         reference_matmul(lhs, rhs)
     }
 
