@@ -90,13 +90,28 @@ fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
         .map_err(|e| anyhow!("reading a tensor back failed: {e:?}"))
 }
 
-/// Relative errors of one fixture: `(quantity, error)` for logits, logits_with_prompt,
-/// loss, loss_with_prompt and grad_soft_prompt.
+/// One quantity of a fixture checked: its relative error and the bound it must keep
+/// ([`tolerance_for`] for the fixture's model).
+#[derive(Debug, Clone, Copy)]
+pub struct Checked {
+    pub what: &'static str,
+    pub err: f64,
+    pub bound: f64,
+}
+
+impl Checked {
+    pub fn pass(&self) -> bool {
+        self.err <= self.bound
+    }
+}
+
+/// Relative errors of one fixture, with their bounds: logits, logits_with_prompt, loss,
+/// loss_with_prompt and grad_soft_prompt.
 pub fn check_fixture<B: TrainKernels>(
     dir: &Path,
     device: &B::Device,
     dtype: DType,
-) -> Result<Vec<(&'static str, f64)>> {
+) -> Result<Vec<Checked>> {
     let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
     let weights = Weights::open(&[dir.join("model.safetensors")])?;
     let r = Reference::read(&dir.join("reference.safetensors"))?;
@@ -118,7 +133,11 @@ pub fn check_fixture<B: TrainKernels>(
 
     let mut out = Vec::new();
     let mut cmp = |what: &'static str, got: Vec<f32>| -> Result<()> {
-        out.push((what, rel_err(&got, &r.get(what)?.1)));
+        out.push(Checked {
+            what,
+            err: rel_err(&got, &r.get(what)?.1),
+            bound: tolerance_for(dtype, what, cfg.activation),
+        });
         Ok(())
     };
     cmp("logits", values(model.logits(ids.clone()).detach())?)?;
@@ -432,13 +451,25 @@ pub fn tolerance(dtype: DType) -> f64 {
     }
 }
 
-/// The tolerance for `quantity` (one of the reference keys) in `dtype`. The soft prompt's
-/// gradient comes back through every layer's backward pass in 16 bits, so in f16 and bf16
-/// it gets twice the values' bound (measured on the fixtures on the CPU: at most 1.3e-2 in
-/// f16 and 5.2e-2 in bf16, which rounds 8× coarser).
-pub fn tolerance_for(dtype: DType, quantity: &str) -> f64 {
+/// The tolerance for `quantity` (one of the reference keys) in `dtype`, for a model whose
+/// MLP uses `activation`. The soft prompt's gradient comes back through every layer's
+/// backward pass in 16 bits, so in f16 and bf16 it gets twice the values' bound (measured on
+/// the fixtures on the CPU: at most 1.3e-2 in f16 and 5.2e-2 in bf16, which rounds 8×
+/// coarser).
+///
+/// With ReLU (OPT) the 16-bit gradient is not a smooth function of the rounding: an MLP
+/// pre-activation within one rounding of zero lands on either side, and that unit's whole
+/// gradient is there or not. On `opt_proj_postln` in f16, perturbing the attention output
+/// by less than one f16 rounding (8 random draws, blocked attention on WebGPU) moved the
+/// prompt gradient's error between 2.8e-3 and 5.3e-2; the flash and blocked attention paths
+/// differ there by 3 of 16,384 ReLU signs, and flash lands at 5.1e-2. So with ReLU the
+/// gradient gets bf16's bound in f16 too.
+pub fn tolerance_for(dtype: DType, quantity: &str, activation: Activation) -> f64 {
     match (dtype, quantity) {
         (DType::F32 | DType::F64, _) => tolerance(dtype),
+        (_, "grad_soft_prompt") if activation == Activation::Relu => {
+            2.0 * tolerance(dtype).max(tolerance(DType::BF16))
+        }
         (_, "grad_soft_prompt") => 2.0 * tolerance(dtype),
         _ => tolerance(dtype),
     }
@@ -464,7 +495,8 @@ pub fn fixture_dirs(root: &Path) -> Result<Vec<std::path::PathBuf>> {
 /// Runs every fixture under `root` and prints one line each; returns whether all passed.
 pub fn run_all<B: TrainKernels>(root: &Path, device: &B::Device, dtype: DType) -> Result<bool> {
     let tol = tolerance(dtype);
-    let grad_tol = tolerance_for(dtype, "grad_soft_prompt");
+    let grad_tol = tolerance_for(dtype, "grad_soft_prompt", Activation::Gelu);
+    let relu_tol = tolerance_for(dtype, "grad_soft_prompt", Activation::Relu);
     let names = [
         "logits",
         "logits_with_prompt",
@@ -474,8 +506,10 @@ pub fn run_all<B: TrainKernels>(root: &Path, device: &B::Device, dtype: DType) -
     ];
     let bounds = if grad_tol == tol {
         format!("bound {tol:e}")
-    } else {
+    } else if relu_tol == grad_tol {
         format!("bound {tol:e}, gradient {grad_tol:e}")
+    } else {
+        format!("bound {tol:e}, gradient {grad_tol:e}, with ReLU {relu_tol:e}")
     };
     println!(
         "{:<18} {}  (max relative error; {bounds})",
@@ -492,9 +526,9 @@ pub fn run_all<B: TrainKernels>(root: &Path, device: &B::Device, dtype: DType) -
         let start = std::time::Instant::now();
         match check_fixture::<B>(&dir, device, dtype) {
             Ok(errs) => {
-                let pass = errs.iter().all(|(q, e)| *e <= tolerance_for(dtype, q));
+                let pass = errs.iter().all(Checked::pass);
                 ok &= pass;
-                let cols: Vec<String> = errs.iter().map(|(_, e)| format!("{e:.2e}")).collect();
+                let cols: Vec<String> = errs.iter().map(|c| format!("{:.2e}", c.err)).collect();
                 println!(
                     "{name:<18} {}  {}  ({:.1} s)",
                     cols.join("  "),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::DType;
 use softtune::model::tokenizer::Tokenizer;
-use softtune::parity::{Reference, check_fixture, tolerance, tolerance_for};
+use softtune::parity::{Reference, check_fixture, tolerance};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -19,11 +19,14 @@ fn parity(name: &str) {
     let errors =
         check_fixture::<Autodiff<Flex>>(&fixture(name), &Default::default(), DType::F32).unwrap();
     assert_eq!(errors.len(), 5);
-    for (what, e) in errors {
+    for c in errors {
+        assert_eq!(c.bound, tolerance(DType::F32));
         assert!(
-            e <= tolerance(DType::F32),
-            "{name}: {what} max relative error {e:.3e} exceeds {:e}",
-            tolerance(DType::F32)
+            c.pass(),
+            "{name}: {} max relative error {:.3e} exceeds {:e}",
+            c.what,
+            c.err,
+            c.bound
         );
     }
 }
@@ -141,11 +144,12 @@ fn sixteen_bit_weights_stay_within_their_bounds() {
             let errors =
                 check_fixture::<Autodiff<Flex>>(&fixture(name), &Default::default(), dtype)
                     .unwrap();
-            for (what, e) in errors {
-                let bound = tolerance_for(dtype, what);
+            for c in errors {
+                let (what, e) = (c.what, c.err);
                 assert!(
-                    e <= bound,
-                    "{name} {dtype:?}: {what} max relative error {e:.3e} exceeds {bound:e}"
+                    c.pass(),
+                    "{name} {dtype:?}: {what} max relative error {e:.3e} exceeds {:e}",
+                    c.bound
                 );
                 if what == "logits" {
                     assert!(

@@ -287,11 +287,12 @@ fn mixed_dtype_products_run_on_the_backends_own_matmul_under_fusion() {
 
 /// The fixtures through the structure of the default CUDA backend (autodiff over Burn's
 /// fusion wrapper, the backend's matmul and kernels as custom operations), within the
-/// bounds `softtune parity` holds CUDA to: the default blocked attention in float32 and
-/// float16 (the 16-bit paths the GPU runs in bf16), flash attention (opt-in) in float32.
-/// Flash attention in float16 is not held to the bound yet: on `opt_proj_postln` its
-/// prompt gradient is 5e-2 off (blocked attention 3e-3, the CPU 2.5e-3), so it stays
-/// opt-in.
+/// bounds `softtune parity` holds CUDA to: blocked (the default) and flash attention, each
+/// in float32 and float16 (the 16-bit paths the GPU runs in bf16). In float16 flash lands
+/// at 5.1e-2 on `opt_proj_postln`'s prompt gradient and blocked at 2.8e-3: three ReLU
+/// signs fall differently, which is why ReLU models get a wider 16-bit gradient bound
+/// ([`crate::parity::tolerance_for`]); with blocked attention's forward pass, flash's
+/// backward pass lands at 2.6e-3.
 #[test]
 fn fixture_parity_on_webgpu_under_fusion() {
     let Some(dev) = device() else { return };
@@ -302,17 +303,20 @@ fn fixture_parity_on_webgpu_under_fusion() {
         (Own::Fused, DType::F32),
         (Own::Fused, DType::F16),
         (Own::Flash, DType::F32),
+        (Own::Flash, DType::F16),
     ] {
         use_kernels(own);
         for dir in &dirs {
             let errs =
                 crate::parity::check_fixture::<Autodiff<Fusion<Gpu>>>(dir, &dev, dtype).unwrap();
-            for (what, err) in errs {
-                let bound = crate::parity::tolerance_for(dtype, what);
+            for c in errs {
                 assert!(
-                    err <= bound,
-                    "{own:?}, {dtype:?}, {}: {what}: {err:e} > {bound:e}",
-                    dir.display()
+                    c.pass(),
+                    "{own:?}, {dtype:?}, {}: {}: {:e} > {:e}",
+                    dir.display(),
+                    c.what,
+                    c.err,
+                    c.bound
                 );
             }
         }
