@@ -184,7 +184,7 @@ bench() {
             table+=$(printf '%-15s %-11s %12s %12s %8s %10s %10s' "$shape" "$b" "failed" "$peft_tps" "-" "-" "$peft_mem GiB")$'\n'
             return
         fi
-        secs_step=$(echo "$last" | sed -E 's/.*: ([0-9.]+) s.*/\1/')
+        secs_step=$(echo "$last" | sed -E 's/^.*: step [0-9]+\/[0-9]+: ([0-9.]+) s.*/\1/')
         tps=$(awk -v b="$batch" -v s="$secs_step" 'BEGIN { printf "~%.0f", b * 1024 / s }')
         ratio=$(awk -v a="${tps#\~}" -v b="$peft_tps" 'BEGIN { printf "~%.2f", a / b }')
         mem="-"

@@ -282,6 +282,7 @@ where
             .collect();
         let rows: Vec<&[u32]> = ids.chunks(args.seq).collect();
         let t = Instant::now();
+        let before = crate::model::cublas::stats();
         let (_, g) = accumulate(&model, &prompt, n, d, &rows, args.batch, threads)
             .map_err(|e| anyhow!("{}: step {step}: {e:#}", args.shape))?;
         opt.step(&mut prompt, &g, 1e-3);
@@ -291,12 +292,20 @@ where
         }
         // On stderr, so the table stays clean: on a GPU the first steps include compiling
         // and autotuning the kernels, which this shows apart from the timed steps.
+        // On CUDA with cuBLAS: how much of the step was spent around the products (each one
+        // waits for CubeCL's queue first, then for cuBLAS).
+        let products = crate::model::cublas::stats().since(before);
         eprintln!(
-            "{}: step {}/{}: {secs:.2} s{}",
+            "{}: step {}/{}: {secs:.2} s{}{}",
             args.shape,
             step + 1,
             args.warmup + args.steps,
-            if step < args.warmup { " (warm-up)" } else { "" }
+            if step < args.warmup { " (warm-up)" } else { "" },
+            if products.products > 0 {
+                format!(" ({})", products.describe())
+            } else {
+                String::new()
+            }
         );
     }
     Ok((params, elapsed * 1000.0 / args.steps as f64))

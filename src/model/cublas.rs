@@ -21,7 +21,9 @@
 //! exact float32 (`CUBLAS_COMPUTE_32F`, no TF32), as in PyTorch.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use burn::tensor::{DType, Shape, ops::FloatTensorOps};
 use burn_cubecl::kernel::into_contiguous;
@@ -207,6 +209,56 @@ pub fn fallback_count() -> usize {
     fallbacks().lock().map_or(0, |f| f.count())
 }
 
+/// What the cuBLAS path has done in this process so far: products run, and the host time
+/// spent waiting for CubeCL's queue before them (the GPU time of the kernels queued since
+/// the last product included) and in cuBLAS (the product and the wait for it).
+/// `softtune bench` prints the difference over each step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub products: u64,
+    pub waiting_ns: u64,
+    pub cublas_ns: u64,
+}
+
+impl Stats {
+    /// The work done between `earlier` and `self`.
+    pub fn since(self, earlier: Stats) -> Stats {
+        Stats {
+            products: self.products.saturating_sub(earlier.products),
+            waiting_ns: self.waiting_ns.saturating_sub(earlier.waiting_ns),
+            cublas_ns: self.cublas_ns.saturating_sub(earlier.cublas_ns),
+        }
+    }
+
+    /// E.g. `836 cuBLAS products: 120.3 ms waiting for CubeCL's queue, 70.1 ms in cuBLAS`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} cuBLAS products: {:.1} ms waiting for CubeCL's queue, {:.1} ms in cuBLAS",
+            self.products,
+            self.waiting_ns as f64 / 1e6,
+            self.cublas_ns as f64 / 1e6
+        )
+    }
+}
+
+static PRODUCTS: AtomicU64 = AtomicU64::new(0);
+static WAITING_NS: AtomicU64 = AtomicU64::new(0);
+static CUBLAS_NS: AtomicU64 = AtomicU64::new(0);
+
+/// [`Stats`] so far in this process.
+pub fn stats() -> Stats {
+    Stats {
+        products: PRODUCTS.load(Ordering::Relaxed),
+        waiting_ns: WAITING_NS.load(Ordering::Relaxed),
+        cublas_ns: CUBLAS_NS.load(Ordering::Relaxed),
+    }
+}
+
+fn add_ns(counter: &AtomicU64, since: Instant) {
+    let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    counter.fetch_add(ns, Ordering::Relaxed);
+}
+
 /// The operands of a product, for a [`Fallback`]'s detail.
 fn operands(lhs: &CubeTensor<CudaRuntime>, rhs: &CubeTensor<CudaRuntime>) -> String {
     let one = |t: &CubeTensor<CudaRuntime>| {
@@ -309,9 +361,12 @@ pub fn matmul(
         out_dtype,
     );
     // Everything CubeCL queued (the inputs included) is done after this.
+    let waiting = Instant::now();
     if let Err(e) = cubecl::future::block_on(client.sync()) {
         return Err(Fallback::new("CubeCL sync failed", format!("{e:?}")));
     }
+    add_ns(&WAITING_NS, waiting);
+    let in_cublas = Instant::now();
     let resources = (
         client.get_resource(lhs.handle.clone()),
         client.get_resource(rhs.handle.clone()),
@@ -371,6 +426,10 @@ pub fn matmul(
             b.stream.synchronize().map_err(|e| format!("{e:?}"))
         });
     drop((l, r, o));
+    if result.is_ok() {
+        add_ns(&CUBLAS_NS, in_cublas);
+        PRODUCTS.fetch_add(1, Ordering::Relaxed);
+    }
     result
         .map(|()| out)
         .map_err(|e| Fallback::new("cuBLAS gemm failed", format!("{e}: {}", operands(lhs, rhs))))
@@ -379,6 +438,35 @@ pub fn matmul(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_over_a_step_are_the_difference_of_two_snapshots() {
+        let before = Stats {
+            products: 10,
+            waiting_ns: 5_000_000,
+            cublas_ns: 1_000_000,
+        };
+        let after = Stats {
+            products: 846,
+            waiting_ns: 125_300_000,
+            cublas_ns: 71_100_000,
+        };
+        let step = after.since(before);
+        assert_eq!(
+            step,
+            Stats {
+                products: 836,
+                waiting_ns: 120_300_000,
+                cublas_ns: 70_100_000
+            }
+        );
+        assert_eq!(
+            step.describe(),
+            "836 cuBLAS products: 120.3 ms waiting for CubeCL's queue, 70.1 ms in cuBLAS"
+        );
+        // A snapshot taken before another is never negative work.
+        assert_eq!(before.since(after), Stats::default());
+    }
 
     #[test]
     fn layouts_of_contiguous_transposed_broadcast_and_strided_operands() {
