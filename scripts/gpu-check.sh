@@ -136,6 +136,7 @@ sample_stacks() {
 sample_at=""
 
 table=""
+syncs=""
 # bench SHAPE BATCH PEFT_TOKENS_PER_S PEFT_PEAK_GIB BACKEND: one row.
 bench() {
     local shape=$1 batch=$2 peft_tps=$3 peft_mem=$4 b=$5 out rc line tps mem ratio secs fallbacks
@@ -171,6 +172,11 @@ bench() {
     echo "== bench $shape on $b done at $((SECONDS - start)) s"
     fallbacks=$(echo "$out" | sed -n "s/^$shape: matmuls on CubeCL instead of cuBLAS: //p" | tail -1)
     [ -n "$fallbacks" ] && [ "$fallbacks" != 0 ] && echo "== $shape on $b: $fallbacks matmuls fell back to CubeCL"
+    # What the host waited for around the products in the last step (each product waits for
+    # CubeCL's queue, then for cuBLAS): collected under the table.
+    local waits
+    waits=$(echo "$out" | grep -E "^$shape: step [0-9]+/[0-9]+: " | tail -1 | sed -n 's/.*(\(.*cuBLAS products.*\))$/\1/p')
+    [ -n "$waits" ] && syncs+="$shape on $b, last step: $waits"$'\n'
     line=$(echo "$out" | grep "^$shape " | tail -1)
     if [ $rc -ne 0 ] || [ -z "$line" ]; then
         # Cut short (or failed): a rough number from the last step that finished after the
@@ -234,6 +240,7 @@ done
 echo
 printf '%-15s %-11s %12s %12s %8s %10s %10s\n' shape backend "tokens/s" "PEFT $peft_card" "ratio" "peak mem" "PEFT mem"
 printf '%s' "$table"
+[ -n "$syncs" ] && printf 'host waits around the cuBLAS products:\n%s' "$syncs"
 echo "total $((SECONDS - start)) s"
 # The compiled-kernel caches (softtune's PTX cache, the driver's machine-code cache).
 existing=()

@@ -1,0 +1,146 @@
+//! `scripts/gpu-check.sh` without a GPU: a stand-in binary answers its `bench` and `parity`
+//! calls (the table row itself is printed by the real `softtune bench` on the CPU, so the
+//! script's column parsing follows the real format), and the test checks the table: a row
+//! that finished, a row cut short after its warm-up ("~" from its last step), the products
+//! that fell back to CubeCL, and the host waits around the cuBLAS products.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+/// The stand-in: canned step lines per shape; the row line from the real binary (run once,
+/// then reused), renamed to the shape asked for.
+const FAKE: &str = r#"#!/usr/bin/env bash
+here="$(dirname "$0")"
+cmd=$1; shift
+case "$cmd" in
+parity) echo "all fixtures ok"; exit 0 ;;
+bench) ;;
+*) echo "unexpected command $cmd" >&2; exit 2 ;;
+esac
+shape=""; batch=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --shape) shape=$2; shift ;;
+    --batch) batch=$2; shift ;;
+    esac
+    shift
+done
+echo "$shape: random weights made in 1.0 s" >&2
+echo "$shape: step 1/5: 30.00 s (warm-up) (900 cuBLAS products: 29000.0 ms waiting for CubeCL's queue, 80.0 ms in cuBLAS)" >&2
+echo "$shape: step 2/5: 0.50 s (warm-up) (836 cuBLAS products: 120.3 ms waiting for CubeCL's queue, 70.1 ms in cuBLAS)" >&2
+if [ "$shape" = gptj-6b ]; then
+    # Cut short by its time limit after the warm-up steps.
+    exit 124
+fi
+echo "$shape: step 3/5: 0.25 s (836 cuBLAS products: 110.0 ms waiting for CubeCL's queue, 70.0 ms in cuBLAS)" >&2
+[ "$shape" = opt-6.7b ] && echo "$shape: matmuls on CubeCL instead of cuBLAS: 3" >&2
+if [ ! -s "$here/row" ]; then
+    "$here/real" bench --device cpu --shape smollm-135m --batch 1 --seq 8 --soft 2 --steps 1 \
+        --warmup 0 >"$here/row" 2>/dev/null || exit 3
+fi
+sed "s/^smollm-135m/$shape/" "$here/row"
+"#;
+
+/// The card's name, and one reading of the device memory in use (MiB) when polled.
+const NVIDIA_SMI: &str = r#"#!/usr/bin/env bash
+case "$*" in
+*name*) echo "NVIDIA H100 80GB HBM3, 81559 MiB, 580.00.00" ;;
+*memory.used*) echo 20480 ;;
+esac
+"#;
+
+#[test]
+fn gpu_check_prints_finished_cut_short_and_fallback_rows_and_the_host_waits() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("softtune");
+    std::fs::write(&fake, FAKE).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_softtune"), dir.path().join("real")).unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let smi = dir.path().join("nvidia-smi");
+    std::fs::write(&smi, NVIDIA_SMI).unwrap();
+    std::fs::set_permissions(&smi, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let out = Command::new("bash")
+        .arg(root.join("scripts/gpu-check.sh"))
+        .arg(&fake)
+        .arg("cuda:0")
+        .env("BACKENDS", "cube")
+        .env("SAMPLE_AT", "off")
+        .env("COMPILE_LOG", "off")
+        .env("HOME", &home)
+        .env("PATH", path)
+        .env("TMPDIR", dir.path())
+        .env_remove("CACHE_IN")
+        .env_remove("CACHE_OUT")
+        .output()
+        .expect("run bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let all = format!("{stdout}\n--- stderr ---\n{stderr}");
+    // The cut-short row makes the check fail as a whole.
+    assert_eq!(out.status.code(), Some(1), "{all}");
+
+    // The table: from its header to the host waits.
+    let table = stdout
+        .split("shape           backend")
+        .nth(1)
+        .and_then(|t| t.split("host waits").next())
+        .unwrap_or_else(|| panic!("no table in:\n{all}"));
+    let row = |shape: &str| -> Vec<String> {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(&format!("{shape} ")))
+            .unwrap_or_else(|| panic!("no {shape} row in:\n{all}"));
+        line.split_whitespace().map(str::to_string).collect()
+    };
+    // Finished: tokens/s from the real binary's row, the ratio to PEFT's H100 number.
+    let tiny = row("tinyllama-1.1b");
+    assert_eq!(tiny[1], "cube", "{all}");
+    let tps: f64 = tiny[2]
+        .parse()
+        .unwrap_or_else(|_| panic!("tokens/s in {tiny:?}"));
+    assert!(tps > 0.0);
+    assert_eq!(tiny[3], "59848");
+    assert_eq!(tiny[4], format!("{:.2}", tps / 59848.0), "{tiny:?}");
+    assert!(
+        tiny[6] == "MiB" || tiny[6] == "GiB",
+        "peak memory in {tiny:?}"
+    );
+    assert!(stdout.starts_with("NVIDIA H100 80GB HBM3"), "{all}");
+    // Cut short after the warm-up: 4 × 1024 tokens over its last step's 0.50 s, and the
+    // memory nvidia-smi saw.
+    let gptj = row("gptj-6b");
+    assert_eq!(
+        &gptj[2..7],
+        ["~8192", "10659", "~0.77", "~20.0", "GiB"],
+        "{all}"
+    );
+    assert!(stdout.contains("== gptj-6b on cube cut short: 8192 tokens/s from step 2/5: 0.50 s"));
+    // Fallbacks are said.
+    row("opt-6.7b");
+    assert!(
+        stdout.contains("== opt-6.7b on cube: 3 matmuls fell back to CubeCL"),
+        "{all}"
+    );
+    // The host waits of each row's last step, under the table.
+    let waits = stdout
+        .split("host waits around the cuBLAS products:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no host waits in:\n{all}"));
+    for line in [
+        "tinyllama-1.1b on cube, last step: 836 cuBLAS products: 110.0 ms waiting for CubeCL's queue, 70.0 ms in cuBLAS",
+        "gptj-6b on cube, last step: 836 cuBLAS products: 120.3 ms waiting for CubeCL's queue, 70.1 ms in cuBLAS",
+    ] {
+        assert!(waits.contains(line), "{line} in:\n{all}");
+    }
+    // The parity runs ran (f32 on the backend, then bf16).
+    assert_eq!(stdout.matches("all fixtures ok").count(), 2, "{all}");
+}
