@@ -206,6 +206,25 @@ pub trait Kernels: Backend {
         ops::plain_activation(x, act)
     }
 
+    /// A gated MLP's hidden values (SwiGLU): `act(g) · u` of `x = [g | u]` along the last
+    /// axis (the gate and up projections as one product). The training backend keeps only
+    /// `x` and recomputes `act(g)` in the backward pass, whose gradient comes out as one
+    /// `[dg | du]` for the one product's input gradient.
+    fn gated<const D: usize>(x: Tensor<Self, D>, act: Activation) -> Tensor<Self, D> {
+        let (g, u) = halves(x);
+        Self::activation(g, act) * u
+    }
+
+    /// The gradient of [`Kernels::gated`] with respect to its input `x = [g | u]`:
+    /// `[grad · u · act'(g) | grad · act(g)]`.
+    fn gated_backward<const D: usize>(
+        x: Tensor<Self, D>,
+        grad: Tensor<Self, D>,
+        act: Activation,
+    ) -> Tensor<Self, D> {
+        plain_gated_backward(x, grad, act)
+    }
+
     /// `grad · act'(x)`: SiLU `σ(x)·(1 + x·(1 − σ(x)))`; tanh-GELU, written `x·σ(2u)` with
     /// `u = √(2/π)(x + 0.044715·x³)`, `σ + x·σ(1 − σ)·2u'`; GELU `Φ(x) + x·φ(x)`; ReLU
     /// `[x > 0]`.
@@ -216,6 +235,25 @@ pub trait Kernels: Backend {
     ) -> Tensor<Self, D> {
         plain_activation_backward(x, grad, act)
     }
+}
+
+/// The two halves of `x` along its last axis (views, no copy).
+fn halves<B: Backend, const D: usize>(x: Tensor<B, D>) -> (Tensor<B, D>, Tensor<B, D>) {
+    let n = x.dims()[D - 1] / 2;
+    (x.clone().narrow(D - 1, 0, n), x.narrow(D - 1, n, n))
+}
+
+/// [`Kernels::gated_backward`] in Burn operations (the backend's activation and its
+/// derivative).
+pub fn plain_gated_backward<B: Kernels, const D: usize>(
+    x: Tensor<B, D>,
+    grad: Tensor<B, D>,
+    act: Activation,
+) -> Tensor<B, D> {
+    let (g, u) = halves(x);
+    let du = B::activation(g.clone(), act) * grad.clone();
+    let dg = B::activation_backward(g, grad * u, act);
+    Tensor::cat(vec![dg, du], D - 1)
 }
 
 /// `d loss / d x` of a norm over the last axis with frozen weight `w`, in float32 from
@@ -818,6 +856,20 @@ impl<B: Kernels, const D: usize> Backward<B, 1> for KernelActivation<D> {
     }
 }
 
+#[derive(Debug)]
+struct KernelGated<const D: usize>;
+
+impl<B: Kernels, const D: usize> Backward<B, 1> for KernelGated<D> {
+    /// The input `[g | u]` and the gate's activation.
+    type State = (FloatTensor<B>, Activation);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        one_parent::<B, _, D, D>(ops, grads, |(x, act), grad| {
+            B::gated_backward(float(x), grad, act)
+        });
+    }
+}
+
 impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
     /// The inner backend's layout; frozen, so untracked.
     fn linear_weight(w: Tensor<Self, 2>) -> Tensor<Self, 2> {
@@ -865,6 +917,26 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
             }
             OpsKind::UnTracked(prep) => {
                 prep.finish(prim(B::activation(float::<B, D>(x.primitive), act)))
+            }
+        };
+        float(out)
+    }
+
+    /// Keeps only `x = [g | u]`: Burn's graph would keep `g`, `act(g)` and `u`, three
+    /// MLP-wide tensors a layer instead of two.
+    fn gated<const D: usize>(x: Tensor<Self, D>, act: Activation) -> Tensor<Self, D> {
+        let x = prim(x);
+        let out = match KernelGated::<D>
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::gated(float::<B, D>(x.primitive.clone()), act);
+                prep.finish((x.primitive, act), prim(y))
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(prim(B::gated(float::<B, D>(x.primitive), act)))
             }
         };
         float(out)
@@ -1099,6 +1171,41 @@ mod tests {
     /// The activation derivatives written out (the GPU's path for SiLU and tanh-GELU; GELU
     /// and ReLU for completeness) against Burn's autodiff of the plain activations, and
     /// the training backend's activation op against the same.
+    /// The gated MLP op (one `[g | u]` input) against Burn's autodiff of `act(g) · u` on two
+    /// separate inputs: values and both halves of the gradient.
+    #[test]
+    fn gated_op_equals_burns_autodiff_of_the_two_halves() {
+        let (g, u) = (random::<F>([2, 3, 5, 6]) * 3.0, random::<F>([2, 3, 5, 6]));
+        let w = random::<F>([2, 3, 5, 6]);
+        // SiLU and tanh-GELU on the CPU backend's row kernels, the others in Burn operations.
+        for act in [
+            Activation::Silu,
+            Activation::GeluTanh,
+            Activation::Gelu,
+            Activation::Relu,
+        ] {
+            let ga = Tensor::<A, 4>::from_inner(g.clone()).require_grad();
+            let ua = Tensor::<A, 4>::from_inner(u.clone()).require_grad();
+            let want = ops::plain_activation(ga.clone(), act) * ua.clone();
+            let grads = (want.clone() * Tensor::from_inner(w.clone()))
+                .sum()
+                .backward();
+            let want_dx = Tensor::cat(vec![ga.grad(&grads).unwrap(), ua.grad(&grads).unwrap()], 3);
+
+            let x = Tensor::<A, 4>::from_inner(Tensor::cat(vec![g.clone(), u.clone()], 3))
+                .require_grad();
+            let got = <A as Kernels>::gated(x.clone(), act);
+            assert!(
+                max_diff(got.clone().inner(), want.inner()) < 1e-5,
+                "{act:?}"
+            );
+            let grads = (got * Tensor::from_inner(w.clone())).sum().backward();
+            let dx = x.grad(&grads).expect("a gradient");
+            assert_eq!(dx.dims(), [2, 3, 5, 12]);
+            assert!(max_diff(dx, want_dx) < 1e-5, "{act:?} gradient");
+        }
+    }
+
     #[test]
     fn activation_derivatives_equal_burns_autodiff() {
         let x = random::<F>([2, 3, 5, 7]) * 4.0;

@@ -1,6 +1,7 @@
 //! Llama family (llama, mistral, qwen2): RMSNorm, rotate-half RoPE with `rope_theta` and
 //! `rope_scaling`, grouped-query attention, SwiGLU MLP, optional q/k/v bias (qwen2),
-//! sliding windows where the config asks for them, tied or untied head.
+//! sliding windows where the config asks for them, tied or untied head. The MLP's gate and
+//! up projections run as one product.
 
 use super::kernels::Kernels;
 use anyhow::Result;
@@ -16,8 +17,8 @@ struct Block<B: Backend> {
     v: Linear<B>,
     o: Linear<B>,
     ln_2: RmsNorm<B>,
-    gate: Linear<B>,
-    up: Linear<B>,
+    /// `gate_proj` and `up_proj` as one product (`[h, 2·intermediate]`).
+    gate_up: Linear<B>,
     down: Linear<B>,
     window: Option<usize>,
 }
@@ -47,8 +48,13 @@ impl<B: Kernels> Llama<B> {
                 v: ld.linear(&format!("{a}.v_proj"), h, kv_dim, *qkv_bias)?,
                 o: ld.linear(&format!("{a}.o_proj"), q_dim, h, false)?,
                 ln_2: ld.rms_norm(&format!("{p}.post_attention_layernorm"), h, eps)?,
-                gate: ld.linear(&format!("{p}.mlp.gate_proj"), h, cfg.intermediate, false)?,
-                up: ld.linear(&format!("{p}.mlp.up_proj"), h, cfg.intermediate, false)?,
+                gate_up: ld.stacked_linear(
+                    &[
+                        (&format!("{p}.mlp.gate_proj"), cfg.intermediate),
+                        (&format!("{p}.mlp.up_proj"), cfg.intermediate),
+                    ],
+                    h,
+                )?,
                 down: ld.linear(&format!("{p}.mlp.down_proj"), cfg.intermediate, h, false)?,
                 window: *window,
             });
@@ -84,8 +90,8 @@ impl<B: Kernels> Llama<B> {
                 .o
                 .forward(ops::merge_heads(ops::causal_attention(q, k, v, opts)));
             let hn = blk.ln_2.forward(x.clone());
-            let g = ops::activate(blk.gate.forward(hn.clone()), self.cfg.activation);
-            x = x + blk.down.forward(g * blk.up.forward(hn));
+            let hidden = ops::gated(blk.gate_up.forward(hn), self.cfg.activation);
+            x = x + blk.down.forward(hidden);
         }
         self.norm.forward(x)
     }

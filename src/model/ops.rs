@@ -136,6 +136,20 @@ impl<'a, B: Kernels> Loader<'a, B> {
         })
     }
 
+    /// Several `nn.Linear` layers of one input as one: their `[out_i, in]` weights stacked
+    /// into `[Σ out_i, in]`, so that one product computes all their outputs side by side
+    /// (`parts`: each layer's prefix and output size).
+    pub fn stacked_linear(&self, parts: &[(&str, usize)], d_in: usize) -> Result<Linear<B>> {
+        let ws = parts
+            .iter()
+            .map(|(prefix, d_out)| self.tensor(&format!("{prefix}.weight"), [*d_out, d_in]))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Linear {
+            w: B::linear_weight(Tensor::cat(ws, 0)),
+            b: None,
+        })
+    }
+
     /// transformers' GPT-2 `Conv1D`: weight stored `[in, out]`, bias `[out]`.
     pub fn conv1d(&self, prefix: &str, d_in: usize, d_out: usize) -> Result<Linear<B>> {
         Ok(Linear {
@@ -245,6 +259,11 @@ pub fn plain_rms_norm<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 1>, eps: f64) ->
 /// The MLP's non-linearity; the backend picks how ([`Kernels::activation`]).
 pub fn activate<B: Kernels, const D: usize>(x: Tensor<B, D>, act: Activation) -> Tensor<B, D> {
     B::activation(x, act)
+}
+
+/// A gated MLP's hidden values, `act(g) · u` of `x = [g | u]` ([`Kernels::gated`]).
+pub fn gated<B: Kernels, const D: usize>(x: Tensor<B, D>, act: Activation) -> Tensor<B, D> {
+    B::gated(x, act)
 }
 
 /// The non-linearities as plain Burn operations.

@@ -25,7 +25,7 @@ use crate::device::CpuBackend;
 use super::config::Activation;
 use super::kernels::{
     Kernels, blocked_attention_backward, blocked_attention_forward, norm_backward,
-    plain_activation_backward, xent_backward, xent_forward,
+    plain_activation_backward, plain_gated_backward, xent_backward, xent_forward,
 };
 use super::ops::{self, AttnOpts};
 
@@ -91,6 +91,34 @@ fn cpu_in_place<const D: usize>(
         }
         _ => Err(float(t)),
     }
+}
+
+/// The vectorised activation `act` in place, where there is one.
+fn in_place_kernel(act: Activation) -> Option<fn(&mut [f32])> {
+    match act {
+        Activation::Silu => Some(vector_math::silu_in_place),
+        Activation::GeluTanh => Some(vector_math::gelu_tanh_in_place),
+        _ => None,
+    }
+}
+
+/// `g ← g · act'(x)` over matching `x` and `g`.
+type GradKernel = fn(&[f32], &mut [f32]);
+
+/// The vectorised `g ← g · act'(x)`, where there is one.
+fn grad_kernel(act: Activation) -> Option<GradKernel> {
+    match act {
+        Activation::Silu => Some(vector_math::silu_grad_in_place),
+        Activation::GeluTanh => Some(vector_math::gelu_tanh_grad_in_place),
+        _ => None,
+    }
+}
+
+/// [`Kernels::gated`] as Burn operations on the CPU (its activation kernels on views).
+fn plain_gated<const D: usize>(x: Tensor<CpuBackend, D>, act: Activation) -> Tensor<CpuBackend, D> {
+    let n = x.dims()[D - 1] / 2;
+    let (g, u) = (x.clone().narrow(D - 1, 0, n), x.narrow(D - 1, n, n));
+    <CpuBackend as Kernels>::activation(g, act) * u
 }
 
 /// Elements per task of the CPU backend's element-wise kernels (256 KiB of float32).
@@ -226,13 +254,81 @@ impl Kernels for CpuBackend {
     }
 
     fn activation<const D: usize>(x: Tensor<Self, D>, act: Activation) -> Tensor<Self, D> {
-        let kernel = match act {
-            Activation::Silu => vector_math::silu_in_place,
-            Activation::GeluTanh => vector_math::gelu_tanh_in_place,
-            _ => return ops::plain_activation(x, act),
+        let Some(kernel) = in_place_kernel(act) else {
+            return ops::plain_activation(x, act);
         };
         cpu_in_place(x, |v| cpu_parallel(v, kernel))
             .unwrap_or_else(|x| ops::plain_activation(x, act))
+    }
+
+    /// SiLU and tanh-GELU gates row by row on all cores (the halves of `x` are views that
+    /// Burn's element-wise operations would walk element by element).
+    fn gated<const D: usize>(x: Tensor<Self, D>, act: Activation) -> Tensor<Self, D> {
+        let Some(kernel) = in_place_kernel(act) else {
+            return plain_gated(x, act);
+        };
+        let Some(xs) = Values::of(&x) else {
+            return plain_gated(x, act);
+        };
+        let mut shape = x.dims();
+        let n = shape[D - 1] / 2;
+        shape[D - 1] = n;
+        let mut out = vec![0f32; xs.slice().len() / 2];
+        if let Some(rows) = CPU_CHUNK.checked_div(n) {
+            let rows = rows.max(1);
+            out.par_chunks_mut(rows * n)
+                .zip(xs.slice().par_chunks(rows * 2 * n))
+                .for_each(|(out, x)| {
+                    for (o, x) in out.chunks_exact_mut(n).zip(x.chunks_exact(2 * n)) {
+                        let (g, u) = x.split_at(n);
+                        o.copy_from_slice(g);
+                        kernel(o);
+                        o.iter_mut().zip(u).for_each(|(o, u)| *o *= u);
+                    }
+                });
+        }
+        from_values(out, shape)
+    }
+
+    /// Row by row on all cores: `du = grad · act(g)`, `dg = grad · u · act'(g)`.
+    fn gated_backward<const D: usize>(
+        x: Tensor<Self, D>,
+        grad: Tensor<Self, D>,
+        act: Activation,
+    ) -> Tensor<Self, D> {
+        let (Some(kernel), Some(grad_kernel)) = (in_place_kernel(act), grad_kernel(act)) else {
+            return plain_gated_backward(x, grad, act);
+        };
+        let (Some(xs), Some(gs)) = (Values::of(&x), Values::of(&grad)) else {
+            return plain_gated_backward(x, grad, act);
+        };
+        let shape = x.dims();
+        let n = shape[D - 1] / 2;
+        if gs.slice().len() * 2 != xs.slice().len() {
+            return plain_gated_backward(x, grad, act);
+        }
+        let mut dx = vec![0f32; xs.slice().len()];
+        if let Some(rows) = CPU_CHUNK.checked_div(n) {
+            let rows = rows.max(1);
+            dx.par_chunks_mut(rows * 2 * n)
+                .zip(xs.slice().par_chunks(rows * 2 * n))
+                .zip(gs.slice().par_chunks(rows * n))
+                .for_each(|((dx, x), grad)| {
+                    let rows = dx.chunks_exact_mut(2 * n).zip(x.chunks_exact(2 * n));
+                    for ((dx, x), grad) in rows.zip(grad.chunks_exact(n)) {
+                        let (g, u) = x.split_at(n);
+                        let (dg, du) = dx.split_at_mut(n);
+                        du.copy_from_slice(g);
+                        kernel(du);
+                        du.iter_mut().zip(grad).for_each(|(d, y)| *d *= y);
+                        dg.iter_mut()
+                            .zip(grad.iter().zip(u))
+                            .for_each(|(d, (y, u))| *d = y * u);
+                        grad_kernel(g, dg);
+                    }
+                });
+        }
+        from_values(dx, shape)
     }
 
     fn activation_backward<const D: usize>(
@@ -240,10 +336,8 @@ impl Kernels for CpuBackend {
         grad: Tensor<Self, D>,
         act: Activation,
     ) -> Tensor<Self, D> {
-        let kernel = match act {
-            Activation::Silu => vector_math::silu_grad_in_place,
-            Activation::GeluTanh => vector_math::gelu_tanh_grad_in_place,
-            _ => return plain_activation_backward(x, grad, act),
+        let Some(kernel) = grad_kernel(act) else {
+            return plain_activation_backward(x, grad, act);
         };
         if x.dtype() != DType::F32 || x.dims() != grad.dims() {
             return plain_activation_backward(x, grad, act);
