@@ -290,11 +290,11 @@ where
         if step >= args.warmup {
             elapsed += secs;
         }
-        // On stderr, so the table stays clean: on a GPU the first steps include compiling
-        // and autotuning the kernels, which this shows apart from the timed steps.
         // On CUDA with cuBLAS: how much of the step was spent around the products (each one
         // waits for CubeCL's queue first, then for cuBLAS).
         let products = crate::model::cublas::stats().since(before);
+        // On stderr, so the table stays clean: on a GPU the first steps include compiling
+        // and autotuning the kernels, which this shows apart from the timed steps.
         eprintln!(
             "{}: step {}/{}: {secs:.2} s{}{}",
             args.shape,

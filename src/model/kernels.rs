@@ -856,6 +856,29 @@ impl<B: Kernels, const D: usize> Backward<B, 1> for KernelActivation<D> {
     }
 }
 
+/// `f(x, act)` under autodiff as `op`, keeping only `x` (and `act`) for its backward pass.
+fn keeping_input<B, C, O, const D: usize>(
+    op: O,
+    x: Tensor<Autodiff<B, C>, D>,
+    act: Activation,
+    f: fn(Tensor<B, D>, Activation) -> Tensor<B, D>,
+) -> Tensor<Autodiff<B, C>, D>
+where
+    B: Kernels,
+    C: CheckpointStrategy,
+    O: Backward<B, 1, State = (FloatTensor<B>, Activation)>,
+{
+    let x = prim(x);
+    let out = match op.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let y = f(float(x.primitive.clone()), act);
+            prep.finish((x.primitive, act), prim(y))
+        }
+        OpsKind::UnTracked(prep) => prep.finish(prim(f(float(x.primitive), act))),
+    };
+    float(out)
+}
+
 #[derive(Debug)]
 struct KernelGated<const D: usize>;
 
@@ -905,41 +928,13 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         ) {
             return ops::plain_activation(x, act);
         }
-        let x = prim(x);
-        let out = match KernelActivation::<D>
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let y = B::activation(float::<B, D>(x.primitive.clone()), act);
-                prep.finish((x.primitive, act), prim(y))
-            }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(prim(B::activation(float::<B, D>(x.primitive), act)))
-            }
-        };
-        float(out)
+        keeping_input::<B, C, _, D>(KernelActivation::<D>, x, act, B::activation)
     }
 
     /// Keeps only `x = [g | u]`: Burn's graph would keep `g`, `act(g)` and `u`, three
     /// MLP-wide tensors a layer instead of two.
     fn gated<const D: usize>(x: Tensor<Self, D>, act: Activation) -> Tensor<Self, D> {
-        let x = prim(x);
-        let out = match KernelGated::<D>
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let y = B::gated(float::<B, D>(x.primitive.clone()), act);
-                prep.finish((x.primitive, act), prim(y))
-            }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(prim(B::gated(float::<B, D>(x.primitive), act)))
-            }
-        };
-        float(out)
+        keeping_input::<B, C, _, D>(KernelGated::<D>, x, act, B::gated)
     }
 
     /// Burn's own matmul backward, with both products through the inner backend's
