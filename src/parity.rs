@@ -413,6 +413,25 @@ pub fn kernel_checks<B: TrainKernels>(dev: &B::Device, dtype: DType) -> Result<V
         out.push((name.into(), rel_err(&fy, &py)));
         out.push((format!("{name} dx"), rel_err(&fg, &pg)));
     }
+
+    // The gated MLP (llama family): one `[g | u]` input against Burn's graph of
+    // `silu(g) · u` over the same input's halves.
+    let gu = random::<I<B>, 3>([2, 9, 140], dev, dtype) * 6.0;
+    let run = |kernel: bool| -> Result<(Vec<f32>, Vec<f32>)> {
+        let xa = Tensor::<B, 3>::from_inner(gu.clone()).require_grad();
+        let y = if kernel {
+            <B as Kernels>::gated(xa.clone(), Activation::Silu)
+        } else {
+            let (g, u) = (xa.clone().narrow(2, 0, 70), xa.clone().narrow(2, 70, 70));
+            ops::plain_activation(g, Activation::Silu) * u
+        };
+        let g = weighted_sum(y.clone(), &w).backward();
+        let dx = xa.grad(&g).ok_or_else(|| anyhow!("no gradient"))?;
+        Ok((values(y.detach())?, values(dx)?))
+    };
+    let ((fy, fg), (py, pg)) = (run(true)?, run(false)?);
+    out.push(("gated silu".into(), rel_err(&fy, &py)));
+    out.push(("gated silu dx".into(), rel_err(&fg, &pg)));
     Ok(out)
 }
 
