@@ -842,55 +842,50 @@ fn autodiff_norm<B: Kernels, C: CheckpointStrategy>(
     float(out)
 }
 
-#[derive(Debug)]
-struct KernelActivation<const D: usize>;
+/// An input gradient computed from the input alone: `backward(x, grad, act)`.
+type FromInput<B, const D: usize> = fn(Tensor<B, D>, Tensor<B, D>, Activation) -> Tensor<B, D>;
 
-impl<B: Kernels, const D: usize> Backward<B, 1> for KernelActivation<D> {
-    /// The input `x` and which activation: the derivative needs nothing else.
-    type State = (FloatTensor<B>, Activation);
+/// An element-wise operation (an activation, the gated MLP) whose backward pass needs only
+/// its input: [`keeping_input`].
+#[derive(Debug)]
+struct KeepingInput<const D: usize>;
+
+impl<B: Kernels, const D: usize> Backward<B, 1> for KeepingInput<D> {
+    /// The input `x`, the activation, and the input gradient's function.
+    type State = (FloatTensor<B>, Activation, FromInput<B, D>);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        one_parent::<B, _, D, D>(ops, grads, |(x, act), grad| {
-            B::activation_backward(float(x), grad, act)
+        one_parent::<B, _, D, D>(ops, grads, |(x, act, backward), grad| {
+            backward(float(x), grad, act)
         });
     }
 }
 
-/// `f(x, act)` under autodiff as `op`, keeping only `x` (and `act`) for its backward pass.
-fn keeping_input<B, C, O, const D: usize>(
-    op: O,
+/// `forward(x, act)` under autodiff, keeping only `x` (and `act`) for its backward pass,
+/// which runs `backward(x, grad, act)` on the inner backend.
+fn keeping_input<B, C, const D: usize>(
     x: Tensor<Autodiff<B, C>, D>,
     act: Activation,
-    f: fn(Tensor<B, D>, Activation) -> Tensor<B, D>,
+    forward: fn(Tensor<B, D>, Activation) -> Tensor<B, D>,
+    backward: FromInput<B, D>,
 ) -> Tensor<Autodiff<B, C>, D>
 where
     B: Kernels,
     C: CheckpointStrategy,
-    O: Backward<B, 1, State = (FloatTensor<B>, Activation)>,
 {
     let x = prim(x);
-    let out = match op.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
+    let out = match KeepingInput::<D>
+        .prepare::<C>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
         OpsKind::Tracked(prep) => {
-            let y = f(float(x.primitive.clone()), act);
-            prep.finish((x.primitive, act), prim(y))
+            let y = forward(float(x.primitive.clone()), act);
+            prep.finish((x.primitive, act, backward), prim(y))
         }
-        OpsKind::UnTracked(prep) => prep.finish(prim(f(float(x.primitive), act))),
+        OpsKind::UnTracked(prep) => prep.finish(prim(forward(float(x.primitive), act))),
     };
     float(out)
-}
-
-#[derive(Debug)]
-struct KernelGated<const D: usize>;
-
-impl<B: Kernels, const D: usize> Backward<B, 1> for KernelGated<D> {
-    /// The input `[g | u]` and the gate's activation.
-    type State = (FloatTensor<B>, Activation);
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        one_parent::<B, _, D, D>(ops, grads, |(x, act), grad| {
-            B::gated_backward(float(x), grad, act)
-        });
-    }
 }
 
 impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
@@ -928,13 +923,13 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         ) {
             return ops::plain_activation(x, act);
         }
-        keeping_input::<B, C, _, D>(KernelActivation::<D>, x, act, B::activation)
+        keeping_input::<B, C, D>(x, act, B::activation, B::activation_backward)
     }
 
     /// Keeps only `x = [g | u]`: Burn's graph would keep `g`, `act(g)` and `u`, three
     /// MLP-wide tensors a layer instead of two.
     fn gated<const D: usize>(x: Tensor<Self, D>, act: Activation) -> Tensor<Self, D> {
-        keeping_input::<B, C, _, D>(KernelGated::<D>, x, act, B::gated)
+        keeping_input::<B, C, D>(x, act, B::gated, B::gated_backward)
     }
 
     /// Burn's own matmul backward, with both products through the inner backend's
