@@ -10,13 +10,15 @@
 #    before it compiles the kernels (NVRTC, then the driver's PTX compiler: minutes on an
 #    H200), and it prints each step's seconds, so compiling shows apart from the timed steps;
 # 2. the GPT-J and OPT rows on the same backend, then TinyLlama on the other backends in
-#    BACKENDS (default "cube cube+flash fusion": CubeCL alone with attention by blocks, then
-#    with attention on the flash kernels, then Burn's fusion-wrapped CubeCL, all with their
-#    matmuls on cuBLAS and the fused row kernels (softmax, norms) on; "cube-cubecl" and
-#    "fusion-cubecl" keep CubeCL's own matmul); each of these gets at most ROW_SECS
-#    seconds (default 120);
+#    BACKENDS (default "cube cube+sync cube+flash fusion": CubeCL alone with attention by
+#    blocks, the same with the cuBLAS products synchronised on the host instead of ordered
+#    by events, then with attention on the flash kernels, then Burn's fusion-wrapped
+#    CubeCL, all with their matmuls on cuBLAS and the fused row kernels (softmax, norms) on;
+#    "cube-cubecl" and "fusion-cubecl" keep CubeCL's own matmul); each of these gets at
+#    most ROW_SECS seconds (default 120);
 # 3. the fixture parity suite in f32 (bound 1e-4) on the first backend, then in bf16
-#    (bound 5e-2) on the backends in PARITY_BACKENDS (default: the first two in BACKENDS);
+#    (bound 5e-2) on the backends in PARITY_BACKENDS (default: the first two in BACKENDS
+#    without "+sync");
 #    each parity run starts with the kernel checks (every fast path against plain Burn, the
 #    matmuls against an exact product, on the GPU);
 # 4. one table: tokens/s and peak memory beside PyTorch + PEFT's, on the same card where
@@ -40,11 +42,11 @@
 set -uo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 device="${2:-cuda:0}"
-backends="${BACKENDS:-cube cube+flash fusion}"
+backends="${BACKENDS:-cube cube+sync cube+flash fusion}"
 row_secs="${ROW_SECS:-120}"
 optional_secs="${OPTIONAL_SECS:-300}"
-# The parity runs: the first two backends unless PARITY_BACKENDS says otherwise.
-parity_backends="${PARITY_BACKENDS:-$(echo $backends | cut -d' ' -f1-2)}"
+# The parity runs: the first two backends without "+sync" unless PARITY_BACKENDS says otherwise.
+parity_backends="${PARITY_BACKENDS:-$(echo $backends | tr ' ' '\n' | grep -v '+sync' | head -2 | tr '\n' ' ')}"
 fixtures="$here/tests/fixtures"
 
 . "$here/scripts/cuda-env.sh" "${1:-}"
@@ -67,14 +69,17 @@ esac
 
 # backend_env NAME: the environment a BACKENDS name stands for.
 # A "+flash" suffix adds SOFTTUNE_CUDA_ATTENTION=flash (the CubeCL flash attention kernels);
-# without it attention runs by blocks on the matmuls. Every backend runs softtune's fused
+# without it attention runs by blocks on the matmuls. A "+sync" suffix orders the cuBLAS
+# products by host synchronisation (SOFTTUNE_CUBLAS_ORDER=sync) instead of the driver's
+# context-wide events. Every backend runs softtune's fused
 # CubeCL row kernels (the blocked attention's softmax, the norms): FUSED=off keeps Burn's
 # element-wise operations there instead.
 fused="${FUSED:-on}"
 backend_env() {
-    local name=${1%+flash} attention=blocked
-    [ "$name" != "$1" ] && attention=flash
-    local common="SOFTTUNE_CUDA_ATTENTION=$attention SOFTTUNE_CUDA_FUSED=$fused"
+    local name=${1%%+*} attention=blocked order=events
+    case "$1" in *+flash*) attention=flash ;; esac
+    case "$1" in *+sync*) order=sync ;; esac
+    local common="SOFTTUNE_CUDA_ATTENTION=$attention SOFTTUNE_CUDA_FUSED=$fused SOFTTUNE_CUBLAS_ORDER=$order"
     case "$name" in
         *-cubecl) echo "SOFTTUNE_CUDA_BACKEND=${name%-cubecl} SOFTTUNE_CUDA_MATMUL=cubecl $common" ;;
         *) echo "SOFTTUNE_CUDA_BACKEND=$name SOFTTUNE_CUDA_MATMUL=cublas $common" ;;
@@ -172,8 +177,8 @@ bench() {
     echo "== bench $shape on $b done at $((SECONDS - start)) s"
     fallbacks=$(echo "$out" | sed -n "s/^$shape: matmuls on CubeCL instead of cuBLAS: //p" | tail -1)
     [ -n "$fallbacks" ] && [ "$fallbacks" != 0 ] && echo "== $shape on $b: $fallbacks matmuls fell back to CubeCL"
-    # What the host waited for around the products in the last step (each product waits for
-    # CubeCL's queue, then for cuBLAS): collected under the table.
+    # Host time around the products in the last step (ordered by events, or waiting for
+    # CubeCL's queue and then for cuBLAS): collected under the table.
     local waits
     waits=$(echo "$out" | grep -E "^$shape: step [0-9]+/[0-9]+: " | tail -1 | sed -n 's/.*(\(.*cuBLAS products.*\))$/\1/p')
     [ -n "$waits" ] && syncs+="$shape on $b, last step: $waits"$'\n'
@@ -240,7 +245,7 @@ done
 echo
 printf '%-15s %-11s %12s %12s %8s %10s %10s\n' shape backend "tokens/s" "PEFT $peft_card" "ratio" "peak mem" "PEFT mem"
 printf '%s' "$table"
-[ -n "$syncs" ] && printf 'host waits around the cuBLAS products:\n%s' "$syncs"
+[ -n "$syncs" ] && printf 'host time around the cuBLAS products:\n%s' "$syncs"
 echo "total $((SECONDS - start)) s"
 # The compiled-kernel caches (softtune's PTX cache, the driver's machine-code cache).
 existing=()

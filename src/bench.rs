@@ -225,14 +225,21 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
                 // Matmuls on cuBLAS unless SOFTTUNE_CUDA_MATMUL=cubecl, attention on the flash
                 // kernels with SOFTTUNE_CUDA_ATTENTION=flash, the fused row kernels unless
                 // SOFTTUNE_CUDA_FUSED=off (a fallback is reported on stderr).
-                let cublas = crate::model::cublas::enabled();
+                // "+cublas-sync" when the products were synchronised on the host
+                // (SOFTTUNE_CUBLAS_ORDER=sync, or the event order failed).
+                use crate::model::cublas::{self, Order};
+                let matmul = match (cublas::enabled(), cublas::order()) {
+                    (false, _) => "",
+                    (true, Order::Events) => "+cublas",
+                    (true, Order::Sync) => "+cublas-sync",
+                };
                 let flash = crate::model::cubecl::flash::enabled();
                 let fused = crate::model::cubecl::fused();
                 format!(
                     "{}/{}{}{}{}",
                     args.device,
                     kind.name(),
-                    if cublas { "+cublas" } else { "" },
+                    matmul,
                     if flash { "+flash" } else { "" },
                     if fused { "+fused" } else { "" }
                 )
@@ -290,8 +297,8 @@ where
         if step >= args.warmup {
             elapsed += secs;
         }
-        // On CUDA with cuBLAS: how much of the step was spent around the products (each one
-        // waits for CubeCL's queue first, then for cuBLAS).
+        // On CUDA with cuBLAS: how much host time the step spent around the products
+        // (ordered by events, or waiting for CubeCL's queue and then for cuBLAS).
         let products = crate::model::cublas::stats().since(before);
         // On stderr, so the table stays clean: on a GPU the first steps include compiling
         // and autotuning the kernels, which this shows apart from the timed steps.

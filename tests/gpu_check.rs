@@ -2,7 +2,7 @@
 //! calls (the table row itself is printed by the real `softtune bench` on the CPU, so the
 //! script's column parsing follows the real format), and the test checks the table: a row
 //! that finished, a row cut short after its warm-up ("~" from its last step), the products
-//! that fell back to CubeCL, and the host waits around the cuBLAS products.
+//! that fell back to CubeCL, and the host time around the cuBLAS products in either order.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -26,14 +26,24 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+# The products' line as `softtune bench` words it in each order.
+if [ "$SOFTTUNE_CUBLAS_ORDER" = sync ]; then
+    p1="900 cuBLAS products: 29000.0 ms waiting for CubeCL's queue, 80.0 ms in cuBLAS"
+    p2="836 cuBLAS products: 120.3 ms waiting for CubeCL's queue, 70.1 ms in cuBLAS"
+    p3="836 cuBLAS products: 110.0 ms waiting for CubeCL's queue, 70.0 ms in cuBLAS"
+else
+    p1="900 cuBLAS products ordered by events: 29000.0 ms waiting for CubeCL's device thread, 9.0 ms launching"
+    p2="836 cuBLAS products ordered by events: 4.2 ms waiting for CubeCL's device thread, 6.1 ms launching"
+    p3="836 cuBLAS products ordered by events: 4.0 ms waiting for CubeCL's device thread, 6.0 ms launching"
+fi
 echo "$shape: random weights made in 1.0 s" >&2
-echo "$shape: step 1/5: 30.00 s (warm-up) (900 cuBLAS products: 29000.0 ms waiting for CubeCL's queue, 80.0 ms in cuBLAS)" >&2
-echo "$shape: step 2/5: 0.50 s (warm-up) (836 cuBLAS products: 120.3 ms waiting for CubeCL's queue, 70.1 ms in cuBLAS)" >&2
+echo "$shape: step 1/5: 30.00 s (warm-up) ($p1)" >&2
+echo "$shape: step 2/5: 0.50 s (warm-up) ($p2)" >&2
 if [ "$shape" = gptj-6b ]; then
     # Cut short by its time limit after the warm-up steps.
     exit 124
 fi
-echo "$shape: step 3/5: 0.25 s (836 cuBLAS products: 110.0 ms waiting for CubeCL's queue, 70.0 ms in cuBLAS)" >&2
+echo "$shape: step 3/5: 0.25 s ($p3)" >&2
 [ "$shape" = opt-6.7b ] && echo "$shape: matmuls on CubeCL instead of cuBLAS: 3" >&2
 if [ ! -s "$here/row" ]; then
     "$here/real" bench --device cpu --shape smollm-135m --batch 1 --seq 8 --soft 2 --steps 1 \
@@ -51,7 +61,7 @@ esac
 "#;
 
 #[test]
-fn gpu_check_prints_finished_cut_short_and_fallback_rows_and_the_host_waits() {
+fn gpu_check_prints_finished_cut_short_and_fallback_rows_and_the_host_time_around_products() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
     let fake = dir.path().join("softtune");
@@ -72,7 +82,7 @@ fn gpu_check_prints_finished_cut_short_and_fallback_rows_and_the_host_waits() {
         .arg(root.join("scripts/gpu-check.sh"))
         .arg(&fake)
         .arg("cuda:0")
-        .env("BACKENDS", "cube")
+        .env("BACKENDS", "cube cube+sync")
         .env("SAMPLE_AT", "off")
         .env("COMPILE_LOG", "off")
         .env("HOME", &home)
@@ -88,11 +98,11 @@ fn gpu_check_prints_finished_cut_short_and_fallback_rows_and_the_host_waits() {
     // The cut-short row makes the check fail as a whole.
     assert_eq!(out.status.code(), Some(1), "{all}");
 
-    // The table: from its header to the host waits.
+    // The table: from its header to the host times.
     let table = stdout
         .split("shape           backend")
         .nth(1)
-        .and_then(|t| t.split("host waits").next())
+        .and_then(|t| t.split("host time").next())
         .unwrap_or_else(|| panic!("no table in:\n{all}"));
     let row = |shape: &str| -> Vec<String> {
         let line = table
@@ -130,14 +140,29 @@ fn gpu_check_prints_finished_cut_short_and_fallback_rows_and_the_host_waits() {
         stdout.contains("== opt-6.7b on cube: 3 matmuls fell back to CubeCL"),
         "{all}"
     );
-    // The host waits of each row's last step, under the table.
+    // TinyLlama again with the products synchronised on the host.
+    let synced = table
+        .lines()
+        .find(|l| l.starts_with("tinyllama-1.1b ") && l.contains(" cube+sync "))
+        .unwrap_or_else(|| panic!("no cube+sync row in:\n{all}"));
+    assert!(
+        synced
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .parse::<f64>()
+            .is_ok(),
+        "{all}"
+    );
+    // The host time around the products of each row's last step, under the table.
     let waits = stdout
-        .split("host waits around the cuBLAS products:\n")
+        .split("host time around the cuBLAS products:\n")
         .nth(1)
-        .unwrap_or_else(|| panic!("no host waits in:\n{all}"));
+        .unwrap_or_else(|| panic!("no host times in:\n{all}"));
     for line in [
-        "tinyllama-1.1b on cube, last step: 836 cuBLAS products: 110.0 ms waiting for CubeCL's queue, 70.0 ms in cuBLAS",
-        "gptj-6b on cube, last step: 836 cuBLAS products: 120.3 ms waiting for CubeCL's queue, 70.1 ms in cuBLAS",
+        "tinyllama-1.1b on cube, last step: 836 cuBLAS products ordered by events: 4.0 ms waiting for CubeCL's device thread, 6.0 ms launching",
+        "gptj-6b on cube, last step: 836 cuBLAS products ordered by events: 4.2 ms waiting for CubeCL's device thread, 6.1 ms launching",
+        "tinyllama-1.1b on cube+sync, last step: 836 cuBLAS products: 110.0 ms waiting for CubeCL's queue, 70.0 ms in cuBLAS",
     ] {
         assert!(waits.contains(line), "{line} in:\n{all}");
     }

@@ -7,9 +7,17 @@
 //! inputs' dtype or float32 (attention scores from 16-bit queries and keys), float32
 //! accumulation.
 //!
-//! **Ordering.** CubeCL launches on a stream of its own that it does not expose, so a call
-//! waits for that stream (`client.sync()`), runs cuBLAS on a stream of ours, and waits for
-//! it before CubeCL goes on: two host round trips a matmul, measured by `softtune bench`.
+//! **Ordering.** CubeCL launches on a stream of its own that it does not expose, from a
+//! device thread of its own (Burn's calls queue work for that thread). By default a product
+//! runs *on* that thread, in its queue order (`client.exclusive`), and is ordered on the
+//! GPU with the driver's context-wide events: `cuCtxRecordEvent` captures everything the
+//! context has launched (CubeCL's kernels included), our stream waits for it, runs the
+//! product, records an event, and `cuCtxWaitEvent` makes all later work in the context
+//! wait for that. No host thread waits for the GPU, and the GPU's queue never drains.
+//! Drivers without those calls (before CUDA 12.5), a failing call, or
+//! `SOFTTUNE_CUBLAS_ORDER=sync` take the synchronised order instead: wait for CubeCL's
+//! stream (`client.sync()`), run cuBLAS, wait for it: two host round trips a product.
+//! `softtune bench` prints which, and the host time spent around the products.
 //!
 //! **Fallback.** An operand that no single leading dimension and batch stride describe
 //! (broadcast along some batch dimensions only) is first copied into full batches. Whatever
@@ -21,7 +29,7 @@
 //! exact float32 (`CUBLAS_COMPUTE_32F`, no TF32), as in PyTorch.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -33,7 +41,7 @@ use cudarc::cublas::{
     CudaBlas, result as blas,
     sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType},
 };
-use cudarc::driver::{CudaContext, CudaStream};
+use cudarc::driver::{CudaContext, CudaEvent, CudaStream};
 
 use crate::device::CudaCubeBackend;
 
@@ -113,12 +121,109 @@ pub fn broadcast_batch(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
         .collect()
 }
 
+/// How products are ordered against CubeCL's queue (`SOFTTUNE_CUBLAS_ORDER`: `events`, the
+/// default, or `sync`; see the module's documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// On CubeCL's device thread, ordered on the GPU by context-wide events.
+    Events,
+    /// The host waits for CubeCL's stream before the product and for cuBLAS after it.
+    Sync,
+}
+
+impl Order {
+    /// Parses `SOFTTUNE_CUBLAS_ORDER`'s value; `None` (unset) is the default.
+    pub fn parse(value: Option<&str>) -> Result<Order, String> {
+        match value.map(str::trim) {
+            None | Some("") | Some("events") => Ok(Order::Events),
+            Some("sync") => Ok(Order::Sync),
+            Some(other) => Err(format!(
+                "SOFTTUNE_CUBLAS_ORDER={other:?} is not an order: use `events` (the default) or `sync`"
+            )),
+        }
+    }
+}
+
+/// Set once the event order failed in this process: every later product is synchronised.
+static EVENTS_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// The order the next product takes: `SOFTTUNE_CUBLAS_ORDER` (read once; an unknown value
+/// is said once and the default kept), unless the event order has failed before.
+pub fn order() -> Order {
+    static ORDER: OnceLock<Order> = OnceLock::new();
+    let chosen = *ORDER.get_or_init(|| {
+        let value = std::env::var("SOFTTUNE_CUBLAS_ORDER").ok();
+        Order::parse(value.as_deref()).unwrap_or_else(|e| {
+            eprintln!("softtune: {e}; using `events`");
+            Order::Events
+        })
+    });
+    if EVENTS_FAILED.load(Ordering::Relaxed) {
+        Order::Sync
+    } else {
+        chosen
+    }
+}
+
+/// Turns the event order off for the rest of the process, saying why (once).
+fn events_failed(why: &str) {
+    if !EVENTS_FAILED.swap(true, Ordering::Relaxed) {
+        eprintln!("softtune: cuBLAS products fall back to host synchronisation (slower): {why}");
+    }
+}
+
+/// `cuCtxRecordEvent` and `cuCtxWaitEvent` (same signature), looked up in the loaded driver
+/// rather than through cudarc's bindings, which panic on a missing symbol (drivers before
+/// CUDA 12.5) and exist only for bindings of 12.5 or later.
+type CtxEventFn = unsafe extern "C" fn(
+    cudarc::driver::sys::CUcontext,
+    cudarc::driver::sys::CUevent,
+) -> cudarc::driver::sys::CUresult;
+
+/// The context-wide events of one device: the two driver calls, and an event for each side
+/// of a product (re-recorded every time).
+struct CtxEvents {
+    record: CtxEventFn,
+    wait: CtxEventFn,
+    before: CudaEvent,
+    after: CudaEvent,
+}
+
+fn ctx_events(ctx: &Arc<CudaContext>) -> Result<CtxEvents, String> {
+    // SAFETY: the driver library is already loaded (CubeCL runs on it); the symbols are
+    // looked up by their exported names and given the signature of the driver API.
+    let (record, wait) = unsafe {
+        let lib = cudarc::driver::sys::culib();
+        let record = lib
+            .get::<CtxEventFn>(b"cuCtxRecordEvent\0")
+            .map_err(|e| format!("the driver has no cuCtxRecordEvent (before CUDA 12.5?): {e}"))?;
+        let wait = lib
+            .get::<CtxEventFn>(b"cuCtxWaitEvent\0")
+            .map_err(|e| format!("the driver has no cuCtxWaitEvent (before CUDA 12.5?): {e}"))?;
+        (*record, *wait)
+    };
+    let event = || {
+        ctx.new_event(None)
+            .map_err(|e| format!("CUDA event: {e:?}"))
+    };
+    Ok(CtxEvents {
+        record,
+        wait,
+        before: event()?,
+        after: event()?,
+    })
+}
+
 /// One cuBLAS handle and stream per device, on the device's primary context (the one
 /// CubeCL uses, so device pointers are shared).
 struct Blas {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
+    /// Held while the handle is in use: a cuBLAS handle is not for concurrent calls.
+    busy: Mutex<()>,
+    /// `None` when the driver lacks the context-wide events (said once; synchronised order).
+    events: Option<CtxEvents>,
 }
 
 fn open(device: usize) -> Result<Blas, String> {
@@ -133,10 +238,21 @@ fn open(device: usize) -> Result<Blas, String> {
         .new_stream()
         .map_err(|e| format!("CUDA stream: {e:?}"))?;
     let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("cuBLAS handle: {e:?}"))?;
-    Ok(Blas { ctx, stream, blas })
+    let events = if order() == Order::Events {
+        ctx_events(&ctx).map_err(|e| events_failed(&e)).ok()
+    } else {
+        None
+    };
+    Ok(Blas {
+        ctx,
+        stream,
+        blas,
+        busy: Mutex::new(()),
+        events,
+    })
 }
 
-type Handles = Mutex<HashMap<usize, Result<Blas, Fallback>>>;
+type Handles = Mutex<HashMap<usize, Result<Arc<Blas>, Fallback>>>;
 
 fn handles() -> &'static Handles {
     static H: OnceLock<Handles> = OnceLock::new();
@@ -209,13 +325,17 @@ pub fn fallback_count() -> usize {
     fallbacks().lock().map_or(0, |f| f.count())
 }
 
-/// What the cuBLAS path has done in this process so far: products run, and the host time
-/// spent waiting for CubeCL's queue before them (the GPU time of the kernels queued since
-/// the last product included) and in cuBLAS (the product and the wait for it).
+/// What the cuBLAS path has done in this process so far: products run (and how many of
+/// them in the event order), and host time around them. In the synchronised order,
+/// `waiting_ns` is the wait for CubeCL's queue before a product (the GPU time of the kernels
+/// queued since the last product included) and `cublas_ns` the product and the wait for it;
+/// in the event order, `waiting_ns` is the wait for CubeCL's device thread to reach the
+/// product (launches queued before it) and `cublas_ns` the launch calls, no GPU wait.
 /// `softtune bench` prints the difference over each step.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     pub products: u64,
+    pub by_events: u64,
     pub waiting_ns: u64,
     pub cublas_ns: u64,
 }
@@ -225,23 +345,41 @@ impl Stats {
     pub fn since(self, earlier: Stats) -> Stats {
         Stats {
             products: self.products.saturating_sub(earlier.products),
+            by_events: self.by_events.saturating_sub(earlier.by_events),
             waiting_ns: self.waiting_ns.saturating_sub(earlier.waiting_ns),
             cublas_ns: self.cublas_ns.saturating_sub(earlier.cublas_ns),
         }
     }
 
-    /// E.g. `836 cuBLAS products: 120.3 ms waiting for CubeCL's queue, 70.1 ms in cuBLAS`.
+    /// E.g. `836 cuBLAS products: 120.3 ms waiting for CubeCL's queue, 70.1 ms in cuBLAS`
+    /// (synchronised order), or `836 cuBLAS products ordered by events: 4.2 ms waiting for
+    /// CubeCL's device thread, 6.1 ms launching`.
     pub fn describe(&self) -> String {
-        format!(
-            "{} cuBLAS products: {:.1} ms waiting for CubeCL's queue, {:.1} ms in cuBLAS",
-            self.products,
-            self.waiting_ns as f64 / 1e6,
-            self.cublas_ns as f64 / 1e6
-        )
+        let ms = |ns: u64| ns as f64 / 1e6;
+        let (w, c) = (ms(self.waiting_ns), ms(self.cublas_ns));
+        if self.by_events == 0 {
+            format!(
+                "{} cuBLAS products: {w:.1} ms waiting for CubeCL's queue, {c:.1} ms in cuBLAS",
+                self.products
+            )
+        } else if self.by_events == self.products {
+            format!(
+                "{} cuBLAS products ordered by events: {w:.1} ms waiting for CubeCL's device \
+                 thread, {c:.1} ms launching",
+                self.products
+            )
+        } else {
+            format!(
+                "{} cuBLAS products, {} of them ordered by events: {w:.1} ms waiting, \
+                 {c:.1} ms in cuBLAS calls",
+                self.products, self.by_events
+            )
+        }
     }
 }
 
 static PRODUCTS: AtomicU64 = AtomicU64::new(0);
+static BY_EVENTS: AtomicU64 = AtomicU64::new(0);
 static WAITING_NS: AtomicU64 = AtomicU64::new(0);
 static CUBLAS_NS: AtomicU64 = AtomicU64::new(0);
 
@@ -249,6 +387,7 @@ static CUBLAS_NS: AtomicU64 = AtomicU64::new(0);
 pub fn stats() -> Stats {
     Stats {
         products: PRODUCTS.load(Ordering::Relaxed),
+        by_events: BY_EVENTS.load(Ordering::Relaxed),
         waiting_ns: WAITING_NS.load(Ordering::Relaxed),
         cublas_ns: CUBLAS_NS.load(Ordering::Relaxed),
     }
@@ -320,13 +459,17 @@ pub fn matmul(
         return Err(why("empty, or a size above 2³¹"));
     }
     let device = lhs.device.index;
-    let mut guard = handles()
-        .lock()
-        .map_err(|_| why("cuBLAS handle lock poisoned"))?;
-    let entry = guard
-        .entry(device)
-        .or_insert_with(|| open(device).map_err(|e| Fallback::new("cuBLAS unavailable", e)));
-    let b = entry.as_ref().map_err(Clone::clone)?;
+    let b = {
+        let mut guard = handles()
+            .lock()
+            .map_err(|_| why("cuBLAS handle lock poisoned"))?;
+        let entry = guard.entry(device).or_insert_with(|| {
+            open(device)
+                .map(Arc::new)
+                .map_err(|e| Fallback::new("cuBLAS unavailable", e))
+        });
+        entry.as_ref().map_err(Clone::clone)?.clone()
+    };
 
     // An operand that no single leading dimension and batch stride describe (broadcast
     // along some batch dimensions only, batches out of order) is copied into full,
@@ -348,6 +491,16 @@ pub fn matmul(
     if ![la.ld, ra.ld].into_iter().all(fits) {
         return Err(why("a leading dimension above 2³¹"));
     }
+    let gemm = Gemm {
+        m,
+        n,
+        k,
+        count,
+        la,
+        ra,
+        ty,
+        out_ty,
+    };
 
     let client = lhs.client.clone();
     let mut out_shape = batch.clone();
@@ -360,79 +513,215 @@ pub fn matmul(
         handle,
         out_dtype,
     );
-    // Everything CubeCL queued (the inputs included) is done after this.
+    let failed =
+        |kind: &'static str, e: String| Fallback::new(kind, format!("{e}: {}", operands(lhs, rhs)));
+    let operands3 = || (lhs.handle.clone(), rhs.handle.clone(), out.handle.clone());
+
+    if let (Order::Events, Some(events)) = (order(), &b.events) {
+        let asked = Instant::now();
+        let handles3 = operands3();
+        let run = client.exclusive(|| {
+            add_ns(&WAITING_NS, asked);
+            let launched = Instant::now();
+            let result = on_device_thread(&client, &b, events, &gemm, handles3);
+            add_ns(&CUBLAS_NS, launched);
+            result
+        });
+        match run {
+            Ok(Ok(None)) => {
+                PRODUCTS.fetch_add(1, Ordering::Relaxed);
+                BY_EVENTS.fetch_add(1, Ordering::Relaxed);
+                return Ok(out);
+            }
+            Ok(Ok(Some(why_not))) => {
+                // Done, but waited for on the host: the later products are synchronised.
+                events_failed(&why_not);
+                PRODUCTS.fetch_add(1, Ordering::Relaxed);
+                return Ok(out);
+            }
+            Ok(Err(Failed::Product(kind, e))) => return Err(failed(kind, e)),
+            Ok(Err(Failed::Ordering(e))) => events_failed(&e),
+            Err(e) => events_failed(&format!("CubeCL's device thread: {e:?}")),
+        }
+    }
+
+    // Synchronised: everything CubeCL queued (the inputs included) is done after this.
     let waiting = Instant::now();
     if let Err(e) = cubecl::future::block_on(client.sync()) {
         return Err(Fallback::new("CubeCL sync failed", format!("{e:?}")));
     }
     add_ns(&WAITING_NS, waiting);
     let in_cublas = Instant::now();
+    let (lh, rh, oh) = operands3();
     let resources = (
-        client.get_resource(lhs.handle.clone()),
-        client.get_resource(rhs.handle.clone()),
-        client.get_resource(out.handle.clone()),
+        client.get_resource(lh),
+        client.get_resource(rh),
+        client.get_resource(oh),
     );
     let (l, r, o) = match resources {
         (Ok(l), Ok(r), Ok(o)) => (l, r, o),
         _ => return Err(why("a tensor's device memory could not be read")),
     };
-    // Row-major C[m, n] is column-major Cᵀ[n, m] = Bᵀ·Aᵀ: cuBLAS gets (B, A). A row-major
-    // operand is already its transpose in column-major terms (no op); a transposed view
-    // needs op T.
-    let op = |l: Layout| {
-        if l.row_major {
-            cublasOperation_t::CUBLAS_OP_N
-        } else {
-            cublasOperation_t::CUBLAS_OP_T
-        }
-    };
-    let (alpha, beta) = (1.0f32, 0.0f32);
     let result = b
-        .ctx
-        .bind_to_thread()
-        .map_err(|e| format!("{e:?}"))
-        .and_then(|()| {
-            // SAFETY: the pointers come from live CubeCL allocations held by the guards above;
-            // shapes, leading dimensions and batch strides were checked against the tensors'
-            // metadata; alpha/beta are host float32s, matching the float32 compute type.
-            unsafe {
-                blas::gemm_strided_batched_ex(
-                    *b.blas.handle(),
-                    op(ra),
-                    op(la),
-                    n as i32,
-                    m as i32,
-                    k as i32,
-                    (&alpha as *const f32).cast(),
-                    r.resource().ptr as *const _,
-                    ty,
-                    ra.ld as i32,
-                    ra.batch_stride as i64,
-                    l.resource().ptr as *const _,
-                    ty,
-                    la.ld as i32,
-                    la.batch_stride as i64,
-                    (&beta as *const f32).cast(),
-                    o.resource().ptr as *mut _,
-                    out_ty,
-                    n as i32,
-                    (m * n) as i64,
-                    count as i32,
-                    cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                    cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                )
-            }
-            .map_err(|e| format!("{e:?}"))?;
+        .busy
+        .lock()
+        .map_err(|_| "cuBLAS handle lock poisoned".to_string())
+        .and_then(|_busy| {
+            b.ctx.bind_to_thread().map_err(|e| format!("{e:?}"))?;
+            // SAFETY: the pointers come from live CubeCL allocations held by the guards
+            // above, whose shapes and strides the layouts were checked against.
+            unsafe { gemm.launch(&b, l.resource().ptr, r.resource().ptr, o.resource().ptr) }?;
             b.stream.synchronize().map_err(|e| format!("{e:?}"))
         });
     drop((l, r, o));
-    if result.is_ok() {
-        add_ns(&CUBLAS_NS, in_cublas);
-        PRODUCTS.fetch_add(1, Ordering::Relaxed);
+    result.map_err(|e| failed("cuBLAS gemm failed", e))?;
+    add_ns(&CUBLAS_NS, in_cublas);
+    PRODUCTS.fetch_add(1, Ordering::Relaxed);
+    Ok(out)
+}
+
+/// The arguments of one `cublasGemmStridedBatchedEx`, checked against the operands.
+#[derive(Clone, Copy)]
+struct Gemm {
+    m: usize,
+    n: usize,
+    k: usize,
+    count: usize,
+    la: Layout,
+    ra: Layout,
+    ty: cudaDataType,
+    out_ty: cudaDataType,
+}
+
+impl Gemm {
+    /// Launches the product on `b`'s stream (nothing waits for it here).
+    ///
+    /// # Safety
+    /// `l`, `r` and `o` must point to live device allocations of the left operand, the right
+    /// operand and the output that the layouts and sizes describe.
+    unsafe fn launch(&self, b: &Blas, l: u64, r: u64, o: u64) -> Result<(), String> {
+        // Row-major C[m, n] is column-major Cᵀ[n, m] = Bᵀ·Aᵀ: cuBLAS gets (B, A). A
+        // row-major operand is already its transpose in column-major terms (no op); a
+        // transposed view needs op T.
+        let op = |l: Layout| {
+            if l.row_major {
+                cublasOperation_t::CUBLAS_OP_N
+            } else {
+                cublasOperation_t::CUBLAS_OP_T
+            }
+        };
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (m, n, k) = (self.m, self.n, self.k);
+        // SAFETY: the caller's pointers; shapes, leading dimensions and batch strides were
+        // checked against the tensors' metadata; alpha/beta are host float32s, matching the
+        // float32 compute type.
+        unsafe {
+            blas::gemm_strided_batched_ex(
+                *b.blas.handle(),
+                op(self.ra),
+                op(self.la),
+                n as i32,
+                m as i32,
+                k as i32,
+                (&alpha as *const f32).cast(),
+                r as *const _,
+                self.ty,
+                self.ra.ld as i32,
+                self.ra.batch_stride as i64,
+                l as *const _,
+                self.ty,
+                self.la.ld as i32,
+                self.la.batch_stride as i64,
+                (&beta as *const f32).cast(),
+                o as *mut _,
+                self.out_ty,
+                n as i32,
+                (m * n) as i64,
+                self.count as i32,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| format!("{e:?}"))
     }
-    result
-        .map(|()| out)
-        .map_err(|e| Fallback::new("cuBLAS gemm failed", format!("{e}: {}", operands(lhs, rhs))))
+}
+
+/// Why a product in the event order did not finish that way.
+enum Failed {
+    /// The ordering calls failed before the product was launched: nothing ran (the product
+    /// is then run synchronised).
+    Ordering(String),
+    /// The product itself could not run (class of reason, detail): CubeCL's matmul takes it.
+    Product(&'static str, String),
+}
+
+/// Runs on CubeCL's device thread, after every launch queued before it: our stream waits for
+/// all the context's work so far, runs the product, and all the context's later work waits
+/// for it. `Ok(None)` when ordered on the GPU; `Ok(Some(why))` when the ordering after the
+/// product failed and the host waited for it instead.
+fn on_device_thread(
+    client: &cubecl::client::ComputeClient<CudaRuntime>,
+    b: &Blas,
+    events: &CtxEvents,
+    gemm: &Gemm,
+    (lh, rh, oh): (
+        cubecl::server::Handle,
+        cubecl::server::Handle,
+        cubecl::server::Handle,
+    ),
+) -> Result<Option<String>, Failed> {
+    use cudarc::driver::{result as cu, sys::CUevent_wait_flags};
+    // On the device thread these calls run at once, in this thread (no queue round trip).
+    let (l, r, o) = match (
+        client.get_resource(lh),
+        client.get_resource(rh),
+        client.get_resource(oh),
+    ) {
+        (Ok(l), Ok(r), Ok(o)) => (l, r, o),
+        _ => {
+            return Err(Failed::Product(
+                "a tensor's device memory could not be read",
+                "get_resource".into(),
+            ));
+        }
+    };
+    let _busy = b
+        .busy
+        .lock()
+        .map_err(|_| Failed::Ordering("cuBLAS handle lock poisoned".into()))?;
+    b.ctx
+        .bind_to_thread()
+        .map_err(|e| Failed::Ordering(format!("binding the CUDA context: {e:?}")))?;
+    let (ctx, stream) = (b.ctx.cu_ctx(), b.stream.cu_stream());
+    let (before, after) = (events.before.cu_event(), events.after.cu_event());
+    // SAFETY: the context is the primary context CubeCL uses, the events were created in it
+    // and live as long as `b`; the stream is ours.
+    unsafe {
+        (events.record)(ctx, before)
+            .result()
+            .map_err(|e| Failed::Ordering(format!("cuCtxRecordEvent: {e:?}")))?;
+        cu::stream::wait_event(stream, before, CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT)
+            .map_err(|e| Failed::Ordering(format!("cuStreamWaitEvent: {e:?}")))?;
+    }
+    // SAFETY: the pointers come from live CubeCL allocations held by the guards above, whose
+    // shapes and strides the layouts were checked against.
+    unsafe { gemm.launch(b, l.resource().ptr, r.resource().ptr, o.resource().ptr) }
+        .map_err(|e| Failed::Product("cuBLAS gemm failed", e))?;
+    // SAFETY: as above.
+    let ordered = unsafe {
+        cu::event::record(after, stream).and_then(|()| (events.wait)(ctx, after).result())
+    };
+    drop((l, r, o));
+    match ordered {
+        Ok(()) => Ok(None),
+        Err(e) => {
+            // Not ordered on the GPU: the host waits, so CubeCL reads a finished product.
+            b.stream
+                .synchronize()
+                .map_err(|s| Failed::Product("cuBLAS gemm failed", format!("{s:?}")))?;
+            Ok(Some(format!("cuCtxWaitEvent: {e:?}")))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -443,11 +732,13 @@ mod tests {
     fn stats_over_a_step_are_the_difference_of_two_snapshots() {
         let before = Stats {
             products: 10,
+            by_events: 0,
             waiting_ns: 5_000_000,
             cublas_ns: 1_000_000,
         };
         let after = Stats {
             products: 846,
+            by_events: 0,
             waiting_ns: 125_300_000,
             cublas_ns: 71_100_000,
         };
@@ -456,6 +747,7 @@ mod tests {
             step,
             Stats {
                 products: 836,
+                by_events: 0,
                 waiting_ns: 120_300_000,
                 cublas_ns: 70_100_000
             }
@@ -466,6 +758,41 @@ mod tests {
         );
         // A snapshot taken before another is never negative work.
         assert_eq!(before.since(after), Stats::default());
+
+        // Ordered by events: the host waits for CubeCL's device thread, not for the GPU.
+        let events = Stats {
+            products: 836,
+            by_events: 836,
+            waiting_ns: 4_200_000,
+            cublas_ns: 6_100_000,
+        };
+        assert_eq!(
+            events.describe(),
+            "836 cuBLAS products ordered by events: 4.2 ms waiting for CubeCL's device thread, \
+             6.1 ms launching"
+        );
+        // The event order failed part way: both counts said.
+        let mixed = Stats {
+            by_events: 400,
+            ..events
+        };
+        assert_eq!(
+            mixed.describe(),
+            "836 cuBLAS products, 400 of them ordered by events: 4.2 ms waiting, 6.1 ms in \
+             cuBLAS calls"
+        );
+    }
+
+    #[test]
+    fn order_is_events_unless_sync_is_asked_for() {
+        assert_eq!(Order::parse(None), Ok(Order::Events));
+        assert_eq!(Order::parse(Some("events")), Ok(Order::Events));
+        assert_eq!(Order::parse(Some(" sync ")), Ok(Order::Sync));
+        let err = Order::parse(Some("fast")).unwrap_err();
+        assert!(
+            err.contains("SOFTTUNE_CUBLAS_ORDER=\"fast\"") && err.contains("`sync`"),
+            "{err}"
+        );
     }
 
     #[test]

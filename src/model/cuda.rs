@@ -81,6 +81,10 @@ impl Kernels for CudaCubeBackend {
         cublas::enabled()
     }
 
+    fn matmul_off_queue() -> bool {
+        cublas::enabled()
+    }
+
     fn own_attention(q: &[usize], k: &[usize], v: &[usize], dtypes: &[DType]) -> bool {
         use_flash(q, k, v, dtypes)
     }

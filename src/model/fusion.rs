@@ -195,6 +195,10 @@ fn fused_matmul<B: FusionBackend + Kernels, const D: usize>(
 }
 
 impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
+    fn matmul_off_queue() -> bool {
+        B::matmul_off_queue()
+    }
+
     fn matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
         let dtype = lhs.dtype();
         fused_matmul(lhs, rhs, dtype)

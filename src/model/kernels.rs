@@ -71,6 +71,13 @@ pub trait Kernels: Backend {
         false
     }
 
+    /// Whether [`Kernels::matmul`] runs outside the queue of the backend's other kernels
+    /// (cuBLAS beside CubeCL's stream, ordered against it): the kernel checks then race a
+    /// large product against queued work ([`crate::parity::kernel_checks`]).
+    fn matmul_off_queue() -> bool {
+        false
+    }
+
     /// Whether [`Kernels::attention_forward`] and [`Kernels::attention_backward`] run the
     /// backend's own kernels on queries shaped `q`, keys `k`, values `v` and tensors of
     /// `dtypes` (see [`Kernels::own_matmul`]).
