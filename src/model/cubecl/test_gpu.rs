@@ -322,3 +322,36 @@ fn fixture_parity_on_webgpu_under_fusion() {
         }
     }
 }
+
+/// The cuBLAS event order (`cublas.rs`) runs each product inside `client.exclusive`, on
+/// CubeCL's device thread, and reads its operands' device memory there. CubeCL's runtime
+/// (the same client and device thread on WebGPU as on CUDA) must run those reads at once on
+/// that thread rather than queue them behind the running closure, which would deadlock.
+#[test]
+fn device_memory_is_reachable_inside_exclusive_on_the_device_thread() {
+    let Some(dev) = device() else { return };
+    let queued = Tensor::<Gpu, 1>::from_floats([1.0, 2.0, 3.0, 4.0], &dev) * 2.0;
+    let t: CubeTensor<WgpuRuntime> = queued.clone().into_primitive().tensor();
+    let (client, handle) = (t.client.clone(), t.handle.clone());
+    let caller = std::thread::current().id();
+    let (sender, answer) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let asking = std::thread::current().id();
+        let inside = client.exclusive(|| {
+            let here = std::thread::current().id();
+            let read = client.get_resource(handle).is_ok();
+            (here != asking && here != caller, read)
+        });
+        let _ = sender.send(inside.map_err(|e| format!("{e:?}")));
+    });
+    let (on_device_thread, read) = answer
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("get_resource inside exclusive did not return (deadlock?)")
+        .unwrap();
+    assert!(on_device_thread, "the closure ran on the asking thread");
+    assert!(read, "get_resource failed inside exclusive");
+    assert_eq!(
+        queued.into_data().to_vec::<f32>().unwrap(),
+        [2.0, 4.0, 6.0, 8.0]
+    );
+}
