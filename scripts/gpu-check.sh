@@ -26,8 +26,9 @@
 #    after its first step still gets a rough number ("~"): tokens/s from its last finished
 #    step, and the peak of the device memory in use (nvidia-smi, polled every 0.5 s).
 # The first row runs with CubeCL's compilation log (COMPILE_LOG, default a temporary file;
-# "off" for none), summarized after it: how many kernels
-# were compiled, by name, and the autotune results. While its warm-up steps run, cuda-gdb
+# "off" for none; through softtune's SOFTTUNE_COMPILE_LOG, as CubeCL's CUBECL_DEBUG_LOG
+# would also profile every launch), summarized after it: how many kernels were compiled,
+# by name, and the autotune results. While its warm-up steps run, cuda-gdb
 # (where there is one) samples its threads' stacks at SAMPLE_AT seconds (default "45 150";
 # "off" for none).
 # TinyLlama on backends after the first is skipped once OPTIONAL_SECS (default 300) have
@@ -217,7 +218,9 @@ row_secs="${FIRST_ROW_SECS:-360}"
 compile_log="${COMPILE_LOG:-$(mktemp)}"
 if [ "$compile_log" != off ]; then
     : >"$compile_log"
-    extra_env="CUBECL_DEBUG_LOG=$compile_log"
+    # softtune's own switch: CubeCL's CUBECL_DEBUG_LOG would also turn on its profiler,
+    # which waits for the GPU before every kernel launch, and the row's times would be void.
+    extra_env="SOFTTUNE_COMPILE_LOG=$compile_log"
 fi
 sample_at="${SAMPLE_AT:-45 150}"
 [ "$sample_at" = off ] && sample_at=""

@@ -247,7 +247,7 @@ pub fn probe_cuda(index: usize) -> Result<CudaGpu> {
             "cuda:{index}: no CUDA toolkit found for the headers NVRTC compiles softtune's GPU kernels with (CUDA_PATH is unset and there is no /usr/local/cuda, /opt/cuda or /usr/bin/nvcc); install the CUDA toolkit or set CUDA_PATH to one (a folder with include/); scripts/cuda-headers.sh DIR makes one from NVIDIA's pip wheels"
         );
     }
-    cache_compiled_kernels();
+    configure_cubecl();
     Ok(CudaGpu {
         index,
         name,
@@ -291,43 +291,75 @@ pub fn cuda_headers(
     .map(|(_, root)| PathBuf::from(root))
 }
 
-/// Keeps CubeCL's compiled kernels (NVRTC's PTX) and its autotune results in softtune's
-/// cache folder (`SOFTTUNE_CACHE_DIR`, else the OS cache folder, `cubecl/` inside), so that
-/// a run after the first skips compiling and tuning them: minutes on a first run. A
-/// `cubecl.toml` that names a compilation cache, or an autotune cache other than
-/// `target`, wins; `SOFTTUNE_KERNEL_CACHE=off` keeps none, and so does
-/// a folder softtune cannot write to. Done once, before CubeCL reads its configuration
-/// (after that it cannot change).
-pub fn cache_compiled_kernels() {
+/// CubeCL's configuration for a softtune run, set once before CubeCL reads its own (after
+/// that it cannot change):
+/// - its compiled kernels (NVRTC's PTX) and autotune results are kept in softtune's cache
+///   folder (`SOFTTUNE_CACHE_DIR`, else the OS cache folder, `cubecl/` inside), so that a
+///   run after the first skips compiling and tuning them: minutes on a first run. A
+///   `cubecl.toml` that names a compilation cache, or an autotune cache other than
+///   `target`, wins; `SOFTTUNE_KERNEL_CACHE=off` keeps none, and so does a folder softtune
+///   cannot write to;
+/// - `SOFTTUNE_COMPILE_LOG=FILE` logs each kernel CubeCL compiles and each autotune result
+///   to FILE ([`with_compile_log`]).
+pub fn configure_cubecl() {
     use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        if std::env::var("SOFTTUNE_KERNEL_CACHE").is_ok_and(|v| v == "off") {
-            return;
-        }
-        let Ok(dir) = crate::config::profile::os_dir(
-            "SOFTTUNE_CACHE_DIR",
-            directories::ProjectDirs::cache_dir,
-            "compiled kernels",
-        ) else {
-            return;
-        };
-        // CubeCL panics when it cannot write its cache: only a folder we can write to.
-        let dir = dir.join("cubecl");
-        let probe = dir.join(".softtune-write-test");
-        let writable = std::fs::create_dir_all(&dir).is_ok()
-            && std::fs::write(&probe, b"").is_ok()
-            && std::fs::remove_file(&probe).is_ok();
-        if !writable {
-            return;
-        }
         let mut state = CubeClRuntimeConfig::storage().lock();
         if state.is_some() {
             return;
         }
-        let config = CubeClRuntimeConfig::from_current_dir().override_from_env();
-        *state = Some(std::sync::Arc::new(with_kernel_cache(config, &dir)));
+        let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+        let mut changed = false;
+        if let Some(dir) = kernel_cache_dir() {
+            config = with_kernel_cache(config, &dir);
+            changed = true;
+        }
+        if let Some(file) = std::env::var_os("SOFTTUNE_COMPILE_LOG").filter(|f| !f.is_empty()) {
+            config = with_compile_log(config, Path::new(&file));
+            changed = true;
+        }
+        if changed {
+            *state = Some(std::sync::Arc::new(config));
+        }
     });
+}
+
+/// softtune's folder for CubeCL's caches, or `None` when caching is off
+/// (`SOFTTUNE_KERNEL_CACHE=off`) or the folder cannot be written to (CubeCL panics when it
+/// cannot write its cache).
+fn kernel_cache_dir() -> Option<PathBuf> {
+    if std::env::var("SOFTTUNE_KERNEL_CACHE").is_ok_and(|v| v == "off") {
+        return None;
+    }
+    let dir = crate::config::profile::os_dir(
+        "SOFTTUNE_CACHE_DIR",
+        directories::ProjectDirs::cache_dir,
+        "compiled kernels",
+    )
+    .ok()?
+    .join("cubecl");
+    let probe = dir.join(".softtune-write-test");
+    let writable = std::fs::create_dir_all(&dir).is_ok()
+        && std::fs::write(&probe, b"").is_ok()
+        && std::fs::remove_file(&probe).is_ok();
+    writable.then_some(dir)
+}
+
+/// `config` logging each kernel it compiles (with its source) and each autotune result to
+/// `file`, and nothing else. CubeCL's own `CUBECL_DEBUG_LOG` logs the same but also turns
+/// on its profiler, which waits for the GPU before every kernel launch to time it: a run
+/// under it is many times slower, so its step times say nothing.
+fn with_compile_log(
+    mut config: cubecl::config::CubeClRuntimeConfig,
+    file: &Path,
+) -> cubecl::config::CubeClRuntimeConfig {
+    use cubecl::config::{autotune::AutotuneLogLevel, compilation::CompilationLogLevel};
+    config.compilation.logger.level = CompilationLogLevel::Full;
+    config.compilation.logger.file = Some(file.to_path_buf());
+    config.autotune.logger.level = AutotuneLogLevel::Full;
+    config.autotune.logger.file = Some(file.to_path_buf());
+    config
 }
 
 /// `config` with its compiled kernels and its autotune results kept under `dir`, unless it
@@ -440,5 +472,27 @@ mod tests {
         let c = with_kernel_cache(own, dir);
         assert!(matches!(c.compilation.cache, Some(CacheConfig::Global)));
         assert!(matches!(c.autotune.cache, CacheConfig::Local));
+    }
+
+    #[test]
+    fn the_compile_log_logs_compiling_and_autotuning_but_never_profiles() {
+        use cubecl::config::{
+            CubeClRuntimeConfig, autotune::AutotuneLogLevel, compilation::CompilationLogLevel,
+            profiling::ProfilingLogLevel,
+        };
+        let file = Path::new("/logs/compile.log");
+        let c = with_compile_log(CubeClRuntimeConfig::default(), file);
+        assert!(matches!(
+            c.compilation.logger.level,
+            CompilationLogLevel::Full
+        ));
+        assert_eq!(c.compilation.logger.file.as_deref(), Some(file));
+        assert!(matches!(c.autotune.logger.level, AutotuneLogLevel::Full));
+        assert_eq!(c.autotune.logger.file.as_deref(), Some(file));
+        // The profiler would wait for the GPU before every launch.
+        assert!(matches!(
+            c.profiling.logger.level,
+            ProfilingLogLevel::Disabled
+        ));
     }
 }

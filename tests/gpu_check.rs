@@ -36,6 +36,12 @@ else
     p2="836 cuBLAS products ordered by events: 4.2 ms waiting for CubeCL's device thread, 6.1 ms launching"
     p3="836 cuBLAS products ordered by events: 4.0 ms waiting for CubeCL's device thread, 6.0 ms launching"
 fi
+# The first row's compilation log: softtune's switch, never CubeCL's CUBECL_DEBUG_LOG (whose
+# profiler would wait for the GPU before every launch).
+[ -n "$CUBECL_DEBUG_LOG" ] && { echo "CUBECL_DEBUG_LOG set" >&2; exit 5; }
+if [ -n "$SOFTTUNE_COMPILE_LOG" ]; then
+    printf '[START_KERNEL_COMPILATION]\nname: rms_norm_rows<f32>\n[START_KERNEL_COMPILATION]\nname: rms_norm_rows<f32>\n' >>"$SOFTTUNE_COMPILE_LOG"
+fi
 echo "$shape: random weights made in 1.0 s" >&2
 echo "$shape: step 1/5: 30.00 s (warm-up) ($p1)" >&2
 echo "$shape: step 2/5: 0.50 s (warm-up) ($p2)" >&2
@@ -84,7 +90,7 @@ fn gpu_check_prints_finished_cut_short_and_fallback_rows_and_the_host_time_aroun
         .arg("cuda:0")
         .env("BACKENDS", "cube cube+sync")
         .env("SAMPLE_AT", "off")
-        .env("COMPILE_LOG", "off")
+        .env("COMPILE_LOG", dir.path().join("compile.log"))
         .env("HOME", &home)
         .env("PATH", path)
         .env("TMPDIR", dir.path())
@@ -166,6 +172,12 @@ fn gpu_check_prints_finished_cut_short_and_fallback_rows_and_the_host_time_aroun
     ] {
         assert!(waits.contains(line), "{line} in:\n{all}");
     }
+    // The first row's compilation log, summarised by kernel name.
+    assert!(
+        stdout.contains("== kernels compiled for the first row: 2, by name:")
+            && stdout.contains("2 rms_norm_rows"),
+        "{all}"
+    );
     // The parity runs ran (f32 on the backend, then bf16).
     assert_eq!(stdout.matches("all fixtures ok").count(), 2, "{all}");
 }
