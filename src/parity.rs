@@ -298,37 +298,22 @@ pub fn kernel_checks<B: TrainKernels>(dev: &B::Device, dtype: DType) -> Result<V
     let per_head = random::<I<B>, 4>([1, 3, 16, 24], dev, dtype);
     check_matmul::<B, 4>("half broadcast", q, per_head, &mut out)?;
 
-    // Stream order: a product queued right behind element-wise work and read by element-wise
-    // work right after it, against the same steps with a read to the host (which waits for
-    // everything) between them. Where products run outside the backend's queue (cuBLAS
-    // beside CubeCL's stream, `cublas.rs`), the operands are large enough that a product
-    // started early, or read before it finished, would differ; elsewhere they are small.
+    // Stream order (`cublas::order_check`): a product queued right behind element-wise work
+    // and read by element-wise work right after it, against the same steps with a read to
+    // the host (which waits for everything) between them. Where products run outside the
+    // backend's queue (cuBLAS beside CubeCL's stream), the operands are large enough that a
+    // product started early, or read before it finished, would differ; elsewhere they are
+    // small.
     let side = if <I<B> as Kernels>::matmul_off_queue() {
         4096
     } else {
         96
     };
-    let a = random::<I<B>, 2>([side, side], dev, dtype);
-    let w = random::<I<B>, 2>([side, side / 16], dev, dtype);
-    let steps = |read_between: bool| -> Result<Vec<f32>> {
-        let mut y = a.clone();
-        for _ in 0..8 {
-            y = y * 0.9 + 0.1;
-        }
-        if read_between {
-            values(y.clone())?;
-        }
-        let z = <I<B> as Kernels>::matmul(y, w.clone());
-        if read_between {
-            values(z.clone())?;
-        }
-        values(z * 2.0 - 1.0)
-    };
-    let queued = steps(false)?;
-    out.push((
-        "matmul stream order".into(),
-        rel_err(&queued, &steps(true)?),
-    ));
+    let err = crate::model::cublas::order_check::<I<B>>(dev, side, |l, r, _| {
+        Ok(<I<B> as Kernels>::matmul(l, r))
+    })
+    .map_err(|e| anyhow!(e))?;
+    out.push(("matmul stream order".into(), err));
 
     // One block of positions, then three (128, 128 and 24 positions) for the blocked path.
     for (label, window, b, s) in [

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use burn::tensor::{DType, Shape, ops::FloatTensorOps};
+use burn::tensor::{DType, Shape, Tensor, backend::Backend, ops::FloatTensorOps};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::cuda::CudaRuntime;
@@ -425,11 +425,113 @@ fn dims(t: &CubeTensor<CudaRuntime>) -> (Vec<usize>, Vec<usize>) {
 
 /// `lhs [.., m, k] · rhs [.., k, n]` on cuBLAS, the result in `out_dtype` (the inputs'
 /// dtype, or float32 from 16-bit inputs), or why this path cannot take it (the caller then
-/// runs CubeCL's matmul and reports it with [`fell_back`]).
+/// runs CubeCL's matmul and reports it with [`fell_back`]). The first product on a device
+/// in the event order first checks that order there ([`check_event_order`]).
 pub fn matmul(
     lhs: &CubeTensor<CudaRuntime>,
     rhs: &CubeTensor<CudaRuntime>,
     out_dtype: DType,
+) -> Result<CubeTensor<CudaRuntime>, Fallback> {
+    if order() == Order::Events {
+        check_event_order_once(&lhs.device);
+    }
+    product(lhs, rhs, out_dtype, order())
+}
+
+/// Runs [`check_event_order`] once per device and process; on a difference or an error the
+/// event order is turned off (said once) and every product is synchronised.
+fn check_event_order_once(device: &cubecl::cuda::CudaDevice) {
+    static CHECKED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+    {
+        let Ok(mut checked) = CHECKED.lock() else {
+            return;
+        };
+        if checked.contains(&device.index) {
+            return;
+        }
+        checked.push(device.index);
+    }
+    if let Err(why) = check_event_order(device) {
+        events_failed(&format!(
+            "the event-order check failed on cuda:{}: {why}",
+            device.index
+        ));
+    }
+}
+
+/// Side of the check's square operand: large enough that its element-wise steps keep the
+/// GPU busy while the product is launched, and the product busy while its reader is.
+const CHECK_SIDE: usize = 4096;
+
+/// The event order on `device`, checked against the synchronised one ([`order_check`] with
+/// a `[4096, 4096]` float32 operand): a product that started before its operand was done,
+/// or was read before it was done, differs.
+pub fn check_event_order(device: &cubecl::cuda::CudaDevice) -> Result<(), String> {
+    use burn::tensor::{Tensor, TensorPrimitive};
+    type B = CudaCubeBackend;
+    let err = order_check::<B>(device, CHECK_SIDE, |lhs, rhs, queued| {
+        let order = if queued { Order::Events } else { Order::Sync };
+        let (lhs, rhs) = (lhs.into_primitive().tensor(), rhs.into_primitive().tensor());
+        product(&lhs, &rhs, DType::F32, order)
+            .map(|z| Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(z)))
+            .map_err(|f| format!("{}: {}", f.kind, f.detail))
+    })?;
+    if err > 1e-6 {
+        return Err(format!(
+            "the product queued by events differs from the synchronised one by {err:.2e}"
+        ));
+    }
+    Ok(())
+}
+
+/// Eight element-wise steps over a `[side, side]` operand, its product by a
+/// `[side, side / 16]` one, and an element-wise step on the result: first all queued at
+/// once with `product(lhs, rhs, true)`, then with `product(lhs, rhs, false)` and every
+/// result read back before the next step. Returns the relative difference of the two final
+/// results. The operands come from `arange` (no random state is drawn).
+pub fn order_check<B: Backend>(
+    device: &B::Device,
+    side: usize,
+    product: impl Fn(Tensor<B, 2>, Tensor<B, 2>, bool) -> Result<Tensor<B, 2>, String>,
+) -> Result<f64, String> {
+    use burn::tensor::Int;
+    let ramp = |rows: usize, cols: usize, step: f64| {
+        (Tensor::<B, 1, Int>::arange(0..(rows * cols) as i64, device).float() * step)
+            .sin()
+            .reshape([rows, cols])
+    };
+    let (a, w) = (ramp(side, side, 0.001), ramp(side, side / 16, 0.0007));
+    let read = |t: &Tensor<B, 2>| -> Result<Vec<f32>, String> {
+        t.clone()
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| format!("{e:?}"))
+    };
+    let run = |queued: bool| -> Result<Vec<f32>, String> {
+        let mut y = a.clone();
+        for _ in 0..8 {
+            y = y * 0.9 + 0.1;
+        }
+        if !queued {
+            read(&y)?;
+        }
+        let z = product(y, w.clone(), queued)?;
+        if !queued {
+            read(&z)?;
+        }
+        read(&(z * 2.0 - 1.0))
+    };
+    let queued = run(true)?;
+    Ok(crate::parity::rel_err(&queued, &run(false)?))
+}
+
+/// [`matmul`] in the given order (the event order only where the device has it).
+fn product(
+    lhs: &CubeTensor<CudaRuntime>,
+    rhs: &CubeTensor<CudaRuntime>,
+    out_dtype: DType,
+    order: Order,
 ) -> Result<CubeTensor<CudaRuntime>, Fallback> {
     let why = |kind: &'static str| Fallback::new(kind, operands(lhs, rhs));
     if lhs.qparams.is_some() || rhs.qparams.is_some() {
@@ -517,7 +619,7 @@ pub fn matmul(
         |kind: &'static str, e: String| Fallback::new(kind, format!("{e}: {}", operands(lhs, rhs)));
     let operands3 = || (lhs.handle.clone(), rhs.handle.clone(), out.handle.clone());
 
-    if let (Order::Events, Some(events)) = (order(), &b.events) {
+    if let (Order::Events, Some(events)) = (order, &b.events) {
         let asked = Instant::now();
         let handles3 = operands3();
         let run = client.exclusive(|| {
@@ -780,6 +882,35 @@ mod tests {
             mixed.describe(),
             "836 cuBLAS products, 400 of them ordered by events: 4.2 ms waiting, 6.1 ms in \
              cuBLAS calls"
+        );
+    }
+
+    /// The event-order check's steps, on the CPU with a plain product: equal in both
+    /// orders, and different when the queued product starts before its operand's steps
+    /// are done or is read before it is done.
+    #[test]
+    fn the_order_check_finds_a_product_started_or_read_too_early() {
+        type B = crate::device::CpuBackend;
+        let dev = Default::default();
+        let plain = |l: Tensor<B, 2>, r: Tensor<B, 2>, _: bool| Ok(l.matmul(r));
+        assert_eq!(order_check::<B>(&dev, 64, plain).unwrap(), 0.0);
+        // Started early: the product saw the operand one element-wise step short.
+        let stale = |l: Tensor<B, 2>, r: Tensor<B, 2>, queued: bool| {
+            let seen = if queued { (l.clone() - 0.1) / 0.9 } else { l };
+            Ok(seen.matmul(r))
+        };
+        assert!(order_check::<B>(&dev, 64, stale).unwrap() > 1e-3);
+        // Read early: what the output's memory held before the product wrote it.
+        let unwritten = |l: Tensor<B, 2>, r: Tensor<B, 2>, queued: bool| {
+            let z = l.matmul(r);
+            Ok(if queued { z.zeros_like() } else { z })
+        };
+        assert!(order_check::<B>(&dev, 64, unwritten).unwrap() > 1e-3);
+        // An error in the product is passed on.
+        let failing = |_: Tensor<B, 2>, _: Tensor<B, 2>, _: bool| Err("no cuBLAS".to_string());
+        assert_eq!(
+            order_check::<B>(&dev, 64, failing).unwrap_err(),
+            "no cuBLAS"
         );
     }
 
