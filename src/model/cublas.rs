@@ -259,6 +259,17 @@ fn handles() -> &'static Handles {
     H.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// The device's cuBLAS handle, opened on first use; `Err(None)` when the lock is poisoned.
+fn blas(device: usize) -> Result<Arc<Blas>, Option<Fallback>> {
+    let mut guard = handles().lock().map_err(|_| None)?;
+    let entry = guard.entry(device).or_insert_with(|| {
+        open(device)
+            .map(Arc::new)
+            .map_err(|e| Fallback::new("cuBLAS unavailable", e))
+    });
+    entry.as_ref().map(Arc::clone).map_err(|e| Some(e.clone()))
+}
+
 /// Why a product did not run on cuBLAS: `kind` is the class of reason (each class is
 /// reported once per process), `detail` the operands of the first product of that class.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -438,9 +449,15 @@ pub fn matmul(
     product(lhs, rhs, out_dtype, order())
 }
 
-/// Runs [`check_event_order`] once per device and process; on a difference or an error the
-/// event order is turned off (said once) and every product is synchronised.
+/// Runs [`check_event_order`] once per device and process where cuBLAS opened with the
+/// context-wide events; on a difference or an error the event order is turned off (said
+/// once) and every product is synchronised.
 fn check_event_order_once(device: &cubecl::cuda::CudaDevice) {
+    // Without cuBLAS, or without the events, there is no event order to check (the
+    // product path says why).
+    if !blas(device.index).is_ok_and(|b| b.events.is_some()) {
+        return;
+    }
     static CHECKED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
     {
         let Ok(mut checked) = CHECKED.lock() else {
@@ -561,17 +578,10 @@ fn product(
         return Err(why("empty, or a size above 2³¹"));
     }
     let device = lhs.device.index;
-    let b = {
-        let mut guard = handles()
-            .lock()
-            .map_err(|_| why("cuBLAS handle lock poisoned"))?;
-        let entry = guard.entry(device).or_insert_with(|| {
-            open(device)
-                .map(Arc::new)
-                .map_err(|e| Fallback::new("cuBLAS unavailable", e))
-        });
-        entry.as_ref().map_err(Clone::clone)?.clone()
-    };
+    let b = blas(device).map_err(|e| match e {
+        Some(e) => e,
+        None => why("cuBLAS handle lock poisoned"),
+    })?;
 
     // An operand that no single leading dimension and batch stride describe (broadcast
     // along some batch dimensions only, batches out of order) is copied into full,
