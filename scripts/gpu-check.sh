@@ -183,6 +183,10 @@ bench() {
     local waits
     waits=$(echo "$out" | grep -E "^$shape: step [0-9]+/[0-9]+: " | tail -1 | sed -n 's/.*(\(.*cuBLAS products.*\))$/\1/p')
     [ -n "$waits" ] && syncs+="$shape on $b, last step: $waits"$'\n'
+    # The event order turned off (a driver without it, or its check failed): said once.
+    local unordered
+    unordered=$(echo "$out" | grep -m1 'fall back to host synchronisation' | sed 's/^softtune: //')
+    [ -n "$unordered" ] && syncs+="$shape on $b: $unordered"$'\n'
     line=$(echo "$out" | grep "^$shape " | tail -1)
     if [ $rc -ne 0 ] || [ -z "$line" ]; then
         # Cut short (or failed): a rough number from the last step that finished after the
