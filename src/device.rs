@@ -300,7 +300,7 @@ pub fn cuda_headers(
 ///   `target`, wins; `SOFTTUNE_KERNEL_CACHE=off` keeps none, and so does a folder softtune
 ///   cannot write to;
 /// - `SOFTTUNE_COMPILE_LOG=FILE` logs each kernel CubeCL compiles and each autotune result
-///   to FILE ([`with_compile_log`]).
+///   to FILE (`with_compile_log`).
 pub fn configure_cubecl() {
     use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
     static ONCE: std::sync::Once = std::sync::Once::new();
