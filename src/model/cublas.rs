@@ -453,11 +453,6 @@ pub fn matmul(
 /// context-wide events; on a difference or an error the event order is turned off (said
 /// once) and every product is synchronised.
 fn check_event_order_once(device: &cubecl::cuda::CudaDevice) {
-    // Without cuBLAS, or without the events, there is no event order to check (the
-    // product path says why).
-    if !blas(device.index).is_ok_and(|b| b.events.is_some()) {
-        return;
-    }
     static CHECKED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
     {
         let Ok(mut checked) = CHECKED.lock() else {
@@ -467,6 +462,11 @@ fn check_event_order_once(device: &cubecl::cuda::CudaDevice) {
             return;
         }
         checked.push(device.index);
+    }
+    // Without cuBLAS, or without the events, there is no event order to check (the
+    // product path says why).
+    if !blas(device.index).is_ok_and(|b| b.events.is_some()) {
+        return;
     }
     if let Err(why) = check_event_order(device) {
         events_failed(&format!(
