@@ -357,8 +357,8 @@ pub fn kernel_checks<B: TrainKernels>(dev: &B::Device, dtype: DType) -> Result<V
         }
     }
 
-    let logits = random::<I<B>, 3>([2, 9, 50], dev, dtype) * 3.0;
-    let targets = Tensor::<I<B>, 2, Int>::random([2, 9], Distribution::Uniform(0.0, 50.0), dev);
+    let logits = random::<I<B>, 3>([2, 9, 300], dev, dtype) * 3.0;
+    let targets = Tensor::<I<B>, 2, Int>::random([2, 9], Distribution::Uniform(0.0, 300.0), dev);
     let run = |kernel: bool| -> Result<(Vec<f32>, Vec<f32>)> {
         let x = Tensor::<B, 3>::from_inner(logits.clone()).require_grad();
         let t = Tensor::<B, 2, Int>::from_inner(targets.clone());

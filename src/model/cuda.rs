@@ -1,20 +1,21 @@
 //! The CUDA backend's [`Kernels`] (`CubeBackend<CudaRuntime>`): matmuls on cuBLAS
 //! ([`super::cublas`]; `SOFTTUNE_CUDA_MATMUL=cubecl` keeps CubeCL's); the blocked
-//! attention's softmax and the norms on the row kernels of [`super::cubecl::score_rows`] and
-//! [`super::cubecl::norm`] (`SOFTTUNE_CUDA_FUSED=off` keeps Burn's operations); with
+//! attention's softmax, the norms and the training cross-entropy on the row kernels of
+//! [`super::cubecl::score_rows`], [`super::cubecl::norm`] and
+//! [`super::cubecl::cross_entropy`] (`SOFTTUNE_CUDA_FUSED=off` keeps Burn's operations); with
 //! `SOFTTUNE_CUDA_ATTENTION=flash`, attention on the CubeCL kernels of
 //! [`super::cubecl::flash`].
 //! Everything else is the trait's plain Burn default. The default CUDA backend wraps this one
 //! in Burn's fusion, whose [`Kernels`] ([`super::fusion`]) runs these as custom operations.
 
 use burn::tensor::{
-    DType, Tensor, TensorPrimitive,
+    DType, Int, Tensor, TensorPrimitive,
     backend::Backend,
     ops::{FloatTensor, FloatTensorOps},
 };
 
 use super::cubecl::flash::{self, Unroll};
-use super::cubecl::{self as own, norm, score_rows};
+use super::cubecl::{self as own, cross_entropy, norm, score_rows};
 use super::cublas;
 use super::kernels::{
     Kernels, ScoreBlock, as_dtype, blocked_attention_backward, blocked_attention_forward,
@@ -170,5 +171,21 @@ impl Kernels for CudaCubeBackend {
         rms: bool,
     ) -> Tensor<Self, 3> {
         norm::backward_or_plain(own::fused(), x, w, grad, eps, rms)
+    }
+
+    fn cross_entropy_forward(
+        logits: Tensor<Self, 3>,
+        targets: Tensor<Self, 2, Int>,
+    ) -> (Tensor<Self, 1>, Tensor<Self, 3>) {
+        cross_entropy::forward_or_plain(own::fused(), logits, targets)
+    }
+
+    fn cross_entropy_backward(
+        logits: Tensor<Self, 3>,
+        lse: Tensor<Self, 3>,
+        targets: Tensor<Self, 2, Int>,
+        grad: Tensor<Self, 1>,
+    ) -> Tensor<Self, 3> {
+        cross_entropy::backward_or_plain(own::fused(), logits, lse, targets, grad)
     }
 }

@@ -1,7 +1,8 @@
 //! [`Kernels`] for Burn's fusion wrapper around any backend that has them (on CUDA the
 //! default backend, `Fusion<CubeBackend<CudaRuntime>>`): where the inner backend runs a
 //! matmul or attention its own way ([`Kernels::own_matmul`], [`Kernels::own_attention`]),
-//! or the blocked attention's softmax and the norms ([`Kernels::own_fused`]),
+//! or the blocked attention's softmax, the norms and the cross-entropy
+//! ([`Kernels::own_fused`]),
 //! it is registered in the fusion stream as a custom operation that runs the inner
 //! backend's kernel on the inner tensors. Burn's fusion keeps the stream's order around
 //! it (element-wise chains before and after still fuse). Everything else is plain Burn on
@@ -10,7 +11,9 @@
 use std::fmt;
 use std::marker::PhantomData;
 
-use burn::tensor::{DType, Shape, Tensor, TensorPrimitive, backend::Backend, ops::FloatTensor};
+use burn::tensor::{
+    DType, Int, Shape, Tensor, TensorMetadata, TensorPrimitive, backend::Backend, ops::FloatTensor,
+};
 use burn_fusion::{
     Fusion, FusionBackend, FusionRuntime,
     stream::{Operation, OperationStreams},
@@ -60,6 +63,9 @@ enum What {
         eps: f64,
         rms: bool,
     },
+    /// The training cross-entropy and its gradient (the targets are the integer input).
+    XentForward,
+    XentBackward,
 }
 
 impl<B, const D: usize> fmt::Debug for Custom<B, D> {
@@ -73,15 +79,21 @@ impl<B, const D: usize> fmt::Debug for Custom<B, D> {
 
 impl<B: FusionBackend + Kernels, const D: usize> Operation<B::FusionRuntime> for Custom<B, D> {
     fn execute(&self, handles: &mut Handles<B>) {
-        let inputs: Vec<FloatTensor<B>> = self
-            .desc
-            .inputs
-            .iter()
-            .map(|t| handles.get_float_tensor::<B>(t))
-            .collect();
-        let mut inputs = inputs.into_iter();
+        // Float inputs in order, and integer ones (the cross-entropy's targets) apart.
+        let (mut floats, mut ints) = (Vec::new(), Vec::new());
+        for t in &self.desc.inputs {
+            if t.dtype.is_int() || t.dtype.is_uint() {
+                ints.push(handles.get_int_tensor::<B>(t));
+            } else {
+                floats.push(handles.get_float_tensor::<B>(t));
+            }
+        }
+        let mut inputs = floats.into_iter();
+        let mut ints = ints.into_iter();
         // `register` gave each operation its number of inputs.
         let mut next = || inputs.next().expect("an input of the custom operation");
+        let mut next_int =
+            || Tensor::<B, 2, Int>::from_primitive(ints.next().expect("an integer input"));
         let outputs: Vec<FloatTensor<B>> = match self.what {
             What::Matmul => {
                 let (l, r) = (float::<B, D>(next()), float::<B, D>(next()));
@@ -124,6 +136,19 @@ impl<B: FusionBackend + Kernels, const D: usize> Operation<B::FusionRuntime> for
             What::NormBackward { eps, rms } => {
                 let (x, w, grad) = (float(next()), float(next()), float(next()));
                 vec![prim(B::norm_backward(x, w, grad, eps, rms))]
+            }
+            What::XentForward => {
+                let (loss, lse) = B::cross_entropy_forward(float(next()), next_int());
+                vec![prim(loss), prim(lse)]
+            }
+            What::XentBackward => {
+                let (logits, lse, grad) = (float(next()), float(next()), float(next()));
+                vec![prim(B::cross_entropy_backward(
+                    logits,
+                    lse,
+                    next_int(),
+                    grad,
+                ))]
             }
         };
         for (ir, t) in self.desc.outputs.iter().zip(outputs) {
@@ -350,6 +375,61 @@ impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
             .expect("one output");
         float(dx)
     }
+
+    fn cross_entropy_forward(
+        logits: Tensor<Self, 3>,
+        targets: Tensor<Self, 2, Int>,
+    ) -> (Tensor<Self, 1>, Tensor<Self, 3>) {
+        if !B::own_fused() {
+            return kernels::xent_forward(logits, targets);
+        }
+        let [loss, lse] = xent_op::<B>(true, vec![prim(logits)], targets)
+            .try_into()
+            .expect("two outputs");
+        (float(loss), float(lse))
+    }
+
+    fn cross_entropy_backward(
+        logits: Tensor<Self, 3>,
+        lse: Tensor<Self, 3>,
+        targets: Tensor<Self, 2, Int>,
+        grad: Tensor<Self, 1>,
+    ) -> Tensor<Self, 3> {
+        if !B::own_fused() {
+            return kernels::xent_backward(logits, lse, targets, grad);
+        }
+        let grad = as_dtype(grad, DType::F32);
+        let [dlogits] = xent_op::<B>(false, vec![prim(logits), prim(lse), prim(grad)], targets)
+            .try_into()
+            .expect("one output");
+        float(dlogits)
+    }
+}
+
+/// The cross-entropy's forward (`forward`: outputs the mean loss and `lse`) or backward
+/// pass (the logits' gradient) as one custom operation running the inner backend's.
+fn xent_op<B: FusionBackend + Kernels>(
+    forward: bool,
+    floats: Vec<FloatTensor<Fusion<B>>>,
+    targets: Tensor<Fusion<B>, 2, Int>,
+) -> Vec<FloatTensor<Fusion<B>>> {
+    let logits = &floats[0];
+    let shape = logits.shape().to_vec();
+    let (name, what, outputs) = if forward {
+        let lse = vec![shape[0], shape[1], 1];
+        let outputs = vec![(vec![1], DType::F32), (lse, DType::F32)];
+        ("softtune_cross_entropy_forward", What::XentForward, outputs)
+    } else {
+        let outputs = vec![(shape, logits.dtype())];
+        (
+            "softtune_cross_entropy_backward",
+            What::XentBackward,
+            outputs,
+        )
+    };
+    let mut inputs = floats;
+    inputs.push(targets.into_primitive());
+    register::<B, 3>(name, what, inputs, outputs)
 }
 
 /// LayerNorm (with `b`) or RMSNorm as one custom operation running the inner backend's norm.

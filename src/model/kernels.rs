@@ -148,13 +148,15 @@ pub trait Kernels: Backend {
         plain_attention_score_grads(scores, dp, lse, delta, block, dtype)
     }
 
-    /// Mean next-token cross-entropy, see [`ops::cross_entropy`].
+    /// Mean next-token cross-entropy, see [`ops::cross_entropy`]: by default the loss of
+    /// [`Kernels::cross_entropy_forward`] (so evaluation runs the backend's own kernels too).
     fn cross_entropy(logits: Tensor<Self, 3>, targets: Tensor<Self, 2, Int>) -> Tensor<Self, 1> {
-        ops::plain_cross_entropy(logits, targets)
+        Self::cross_entropy_forward(logits, targets).0
     }
 
-    /// The forward pass of the training backend's cross-entropy (which keeps the logits and
-    /// one log-sum-exp per position): `(mean loss [1], lse [b, t, 1])` of float32 logits.
+    /// The forward pass of the training backend's cross-entropy (which keeps the logits, in
+    /// their own dtype, and one log-sum-exp per position): `(mean loss [1], lse [b, t, 1])`
+    /// of `logits` in any float dtype, computed in float32.
     fn cross_entropy_forward(
         logits: Tensor<Self, 3>,
         targets: Tensor<Self, 2, Int>,
@@ -163,7 +165,8 @@ pub trait Kernels: Backend {
     }
 
     /// Its backward pass: `d loss / d logits = (softmax(logits) − onehot(targets)) · grad /
-    /// (b·t)`.
+    /// (b·t)`, computed in float32 and returned in the logits' dtype (as PyTorch's loss on
+    /// `logits.float()` hands its gradient back through the cast).
     fn cross_entropy_backward(
         logits: Tensor<Self, 3>,
         lse: Tensor<Self, 3>,
@@ -664,7 +667,8 @@ impl<B: Kernels> Backward<B, 3> for SavingAttention {
     }
 }
 
-/// Cross-entropy state: float32 logits `[b, t, V]`, their log-sum-exp `[b, t, 1]`, targets.
+/// Cross-entropy state: the logits `[b, t, V]` in their own dtype, their log-sum-exp
+/// `[b, t, 1]` (float32), targets.
 #[derive(Debug, Clone)]
 struct XentState<B: Backend> {
     logits: FloatTensor<B>,
@@ -672,11 +676,13 @@ struct XentState<B: Backend> {
     targets: IntTensor<B>,
 }
 
-/// `(mean loss [1], lse [b, t, 1])` of float32 logits, as Burn operations.
+/// `(mean loss [1], lse [b, t, 1])` of logits in any float dtype, as Burn operations in
+/// float32.
 pub fn xent_forward<B: Kernels>(
     logits: Tensor<B, 3>,
     targets: Tensor<B, 2, Int>,
 ) -> (Tensor<B, 1>, Tensor<B, 3>) {
+    let logits = as_dtype(logits, DType::F32);
     let max = logits.clone().max_dim(2);
     let lse = max.clone() + B::exp(logits.clone() - max).sum_dim(2).log();
     let picked = logits.gather(2, targets.unsqueeze_dim::<3>(2));
@@ -684,13 +690,15 @@ pub fn xent_forward<B: Kernels>(
 }
 
 /// `d loss / d logits = (softmax(logits) − onehot(targets)) · grad / (b·t)`, as Burn
-/// operations.
+/// operations in float32, in the logits' dtype.
 pub fn xent_backward<B: Kernels>(
     logits: Tensor<B, 3>,
     lse: Tensor<B, 3>,
     targets: Tensor<B, 2, Int>,
     grad: Tensor<B, 1>,
 ) -> Tensor<B, 3> {
+    let dtype = logits.dtype();
+    let logits = as_dtype(logits, DType::F32);
     let [b, t, _] = logits.dims();
     let device = logits.device();
     let minus_one = Tensor::<B, 3>::ones([b, t, 1], (&device, DType::F32)).neg();
@@ -700,7 +708,10 @@ pub fn xent_backward<B: Kernels>(
         minus_one,
         IndexingUpdateOp::Add,
     );
-    d * (grad.cast(DType::F32) / (b * t) as f64).reshape([1, 1, 1])
+    as_dtype(
+        d * (grad.cast(DType::F32) / (b * t) as f64).reshape([1, 1, 1]),
+        dtype,
+    )
 }
 
 /// The backward step of an op with one input: takes the output's gradient (rank `G`) and
@@ -1015,10 +1026,11 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         float(out)
     }
 
-    /// Saves the float32 logits and one log-sum-exp per position; the plain path keeps the
-    /// whole log-softmax as well, and differentiates through a gather.
+    /// Saves the logits in their own dtype (no float32 copy of 16-bit logits) and one
+    /// log-sum-exp per position; the plain path keeps a float32 copy and the whole
+    /// log-softmax as well, and differentiates through a gather and the cast.
     fn cross_entropy(logits: Tensor<Self, 3>, targets: Tensor<Self, 2, Int>) -> Tensor<Self, 1> {
-        let logits = prim(logits.cast(DType::F32));
+        let logits = prim(logits);
         let targets = targets.into_primitive();
         let loss = match SavingCrossEntropy
             .prepare::<C>([logits.node.clone()])

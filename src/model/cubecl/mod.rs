@@ -7,7 +7,8 @@
 //!   (`SOFTTUNE_CUDA_ATTENTION=flash`);
 //! * the fused row kernels (on unless `SOFTTUNE_CUDA_FUSED=off`, [`fused`]): [`score_rows`], the
 //!   blocked attention's softmax and its backward over a block of scores; [`norm`],
-//!   LayerNorm and RMSNorm forward and their input gradient. Each replaces a chain of Burn
+//!   LayerNorm and RMSNorm forward and their input gradient; [`cross_entropy`], the
+//!   training loss and its gradient over the logits. Each replaces a chain of Burn
 //!   element-wise kernels and reductions over float32 copies with one pass per row.
 //!
 //! Shared here: the cube-wide [`reduce()`], and moving between Burn tensors and CubeCL ones.
@@ -16,15 +17,18 @@ use burn::tensor::{DType, Shape, Tensor, TensorPrimitive, backend::Backend};
 use burn_cubecl::{CubeRuntime, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor};
 use cubecl::prelude::*;
 
+pub mod cross_entropy;
 pub mod flash;
 pub mod norm;
 pub mod score_rows;
 #[cfg(test)]
 pub(crate) mod test_gpu;
 
-/// Whether the CUDA backends run the fused row kernels ([`score_rows`], [`norm`]): on by
-/// default (their float32 kernel checks passed on an H200); `SOFTTUNE_CUDA_FUSED=off` keeps
-/// plain Burn operations there. Read once per process.
+/// Whether the CUDA backends run the fused row kernels ([`score_rows`], [`norm`],
+/// [`cross_entropy`]): on by default (the score-row and norm kernels' float32 kernel checks
+/// passed on an H200; the cross-entropy kernels, of the same make, have not run on a GPU
+/// yet); `SOFTTUNE_CUDA_FUSED=off` keeps plain Burn operations there. Read once per
+/// process.
 pub fn fused() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("SOFTTUNE_CUDA_FUSED").map_or(true, |v| v != "off"))

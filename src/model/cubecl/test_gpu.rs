@@ -1,5 +1,6 @@
 //! The WebGPU backend the CubeCL kernels are tested on (Mesa's lavapipe on a machine
-//! without a GPU), with [`Kernels`] that run the norms on the fused row kernels, and
+//! without a GPU), with [`Kernels`] that run the norms and the cross-entropy on the fused
+//! row kernels, and
 //! attention on the flash kernels or blocked with its softmax on the fused row kernels,
 //! whichever the test thread asked for ([`use_kernels`]). Without a Vulkan driver [`device`] says so and the tests pass, unless
 //! `SOFTTUNE_TEST_WGPU=require` (`.ci/run` installs lavapipe and sets it).
@@ -9,13 +10,13 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use burn::backend::Autodiff;
-use burn::tensor::{DType, Tensor, TensorPrimitive, backend::Backend};
+use burn::tensor::{DType, Int, Tensor, TensorPrimitive, backend::Backend};
 use burn_cubecl::{CubeBackend, tensor::CubeTensor};
 use burn_fusion::Fusion;
 use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
 
 use super::flash::{self, Unroll};
-use super::{norm, score_rows};
+use super::{cross_entropy, norm, score_rows};
 use crate::device::CpuBackend;
 use crate::model::kernels::{
     Kernels, ScoreBlock, blocked_attention_backward, blocked_attention_forward,
@@ -181,6 +182,22 @@ impl Kernels for Gpu {
         rms: bool,
     ) -> Tensor<Self, 3> {
         norm::backward_or_plain(true, x, w, grad, eps, rms)
+    }
+
+    fn cross_entropy_forward(
+        logits: Tensor<Self, 3>,
+        targets: Tensor<Self, 2, Int>,
+    ) -> (Tensor<Self, 1>, Tensor<Self, 3>) {
+        cross_entropy::forward_or_plain(true, logits, targets)
+    }
+
+    fn cross_entropy_backward(
+        logits: Tensor<Self, 3>,
+        lse: Tensor<Self, 3>,
+        targets: Tensor<Self, 2, Int>,
+        grad: Tensor<Self, 1>,
+    ) -> Tensor<Self, 3> {
+        cross_entropy::backward_or_plain(true, logits, lse, targets, grad)
     }
 }
 
