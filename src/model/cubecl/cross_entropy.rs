@@ -242,7 +242,7 @@ where
     t.into_primitive()
 }
 
-/// [`Kernels::cross_entropy_forward`](crate::model::kernels::Kernels::cross_entropy_forward)
+/// [`Kernels::cross_entropy_forward`]
 /// of a CubeCL backend `B`: the kernel when `on` and it takes the tensors, Burn operations
 /// otherwise. The mean over positions is Burn's.
 pub fn forward_or_plain<R, B>(
@@ -262,7 +262,7 @@ where
     (loss.mean(), burn_tensor(lse))
 }
 
-/// [`Kernels::cross_entropy_backward`](crate::model::kernels::Kernels::cross_entropy_backward)
+/// [`Kernels::cross_entropy_backward`]
 /// of a CubeCL backend `B`: the kernel when `on` and it takes the tensors, Burn operations
 /// otherwise.
 pub fn backward_or_plain<R, B>(
