@@ -28,7 +28,7 @@ use burn::tensor::{
 use burn_cubecl::{CubeRuntime, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use super::{ROW_UNITS, burn_tensor, cube, dims, empty, reduce};
+use super::{ROW_UNITS, burn_tensor, cube, dims, empty, reduce, row_grid};
 use crate::model::kernels::{Kernels, as_dtype, xent_backward, xent_forward};
 
 /// Where a cube's row of logits stands: offsets of its first logit and of its target.
@@ -165,13 +165,6 @@ pub fn unsupported(
     None
 }
 
-fn grid(rows: usize) -> (CubeCount, CubeDim) {
-    (
-        CubeCount::Static(rows as u32, 1, 1),
-        CubeDim::new_1d(ROW_UNITS as u32),
-    )
-}
-
 /// `(loss [b, t], lse [b, t, 1])` per position, float32. The caller has checked
 /// [`unsupported`].
 pub fn forward<R: CubeRuntime>(
@@ -182,7 +175,7 @@ pub fn forward<R: CubeRuntime>(
     let (b, t) = (shape[0], shape[1]);
     let lse = empty(logits, vec![b, t, 1], DType::F32);
     let loss = empty(logits, vec![b, t], DType::F32);
-    let (count, dim) = grid(b * t);
+    let (count, dim) = row_grid(b * t);
     forward_kernel::launch::<R>(
         &logits.client,
         count,
@@ -207,7 +200,7 @@ pub fn backward<R: CubeRuntime>(
     let shape = dims(logits);
     let rows = shape[0] * shape[1];
     let dlogits = empty(logits, shape, logits.dtype);
-    let (count, dim) = grid(rows);
+    let (count, dim) = row_grid(rows);
     backward_kernel::launch::<R>(
         &logits.client,
         count,

@@ -37,6 +37,14 @@ pub fn fused() -> bool {
 /// Units per row of the row kernels (a power of two: [`reduce()`] halves it).
 pub const ROW_UNITS: usize = 256;
 
+/// One cube of [`ROW_UNITS`] units per row, the rows along x (at most `i32::MAX`).
+pub fn row_grid(rows: usize) -> (CubeCount, CubeDim) {
+    (
+        CubeCount::Static(rows as u32, 1, 1),
+        CubeDim::new_1d(ROW_UNITS as u32),
+    )
+}
+
 /// The maximum (`is_max`) or the sum of every unit's `x`, returned to every unit of the
 /// cube (`sm` holds one float per unit; the cube's units are a power of two).
 #[cube]

@@ -25,7 +25,7 @@ use burn::tensor::{DType, Tensor as BurnTensor, backend::Backend};
 use burn_cubecl::{CubeRuntime, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use super::{ROW_UNITS, burn_tensor, cube, dims, empty, reduce};
+use super::{ROW_UNITS, burn_tensor, cube, dims, empty, reduce, row_grid};
 use crate::model::kernels::norm_backward;
 use crate::model::ops::{plain_layer_norm, plain_rms_norm};
 
@@ -182,13 +182,6 @@ pub fn takes<B: Backend>(
         && grad.is_none_or(|g| g.dims() == x.dims() && g.dtype() == x.dtype())
 }
 
-fn grid(rows: usize) -> (CubeCount, CubeDim) {
-    (
-        CubeCount::Static(rows as u32, 1, 1),
-        CubeDim::new_1d(ROW_UNITS as u32),
-    )
-}
-
 /// LayerNorm (with `b`) or RMSNorm (without) of `x`. The caller has checked [`takes`].
 pub fn forward<R: CubeRuntime>(
     x: &CubeTensor<R>,
@@ -198,7 +191,7 @@ pub fn forward<R: CubeRuntime>(
 ) -> CubeTensor<R> {
     let shape = dims(x);
     let y = empty(x, shape.clone(), x.dtype);
-    let (count, dim) = grid(shape[0] * shape[1]);
+    let (count, dim) = row_grid(shape[0] * shape[1]);
     forward_kernel::launch::<R>(
         &x.client,
         count,
@@ -225,7 +218,7 @@ pub fn backward<R: CubeRuntime>(
 ) -> CubeTensor<R> {
     let shape = dims(x);
     let dx = empty(x, shape.clone(), x.dtype);
-    let (count, dim) = grid(shape[0] * shape[1]);
+    let (count, dim) = row_grid(shape[0] * shape[1]);
     backward_kernel::launch::<R>(
         &x.client,
         count,
