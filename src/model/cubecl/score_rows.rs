@@ -364,7 +364,7 @@ mod tests {
 
     use super::super::nvrtc;
     use super::super::test_gpu::{
-        Gpu, Own, assert_kernel_checks_pass, device, to_gpu, use_kernels, values,
+        Gpu, Own, assert_kernel_checks_pass, device, device_for, to_gpu, values,
     };
     use crate::device::CpuBackend;
     use crate::model::kernels::{blocked_attention_backward, blocked_attention_forward, key_range};
@@ -517,8 +517,9 @@ mod tests {
     /// 150), its softmax on the kernels, against the same on the CPU.
     #[test]
     fn blocked_attention_on_the_score_row_kernels_matches_the_cpu() {
-        let Some(dev) = device() else { return };
-        use_kernels(Own::Fused);
+        let Some(dev) = device_for(Own::Fused) else {
+            return;
+        };
         for window in [None, Some(200)] {
             let opts = AttnOpts { scale: 0.3, window };
             let (q, k, v, g) = (

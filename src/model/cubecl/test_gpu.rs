@@ -1,19 +1,22 @@
 //! The WebGPU backend the CubeCL kernels are tested on (Mesa's lavapipe on a machine
 //! without a GPU), with [`Kernels`] that run the norms and the cross-entropy on the fused
-//! row kernels, and
-//! attention on the flash kernels or blocked with its softmax on the fused row kernels,
-//! whichever the test thread asked for ([`use_kernels`]). Without a Vulkan driver [`device`] says so and the tests pass, unless
-//! `SOFTTUNE_TEST_WGPU=require` (`.ci/run` installs lavapipe and sets it).
+//! row kernels, and attention on the flash kernels or blocked with its softmax on the
+//! fused row kernels, whichever the test's device stands for ([`device_for`]). Without a
+//! Vulkan driver [`device`] says so and the tests pass, unless `SOFTTUNE_TEST_WGPU=require`
+//! (`.ci/run` installs lavapipe and sets it).
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use burn::backend::Autodiff;
 use burn::tensor::{DType, Int, Tensor, TensorPrimitive, backend::Backend};
 use burn_cubecl::{CubeBackend, tensor::CubeTensor};
 use burn_fusion::Fusion;
-use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
+use cubecl::wgpu::{
+    AutoGraphicsApi, RuntimeOptions, WgpuDevice, WgpuRuntime, init_device, init_setup,
+};
 
 use super::flash::{self, Unroll};
 use super::{cross_entropy, norm, score_rows};
@@ -49,14 +52,41 @@ thread_local! {
     static OWN: Cell<Own> = const { Cell::new(Own::Flash) };
 }
 
-/// Makes this thread's [`Gpu`] run `own` (tests run each on a thread of its own; Burn's
-/// fusion runs its custom operations on the thread that registers them).
-pub fn use_kernels(own: Own) {
+/// Makes this thread's [`Gpu`] take attention as `own` says where it sees only shapes
+/// ([`Kernels::own_attention`], asked on the thread that builds the graph). [`device_for`]
+/// calls it, so a test picks its kernels by picking its device.
+fn use_kernels(own: Own) {
     OWN.with(|o| o.set(own));
 }
 
 fn own() -> Own {
     OWN.with(|o| o.get())
+}
+
+/// How many times [`Gpu`] chose kernels for a tensor on the [`Own::Fused`] device as one of
+/// Burn fusion's custom operations: the tests check that fusion reaches that choice.
+static UNDER_FUSION: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether this thread is a CubeCL device service's (named "DS…"), where Burn's fusion runs
+/// its custom operations.
+fn under_fusion() -> bool {
+    std::thread::current()
+        .name()
+        .is_some_and(|n| n.starts_with("DS"))
+}
+
+/// Which kernels [`Gpu`] runs for a tensor on `device`. Burn's fusion runs custom
+/// operations on a thread of the device's own (CubeCL's device service), not on the thread
+/// that registered them, so the choice goes with the device: [`Own::Flash`] on WebGPU's
+/// default device, [`Own::Fused`] on a second device on the same adapter ([`device_for`]).
+fn own_on(device: &WgpuDevice) -> Own {
+    if *device != WgpuDevice::DefaultDevice && under_fusion() {
+        UNDER_FUSION.fetch_add(1, Ordering::Relaxed);
+    }
+    match device {
+        WgpuDevice::DefaultDevice => Own::Flash,
+        _ => Own::Fused,
+    }
 }
 
 /// `lhs · rhs` (rank 2 to 4, batch dimensions broadcast) as a broadcast product summed over
@@ -121,7 +151,7 @@ impl Kernels for Gpu {
         v: Tensor<Self, 4>,
         opts: AttnOpts,
     ) -> (Tensor<Self, 4>, Tensor<Self, 5>) {
-        match own() {
+        match own_on(&q.device()) {
             Own::Flash => flash::tensor_forward(q, k, v, opts, Unroll::Never),
             Own::Fused => blocked_attention_forward(q, k, v, opts),
         }
@@ -136,7 +166,7 @@ impl Kernels for Gpu {
         grad: Tensor<Self, 4>,
         opts: AttnOpts,
     ) -> [Tensor<Self, 4>; 3] {
-        match own() {
+        match own_on(&q.device()) {
             Own::Flash => flash::tensor_backward(q, k, v, out, lse, grad, opts, Unroll::Never),
             Own::Fused => blocked_attention_backward(q, k, v, out, lse, grad, opts),
         }
@@ -147,7 +177,8 @@ impl Kernels for Gpu {
         block: ScoreBlock,
         dtype: DType,
     ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
-        score_rows::probs_or_plain(own() == Own::Fused, scores, block, dtype)
+        let fused = own_on(&scores.device()) == Own::Fused;
+        score_rows::probs_or_plain(fused, scores, block, dtype)
     }
 
     fn attention_score_grads(
@@ -158,7 +189,8 @@ impl Kernels for Gpu {
         block: ScoreBlock,
         dtype: DType,
     ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
-        score_rows::score_grads_or_plain(own() == Own::Fused, scores, dp, lse, delta, block, dtype)
+        let fused = own_on(&scores.device()) == Own::Fused;
+        score_rows::score_grads_or_plain(fused, scores, dp, lse, delta, block, dtype)
     }
 
     fn layer_norm(
@@ -201,29 +233,60 @@ impl Kernels for Gpu {
     }
 }
 
-/// The WebGPU device, or `None` (said on stderr) when there is no adapter and the tests
-/// are not required.
+/// WebGPU's default device and a second device on the same adapter, or `None` (said on
+/// stderr) when there is no adapter and the tests are not required.
+static DEVICES: OnceLock<Option<(WgpuDevice, WgpuDevice)>> = OnceLock::new();
+
+fn devices() -> Option<&'static (WgpuDevice, WgpuDevice)> {
+    DEVICES
+        .get_or_init(|| {
+            let found = std::panic::catch_unwind(|| {
+                let options = || RuntimeOptions::default();
+                let first = WgpuDevice::DefaultDevice;
+                let setup = init_setup::<AutoGraphicsApi>(&first, options());
+                let second = init_device(setup, options());
+                let sum = |dev: &WgpuDevice| {
+                    Tensor::<Gpu, 1>::from_floats([1.0, 2.0], dev)
+                        .sum()
+                        .into_scalar()
+                };
+                ((sum(&first), sum(&second)), (first, second))
+            });
+            match found {
+                Ok(((3.0, 3.0), devices)) => Some(devices),
+                other => {
+                    let required =
+                        std::env::var("SOFTTUNE_TEST_WGPU").is_ok_and(|v| v == "require");
+                    let what = other.map(|(sums, _)| sums);
+                    assert!(
+                        !required,
+                        "SOFTTUNE_TEST_WGPU=require but WebGPU does not work here ({what:?}): \
+                         install a Vulkan driver (Debian: mesa-vulkan-drivers)"
+                    );
+                    eprintln!(
+                        "no WebGPU adapter (install mesa-vulkan-drivers): kernel tests skipped"
+                    );
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// The WebGPU device whose [`Gpu`] runs `own`'s kernels ([`own_on`]), this thread set to
+/// match; `None` without WebGPU (see [`devices`]).
+pub fn device_for(own: Own) -> Option<WgpuDevice> {
+    let (flash, fused) = devices()?;
+    use_kernels(own);
+    Some(match own {
+        Own::Flash => flash.clone(),
+        Own::Fused => fused.clone(),
+    })
+}
+
+/// A WebGPU device for tests whose kernels do not depend on [`Own`] (the flash one).
 pub fn device() -> Option<WgpuDevice> {
-    let dev = WgpuDevice::default();
-    let probe = dev.clone();
-    let found = std::panic::catch_unwind(move || {
-        Tensor::<Gpu, 1>::from_floats([1.0, 2.0], &probe)
-            .sum()
-            .into_scalar()
-    });
-    match found {
-        Ok(3.0) => Some(dev),
-        other => {
-            let required = std::env::var("SOFTTUNE_TEST_WGPU").is_ok_and(|v| v == "require");
-            assert!(
-                !required,
-                "SOFTTUNE_TEST_WGPU=require but WebGPU does not work here ({other:?}): \
-                 install a Vulkan driver (Debian: mesa-vulkan-drivers)"
-            );
-            eprintln!("no WebGPU adapter (install mesa-vulkan-drivers): kernel tests skipped");
-            None
-        }
-    }
+    device_for(Own::Flash)
 }
 
 pub fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
@@ -244,8 +307,7 @@ pub fn float<const D: usize>(t: CubeTensor<WgpuRuntime>) -> Tensor<Gpu, D> {
 /// float16 (the 16-bit paths the GPU runs in bf16; lavapipe has no bf16), and asserts every
 /// check within its dtype's bound.
 pub fn assert_kernel_checks_pass(own: Own) {
-    let Some(dev) = device() else { return };
-    use_kernels(own);
+    let Some(dev) = device_for(own) else { return };
     for dtype in [DType::F32, DType::F16] {
         let bound = tolerance(dtype);
         let checks = [
@@ -258,6 +320,12 @@ pub fn assert_kernel_checks_pass(own: Own) {
                 kernel_checks::<Autodiff<Fusion<Gpu>>>(&dev, dtype).unwrap(),
             ),
         ];
+        if own == Own::Fused {
+            assert!(
+                UNDER_FUSION.load(Ordering::Relaxed) > 0,
+                "under fusion the fused row kernels were never chosen"
+            );
+        }
         for (how, results) in checks {
             assert!(
                 results
@@ -312,7 +380,6 @@ fn mixed_dtype_products_run_on_the_backends_own_matmul_under_fusion() {
 /// backward pass lands at 2.6e-3.
 #[test]
 fn fixture_parity_on_webgpu_under_fusion() {
-    let Some(dev) = device() else { return };
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let dirs = crate::parity::fixture_dirs(&root).unwrap();
     assert!(dirs.len() >= 9, "{} fixtures", dirs.len());
@@ -322,7 +389,7 @@ fn fixture_parity_on_webgpu_under_fusion() {
         (Own::Flash, DType::F32),
         (Own::Flash, DType::F16),
     ] {
-        use_kernels(own);
+        let Some(dev) = device_for(own) else { return };
         for dir in &dirs {
             let errs =
                 crate::parity::check_fixture::<Autodiff<Fusion<Gpu>>>(dir, &dev, dtype).unwrap();
@@ -336,6 +403,12 @@ fn fixture_parity_on_webgpu_under_fusion() {
                     c.bound
                 );
             }
+        }
+        if own == Own::Fused {
+            assert!(
+                UNDER_FUSION.load(Ordering::Relaxed) > 0,
+                "under fusion the fused row kernels were never chosen"
+            );
         }
     }
 }
