@@ -26,7 +26,7 @@ use burn::backend::autodiff::{
 use burn::tensor::{
     Bool, DType, IndexingUpdateOp, Int, Tensor, TensorMetadata, TensorPrimitive, activation,
     backend::{AutodiffBackend, Backend},
-    ops::{FloatTensor, IntTensor},
+    ops::{BoolTensor, FloatTensor, IntTensor},
 };
 
 use super::config::Activation;
@@ -860,6 +860,47 @@ fn autodiff_norm<B: Kernels, C: CheckpointStrategy>(
     float(out)
 }
 
+/// ReLU whose backward pass needs only where its input was not positive: [`keeping_mask`].
+#[derive(Debug)]
+struct KeepingMask<const D: usize>;
+
+impl<B: Kernels, const D: usize> Backward<B, 1> for KeepingMask<D> {
+    /// Where the input was `≤ 0`, so the gradient is zero.
+    type State = BoolTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        one_parent::<B, _, D, D>(ops, grads, |off, grad| {
+            grad.mask_fill(Tensor::<B, D, Bool>::from_primitive(off), 0.0)
+        });
+    }
+}
+
+/// ReLU under autodiff keeping a bool a value for its backward pass (`x ≤ 0`: a byte on
+/// the CPU and the CubeCL backends) instead of the input Burn's op keeps, an MLP-wide
+/// tensor a layer in the model's dtype (OPT-6.7B at 4 × 1024 tokens: 137 MB a layer in
+/// bfloat16, 68 MB as a mask). Same gradient as Burn's (zero at `x = 0`).
+fn keeping_mask<B, C, const D: usize>(x: Tensor<Autodiff<B, C>, D>) -> Tensor<Autodiff<B, C>, D>
+where
+    B: Kernels,
+    C: CheckpointStrategy,
+{
+    let x = prim(x);
+    let out = match KeepingMask::<D>
+        .prepare::<C>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let x = float::<B, D>(x.primitive);
+            let off = x.clone().lower_equal_elem(0.0);
+            let y = x.mask_fill(off.clone(), 0.0);
+            prep.finish(off.into_primitive(), prim(y))
+        }
+        OpsKind::UnTracked(prep) => prep.finish(prim(activation::relu(float::<B, D>(x.primitive)))),
+    };
+    float(out)
+}
+
 /// An input gradient computed from the input alone: `backward(x, grad, act)`.
 type FromInput<B, const D: usize> = fn(Tensor<B, D>, Tensor<B, D>, Activation) -> Tensor<B, D>;
 
@@ -933,15 +974,14 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
     /// Exact GELU is ours too because Burn 0.21's default `gelu_backward`, which the
     /// CubeCL backends (CUDA, WebGPU) use, is the derivative of the tanh approximation
     /// (off by up to 1e-3 against the erf GELU's forward; the CPU backend's is exact).
-    /// ReLU is Burn's own op, which keeps only the input already.
+    /// ReLU keeps only where its input was not positive, a byte a value ([`keeping_mask`]).
     fn activation<const D: usize>(x: Tensor<Self, D>, act: Activation) -> Tensor<Self, D> {
-        if !matches!(
-            act,
-            Activation::Silu | Activation::GeluTanh | Activation::Gelu
-        ) {
-            return ops::plain_activation(x, act);
+        match act {
+            Activation::Relu => keeping_mask::<B, C, D>(x),
+            Activation::Silu | Activation::GeluTanh | Activation::Gelu => {
+                keeping_input::<B, C, D>(x, act, B::activation, B::activation_backward)
+            }
         }
-        keeping_input::<B, C, D>(x, act, B::activation, B::activation_backward)
     }
 
     /// Keeps only `x = [g | u]`: Burn's graph would keep `g`, `act(g)` and `u`, three
@@ -1232,19 +1272,22 @@ mod tests {
                 } else {
                     ops::plain_activation(xa.clone(), act)
                 };
+                let out = y.clone().inner();
                 let grads = (y * Tensor::from_inner(g.clone())).sum().backward();
-                xa.grad(&grads).expect("a gradient")
+                (out, xa.grad(&grads).expect("a gradient"))
             };
-            let want = burn_grad(false);
+            let (plain_out, want) = burn_grad(false);
             let written = plain_activation_backward(x.clone(), g.clone(), act);
             assert!(
                 max_diff(written, want.clone()) < 1e-5,
                 "{act:?} written out"
             );
+            let (out, grad) = burn_grad(true);
             assert!(
-                max_diff(burn_grad(true), want) < 1e-5,
-                "{act:?} training op"
+                max_diff(out, plain_out) < 1e-6,
+                "{act:?} training op's values"
             );
+            assert!(max_diff(grad, want) < 1e-5, "{act:?} training op");
         }
     }
 
