@@ -974,7 +974,7 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
     /// Exact GELU is ours too because Burn 0.21's default `gelu_backward`, which the
     /// CubeCL backends (CUDA, WebGPU) use, is the derivative of the tanh approximation
     /// (off by up to 1e-3 against the erf GELU's forward; the CPU backend's is exact).
-    /// ReLU keeps only where its input was not positive, a byte a value ([`keeping_mask`]).
+    /// ReLU keeps only where its input was not positive, a byte a value.
     fn activation<const D: usize>(x: Tensor<Self, D>, act: Activation) -> Tensor<Self, D> {
         match act {
             Activation::Relu => keeping_mask::<B, C, D>(x),
