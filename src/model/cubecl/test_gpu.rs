@@ -75,6 +75,15 @@ fn under_fusion() -> bool {
         .is_some_and(|n| n.starts_with("DS"))
 }
 
+/// Asserts that fusion's thread reached the fused row kernels since [`UNDER_FUSION`] read
+/// `before`.
+fn assert_reached_under_fusion(before: usize, dtype: DType) {
+    assert!(
+        UNDER_FUSION.load(Ordering::Relaxed) > before,
+        "{dtype:?}: under fusion the fused row kernels were never chosen"
+    );
+}
+
 /// Which kernels [`Gpu`] runs for a tensor on `device`. Burn's fusion runs custom
 /// operations on a thread of the device's own (CubeCL's device service), not on the thread
 /// that registered them, so the choice goes with the device: [`Own::Flash`] on WebGPU's
@@ -322,10 +331,7 @@ pub fn assert_kernel_checks_pass(own: Own) {
             ),
         ];
         if own == Own::Fused {
-            assert!(
-                UNDER_FUSION.load(Ordering::Relaxed) > before,
-                "{dtype:?}: under fusion the fused row kernels were never chosen"
-            );
+            assert_reached_under_fusion(before, dtype);
         }
         for (how, results) in checks {
             assert!(
@@ -407,10 +413,7 @@ fn fixture_parity_on_webgpu_under_fusion() {
             }
         }
         if own == Own::Fused {
-            assert!(
-                UNDER_FUSION.load(Ordering::Relaxed) > before,
-                "{dtype:?}: under fusion the fused row kernels were never chosen"
-            );
+            assert_reached_under_fusion(before, dtype);
         }
     }
 }
