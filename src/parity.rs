@@ -13,6 +13,7 @@ use burn::tensor::{
 use safetensors::{Dtype, SafeTensors};
 
 use crate::model::config::Activation;
+use crate::model::kernels::head_loss_and_grad;
 use crate::model::ops::{self, AttnOpts};
 use crate::model::weights::Weights;
 use crate::model::{CausalLm, Kernels, LoadOptions, ModelConfig, TrainKernels};
@@ -275,8 +276,8 @@ fn host_matmul(
 /// Every fast path of the backend's [`Kernels`] against plain Burn on the same device and
 /// dtype: matmuls in the layouts the models use (a linear layer's transposed weight,
 /// batched keys as a transposed view, a broadcast operand, a block of query rows), causal
-/// attention (grouped-query, global and local), cross-entropy, LayerNorm and RMSNorm,
-/// SiLU and tanh-GELU, forward and gradients.
+/// attention (grouped-query, global and local), cross-entropy, the LM head's loss by
+/// chunks, LayerNorm and RMSNorm, SiLU and tanh-GELU, forward and gradients.
 pub fn kernel_checks<B: TrainKernels>(dev: &B::Device, dtype: DType) -> Result<Vec<KernelCheck>> {
     type I<B> = <B as AutodiffBackend>::InnerBackend;
     let mut out = Vec::new();
@@ -374,6 +375,27 @@ pub fn kernel_checks<B: TrainKernels>(dev: &B::Device, dtype: DType) -> Result<V
     let ((fl, fg), (pl, pg)) = (run(true)?, run(false)?);
     out.push(("cross-entropy loss".into(), rel_err(&fl, &pl)));
     out.push(("cross-entropy dlogits".into(), rel_err(&fg, &pg)));
+
+    // The LM head's loss by uneven chunks of rows, its gradient made during the forward
+    // pass (as the training backend runs it), against Burn's autodiff of the whole logits.
+    let h = random::<I<B>, 2>([18, 48], dev, dtype);
+    let w = random::<I<B>, 2>([300, 48], dev, dtype).transpose();
+    let targets = Tensor::<I<B>, 1, Int>::random([18], Distribution::Uniform(0.0, 300.0), dev);
+    let (cl, cg) = head_loss_and_grad(h.clone(), w.clone(), None, targets.clone(), 5);
+    let (cl, cg) = (values(cl)?, values(cg)?);
+    let ha = Tensor::<B, 2>::from_inner(h).require_grad();
+    let logits = <B as Kernels>::matmul(ha.clone(), Tensor::from_inner(w)).cast(DType::F32);
+    let loss = ops::plain_cross_entropy(
+        logits.unsqueeze::<3>(),
+        Tensor::from_inner(targets).unsqueeze::<2>(),
+    );
+    let g = loss.clone().backward();
+    let dh = ha.grad(&g).ok_or_else(|| anyhow!("no gradient"))?;
+    out.push((
+        "head loss by chunks".into(),
+        rel_err(&cl, &values(loss.detach())?),
+    ));
+    out.push(("head loss dh".into(), rel_err(&cg, &values(dh)?)));
 
     // Norms with frozen weights, on rows with an offset (LayerNorm's mean matters).
     // LayerNorm's weight and bias are float32 as the models load them, RMSNorm's weight is

@@ -264,14 +264,14 @@ fn eval_cuda_without_gpu_is_a_clear_error() {
 fn parity_command_checks_every_fixture() {
     let (code, out, err) = softtune(&["parity", "--fixtures", fixtures().to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
-    // 40 kernel checks (fast paths against plain Burn or an exact matmul), then 11
+    // 42 kernel checks (fast paths against plain Burn or an exact matmul), then 11
     // fixtures (their lines end with the seconds each took).
     assert!(out.contains("kernel check"), "{out}");
     assert_eq!(
         out.lines()
             .filter(|l| l.ends_with(" ok") || l.contains(" ok  ("))
             .count(),
-        40 + 11,
+        42 + 11,
         "{out}"
     );
 

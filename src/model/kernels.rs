@@ -6,8 +6,10 @@
 //! * the training backend (`Autodiff<_>`): causal attention that keeps no `[s, s]` matrix
 //!   for the backward pass (it saves the output and one log-sum-exp per query and
 //!   recomputes the probabilities block by block, skipping the keys a block cannot see:
-//!   the flash-attention recipe in Burn operations, so on every backend), a cross-entropy
-//!   that keeps the logits and one log-sum-exp per position, norms and SiLU / tanh-GELU
+//!   the flash-attention recipe in Burn operations, so on every backend), the LM head's
+//!   loss by chunks of rows with its gradient made in the forward pass (no whole logits
+//!   tensor, kept or not), a cross-entropy that keeps the logits and one log-sum-exp per
+//!   position, norms and SiLU / tanh-GELU
 //!   that keep only their input, and a matmul whose backward runs through the inner
 //!   backend's kernel;
 //! * the CPU backend ([`super::cpu`]): matmuls straight on gemm, attention on gemm tiles,
@@ -174,6 +176,21 @@ pub trait Kernels: Backend {
         grad: Tensor<Self, 1>,
     ) -> Tensor<Self, 3> {
         xent_backward(logits, lse, targets, grad)
+    }
+
+    /// The mean next-token loss of the LM head, see [`ops::head_loss`]: the cross-entropy
+    /// of the logits `h·w (+ b)` against `targets`, by chunks of rows so that no `[n, V]`
+    /// logits tensor is ever whole. The training backend also computes the gradient to `h`
+    /// chunk by chunk during the forward pass and keeps only that (`[n, d]`, the hidden
+    /// states' size) for the backward pass, instead of the logits (`[n, V]`, float32).
+    fn head_loss(
+        h: Tensor<Self, 2>,
+        w: Tensor<Self, 2>,
+        b: Option<Tensor<Self, 1>>,
+        targets: Tensor<Self, 1, Int>,
+    ) -> Tensor<Self, 1> {
+        let rows = head_chunk_rows(h.dims()[0], w.dims()[1]);
+        chunked_head_loss(h, w, b, targets, rows)
     }
 
     /// `e^x` element-wise (the softmax and cross-entropy kernels above use it).
@@ -714,6 +731,166 @@ pub fn xent_backward<B: Kernels>(
     )
 }
 
+/// Logits a chunk of the LM head's loss holds at most (`rows × V`) unless that is under
+/// [`HEAD_CHUNK_MIN_ROWS`] rows: 16 Mi values, 64 MiB in float32.
+pub const HEAD_CHUNK_VALUES: usize = 1 << 24;
+
+/// Rows a chunk of the LM head's loss has at least (the products stay large enough for the
+/// matmul kernels to run near full speed).
+pub const HEAD_CHUNK_MIN_ROWS: usize = 256;
+
+/// Rows per chunk of the LM head's loss over `n` rows and a vocabulary of `v`: as few
+/// chunks as the limits allow, of equal size. TinyLlama at 8 × 1024 text tokens
+/// (V = 32,000): 16 chunks of 512 rows; the CPU benchmark's 4 × 256 (V = 49,152): 4 of 256.
+pub fn head_chunk_rows(n: usize, v: usize) -> usize {
+    let most = (HEAD_CHUNK_VALUES / v.max(1)).max(HEAD_CHUNK_MIN_ROWS);
+    let chunks = n.div_ceil(most).max(1);
+    n.div_ceil(chunks).max(1)
+}
+
+/// `h [n, d]` through the LM head `w [d, V]` (+ `b [V]`): the logits of one chunk in the
+/// model's dtype, as [`ops::Linear::forward`] computes them. The cross-entropy reads them
+/// as float32 (the cast is exact) and hands its gradient back in their dtype, as the
+/// cast's backward would.
+fn head_logits<B: Kernels>(
+    h: Tensor<B, 2>,
+    w: &Tensor<B, 2>,
+    b: &Option<Tensor<B, 1>>,
+) -> Tensor<B, 2> {
+    let y = B::matmul(h, w.clone());
+    match b {
+        Some(bias) => y + bias.clone().unsqueeze::<2>(),
+        None => y,
+    }
+}
+
+/// [`Kernels::head_loss`] on any backend: by chunks of `rows` rows, each chunk's logits made,
+/// reduced to its loss by [`Kernels::cross_entropy`] and dropped before the next. Under
+/// autodiff this keeps every chunk's logits for the backward pass; the training backend
+/// runs [`head_loss_and_grad`] instead.
+pub fn chunked_head_loss<B: Kernels>(
+    h: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    b: Option<Tensor<B, 1>>,
+    targets: Tensor<B, 1, Int>,
+    rows: usize,
+) -> Tensor<B, 1> {
+    let n = h.dims()[0];
+    let mut total: Option<Tensor<B, 1>> = None;
+    for start in (0..n).step_by(rows.max(1)) {
+        let len = rows.min(n - start);
+        let logits = head_logits(h.clone().narrow(0, start, len), &w, &b);
+        let t = targets.clone().narrow(0, start, len);
+        let loss = B::cross_entropy(logits.unsqueeze::<3>(), t.unsqueeze::<2>());
+        let loss = if len == n {
+            loss
+        } else {
+            loss * (len as f64 / n as f64)
+        };
+        total = Some(match total {
+            Some(sum) => sum + loss,
+            None => loss,
+        });
+    }
+    total.unwrap_or_else(|| Tensor::zeros([1], (&h.device(), DType::F32)))
+}
+
+/// The LM head's mean loss and its gradient to `h` for an upstream gradient of 1, by chunks
+/// of `rows` rows: each chunk's logits go through [`Kernels::cross_entropy_forward`] and
+/// straight on through [`Kernels::cross_entropy_backward`] (computed in float32, handed
+/// back in the model's dtype), and `dlogits · wᵀ` is that chunk's rows of `dh`. Same products and roundings as the autodiff graph of [`chunked_head_loss`], with
+/// at most one chunk of logits alive.
+pub fn head_loss_and_grad<B: Kernels>(
+    h: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    b: Option<Tensor<B, 1>>,
+    targets: Tensor<B, 1, Int>,
+    rows: usize,
+) -> (Tensor<B, 1>, Tensor<B, 2>) {
+    let [n, _] = h.dims();
+    let dtype = h.dtype();
+    let device = h.device();
+    let wt = w.clone().transpose();
+    let mut total: Option<Tensor<B, 1>> = None;
+    let mut dh = Vec::new();
+    for start in (0..n).step_by(rows.max(1)) {
+        let len = rows.min(n - start);
+        let logits = head_logits(h.clone().narrow(0, start, len), &w, &b).unsqueeze::<3>();
+        let t = targets.clone().narrow(0, start, len).unsqueeze::<2>();
+        let (loss, lse) = B::cross_entropy_forward(logits.clone(), t.clone());
+        // The chunk's mean loss counts `len / n` of the whole mean; its gradient too.
+        let share = Tensor::<B, 1>::full([1], len as f64 / n as f64, (&device, DType::F32));
+        let dlogits = B::cross_entropy_backward(logits, lse, t, share.clone());
+        let dlogits = as_dtype(dlogits.reshape([len, w.dims()[1]]), dtype);
+        dh.push(B::matmul(dlogits, wt.clone()));
+        let loss = if len == n { loss } else { loss * share };
+        total = Some(match total {
+            Some(sum) => sum + loss,
+            None => loss,
+        });
+    }
+    let loss = total.unwrap_or_else(|| Tensor::zeros([1], (&device, DType::F32)));
+    let dh = if dh.len() == 1 {
+        dh.pop().expect("one chunk")
+    } else if dh.is_empty() {
+        h.zeros_like()
+    } else {
+        Tensor::cat(dh, 0)
+    };
+    (loss, dh)
+}
+
+#[derive(Debug)]
+struct SavingHeadLoss;
+
+impl<B: Kernels> Backward<B, 1> for SavingHeadLoss {
+    /// `d loss / d h` for an upstream gradient of 1, in `h`'s dtype.
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        one_parent::<B, _, 1, 2>(ops, grads, |dh, grad| {
+            let dh = float::<B, 2>(dh);
+            let dtype = dh.dtype();
+            if dtype == DType::F32 {
+                return dh * grad.reshape([1, 1]);
+            }
+            as_dtype(as_dtype(dh, DType::F32) * grad.reshape([1, 1]), dtype)
+        });
+    }
+}
+
+/// The training backend's [`Kernels::head_loss`] with chunks of `rows` rows: keeps only
+/// `d loss / d h` from [`head_loss_and_grad`] for the backward pass, which scales it by the
+/// loss's upstream gradient. The weights are frozen: no gradient flows to `w` or `b`.
+pub fn saving_head_loss<B: Kernels, C: CheckpointStrategy>(
+    h: Tensor<Autodiff<B, C>, 2>,
+    w: Tensor<Autodiff<B, C>, 2>,
+    b: Option<Tensor<Autodiff<B, C>, 1>>,
+    targets: Tensor<Autodiff<B, C>, 1, Int>,
+    rows: usize,
+) -> Tensor<Autodiff<B, C>, 1> {
+    let h = prim(h);
+    let (w, b, targets) = (w.inner(), b.map(|b| b.inner()), targets.inner());
+    let loss = match SavingHeadLoss
+        .prepare::<C>([h.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let (loss, dh) = head_loss_and_grad(float(h.primitive), w, b, targets, rows);
+            prep.finish(prim(dh), prim(loss))
+        }
+        OpsKind::UnTracked(prep) => prep.finish(prim(chunked_head_loss(
+            float(h.primitive),
+            w,
+            b,
+            targets,
+            rows,
+        ))),
+    };
+    float(loss)
+}
+
 /// The backward step of an op with one input: takes the output's gradient (rank `G`) and
 /// registers `f(state, gradient)` (rank `O`) as the input's, when the input is tracked.
 fn one_parent<B: Backend, S, const G: usize, const O: usize>(
@@ -1066,6 +1243,18 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         float(out)
     }
 
+    /// Keeps `d loss / d h` (the hidden states' size) instead of the logits, see
+    /// [`saving_head_loss`].
+    fn head_loss(
+        h: Tensor<Self, 2>,
+        w: Tensor<Self, 2>,
+        b: Option<Tensor<Self, 1>>,
+        targets: Tensor<Self, 1, Int>,
+    ) -> Tensor<Self, 1> {
+        let rows = head_chunk_rows(h.dims()[0], w.dims()[1]);
+        saving_head_loss(h, w, b, targets, rows)
+    }
+
     /// Saves the logits in their own dtype (no float32 copy of 16-bit logits) and one
     /// log-sum-exp per position; the plain path keeps a float32 copy and the whole
     /// log-softmax as well, and differentiates through a gather and the cast.
@@ -1366,6 +1555,76 @@ mod tests {
         assert!((l1 - l2).abs() < 1e-5, "{l1} vs {l2}");
         let diff: f32 = (g1 - g2).abs().max().into_scalar();
         assert!(diff < 1e-6, "gradient differs by {diff}");
+    }
+
+    #[test]
+    fn head_chunks_are_equal_and_bounded() {
+        assert_eq!(head_chunk_rows(8192, 32_000), 512);
+        assert_eq!(head_chunk_rows(1024, 49_152), 256);
+        assert_eq!(head_chunk_rows(4096, 50_272), 316);
+        // Few rows or a huge vocabulary: one chunk, or chunks of the minimum.
+        assert_eq!(head_chunk_rows(10, 50_000), 10);
+        assert_eq!(head_chunk_rows(1000, 1 << 24), 250);
+        assert_eq!(head_chunk_rows(0, 100), 1);
+    }
+
+    /// The LM head's loss by uneven chunks, with and without a bias, under autodiff (the
+    /// gradient computed during the forward pass) and on the plain backend, against the
+    /// whole logits through Burn's autodiff.
+    #[test]
+    fn head_loss_by_chunks_equals_the_whole_logits() {
+        let dev = Default::default();
+        let (n, d, v) = (7, 5, 13);
+        let h = Tensor::<F, 2>::random([n, d], Distribution::Normal(0.0, 1.0), &dev);
+        let w = Tensor::<F, 2>::random([d, v], Distribution::Normal(0.0, 1.0), &dev);
+        let bias = Tensor::<F, 1>::random([v], Distribution::Normal(0.0, 1.0), &dev);
+        let targets = Tensor::<F, 1, Int>::from_data(
+            TensorData::new(vec![0i64, 3, 12, 7, 7, 1, 2], [n]),
+            &dev,
+        );
+        for b in [None, Some(bias)] {
+            let run = |rows: Option<usize>| {
+                let x = Tensor::<A, 2>::from_inner(h.clone()).require_grad();
+                let wa = Tensor::<A, 2>::from_inner(w.clone());
+                let ba = b.clone().map(Tensor::<A, 1>::from_inner);
+                let t = Tensor::<A, 1, Int>::from_inner(targets.clone());
+                let loss = match rows {
+                    Some(rows) => saving_head_loss(x.clone(), wa, ba, t, rows),
+                    None => {
+                        let logits = head_logits(x.clone(), &wa, &ba).unsqueeze::<3>();
+                        ops::plain_cross_entropy(logits, t.unsqueeze::<2>())
+                    }
+                };
+                // A non-unit upstream gradient, as under loss scaling.
+                let grads = (loss.clone() * 3.0).backward();
+                let g = x.grad(&grads).expect("a gradient");
+                (loss.inner().into_scalar(), g)
+            };
+            let (want, want_g) = run(None);
+            for rows in [1, 3, 7, 100] {
+                let (got, got_g) = run(Some(rows));
+                assert!((got - want).abs() < 1e-5, "rows {rows}: {got} vs {want}");
+                let diff: f32 = (got_g - want_g.clone()).abs().max().into_scalar();
+                assert!(diff < 1e-6, "rows {rows}: gradient differs by {diff}");
+                let plain: f32 =
+                    chunked_head_loss(h.clone(), w.clone(), b.clone(), targets.clone(), rows)
+                        .into_scalar();
+                assert!(
+                    (plain - want).abs() < 1e-5,
+                    "rows {rows}, plain: {plain} vs {want}"
+                );
+            }
+            // Without a tracked input, no gradient is computed and the loss is the same.
+            let x = Tensor::<A, 2>::from_inner(h.clone());
+            let loss = saving_head_loss(
+                x,
+                Tensor::from_inner(w.clone()),
+                b.clone().map(Tensor::from_inner),
+                Tensor::from_inner(targets.clone()),
+                3,
+            );
+            assert!((loss.inner().into_scalar() - want).abs() < 1e-5);
+        }
     }
 
     #[test]

@@ -231,8 +231,7 @@ impl<B: Kernels> CausalLm<B> {
     pub fn loss(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 1> {
         let t = ids.dims()[1];
         let h = self.hidden(self.embed_tokens(ids.clone()));
-        let logits = self.head(h.narrow(1, 0, t - 1));
-        ops::cross_entropy(logits, ids.narrow(1, 1, t - 1))
+        ops::head_loss(&self.head, h.narrow(1, 0, t - 1), ids.narrow(1, 1, t - 1))
     }
 
     /// Mean loss over the text tokens with the prompt prepended (PEFT's prompt-tuning loss):
@@ -245,7 +244,6 @@ impl<B: Kernels> CausalLm<B> {
         }
         let t = ids.dims()[1];
         let h = self.hidden(self.prompt_inputs(prompt, ids.clone()));
-        let logits = self.head(h.narrow(1, n - 1, t));
-        ops::cross_entropy(logits, ids)
+        ops::head_loss(&self.head, h.narrow(1, n - 1, t), ids)
     }
 }

@@ -494,6 +494,24 @@ pub fn cross_entropy<B: Kernels>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int
     B::cross_entropy(logits, targets)
 }
 
+/// Mean next-token loss of the LM head `head` on hidden states `h [b, t, d]` against
+/// `targets [b, t]`: the cross-entropy of `head.forward(h)` in float32, as
+/// [`cross_entropy`] computes it, without a whole `[b, t, V]` logits tensor
+/// ([`Kernels::head_loss`]).
+pub fn head_loss<B: Kernels>(
+    head: &Linear<B>,
+    h: Tensor<B, 3>,
+    targets: Tensor<B, 2, Int>,
+) -> Tensor<B, 1> {
+    let [b, t, d] = h.dims();
+    B::head_loss(
+        h.reshape([b * t, d]),
+        head.w.clone(),
+        head.b.clone(),
+        targets.reshape([b * t]),
+    )
+}
+
 /// Cross-entropy as plain Burn operations.
 pub fn plain_cross_entropy<B: Backend>(
     logits: Tensor<B, 3>,
