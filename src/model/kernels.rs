@@ -9,9 +9,8 @@
 //!   the flash-attention recipe in Burn operations, so on every backend), the LM head's
 //!   loss by chunks of rows with its gradient made in the forward pass (no whole logits
 //!   tensor, kept or not), a cross-entropy that keeps the logits and one log-sum-exp per
-//!   position, norms and SiLU / tanh-GELU
-//!   that keep only their input, and a matmul whose backward runs through the inner
-//!   backend's kernel;
+//!   position, norms and SiLU / tanh-GELU that keep only their input, and a matmul whose
+//!   backward runs through the inner backend's kernel;
 //! * the CPU backend ([`super::cpu`]): matmuls straight on gemm, attention on gemm tiles,
 //!   a one-pass cross-entropy, vectorised `exp`, SiLU and tanh-GELU;
 //! * the CUDA backends ([`super::cuda`]): matmuls on cuBLAS, attention on the CubeCL
@@ -798,8 +797,9 @@ pub fn chunked_head_loss<B: Kernels>(
 /// The LM head's mean loss and its gradient to `h` for an upstream gradient of 1, by chunks
 /// of `rows` rows: each chunk's logits go through [`Kernels::cross_entropy_forward`] and
 /// straight on through [`Kernels::cross_entropy_backward`] (computed in float32, handed
-/// back in the model's dtype), and `dlogits · wᵀ` is that chunk's rows of `dh`. Same products and roundings as the autodiff graph of [`chunked_head_loss`], with
-/// at most one chunk of logits alive.
+/// back in the model's dtype), and `dlogits · wᵀ` is that chunk's rows of `dh`. Same
+/// products and roundings as the autodiff graph of [`chunked_head_loss`], with at most one
+/// chunk of logits alive.
 pub fn head_loss_and_grad<B: Kernels>(
     h: Tensor<B, 2>,
     w: Tensor<B, 2>,
