@@ -149,7 +149,8 @@ pub trait Kernels: Backend {
         plain_attention_score_grads(scores, dp, lse, delta, block, dtype)
     }
 
-    /// Mean next-token cross-entropy, see [`ops::cross_entropy`]: by default the loss of
+    /// Mean next-token cross-entropy of `logits [b, t, V]` against `targets [b, t]`, in
+    /// float32: by default the loss of
     /// [`Kernels::cross_entropy_forward`] (so evaluation runs the backend's own kernels too).
     fn cross_entropy(logits: Tensor<Self, 3>, targets: Tensor<Self, 2, Int>) -> Tensor<Self, 1> {
         Self::cross_entropy_forward(logits, targets).0
@@ -763,6 +764,32 @@ fn head_logits<B: Kernels>(
     }
 }
 
+/// `(start, len)` of the chunks of `rows` rows over `n` rows.
+fn row_chunks(n: usize, rows: usize) -> impl Iterator<Item = (usize, usize)> {
+    let rows = rows.max(1);
+    (0..n)
+        .step_by(rows)
+        .map(move |start| (start, rows.min(n - start)))
+}
+
+/// The running mean loss over `n` rows after a chunk of `len` rows whose own mean is `loss`.
+fn add_chunk_loss<B: Backend>(
+    total: Option<Tensor<B, 1>>,
+    loss: Tensor<B, 1>,
+    len: usize,
+    n: usize,
+) -> Option<Tensor<B, 1>> {
+    let loss = if len == n {
+        loss
+    } else {
+        loss * (len as f64 / n as f64)
+    };
+    Some(match total {
+        Some(sum) => sum + loss,
+        None => loss,
+    })
+}
+
 /// [`Kernels::head_loss`] on any backend: by chunks of `rows` rows, each chunk's logits made,
 /// reduced to its loss by [`Kernels::cross_entropy`] and dropped before the next. Under
 /// autodiff this keeps every chunk's logits for the backward pass; the training backend
@@ -775,21 +802,12 @@ pub fn chunked_head_loss<B: Kernels>(
     rows: usize,
 ) -> Tensor<B, 1> {
     let n = h.dims()[0];
-    let mut total: Option<Tensor<B, 1>> = None;
-    for start in (0..n).step_by(rows.max(1)) {
-        let len = rows.min(n - start);
+    let mut total = None;
+    for (start, len) in row_chunks(n, rows) {
         let logits = head_logits(h.clone().narrow(0, start, len), &w, &b);
         let t = targets.clone().narrow(0, start, len);
         let loss = B::cross_entropy(logits.unsqueeze::<3>(), t.unsqueeze::<2>());
-        let loss = if len == n {
-            loss
-        } else {
-            loss * (len as f64 / n as f64)
-        };
-        total = Some(match total {
-            Some(sum) => sum + loss,
-            None => loss,
-        });
+        total = add_chunk_loss(total, loss, len, n);
     }
     total.unwrap_or_else(|| Tensor::zeros([1], (&h.device(), DType::F32)))
 }
@@ -811,23 +829,18 @@ pub fn head_loss_and_grad<B: Kernels>(
     let dtype = h.dtype();
     let device = h.device();
     let wt = w.clone().transpose();
-    let mut total: Option<Tensor<B, 1>> = None;
+    let mut total = None;
     let mut dh = Vec::new();
-    for start in (0..n).step_by(rows.max(1)) {
-        let len = rows.min(n - start);
+    for (start, len) in row_chunks(n, rows) {
         let logits = head_logits(h.clone().narrow(0, start, len), &w, &b).unsqueeze::<3>();
         let t = targets.clone().narrow(0, start, len).unsqueeze::<2>();
         let (loss, lse) = B::cross_entropy_forward(logits.clone(), t.clone());
         // The chunk's mean loss counts `len / n` of the whole mean; its gradient too.
         let share = Tensor::<B, 1>::full([1], len as f64 / n as f64, (&device, DType::F32));
-        let dlogits = B::cross_entropy_backward(logits, lse, t, share.clone());
+        let dlogits = B::cross_entropy_backward(logits, lse, t, share);
         let dlogits = as_dtype(dlogits.reshape([len, w.dims()[1]]), dtype);
         dh.push(B::matmul(dlogits, wt.clone()));
-        let loss = if len == n { loss } else { loss * share };
-        total = Some(match total {
-            Some(sum) => sum + loss,
-            None => loss,
-        });
+        total = add_chunk_loss(total, loss, len, n);
     }
     let loss = total.unwrap_or_else(|| Tensor::zeros([1], (&device, DType::F32)));
     let dh = if dh.len() == 1 {
@@ -851,9 +864,6 @@ impl<B: Kernels> Backward<B, 1> for SavingHeadLoss {
         one_parent::<B, _, 1, 2>(ops, grads, |dh, grad| {
             let dh = float::<B, 2>(dh);
             let dtype = dh.dtype();
-            if dtype == DType::F32 {
-                return dh * grad.reshape([1, 1]);
-            }
             as_dtype(as_dtype(dh, DType::F32) * grad.reshape([1, 1]), dtype)
         });
     }

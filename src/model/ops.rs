@@ -488,15 +488,9 @@ pub fn plain_attention<B: Kernels>(
     B::matmul(probs.cast(dtype), v).reshape([b, h, s, hd])
 }
 
-/// Mean next-token cross-entropy: `logits [b, t, V]` scored against `targets [b, t]`, in
-/// float32. The backend picks how ([`Kernels::cross_entropy`]).
-pub fn cross_entropy<B: Kernels>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
-    B::cross_entropy(logits, targets)
-}
-
 /// Mean next-token loss of the LM head `head` on hidden states `h [b, t, d]` against
 /// `targets [b, t]`: the cross-entropy of `head.forward(h)` in float32, as
-/// [`cross_entropy`] computes it, without a whole `[b, t, V]` logits tensor
+/// [`Kernels::cross_entropy`] computes it, without a whole `[b, t, V]` logits tensor
 /// ([`Kernels::head_loss`]).
 pub fn head_loss<B: Kernels>(
     head: &Linear<B>,
