@@ -31,6 +31,7 @@ pub mod gptj;
 pub mod kernels;
 pub mod llama;
 pub mod lm;
+pub mod memory;
 pub mod ops;
 pub mod opt;
 pub mod source;
