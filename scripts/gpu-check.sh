@@ -143,6 +143,8 @@ sample_at=""
 
 table=""
 syncs=""
+# softtune's memory estimate of each row (what the wizard checks against free memory).
+estimates=""
 # bench SHAPE BATCH PEFT_TOKENS_PER_S PEFT_PEAK_GIB BACKEND: one row.
 bench() {
     local shape=$1 batch=$2 peft_tps=$3 peft_mem=$4 b=$5 out rc line tps mem ratio secs fallbacks
@@ -187,6 +189,9 @@ bench() {
     local unordered
     unordered=$(echo "$out" | grep -m1 'fall back to host synchronisation' | sed 's/^softtune: //')
     [ -n "$unordered" ] && syncs+="$shape on $b: $unordered"$'\n'
+    local estimate
+    estimate=$(echo "$out" | sed -n "s/^$shape: memory estimate //p" | head -1)
+    [ -n "$estimate" ] && estimates+="$shape on $b: $estimate"$'\n'
     line=$(echo "$out" | grep "^$shape " | tail -1)
     if [ $rc -ne 0 ] || [ -z "$line" ]; then
         # Cut short (or failed): a rough number from the last step that finished after the
@@ -253,6 +258,7 @@ echo
 printf '%-15s %-11s %12s %12s %8s %10s %10s\n' shape backend "tokens/s" "PEFT $peft_card" "ratio" "peak mem" "PEFT mem"
 printf '%s' "$table"
 [ -n "$syncs" ] && printf 'host time around the cuBLAS products:\n%s' "$syncs"
+[ -n "$estimates" ] && printf 'memory estimates (compare with the peak column):\n%s' "$estimates"
 echo "total $((SECONDS - start)) s"
 # The compiled-kernel caches (softtune's PTX cache, the driver's machine-code cache).
 existing=()

@@ -194,6 +194,29 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
     let dtype = args
         .precision
         .resolve(args.device.is_gpu(), Some(burn::tensor::DType::BF16));
+    // What the wizard predicts for this run (printed first, so a run cut short has it too);
+    // the table's peak is the measured one.
+    let estimate = crate::model::memory::training_memory(
+        &config,
+        crate::model::memory::parameter_count(&config),
+        crate::model::memory::RunShape {
+            batch: args.batch,
+            soft: args.soft,
+            text: args.seq,
+            dtype,
+            gpu: args.device.is_gpu(),
+        },
+    );
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    eprintln!(
+        "{}: memory estimate {:.2} GiB (weights {:.2}, kept {:.2}, working {:.2}, runtime {:.2})",
+        args.shape,
+        gib(estimate.total()),
+        gib(estimate.weights),
+        gib(estimate.kept),
+        gib(estimate.working),
+        gib(estimate.runtime),
+    );
     let (params, ms) = crate::with_backend!(args.device, |B, dev| {
         run_on::<burn::backend::Autodiff<B>>(&config, args, &dev, dtype)?
     });

@@ -26,6 +26,8 @@ pub struct Summary {
     pub context_length: usize,
     pub stored_dtype: DType,
     pub weight_files: usize,
+    /// The parsed config.json.
+    pub config: ModelConfig,
 }
 
 impl Summary {
@@ -145,6 +147,7 @@ pub fn inspect(model: &str, hub: &HubOptions) -> Result<Summary> {
         context_length: cfg.context_length(),
         stored_dtype: weights.stored_dtype().unwrap_or(DType::F32),
         weight_files: files.weights.len(),
+        config: cfg,
     })
 }
 

@@ -42,6 +42,7 @@ fi
 if [ -n "$SOFTTUNE_COMPILE_LOG" ]; then
     printf '[START_KERNEL_COMPILATION]\nname: rms_norm_rows<f32>\n[START_KERNEL_COMPILATION]\nname: rms_norm_rows<f32>\n' >>"$SOFTTUNE_COMPILE_LOG"
 fi
+echo "$shape: memory estimate 11.49 GiB (weights 2.05, kept 6.93, working 1.09, runtime 1.43)" >&2
 echo "$shape: random weights made in 1.0 s" >&2
 [ "$shape" = opt-6.7b ] && echo "softtune: cuBLAS products fall back to host synchronisation (slower): cuCtxRecordEvent: CUDA_ERROR_NOT_SUPPORTED" >&2
 echo "$shape: step 1/5: 30.00 s (warm-up) ($p1)" >&2
@@ -173,6 +174,23 @@ fn gpu_check_prints_finished_cut_short_and_fallback_rows_and_the_host_time_aroun
         "opt-6.7b on cube: cuBLAS products fall back to host synchronisation (slower): cuCtxRecordEvent: CUDA_ERROR_NOT_SUPPORTED",
     ] {
         assert!(waits.contains(line), "{line} in:\n{all}");
+    }
+    // softtune's memory estimate of every row, under the host times; the cut-short row's too.
+    let estimates = stdout
+        .split("memory estimates (compare with the peak column):\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no memory estimates in:\n{all}"));
+    for shape in [
+        "tinyllama-1.1b on cube:",
+        "gptj-6b on cube:",
+        "opt-6.7b on cube:",
+    ] {
+        assert!(
+            estimates.contains(&format!(
+                "{shape} 11.49 GiB (weights 2.05, kept 6.93, working 1.09, runtime 1.43)"
+            )),
+            "{shape} in:\n{all}"
+        );
     }
     // The first row's compilation log, summarised by kernel name.
     assert!(

@@ -17,8 +17,9 @@ use softtune::model::memory::{RunShape, kept_bytes, parameter_count};
 use softtune::model::source::HubOptions;
 use softtune::model::{CausalLm, LoadOptions, ModelConfig};
 
-mod common;
-use common::fixtures;
+fn fixtures() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
 
 /// Counts the bytes the process has allocated and not freed.
 struct Counting;

@@ -451,15 +451,20 @@ fn tab_completes_paths_then_moves_on() {
 
 #[test]
 fn device_step_names_the_largest_batch_that_fits() {
-    let mut m = machine();
-    m.gpus.as_mut().unwrap()[0].free = 2_000_000;
-    let mut a = App::new(base("fit"), None, Theme::default(), m);
-    goto(&mut a, Step::Model);
-    set(&mut a, "model.id", "tests/fixtures/gpt2");
-    goto(&mut a, Step::Parameters);
-    set(&mut a, "training.batch_size", "4");
-    goto(&mut a, Step::Device);
-    set(&mut a, "device.device", "cuda:0");
+    use softtune::tui::steps::parameters::memory_estimate;
+    // The wizard's run on a GPU with `free` bytes free, at batch 4.
+    let open = |free: u64| {
+        let mut m = machine();
+        m.gpus.as_mut().unwrap()[0].free = free;
+        let mut a = App::new(base("fit"), None, Theme::default(), m);
+        goto(&mut a, Step::Model);
+        set(&mut a, "model.id", "tests/fixtures/gpt2");
+        goto(&mut a, Step::Parameters);
+        set(&mut a, "training.batch_size", "4");
+        goto(&mut a, Step::Device);
+        set(&mut a, "device.device", "cuda:0");
+        a
+    };
     let errors = |a: &App| {
         a.report(Step::Device)
             .errors
@@ -468,14 +473,48 @@ fn device_step_names_the_largest_batch_that_fits() {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    let msg = errors(&a);
-    assert!(msg.contains("cuda:0 has 1.9 MiB free"), "{msg}");
+    let a = open(20 << 30);
+    assert_eq!(errors(&a), "", "20 GiB free: batch 4 fits");
+    let need = |b| memory_estimate(&a, b).unwrap().memory.total();
+    assert!(need(1) < need(2) && need(2) < need(4));
+    // Free memory between one and two sequences' needs.
+    let free = (need(1) + need(2)) / 2;
+    let msg = errors(&open(free));
+    let shown = softtune::inspect::human_bytes(free as usize);
+    assert!(msg.contains(&format!("cuda:0 has {shown} free")), "{msg}");
     assert!(msg.contains("the largest batch that fits is 1"), "{msg}");
+    // Less than one sequence needs: the float32 fixture is told about bf16.
+    let msg = errors(&open(need(1) - 1));
+    assert!(msg.contains("even one sequence does not fit"), "{msg}");
+    assert!(msg.contains("pick bf16 precision"), "{msg}");
+}
 
-    goto(&mut a, Step::Parameters);
-    set(&mut a, "training.batch_size", "1");
+#[test]
+fn memory_estimate_follows_the_device_and_precision() {
+    use burn::tensor::DType;
+    use softtune::tui::steps::parameters::memory_estimate;
+    let mut a = app(base("estimate"));
+    goto(&mut a, Step::Model);
+    set(&mut a, "model.id", "tests/fixtures/gpt2");
     goto(&mut a, Step::Device);
-    assert_eq!(errors(&a), "", "batch 1 fits in 2 MB");
+    set(&mut a, "device.device", "cuda:0");
+    let f32 = memory_estimate(&a, 2).unwrap();
+    assert_eq!(f32.dtype, DType::F32, "the fixture is stored in float32");
+    assert!(f32.memory.runtime > 0);
+    set(&mut a, "device.precision", "bf16");
+    let bf16 = memory_estimate(&a, 2).unwrap();
+    assert_eq!(bf16.dtype, DType::BF16);
+    assert_eq!(2 * bf16.memory.weights, f32.memory.weights);
+    assert!(bf16.memory.kept < f32.memory.kept);
+    // Auto precision on the CPU is float32, with no CUDA allowance.
+    set(&mut a, "device.precision", "auto");
+    set(&mut a, "device.device", "cpu");
+    let cpu = memory_estimate(&a, 2).unwrap();
+    assert_eq!(
+        (cpu.dtype, cpu.place, cpu.memory.runtime),
+        (DType::F32, "CPU", 0)
+    );
+    assert_eq!(cpu.memory.kept, f32.memory.kept);
 }
 
 #[test]

@@ -223,3 +223,14 @@ pub fn parameter_count(cfg: &ModelConfig) -> usize {
     };
     cfg.n_layers * per_layer + embed + head + rest
 }
+
+/// The dtype config.json says the weights are stored in (`torch_dtype` / `dtype`), for a
+/// model whose weights are not downloaded yet.
+pub fn stated_dtype(cfg: &ModelConfig) -> Option<DType> {
+    match cfg.torch_dtype.as_deref()? {
+        "bfloat16" => Some(DType::BF16),
+        "float16" => Some(DType::F16),
+        "float32" => Some(DType::F32),
+        _ => None,
+    }
+}

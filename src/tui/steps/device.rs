@@ -102,32 +102,32 @@ pub fn check(app: &App) -> Report {
         (None, Some(gpus)) => gpus.first(),
         _ => None,
     };
-    if let (Some(g), Some(est)) = (gpu, super::parameters::memory_estimate(app))
-        && let Some(w) = est.weights
+    let batch: usize = app.value("training.batch_size").trim().parse().unwrap_or(1);
+    let need = |b: usize| super::parameters::memory_estimate(app, b).map(|e| e.memory.total());
+    if let (Some(g), Some(total)) = (gpu, need(batch))
         && g.free > 0
+        && total > g.free
     {
-        let batch: usize = app.value("training.batch_size").trim().parse().unwrap_or(1);
-        let free = g.free as usize;
-        let need = w + batch * est.per_sequence;
-        if need > free {
-            let fits = free.saturating_sub(w) / est.per_sequence.max(1);
-            let msg = format!(
-                "needs about {} but cuda:{} has {} free",
-                human_bytes(need),
-                g.index,
-                human_bytes(free)
-            );
-            if fits == 0 {
-                r.error(
-                    "device.device",
-                    format!("{msg}: even one sequence does not fit; lower tokens per sequence (step 4) or use a smaller model"),
-                );
-            } else {
-                r.error(
-                    "device.device",
-                    format!("{msg}: the largest batch that fits is {fits} (step 4: batch size; raise gradient accumulation to keep the step size)"),
-                );
-            }
+        let msg = format!(
+            "needs about {} but cuda:{} has {} free",
+            human_bytes(total as usize),
+            g.index,
+            human_bytes(g.free as usize)
+        );
+        let in_f32 = super::parameters::memory_estimate(app, batch)
+            .is_some_and(|e| e.dtype == burn::tensor::DType::F32);
+        match (1..batch).rev().find(|&b| need(b).is_some_and(|t| t <= g.free)) {
+            None => r.error(
+                "device.device",
+                format!(
+                    "{msg}: even one sequence does not fit; lower tokens per sequence (step 4){} or use a smaller model",
+                    if in_f32 { ", pick bf16 precision (halves the weights)" } else { "" }
+                ),
+            ),
+            Some(fits) => r.error(
+                "device.device",
+                format!("{msg}: the largest batch that fits is {fits} (step 4: batch size; raise gradient accumulation to keep the step size)"),
+            ),
         }
     }
     if spec == Some(DeviceSpec::Cpu) {

@@ -41,6 +41,8 @@ pub struct ModelInfo {
     pub parameters: Option<usize>,
     pub stored_dtype: Option<burn::tensor::DType>,
     pub tokenizer: Option<Arc<Tokenizer>>,
+    /// The parsed config.json (shapes for the memory estimate).
+    pub config: ModelConfig,
 }
 
 /// Inspects the model: fully when its files are local (a folder or the Hub cache), else only
@@ -85,6 +87,7 @@ pub fn analyse(id: &str, revision: &str) -> Result<ModelInfo, String> {
                 parameters: Some(s.parameters),
                 stored_dtype: Some(s.stored_dtype),
                 tokenizer: tok,
+                config: s.config,
             })
         }
         Err(e) if local => Err(format!("{e:#}")),
@@ -102,6 +105,7 @@ pub fn analyse(id: &str, revision: &str) -> Result<ModelInfo, String> {
                 parameters: None,
                 stored_dtype: None,
                 tokenizer: tokenizer(&files),
+                config: cfg,
             })
         }
     }

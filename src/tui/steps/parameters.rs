@@ -1,7 +1,11 @@
 //! Step 4: training parameters, with what they add up to.
 
 use super::{FieldDef, Report, parse_f64, parse_usize};
+use burn::tensor::DType;
+
 use crate::inspect::{human_bytes, human_count};
+use crate::model::lm::Precision;
+use crate::model::memory::{self, RunShape, TrainingMemory};
 use crate::tui::app::App;
 
 pub const FIELDS: &[FieldDef] = &[
@@ -168,39 +172,39 @@ pub fn check(app: &App) -> Report {
     } else {
         r.info("steps and tokens seen are shown once the dataset (step 1) is known");
     }
-    match memory_estimate(app) {
-        Some(MemoryEstimate {
-            weights: Some(w),
-            per_sequence,
-        }) => {
-            let act = batch * per_sequence;
-            r.info(format!(
-                "memory: about {} ({} weights + {} activations), rough",
-                human_bytes(w + act),
-                human_bytes(w),
-                human_bytes(act)
-            ))
-        }
-        Some(MemoryEstimate { per_sequence, .. }) => r.info(format!(
-            "memory: activations about {}; weights unknown until downloaded",
-            human_bytes(batch * per_sequence)
-        )),
-        None => {}
+    if let Some(est) = memory_estimate(app, batch) {
+        let m = est.memory;
+        let runtime = if m.runtime > 0 {
+            format!(", CUDA {}", human_bytes(m.runtime as usize))
+        } else {
+            String::new()
+        };
+        r.info(format!(
+            "{} memory, {}: {} (weights {}{}, activations {}{runtime})",
+            est.place,
+            crate::model::weights::dtype_name(est.dtype),
+            human_bytes(m.total() as usize),
+            human_bytes(m.weights as usize),
+            if est.counted { "" } else { " from config.json" },
+            human_bytes(m.activations() as usize),
+        ));
     }
     r
 }
 
-/// Rough memory needs of the configured run: frozen weights in their stored dtype (when
-/// known) and activations per sequence: about 34·s·h bytes per layer at 16 bits, plus one
-/// layer's float32 attention scores (4·heads·s²) while they are computed (training keeps
-/// no `[s, s]` matrix per layer, see `model::kernels`).
+/// The configured run's memory needs ([`crate::model::memory`]) at `batch` sequences per
+/// micro-batch, where it will run (step 6's device; auto: the first GPU, else the CPU) and
+/// in the dtype step 6's precision gives it.
 pub struct MemoryEstimate {
-    pub weights: Option<usize>,
-    pub per_sequence: usize,
+    pub memory: TrainingMemory,
+    pub dtype: DType,
+    /// "GPU" or "CPU".
+    pub place: &'static str,
+    /// False when the weights are not downloaded: their count comes from config.json.
+    pub counted: bool,
 }
 
-/// `None` until the model is known or when the numbers do not parse.
-pub fn memory_estimate(app: &App) -> Option<MemoryEstimate> {
+pub fn memory_estimate(app: &App, batch: usize) -> Option<MemoryEstimate> {
     let m = app.model_info().and_then(|m| m.as_ref().ok())?;
     let num = |k: &str| -> Option<usize> {
         match app.value(k).trim() {
@@ -209,14 +213,31 @@ pub fn memory_estimate(app: &App) -> Option<MemoryEstimate> {
         }
     };
     let soft = num("prompt.soft_tokens").unwrap_or(80);
-    let len = num("training.tokens_per_sequence").unwrap_or(m.context.saturating_sub(soft));
-    let s = len + soft;
-    let weights = match (m.parameters, m.stored_dtype) {
-        (Some(p), Some(d)) => Some(p * crate::model::weights::dtype_bytes(d)),
-        _ => None,
+    let text = num("training.tokens_per_sequence").unwrap_or(m.context.saturating_sub(soft));
+    let gpu = match app.value("device.device").trim() {
+        "" | "auto" => app.gpus().is_some_and(|g| !g.is_empty()),
+        d => d.starts_with("cuda"),
+    };
+    let precision = match app.value("device.precision").trim() {
+        "" => Precision::Auto,
+        p => Precision::parse(p).unwrap_or_default(),
+    };
+    let stored = m.stored_dtype.or_else(|| memory::stated_dtype(&m.config));
+    let dtype = precision.resolve(gpu, stored);
+    let parameters = m
+        .parameters
+        .unwrap_or_else(|| memory::parameter_count(&m.config));
+    let run = RunShape {
+        batch: batch.max(1),
+        soft,
+        text,
+        dtype,
+        gpu,
     };
     Some(MemoryEstimate {
-        weights,
-        per_sequence: m.layers * 34 * s * m.hidden + 4 * m.heads * s * s,
+        memory: memory::training_memory(&m.config, parameters, run),
+        dtype,
+        place: if gpu { "GPU" } else { "CPU" },
+        counted: m.parameters.is_some(),
     })
 }
