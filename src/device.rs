@@ -150,6 +150,36 @@ pub struct CudaGpu {
     pub device_count: usize,
 }
 
+/// A GPU as NVML reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuInfo {
+    pub index: usize,
+    pub name: String,
+    pub total: u64,
+    pub free: u64,
+}
+
+/// GPUs from NVML; `None` when NVML (the NVIDIA driver) is not available.
+pub fn probe_gpus() -> Option<Vec<GpuInfo>> {
+    let nvml = nvml_wrapper::Nvml::init().ok()?;
+    let n = nvml.device_count().ok()?;
+    let mut out = Vec::new();
+    for i in 0..n {
+        let Ok(d) = nvml.device_by_index(i) else {
+            continue;
+        };
+        let name = d.name().unwrap_or_else(|_| "unknown GPU".into());
+        let (total, free) = d.memory_info().map_or((0, 0), |m| (m.total, m.free));
+        out.push(GpuInfo {
+            index: i as usize,
+            name,
+            total,
+            free,
+        });
+    }
+    Some(out)
+}
+
 type CuInit = unsafe extern "C" fn(u32) -> c_int;
 type CuDeviceGetCount = unsafe extern "C" fn(*mut c_int) -> c_int;
 type CuDeviceGet = unsafe extern "C" fn(*mut c_int, c_int) -> c_int;

@@ -261,12 +261,64 @@ fn run_inner(plan: &Plan, control: &Control, sink: &mut dyn EventSink) -> Result
         .cfg
         .precision
         .resolve(device.is_gpu(), weights.stored_dtype());
+    if let Some(message) = memory_note(plan, dtype) {
+        sink.emit(&Event::Log { message });
+    }
     crate::with_backend!(device, |B, dev| {
         let model =
             CausalLm::<Autodiff<B>>::load(&plan.model_cfg, &weights, &dev, LoadOptions { dtype })?;
         drop(weights);
         train_loop::<Autodiff<B>>(plan, &model, &dev, control, sink)
     })
+}
+
+/// On a GPU whose free memory NVML reports: the run's memory estimate against it, said
+/// before the weights load, with what fits when it does not. A warning, not a refusal (the
+/// wizard refuses such a run; the estimate carries allowances, and a configuration file
+/// may know better).
+fn memory_note(plan: &Plan, dtype: burn::tensor::DType) -> Option<String> {
+    use crate::model::memory::{RunShape, parameter_count, training_memory};
+    let crate::device::DeviceSpec::Cuda(index) = plan.cfg.device else {
+        return None;
+    };
+    let free = crate::device::probe_gpus()?
+        .into_iter()
+        .find(|g| g.index == index)?
+        .free;
+    let parameters = parameter_count(&plan.model_cfg);
+    let need = |batch: usize| {
+        let run = RunShape {
+            batch,
+            soft: plan.soft_tokens,
+            text: plan.rows.len,
+            dtype,
+            gpu: true,
+        };
+        training_memory(&plan.model_cfg, parameters, run).total()
+    };
+    Some(memory_message(&need, plan.cfg.batch_size, index, free))
+}
+
+/// The memory line for a run needing `need(batch)` bytes on `cuda:index` with `free` bytes
+/// free, naming the largest batch that fits when `batch` does not.
+fn memory_message(need: &dyn Fn(usize) -> u64, batch: usize, index: usize, free: u64) -> String {
+    use crate::inspect::human_bytes;
+    let (total, free_text) = (need(batch), human_bytes(free as usize));
+    let needed = format!("memory: about {} needed", human_bytes(total as usize));
+    if total <= free {
+        return format!("{needed}, {free_text} free on cuda:{index}");
+    }
+    let advice = match (1..batch).rev().find(|&b| need(b) <= free) {
+        Some(b) => format!(
+            "training.batch_size = {b} fits (raise grad_accumulation to keep the step size)"
+        ),
+        None => "lower training.tokens_per_sequence, set device.precision = \"bf16\" for a \
+                 float32 checkpoint, or use a smaller model"
+            .to_string(),
+    };
+    format!(
+        "{needed} but cuda:{index} has {free_text} free: the run may run out of memory; {advice}"
+    )
 }
 
 /// Mean held-out loss over at most `eval_rows` held-out sequences.
@@ -644,4 +696,34 @@ fn save(
         exports: exports.iter().map(|p| p.display().to_string()).collect(),
     });
     Ok(exports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::memory_message;
+
+    #[test]
+    fn memory_message_names_what_fits() {
+        const GIB: u64 = 1 << 30;
+        // 2 GiB of weights and 3 GiB a sequence.
+        let need = |b: usize| 2 * GIB + 3 * GIB * b as u64;
+        let fits = memory_message(&need, 2, 0, 10 * GIB);
+        assert_eq!(
+            fits,
+            "memory: about 8.00 GiB needed, 10.00 GiB free on cuda:0"
+        );
+        let over = memory_message(&need, 4, 1, 10 * GIB);
+        assert!(
+            over.starts_with("memory: about 14.00 GiB needed but cuda:1 has 10.00 GiB free")
+                && over.ends_with(
+                    "training.batch_size = 2 fits (raise grad_accumulation to keep the step size)"
+                ),
+            "{over}"
+        );
+        let none = memory_message(&need, 4, 0, 4 * GIB);
+        assert!(
+            none.contains("lower training.tokens_per_sequence"),
+            "{none}"
+        );
+    }
 }
