@@ -64,6 +64,18 @@ pub struct RunShape {
     pub gpu: bool,
 }
 
+impl RunShape {
+    /// `(bytes a value, batch, positions a sequence, text positions a sequence)`.
+    fn sizes(&self) -> (u64, u64, u64, u64) {
+        (
+            dtype_bytes(self.dtype) as u64,
+            self.batch as u64,
+            (self.soft + self.text) as u64,
+            self.text as u64,
+        )
+    }
+}
+
 /// Memory of one training step of `cfg` with `parameters` frozen weights (from the
 /// checkpoint, or [`parameter_count`] before it is downloaded).
 pub fn training_memory(cfg: &ModelConfig, parameters: usize, run: RunShape) -> TrainingMemory {
@@ -106,13 +118,8 @@ fn widths(cfg: &ModelConfig) -> Widths {
 
 /// Bytes the forward pass keeps for the backward pass.
 pub fn kept_bytes(cfg: &ModelConfig, run: RunShape) -> u64 {
-    let e = dtype_bytes(run.dtype) as u64;
+    let (e, b, s, t) = run.sizes();
     let Widths { d, q, kv, f } = widths(cfg);
-    let (b, s, t) = (
-        run.batch as u64,
-        (run.soft + run.text) as u64,
-        run.text as u64,
-    );
     // The MLP activation's input, or a byte a value for ReLU.
     let act = |n: u64| match cfg.activation {
         Activation::Relu => n,
@@ -157,13 +164,8 @@ pub fn kept_bytes(cfg: &ModelConfig, run: RunShape) -> u64 {
 /// Bytes of the largest set of temporaries alive at once (an upper bound: the attention
 /// block is counted as if every block saw all keys).
 pub fn working_bytes(cfg: &ModelConfig, run: RunShape) -> u64 {
-    let e = dtype_bytes(run.dtype) as u64;
+    let (e, b, s, t) = run.sizes();
     let Widths { d, q, kv, f } = widths(cfg);
-    let (b, s, t) = (
-        run.batch as u64,
-        (run.soft + run.text) as u64,
-        run.text as u64,
-    );
     let heads = run.batch * cfg.n_heads;
     let block = (heads * block_positions(heads, s as usize)) as u64 * s;
     // Scores and their gradient in float32, probabilities and score gradients in the model's
