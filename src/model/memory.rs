@@ -186,6 +186,11 @@ pub fn working_bytes(cfg: &ModelConfig, run: RunShape) -> u64 {
     attention.max(mlp).max(head) + residual
 }
 
+/// The largest batch below `batch` whose `need(batch)` fits in `free` bytes.
+pub fn largest_batch_below(need: impl Fn(usize) -> u64, batch: usize, free: u64) -> Option<usize> {
+    (1..batch).rev().find(|&b| need(b) <= free)
+}
+
 /// Frozen parameters of `cfg` as softtune loads them (the tied head counted once), for a
 /// model whose weights are not downloaded yet.
 pub fn parameter_count(cfg: &ModelConfig) -> usize {

@@ -308,7 +308,7 @@ fn memory_message(need: &dyn Fn(usize) -> u64, batch: usize, index: usize, free:
     if total <= free {
         return format!("{needed}, {free_text} free on cuda:{index}");
     }
-    let advice = match (1..batch).rev().find(|&b| need(b) <= free) {
+    let advice = match crate::model::memory::largest_batch_below(need, batch, free) {
         Some(b) => format!(
             "training.batch_size = {b} fits (raise grad_accumulation to keep the step size)"
         ),

@@ -75,20 +75,23 @@ pub fn check(app: &App) -> Report {
         _ => None,
     };
     let batch: usize = app.value("training.batch_size").trim().parse().unwrap_or(1);
-    let need = |b: usize| super::parameters::memory_estimate(app, b).map(|e| e.memory.total());
-    if let (Some(g), Some(total)) = (gpu, need(batch))
+    if let (Some(g), Some(est)) = (gpu, super::parameters::memory_estimate(app, batch))
         && g.free > 0
-        && total > g.free
+        && est.memory.total() > g.free
     {
         let msg = format!(
             "needs about {} but cuda:{} has {} free",
-            human_bytes(total as usize),
+            human_bytes(est.memory.total() as usize),
             g.index,
             human_bytes(g.free as usize)
         );
-        let in_f32 = super::parameters::memory_estimate(app, batch)
-            .is_some_and(|e| e.dtype == burn::tensor::DType::F32);
-        match (1..batch).rev().find(|&b| need(b).is_some_and(|t| t <= g.free)) {
+        let in_f32 = est.dtype == burn::tensor::DType::F32;
+        let fits = crate::model::memory::largest_batch_below(
+            |b| super::parameters::memory_estimate(app, b).map_or(u64::MAX, |e| e.memory.total()),
+            batch,
+            g.free,
+        );
+        match fits {
             None => r.error(
                 "device.device",
                 format!(
