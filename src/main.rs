@@ -131,9 +131,10 @@ enum Command {
         /// Run id (or a unique prefix, or a run folder); default: the newest running run.
         run: Option<String>,
     },
-    /// Resume a paused run.
+    /// Resume a paused run, or start a stopped or failed one again from its checkpoint.
     Resume {
-        /// Run id (or a unique prefix, or a run folder); default: the newest running run.
+        /// Run id (or a unique prefix, or a run folder); default: the newest running run,
+        /// else the newest run.
         run: Option<String>,
     },
     /// The detached training worker (started by `softtune train`).
@@ -250,7 +251,7 @@ fn main() -> ExitCode {
         }
         Command::Stop { run } => stop_run(run),
         Command::Pause { run } => steer_run(run, softtune::runs::Request::Pause),
-        Command::Resume { run } => steer_run(run, softtune::runs::Request::Resume),
+        Command::Resume { run } => resume_run(run),
         Command::Worker { run_dir } => {
             return ExitCode::from(softtune::runs::worker::main(&run_dir));
         }
@@ -347,7 +348,7 @@ fn run_train(
         ]);
         let out =
             softtune::train::run(&plan, &softtune::train::Control::with_stop(stop), &mut sink)?;
-        for line in softtune::runs::outcome_hints(&plan, &out) {
+        for line in softtune::runs::outcome_hints(&plan, &out, None) {
             println!("{line}");
         }
         Ok(!out.stopped)
@@ -456,6 +457,47 @@ fn stop_run(run: Option<String>) -> anyhow::Result<()> {
     steer_run(run, softtune::runs::Request::Stop)
 }
 
+/// `softtune resume [RUN]`: a paused run goes on; a stopped or failed one starts again
+/// from its checkpoint (default: the newest running run, else the newest run).
+fn resume_run(run: Option<String>) -> anyhow::Result<()> {
+    use softtune::runs::state::Status;
+    let info = match run {
+        Some(r) => softtune::runs::find(Some(&r))?,
+        None => {
+            let runs = softtune::runs::list()?;
+            match runs.iter().position(|r| r.state.state == Status::Running) {
+                Some(i) => runs[i].clone(),
+                None => runs.into_iter().next().ok_or_else(|| {
+                    anyhow::anyhow!("no runs yet; start one with `softtune train --config FILE`")
+                })?,
+            }
+        }
+    };
+    if info.state.state == Status::Running {
+        return steer_run(
+            Some(info.dir.display().to_string()),
+            softtune::runs::Request::Resume,
+        );
+    }
+    let r = softtune::runs::launch::resume(&info)?;
+    let id = &info.id;
+    match r.from_step {
+        Some(step) => println!(
+            "resuming run {id} from its checkpoint at step {step}{} (worker pid {})",
+            r.total_steps.map_or(String::new(), |t| format!(" of {t}")),
+            r.pid
+        ),
+        None => println!(
+            "run {id} had no checkpoint yet: started again from the beginning (worker pid {})",
+            r.pid
+        ),
+    }
+    println!("  follow:  softtune attach {id}");
+    println!("  stop:    softtune stop {id}");
+    println!("It keeps running if you log out or the connection drops.");
+    Ok(())
+}
+
 /// Sends a stop, pause or resume request to a run (default: the newest running one).
 fn steer_run(run: Option<String>, what: softtune::runs::Request) -> anyhow::Result<()> {
     use softtune::runs::Request;
@@ -470,7 +512,8 @@ fn steer_run(run: Option<String>, what: softtune::runs::Request) -> anyhow::Resu
     let pid = softtune::runs::request(&info, what)?;
     let what = match what {
         Request::Stop => {
-            "to stop: it finishes the current step, then writes a checkpoint and both exports"
+            "to stop: it finishes the current step, then writes a checkpoint and both exports \
+             (`softtune resume` goes on from there later)"
         }
         Request::Pause => "to pause after the current step (`softtune resume` goes on)",
         Request::Resume => "to go on",
@@ -554,14 +597,15 @@ fn attach(run: Option<String>) -> ExitCode {
                     state.message.as_deref().unwrap_or("no reason recorded"),
                     info.log_path().display()
                 );
+                eprintln!(
+                    "once the cause is fixed, `softtune resume {id}` starts it again from its last checkpoint"
+                );
                 Ok(ExitCode::FAILURE)
             }
             s => {
                 println!("run {id} {s}");
                 if let (Status::Stopped, Some(ck)) = (s, &state.checkpoint) {
-                    println!(
-                        "to resume: set continue_from = \"{ck}\" in the configuration and train again"
-                    );
+                    println!("to go on from its checkpoint ({ck}): softtune resume {id}");
                 }
                 Ok(ExitCode::SUCCESS)
             }

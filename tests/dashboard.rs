@@ -205,7 +205,40 @@ fn keys_become_requests() {
     assert_eq!(key(&mut done, 'p'), DashAction::Continue);
     assert_eq!(key(&mut done, 's'), DashAction::Continue);
     assert!(text(&screen(&done, 80, 24)).contains("the run is finished"));
+    assert_eq!(
+        key(&mut done, 'r'),
+        DashAction::Continue,
+        "nothing to resume"
+    );
     assert_eq!(key(&mut done, 'q'), DashAction::Detach);
+    assert_eq!(
+        key(&mut d, 'r'),
+        DashAction::Continue,
+        "a running run goes on"
+    );
+
+    // A stopped or failed run: r starts it again from its checkpoint.
+    let mut stopped = upto(32);
+    stopped.push(Event::Finished {
+        step: 22,
+        stopped: true,
+        eval_no_prompt: None,
+        eval_initial: None,
+        eval_final: None,
+        exports: vec![],
+    });
+    for status in [Status::Stopped, Status::Failed] {
+        let mut d = dash(&stopped, status, gpu());
+        let t = text(&screen(&d, 100, 30));
+        assert!(t.contains("r resume"), "{t}");
+        assert_eq!(key(&mut d, 'r'), DashAction::Restart);
+    }
+    let d = dash(&stopped, Status::Stopped, gpu());
+    let t = text(&screen(&d, 100, 30));
+    assert!(
+        t.contains("stopped at step 22; r goes on from its checkpoint"),
+        "{t}"
+    );
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Detached runs end to end through the binary, on the gpt2 fixture (CPU): the worker
 //! survives SIGHUP and its launcher's end, `runs`/`attach` report and replay it, its
-//! exports equal a foreground run's, a killed worker is reported failed and `stop` ends a
-//! run as stopped with a checkpoint. Each test has its own data folder (SOFTTUNE_DATA_DIR).
+//! exports equal a foreground run's, a killed worker is reported failed, `stop` ends a
+//! run as stopped with a checkpoint and `resume` takes a stopped or killed run on to the
+//! prompt an uninterrupted run gives. Each test has its own data folder (SOFTTUNE_DATA_DIR).
 
 #![cfg(unix)]
 
@@ -62,27 +63,49 @@ fn text(out: &Output) -> (String, String) {
     )
 }
 
-/// Runs a softtune command to its end (at most `secs` seconds).
+/// Runs a softtune command to its end (at most `secs` seconds). Its output is read while it
+/// runs, so a long one never blocks on a full pipe.
 fn run(data: &Path, args: &[&str], secs: u64) -> Output {
+    use std::io::Read;
     let mut child = softtune(data)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let reader = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = reader(Box::new(child.stdout.take().unwrap()));
+    let stderr = reader(Box::new(child.stderr.take().unwrap()));
     let until = Instant::now() + Duration::from_secs(secs);
-    while child.try_wait().unwrap().is_none() {
+    let mut late = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if Instant::now() > until {
             let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "softtune {args:?} took more than {secs} s:\n{}",
-                text(&out).0
-            );
+            late = true;
+            break child.wait().unwrap();
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
+    };
+    let out = Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    };
+    assert!(
+        !late,
+        "softtune {args:?} took more than {secs} s:\n{}",
+        text(&out).0
+    );
+    out
 }
 
 /// Polls `f` every 50 ms until it gives a value, for at most `secs` seconds.
@@ -472,6 +495,122 @@ fn stop_ends_a_run_with_a_checkpoint() {
         "{:?}",
         text(&out)
     );
+}
+
+#[test]
+fn a_stopped_or_killed_run_resumes_to_the_prompt_of_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("share");
+    let cfg = config(dir.path(), "run.toml", 12.0, "out");
+    let text_of = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text_of.replace("save_every = 1000", "save_every = 50"),
+    )
+    .unwrap();
+    let (folder, first) = launch(&data, &cfg);
+    let id = folder.file_name().unwrap().to_str().unwrap().to_string();
+    let checkpoint_step = |out: &str| -> u64 {
+        let rest = out
+            .split("from its checkpoint at step ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{out}"));
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let new_worker = |old: i32| {
+        Worker(wait_for(20, "the new worker's pid", || {
+            let st = state(&folder)?;
+            let pid = st["pid"].as_u64()? as i32;
+            (st["state"] == "running" && pid != old).then_some(pid)
+        }))
+    };
+
+    // Stopped: goes on from the checkpoint written when it stopped.
+    wait_steps(&folder, 3);
+    run_cmd(&data, &["stop", &id]);
+    let st = wait_done(&folder, 60);
+    assert_eq!(st["state"], "stopped", "{st}");
+    let stopped_at = step(&st);
+    let out = run_cmd(&data, &["resume"]);
+    assert_eq!(checkpoint_step(&out), stopped_at, "{out}");
+    assert!(out.contains(&format!("softtune attach {id}")), "{out}");
+    let second = new_worker(first.0);
+
+    // Killed while paused, past its last checkpoint: goes on from that checkpoint, and the
+    // steps after it are done again.
+    wait_steps(&folder, stopped_at + 1);
+    run_cmd(&data, &["pause", &id]);
+    let paused = wait_for(30, "the pause", || {
+        state(&folder).filter(|s| s["paused"] == true)
+    });
+    // SAFETY: kills the worker this test started.
+    unsafe {
+        assert_eq!(libc::kill(second.0, libc::SIGKILL), 0);
+    }
+    wait_for(20, "`runs` to report the dead worker", || {
+        let out = run_cmd(&data, &["runs"]);
+        out.lines().next()?.contains("failed").then_some(())
+    });
+    let out = run_cmd(&data, &["resume", &id[..id.len() - 2]]);
+    let from = checkpoint_step(&out);
+    assert_eq!(from, step(&paused) / 50 * 50, "{out} {paused}");
+    assert!(from >= stopped_at, "{out}");
+    let _third = new_worker(second.0);
+    let st = wait_done(&folder, 120);
+    assert_eq!(st["state"], "finished", "{st}");
+
+    // The same prompt, bit for bit, as one uninterrupted run.
+    let fg_cfg = dir.path().join("fg.toml");
+    std::fs::write(
+        &fg_cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("folder = \"out\"", "folder = \"out-fg\""),
+    )
+    .unwrap();
+    let out = run_fg(&data, &fg_cfg, &dir.path().join("fg-run"));
+    assert!(out.status.success(), "{:?}", text(&out));
+    let bits = |p: &Path| {
+        let (p, _) = softtune::prompt::load(p).unwrap();
+        p.data.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    };
+    for export in ["detached-v1.zip", "detached-v1-peft"] {
+        assert_eq!(
+            bits(&dir.path().join("out").join(export)),
+            bits(&dir.path().join("out-fg").join(export)),
+            "{export} differs from an uninterrupted run's"
+        );
+    }
+
+    // One history: three starts in the event log, every step once in the dashboard's view.
+    let events = read_events(&folder.join("events.jsonl")).unwrap();
+    let starts: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Started { start_step, .. } => Some(*start_step as u64),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(starts, vec![0, stopped_at, from]);
+    let view = softtune::tui::RunView::from_events(&events);
+    let steps: Vec<usize> = view.steps.iter().map(|s| s.step).collect();
+    assert_eq!(steps, (1..=view.total_steps).collect::<Vec<_>>());
+    assert!(
+        view.steps
+            .windows(2)
+            .all(|w| w[0].elapsed_s <= w[1].elapsed_s),
+        "training time never goes back"
+    );
+    assert_eq!(view.finished, Some(false));
+
+    // Nothing is left to resume.
+    let out = run(&data, &["resume", &id], 20);
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("has finished"), "{:?}", text(&out));
 }
 
 #[test]

@@ -8,11 +8,12 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::state::{RunState, Status};
-use super::{CONFIG_FILE, LOG_FILE, id_stamp, now_secs, runs_dir};
-use crate::config::RunConfig;
+use super::state::{RunState, Status, hostname};
+use super::{CONFIG_FILE, LOG_FILE, RunInfo, format_utc, id_stamp, now_secs, runs_dir};
+use crate::config::{RunConfig, ValidConfig};
 use crate::model::source::{self, HubOptions};
 use crate::train;
+use crate::train::checkpoint::Checkpoint;
 
 /// A started run.
 #[derive(Debug, Clone)]
@@ -43,10 +44,36 @@ pub fn launch(config: &Path, run_dir: Option<&Path>) -> Result<Launched> {
         .validate()
         .map_err(|e| anyhow!("{}: {e:#}", config.display()))?;
 
-    // A model that is local or already cached is resolved and the dataset tokenized now,
-    // so the worker starts from the cache. A model still to be downloaded (possibly many
-    // GB) is downloaded by the worker, which survives a dropped connection; only what needs
-    // no weights is checked here.
+    let plan_here = check_before_planning(&valid)?;
+    let folder = RunFolder::create(&valid.stem, now_secs(), run_dir)?;
+    let result = (|| -> Result<Launched> {
+        let dir = &folder.dir;
+        let planned = plan_if(plan_here, &valid, dir)?;
+        write_config(dir, &folder.id, &config.display().to_string(), None, &cfg)?;
+        let mut st = RunState::new(&folder.id, now_secs());
+        st.source = Some(config.display().to_string());
+        st.total_steps = planned.map(|(steps, _)| steps);
+        st.write(dir)?;
+        let pid = spawn_worker(dir)?;
+        Ok(Launched {
+            id: folder.id.clone(),
+            dir: dir.clone(),
+            pid,
+            planned,
+            kobold: valid.folder.join(format!("{}.zip", valid.stem)),
+        })
+    })();
+    if result.is_err() {
+        folder.remove();
+    }
+    result
+}
+
+/// Whether the run can be planned here: a model that is local or already cached is
+/// resolved and the dataset tokenized in the launching process, so the worker starts from
+/// the cache. A model still to be downloaded (possibly many GB) is downloaded by the
+/// worker, which survives a dropped connection; only what needs no weights is checked here.
+fn check_before_planning(valid: &ValidConfig) -> Result<bool> {
     let mut hub = HubOptions::from_env();
     hub.revision = valid.revision.clone();
     let model = valid.model.as_str();
@@ -65,41 +92,135 @@ pub fn launch(config: &Path, run_dir: Option<&Path>) -> Result<Launched> {
         source::resolve_config_only(model, &hub)?;
         crate::data::dataset::scan(&valid.dataset, &valid.glob)?;
     }
+    Ok(plan_here)
+}
 
-    let folder = RunFolder::create(&valid.stem, now_secs(), run_dir)?;
-    let result = (|| -> Result<Launched> {
-        let dir = &folder.dir;
-        let planned = if plan_here {
-            let plan = train::plan(&valid, dir)?;
-            Some((plan.total_steps, plan.rows.train.len()))
-        } else {
-            None
-        };
-        let text = format!(
-            "# softtune run {}: the configuration as validated from {}, with absolute paths.\n\
-             # The worker trains this copy; editing it changes nothing in a running run.\n\n{}",
-            folder.id,
-            config.display(),
-            cfg.to_toml()?
-        );
-        crate::export::write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())?;
-        let mut st = RunState::new(&folder.id, now_secs());
-        st.source = Some(config.display().to_string());
-        st.total_steps = planned.map(|(steps, _)| steps);
-        st.write(dir)?;
-        let pid = spawn_worker(dir)?;
-        Ok(Launched {
-            id: folder.id.clone(),
-            dir: dir.clone(),
-            pid,
-            planned,
-            kobold: valid.folder.join(format!("{}.zip", valid.stem)),
-        })
-    })();
-    if result.is_err() {
-        folder.remove();
+/// Plans the run into `dir` when [`check_before_planning`] said so: (optimizer steps,
+/// training sequences).
+fn plan_if(plan_here: bool, valid: &ValidConfig, dir: &Path) -> Result<Option<(usize, usize)>> {
+    if !plan_here {
+        return Ok(None);
     }
-    result
+    let plan = train::plan(valid, dir)?;
+    Ok(Some((plan.total_steps, plan.rows.train.len())))
+}
+
+/// Writes the run folder's `config.toml`: the configuration the worker trains.
+fn write_config(
+    dir: &Path,
+    id: &str,
+    source: &str,
+    resumed: Option<&str>,
+    cfg: &RunConfig,
+) -> Result<()> {
+    let text = format!(
+        "# softtune run {id}: the configuration as validated from {source}, with absolute paths.\n\
+         # The worker trains this copy; editing it changes nothing in a running run.\n{}\n{}",
+        resumed.map_or(String::new(), |r| format!("# {r}\n")),
+        cfg.to_toml()?
+    );
+    crate::export::write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
+}
+
+/// A stopped or failed run started again (`softtune resume`).
+#[derive(Debug, Clone)]
+pub struct Resumed {
+    /// The new worker's process id.
+    pub pid: u32,
+    /// The checkpoint's step it goes on from; `None`: it had none and starts over.
+    pub from_step: Option<usize>,
+    /// The run's optimizer steps, when planned here.
+    pub total_steps: Option<usize>,
+}
+
+/// Starts a stopped or failed run's worker again, in the same run folder: from the run's
+/// checkpoint when it has one (the same prompt, optimizer state and data order an
+/// uninterrupted run would have: `continue_from` in its `config.toml`), else from the
+/// start (a worker that died before its first checkpoint, e.g. while downloading). Its
+/// events are appended to the same `events.jsonl`. Everything is checked here first, as
+/// for a new run.
+pub fn resume(info: &RunInfo) -> Result<Resumed> {
+    if !cfg!(unix) {
+        bail!("detached runs need a Unix system");
+    }
+    let id = &info.id;
+    let old = &info.state;
+    match old.state {
+        Status::Stopped | Status::Failed => {}
+        Status::Running => bail!("run {id} is running; `softtune resume {id}` only ends a pause"),
+        Status::Finished => bail!(
+            "run {id} has finished all its steps: nothing to resume. To train its prompt further, \
+             start a new run with continue_from = \"{}\"",
+            old.exports
+                .iter()
+                .find(|e| e.ends_with(".zip"))
+                .map_or("its .zip", String::as_str)
+        ),
+    }
+    if let Some(host) = &old.host
+        && Some(host) != hostname().as_ref()
+    {
+        bail!("run {id} ran on {host}; resume it there");
+    }
+    let dir = &info.dir;
+    let path = dir.join(CONFIG_FILE);
+    let mut cfg = RunConfig::from_file(&path)
+        .with_context(|| format!("run {id}: its configuration cannot be read"))?;
+    let checkpoint = train::checkpoint_path(dir);
+    let from_step = if checkpoint.is_file() {
+        let ck = Checkpoint::load(&checkpoint).with_context(|| {
+            format!(
+                "run {id}: its checkpoint is damaged; start a new run instead (`softtune train --config {}`)",
+                old.source.as_deref().unwrap_or("FILE")
+            )
+        })?;
+        cfg.continue_from = Some(checkpoint.clone());
+        Some(ck.step)
+    } else {
+        None
+    };
+    let valid = cfg
+        .validate()
+        .map_err(|e| anyhow!("{}: {e:#}", path.display()))?;
+    let plan_here = check_before_planning(&valid)?;
+    let planned =
+        plan_if(plan_here, &valid, dir).with_context(|| format!("run {id} cannot resume"))?;
+    let note = match from_step {
+        Some(s) => format!(
+            "Resumed {} from its checkpoint at step {s}.",
+            format_utc(now_secs())
+        ),
+        None => format!(
+            "Started again {} (no checkpoint yet).",
+            format_utc(now_secs())
+        ),
+    };
+    let source = old.source.clone().unwrap_or_else(|| "?".into());
+    write_config(dir, id, &source, Some(&note), &cfg)?;
+    let mut st = old.clone();
+    st.state = Status::Running;
+    st.pid = None;
+    st.host = None;
+    st.message = None;
+    st.paused = false;
+    st.updated = now_secs();
+    st.step = from_step.unwrap_or(0);
+    if let Some((steps, _)) = planned {
+        st.total_steps = Some(steps);
+    }
+    st.write(dir)?;
+    match spawn_worker(dir) {
+        Ok(pid) => Ok(Resumed {
+            pid,
+            from_step,
+            total_steps: planned.map(|(steps, _)| steps),
+        }),
+        Err(e) => {
+            // Leave the run as it was, so `runs` does not show a worker that never came.
+            let _ = old.write(dir);
+            Err(e)
+        }
+    }
 }
 
 /// A run folder this launch created (removed again if the launch fails).

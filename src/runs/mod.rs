@@ -312,8 +312,8 @@ pub fn request(info: &RunInfo, what: Request) -> Result<u32> {
 }
 
 /// What to do next after a run, as plain lines (the foreground command and the worker's
-/// log both print them).
-pub fn outcome_hints(plan: &Plan, out: &Outcome) -> Vec<String> {
+/// log both print them). `run` is the detached run's id (`None` in the foreground).
+pub fn outcome_hints(plan: &Plan, out: &Outcome, run: Option<&str>) -> Vec<String> {
     let mut lines = Vec::new();
     if !out.stopped && out.eval_final.is_some() {
         lines.push(format!(
@@ -325,11 +325,17 @@ pub fn outcome_hints(plan: &Plan, out: &Outcome) -> Vec<String> {
         ));
     }
     if out.stopped {
-        lines.push(format!(
-            "stopped at step {}; to resume, set continue_from = \"{}\"",
-            out.step,
-            plan.checkpoint_path().display()
-        ));
+        lines.push(match run {
+            Some(id) => format!(
+                "stopped at step {}; `softtune resume {id}` goes on from its checkpoint",
+                out.step
+            ),
+            None => format!(
+                "stopped at step {}; to resume, set continue_from = \"{}\"",
+                out.step,
+                plan.checkpoint_path().display()
+            ),
+        });
     }
     lines
 }

@@ -276,7 +276,8 @@ fn body(dir: &Path, shared: &Shared, control: &Control, signals: Result<()>) -> 
         }),
     ]);
     let out = train::run(&plan, control, &mut sink)?;
-    for line in outcome_hints(&plan, &out) {
+    let id = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+    for line in outcome_hints(&plan, &out, id.as_deref()) {
         println!("{line}");
     }
     Ok(out)

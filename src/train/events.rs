@@ -89,14 +89,35 @@ pub struct JsonlSink {
 }
 
 impl JsonlSink {
+    /// Opens the log for appending. A last line cut short (a worker killed mid-write) is
+    /// ended first, so the first new event starts a line of its own instead of being lost
+    /// with that fragment.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
             .open(path)
             .with_context(|| format!("{}: cannot open the event log", path.display()))?;
+        if ends_mid_line(&mut file)? {
+            writeln!(file)
+                .with_context(|| format!("{}: cannot write the event log", path.display()))?;
+        }
         Ok(Self { file })
     }
+}
+
+/// Whether a non-empty file's last byte is not a newline.
+fn ends_mid_line(file: &mut File) -> Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(false);
+    }
+    let mut last = [0u8; 1];
+    file.seek(SeekFrom::Start(len - 1))?;
+    file.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
 }
 
 impl EventSink for JsonlSink {
@@ -255,4 +276,41 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>> {
                 .with_context(|| format!("{}: line {}: not an event", path.display(), i + 1))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appending_after_a_cut_line_starts_a_new_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let step = Event::Paused { step: 3 };
+        JsonlSink::open(&path).unwrap().emit(&step);
+        // A worker killed in the middle of its next line.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"event":"step","st"#).unwrap();
+        drop(f);
+        let again = Event::Resumed {
+            step: 3,
+            paused_s: 1.5,
+        };
+        JsonlSink::open(&path).unwrap().emit(&again);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        let parsed: Vec<Event> = [lines[0], lines[2]]
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(parsed, vec![step, again]);
+        // A file that ends cleanly gets no empty line.
+        JsonlSink::open(&path)
+            .unwrap()
+            .emit(&Event::Paused { step: 4 });
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 4, "{text}");
+        assert!(text.lines().all(|l| !l.is_empty()), "{text}");
+    }
 }

@@ -49,6 +49,11 @@ pub enum Start {
     Resume(Box<Checkpoint>),
 }
 
+/// Where a run folder keeps its checkpoint (written every `save_every` steps and at the end).
+pub fn checkpoint_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoint.safetensors")
+}
+
 /// Everything decided before the first weight is loaded.
 pub struct Plan {
     pub cfg: ValidConfig,
@@ -74,7 +79,7 @@ impl Plan {
     }
 
     pub fn checkpoint_path(&self) -> PathBuf {
-        self.run_dir.join("checkpoint.safetensors")
+        checkpoint_path(&self.run_dir)
     }
 
     /// The held-out sequences the run evaluates on, as a token file: `softtune eval --text`
@@ -524,10 +529,12 @@ where
     }
     let eval_no_prompt = held_out_loss(plan, model, None, device)?;
     let eval_initial = held_out_loss(plan, model, Some(&initial), device)?;
+    // Both baselines belong to step 0, also when resuming: the initial prompt is the one
+    // training started from.
     for (label, v) in [("no_prompt", eval_no_prompt), ("initial", eval_initial)] {
         if let Some(loss) = v {
             sink.emit(&Event::Eval {
-                step: start_step,
+                step: 0,
                 label: label.into(),
                 loss,
             });

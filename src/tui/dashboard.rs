@@ -48,7 +48,10 @@ pub struct SampleView {
 }
 
 /// A run's history, folded from its events. A `started` event begins a new history (a run
-/// folder reused with `--run-dir` holds earlier runs; the last one counts).
+/// folder reused with `--run-dir` holds earlier runs; the last one counts), except when it
+/// resumes the same run from a checkpoint (`softtune resume`): the history up to the
+/// checkpoint's step stays, steps after it (done again after a crash) are dropped, and the
+/// training time goes on from there.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunView {
     pub started: bool,
@@ -72,6 +75,8 @@ pub struct RunView {
     /// `Some(stopped)` once the run has ended without an error.
     pub finished: Option<bool>,
     pub error: Option<String>,
+    /// Training seconds before the latest resume (added to its steps' `elapsed_s`).
+    pub elapsed_before: f64,
 }
 
 impl RunView {
@@ -106,6 +111,15 @@ impl RunView {
                 sample_every,
                 ..
             } => {
+                if *start_step > 0
+                    && self.started
+                    && self.total_steps == *total_steps
+                    && self.start_step <= *start_step
+                {
+                    self.resume_at(*start_step);
+                    self.push_log(&plain_text(e));
+                    return;
+                }
                 *self = RunView {
                     started: true,
                     model: model.clone(),
@@ -137,12 +151,19 @@ impl RunView {
                     grad_norm: *grad_norm,
                     lr: *lr,
                     tokens_per_s: *tokens_per_s,
-                    elapsed_s: *elapsed_s,
+                    elapsed_s: self.elapsed_before + *elapsed_s,
                 });
                 return;
             }
             Event::Eval { step, label, loss } => {
-                self.evals.push((*step, label.clone(), *loss));
+                // A resumed run measures its baselines again: one of each is kept, in place.
+                let again = (label == "no_prompt" || label == "initial")
+                    .then(|| self.evals.iter_mut().find(|(_, l, _)| l == label))
+                    .flatten();
+                match again {
+                    Some(e) => *e = (*step, label.clone(), *loss),
+                    None => self.evals.push((*step, label.clone(), *loss)),
+                }
             }
             Event::Checkpoint {
                 step,
@@ -186,6 +207,21 @@ impl RunView {
 
     pub fn step(&self) -> usize {
         self.steps.last().map_or(self.start_step, |s| s.step)
+    }
+
+    /// The same run goes on from its checkpoint at `step`: what came after it is dropped
+    /// (a crashed worker's steps past its last checkpoint are done again), the end of the
+    /// earlier part is forgotten.
+    fn resume_at(&mut self, step: usize) {
+        self.steps.retain(|s| s.step <= step);
+        self.evals.retain(|(s, _, _)| *s <= step);
+        self.elapsed_before = self.steps.last().map_or(0.0, |s| s.elapsed_s);
+        if self.sample.as_ref().is_some_and(|s| s.step > step) {
+            self.sample = None;
+        }
+        self.paused = false;
+        self.finished = None;
+        self.error = None;
     }
 
     /// Seconds of training so far (pauses excluded).
@@ -293,6 +329,8 @@ pub enum DashAction {
     Detach,
     /// Send this request to the worker.
     Send(Request),
+    /// Start the stopped or failed run again from its checkpoint (`softtune resume`).
+    Restart,
 }
 
 /// The dashboard's state: the run's history and state, GPU use, and the overlays.
@@ -463,8 +501,21 @@ impl Dashboard {
                     DashAction::Continue
                 }
             }
+            KeyCode::Char('r') => {
+                if self.resumable() {
+                    DashAction::Restart
+                } else {
+                    self.set_notice(false, format!("the run is {}", self.status_word()));
+                    DashAction::Continue
+                }
+            }
             _ => DashAction::Continue,
         }
+    }
+
+    /// Whether the run has ended early (stopped, or failed) and `r` can start it again.
+    pub fn resumable(&self) -> bool {
+        matches!(self.state.state, Status::Stopped | Status::Failed)
     }
 
     fn status_word(&self) -> &'static str {
@@ -632,7 +683,7 @@ impl Dashboard {
         let held: Vec<(f64, f64)> = v
             .evals
             .iter()
-            .filter(|(_, l, _)| l != "no_prompt")
+            .filter(|(s, l, _)| l != "no_prompt" && *s >= v.start_step)
             .map(|(s, _, l)| (*s as f64, *l))
             .collect();
         if train.is_empty() && held.is_empty() {
@@ -872,6 +923,8 @@ impl Dashboard {
             } else {
                 " q detach · s stop · p pause · ? help"
             }
+        } else if self.resumable() {
+            " q quit · r resume · ? help"
         } else {
             " q quit · ? help"
         };
@@ -905,7 +958,10 @@ impl Dashboard {
             )),
             Status::Stopped => Some((
                 th.warning,
-                "stopped; continue_from its checkpoint to resume".into(),
+                format!(
+                    "stopped at step {}; r goes on from its checkpoint",
+                    self.view.step()
+                ),
             )),
             Status::Finished => self
                 .view
@@ -929,6 +985,7 @@ impl Dashboard {
             key("", "(come back with `softtune attach`)"),
             key("s", "stop after the current step: checkpoint + exports"),
             key("p", "pause after the current step / resume"),
+            key("r", "a stopped or failed run: go on from its checkpoint"),
             key("?", "this help; any key closes it"),
             Line::raw(""),
             Line::styled(
@@ -1042,5 +1099,100 @@ mod tests {
         v.apply(&started);
         assert!(v.steps.is_empty());
         assert_eq!(v.log.len(), 4, "{:?}", v.log);
+    }
+
+    #[test]
+    fn a_resumed_run_keeps_its_history_up_to_the_checkpoint() {
+        let started = |start_step: usize| Event::Started {
+            model: "m".into(),
+            device: "cpu".into(),
+            soft_tokens: 4,
+            d_embed: 8,
+            tokens_per_sequence: 16,
+            batch_size: 1,
+            grad_accumulation: 1,
+            train_rows: 10,
+            eval_rows: 1,
+            total_steps: 10,
+            start_step,
+            sample_every: 5,
+        };
+        let eval = |step: usize, label: &str, loss: f64| Event::Eval {
+            step,
+            label: label.into(),
+            loss,
+        };
+        let sample = |step: usize| Event::Sample {
+            step,
+            prompt: "p".into(),
+            with_prompt: "w".into(),
+            without_prompt: "o".into(),
+        };
+        // Steps 1–6, a checkpoint at 4, then the worker dies; resumed from step 4.
+        let mut events = vec![
+            started(0),
+            eval(0, "no_prompt", 5.0),
+            eval(0, "initial", 4.5),
+        ];
+        events.extend((1..=6).map(|i| step(i, i as f64)));
+        events.push(eval(4, "step", 4.0));
+        events.push(sample(5));
+        events.extend([
+            started(4),
+            eval(0, "no_prompt", 5.0),
+            eval(0, "initial", 4.5),
+            sample(4),
+        ]);
+        events.extend((5..=10).map(|i| step(i, 2.0 * (i - 4) as f64)));
+        events.push(Event::Finished {
+            step: 10,
+            stopped: false,
+            eval_no_prompt: Some(5.0),
+            eval_initial: Some(4.5),
+            eval_final: Some(3.0),
+            exports: vec!["a.zip".into()],
+        });
+        let v = RunView::from_events(&events);
+        let steps: Vec<usize> = v.steps.iter().map(|s| s.step).collect();
+        assert_eq!(steps, (1..=10).collect::<Vec<_>>());
+        let elapsed: Vec<f64> = v.steps.iter().map(|s| s.elapsed_s).collect();
+        assert_eq!(
+            elapsed,
+            vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0],
+            "training time goes on from the checkpoint's step"
+        );
+        assert_eq!(v.start_step, 0);
+        assert_eq!(v.finished, Some(false));
+        let labels: Vec<&str> = v.evals.iter().map(|(_, l, _)| l.as_str()).collect();
+        assert_eq!(
+            labels,
+            vec!["no_prompt", "initial", "step"],
+            "{:?}",
+            v.evals
+        );
+        assert_eq!(v.heldout(), Some((4, 4.0)));
+        assert_eq!(v.sample.as_ref().map(|s| s.step), Some(4));
+
+        // A stopped run resumed: the ending is forgotten.
+        let mut v = RunView::from_events(&[started(0), step(1, 1.0), step(2, 2.0)]);
+        v.apply(&Event::Finished {
+            step: 2,
+            stopped: true,
+            eval_no_prompt: None,
+            eval_initial: None,
+            eval_final: None,
+            exports: vec![],
+        });
+        assert!(v.ended());
+        v.apply(&started(2));
+        assert!(!v.ended());
+        assert_eq!(v.steps.len(), 2);
+        // A different run in the same folder still begins a new history.
+        let mut other = started(2);
+        if let Event::Started { total_steps, .. } = &mut other {
+            *total_steps = 20;
+        }
+        v.apply(&other);
+        assert!(v.steps.is_empty());
     }
 }

@@ -220,6 +220,27 @@ pub fn run_dashboard(info: &crate::runs::RunInfo, theme: Theme) -> Result<()> {
                                 Err(e) => dash.set_notice(false, format!("{e:#}")),
                             }
                         }
+                        DashAction::Restart => {
+                            let current = crate::runs::RunInfo {
+                                state: dash.state.clone(),
+                                ..info.clone()
+                            };
+                            match crate::runs::launch::resume(&current) {
+                                Ok(r) => {
+                                    if let Ok(st) = crate::runs::state::RunState::read(&info.dir) {
+                                        dash.state = st;
+                                    }
+                                    dash.set_notice(
+                                        true,
+                                        match r.from_step {
+                                            Some(s) => format!("resuming from step {s}"),
+                                            None => "no checkpoint yet: starting again".into(),
+                                        },
+                                    );
+                                }
+                                Err(e) => dash.set_notice(false, format!("{e:#}")),
+                            }
+                        }
                     },
                     Event::Resize(..) => {
                         let _ = terminal.autoresize();
