@@ -1,6 +1,6 @@
 //! The training engine end to end on a fixture model (CPU): loss falls, held-out loss
 //! improves, exports are valid, a stopped-and-resumed run equals an uninterrupted one bit
-//! for bit, and bad inputs give clear errors.
+//! for bit, a failed step keeps the last finished one, and bad inputs give clear errors.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -295,6 +295,89 @@ fn resume_equals_uninterrupted_bit_for_bit() {
         );
         assert_eq!(full.eval_final, resumed.eval_final);
     }
+}
+
+#[test]
+fn a_failed_step_keeps_the_last_finished_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), "gpt2", "");
+    let run_dir = dir.path().join("run");
+    let mut plan = plan_steps(&mut cfg, &run_dir, 9);
+    // Step 7 fails: its first sequence holds a token the model has no embedding for (as
+    // an out-of-memory error or a crashed kernel would, hours into a run). The last
+    // checkpoint (save_every = 5) holds step 5.
+    let per_step = plan.per_step();
+    let rows = train::data_indices(plan.rows.train.len(), plan.cfg.seed, 6 * per_step, per_step);
+    plan.rows.train[rows[0]][3] = plan.model_cfg.vocab_size as u32 + 1000;
+    let mut sink = VecSink::default();
+    let err = train::run(&plan, &train::Control::default(), &mut sink)
+        .err()
+        .expect("the step with a token outside the vocabulary fails");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.starts_with("step 7 failed: ")
+            && msg.contains("index 1512 out of bounds")
+            && msg.ends_with("; the prompt after step 6 is saved (checkpoint and exports)"),
+        "{msg}"
+    );
+    let events = sink.0;
+    let steps: Vec<usize> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Step { step, .. } => Some(*step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps, (1..=6).collect::<Vec<_>>());
+    match &events[events.len() - 2] {
+        Event::Checkpoint {
+            step: 6, exports, ..
+        } => {
+            assert_eq!(exports.len(), 2);
+            assert!(exports.iter().all(|e| Path::new(e).exists()), "{exports:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(events.last(), Some(Event::Error { message }) if *message == msg));
+    let ck = softtune::train::checkpoint::Checkpoint::load(&plan.checkpoint_path()).unwrap();
+    assert_eq!(ck.step, 6);
+
+    // Resumed from that checkpoint (the data whole again), the run ends with the prompt of
+    // one that never failed.
+    cfg.continue_from = Some(plan.checkpoint_path());
+    let resumed = train::plan(&cfg.validate().unwrap(), &run_dir).unwrap();
+    let (resumed, _) = run(&resumed, None);
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut cfg2 = config(dir2.path(), "gpt2", "");
+    let (full, _) = run(&plan_steps(&mut cfg2, &dir2.path().join("run"), 9), None);
+    let bits = |o: &Outcome| {
+        o.prompt
+            .data
+            .iter()
+            .map(|x| x.to_bits())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bits(&resumed), bits(&full));
+
+    // A failure right after a checkpoint saves nothing new, and says where the prompt is.
+    let mut cfg3 = config(dir2.path(), "gpt2", "");
+    let mut plan = plan_steps(&mut cfg3, &dir2.path().join("again"), 9);
+    let rows = train::data_indices(plan.rows.train.len(), plan.cfg.seed, 5 * per_step, per_step);
+    plan.rows.train[rows[1]][0] = u32::MAX;
+    let mut sink = VecSink::default();
+    let err = train::run(&plan, &train::Control::default(), &mut sink).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.starts_with("step 6 failed: ")
+            && msg.ends_with("; the checkpoint holds the prompt after step 5"),
+        "{msg}"
+    );
+    let checkpoints = sink
+        .0
+        .iter()
+        .filter(|e| matches!(e, Event::Checkpoint { .. }))
+        .count();
+    assert_eq!(checkpoints, 1);
 }
 
 #[test]

@@ -206,12 +206,10 @@ pub fn main(dir: &Path) -> u8 {
         body(&dir, &shared, &control, signals)
     }))
     .unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
-        Err(anyhow!("the worker crashed: {what}"))
+        Err(anyhow!(
+            "the worker crashed: {}",
+            train::panic_text(panic.as_ref())
+        ))
     });
 
     done.store(true, Ordering::SeqCst);

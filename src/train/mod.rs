@@ -429,8 +429,12 @@ where
                 handles
                     .into_iter()
                     .map(|h| {
-                        h.join()
-                            .unwrap_or_else(|_| Err(anyhow!("a training thread crashed")))
+                        h.join().unwrap_or_else(|panic| {
+                            Err(anyhow!(
+                                "a training thread crashed: {}",
+                                panic_text(panic.as_ref())
+                            ))
+                        })
                     })
                     .collect()
             })
@@ -562,6 +566,8 @@ where
     let t0 = Instant::now();
     let mut paused_total = Duration::ZERO;
     let mut step = start_step;
+    // The step the run's checkpoint holds (a resumed run's checkpoint is its start).
+    let mut saved_step = start_step;
     let mut exports = Vec::new();
     while step < plan.total_steps {
         if control.pause.load(Ordering::SeqCst) && !control.stopping() {
@@ -583,7 +589,22 @@ where
         let lr = schedule::lr_at(step, plan.total_steps, cfg.lr, cfg.warmup, cfg.end_lr);
         let idx = data_indices(plan.rows.train.len(), cfg.seed, step * per_step, per_step);
         let rows: Vec<&[u32]> = idx.iter().map(|&i| plan.rows.train[i].as_slice()).collect();
-        let (loss, mut grad) = accumulate(model, &prompt, n, d, &rows, cfg.batch_size, threads)?;
+        let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            accumulate(model, &prompt, n, d, &rows, cfg.batch_size, threads)
+        }))
+        .unwrap_or_else(|panic| Err(anyhow!("it crashed: {}", panic_text(panic.as_ref()))));
+        let (loss, mut grad) = match attempt {
+            Ok(x) => x,
+            Err(e) => {
+                let saved = Saved {
+                    step,
+                    prompt: &prompt,
+                    initial: &initial,
+                    opt: &opt,
+                };
+                return Err(keep_last_good(plan, saved, saved_step, e, sink));
+            }
+        };
         let norm = clip_grad_norm(&mut grad, cfg.max_grad_norm);
         opt.step(&mut prompt, &grad, lr);
         step += 1;
@@ -610,6 +631,7 @@ where
                 });
             }
             exports = save(plan, step, &prompt, &initial, &opt, sink)?;
+            saved_step = step;
         }
     }
     let stopped = step < plan.total_steps;
@@ -641,6 +663,56 @@ where
         eval_final,
         exports,
     })
+}
+
+/// A panic's message.
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// The prompt after `step` completed steps, with what saving it needs.
+struct Saved<'a> {
+    step: usize,
+    prompt: &'a [f32],
+    initial: &'a [f32],
+    opt: &'a Optimizer,
+}
+
+/// A training step failed (out of memory, a NaN loss, a crashed kernel): the prompt of the
+/// last completed step is saved with a checkpoint and both exports, unless the checkpoint
+/// already holds it, so a failure hours into a run loses no finished step. Returns the
+/// error, saying what was kept.
+fn keep_last_good(
+    plan: &Plan,
+    last: Saved,
+    saved_step: usize,
+    error: anyhow::Error,
+    sink: &mut dyn EventSink,
+) -> anyhow::Error {
+    let failed = format!("step {} failed: {error:#}", last.step + 1);
+    if last.step == 0 {
+        return anyhow!(failed);
+    }
+    if last.step == saved_step {
+        return anyhow!(
+            "{failed}; the checkpoint holds the prompt after step {}",
+            last.step
+        );
+    }
+    match save(plan, last.step, last.prompt, last.initial, last.opt, sink) {
+        Ok(_) => anyhow!(
+            "{failed}; the prompt after step {} is saved (checkpoint and exports)",
+            last.step
+        ),
+        Err(e) => anyhow!(
+            "{failed}; saving the prompt after step {} failed too: {e:#}",
+            last.step
+        ),
+    }
 }
 
 /// Checkpoint + both exports.
