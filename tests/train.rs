@@ -311,8 +311,7 @@ fn a_failed_step_keeps_the_last_finished_one() {
     plan.rows.train[rows[0]][3] = plan.model_cfg.vocab_size as u32 + 1000;
     let mut sink = VecSink::default();
     let err = train::run(&plan, &train::Control::default(), &mut sink)
-        .err()
-        .expect("the step with a token outside the vocabulary fails");
+        .expect_err("the step with a token outside the vocabulary fails");
     let msg = format!("{err:#}");
     assert!(
         msg.starts_with("step 7 failed: ")
