@@ -109,6 +109,10 @@ enum Command {
         /// <output folder>/<stem>-run).
         #[arg(long)]
         run_dir: Option<PathBuf>,
+        /// With --foreground: start over even when the run folder holds this run's
+        /// unfinished checkpoint (by default the run goes on from it).
+        #[arg(long, requires = "foreground")]
+        fresh: bool,
     },
     /// List the detached runs, newest first: state, progress, last loss, output files.
     Runs,
@@ -236,9 +240,10 @@ fn main() -> ExitCode {
             profile,
             foreground,
             run_dir,
+            fresh,
         } => {
             if foreground {
-                return run_train(config, profile, run_dir);
+                return run_train(config, profile, run_dir, fresh);
             }
             launch_train(config, profile, run_dir).map(|_| ())
         }
@@ -321,6 +326,7 @@ fn run_train(
     config: Option<PathBuf>,
     profile: Option<String>,
     run_dir: Option<PathBuf>,
+    fresh: bool,
 ) -> ExitCode {
     use softtune::train::events::{Fanout, JsonlSink, PrintSink};
     use std::sync::Arc;
@@ -333,7 +339,15 @@ fn run_train(
             .validate()
             .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
         let run_dir = run_dir.unwrap_or_else(|| cfg.folder.join(format!("{}-run", cfg.stem)));
-        let plan = softtune::train::plan(&cfg, &run_dir)?;
+        let mut plan = softtune::train::plan(&cfg, &run_dir)?;
+        if !fresh && let Some(step) = softtune::train::resume_in_place(&mut plan)? {
+            println!(
+                "{} holds this run's checkpoint at step {step} of {}: going on from it \
+                 (--fresh starts over)",
+                run_dir.display(),
+                plan.total_steps
+            );
+        }
         let stop = Arc::new(AtomicBool::new(false));
         for sig in [
             signal_hook::consts::SIGINT,

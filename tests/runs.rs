@@ -614,6 +614,122 @@ fn a_stopped_or_killed_run_resumes_to_the_prompt_of_an_uninterrupted_run() {
 }
 
 #[test]
+fn a_foreground_run_goes_on_when_run_again() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("share");
+    let cfg = config(dir.path(), "run.toml", 3.0, "out");
+    let run_dir = dir.path().join("fg-run");
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "train".to_string(),
+            "--foreground".into(),
+            "--config".into(),
+            cfg.display().to_string(),
+            "--run-dir".into(),
+            run_dir.display().to_string(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    // Ctrl-C after a few steps: it stops with a checkpoint.
+    let mut child = softtune(&data)
+        .args(args(&[]))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("step 3/") {
+            break;
+        }
+    }
+    // SAFETY: signals the child this test started.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert_eq!(child.wait().unwrap().code(), Some(130), "{rest:?}");
+    let stopped = rest
+        .iter()
+        .find_map(|l| l.strip_prefix("stopped at step "))
+        .and_then(|l| l.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("{rest:?}"));
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("the same command goes on from its checkpoint")),
+        "{rest:?}"
+    );
+
+    let checkpoint = run_dir.join("checkpoint.safetensors");
+    let kept = dir.path().join("stopped.safetensors");
+    std::fs::copy(&checkpoint, &kept).unwrap();
+
+    // The same command again goes on from there, to an uninterrupted run's prompt.
+    let again: Vec<String> = args(&[]);
+    let again: Vec<&str> = again.iter().map(String::as_str).collect();
+    let out = run(&data, &again, 60);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "holds this run's checkpoint at step {stopped} of 312: going on from it"
+        )),
+        "{stdout}"
+    );
+    let fg2 = dir.path().join("fg2.toml");
+    std::fs::write(
+        &fg2,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("folder = \"out\"", "folder = \"out-2\""),
+    )
+    .unwrap();
+    let out = run_fg(&data, &fg2, &dir.path().join("fg2-run"));
+    assert!(out.status.success(), "{:?}", text(&out));
+    let bits = |p: &Path| {
+        let (p, _) = softtune::prompt::load(p).unwrap();
+        p.data.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        bits(&dir.path().join("out/detached-v1.zip")),
+        bits(&dir.path().join("out-2/detached-v1.zip"))
+    );
+
+    // Finished: the same command starts over; so does --fresh on an unfinished checkpoint.
+    let started_at = || match read_events(&run_dir.join("events.jsonl"))
+        .unwrap()
+        .into_iter()
+        .rev()
+        .find(|e| matches!(e, Event::Started { .. }))
+    {
+        Some(Event::Started { start_step, .. }) => start_step,
+        other => panic!("{other:?}"),
+    };
+    let out = run(&data, &again, 60);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(
+        !text(&out).0.contains("going on from it"),
+        "{:?}",
+        text(&out)
+    );
+    assert_eq!(started_at(), 0);
+    std::fs::copy(&kept, &checkpoint).unwrap();
+    let fresh = args(&["--fresh"]);
+    let fresh: Vec<&str> = fresh.iter().map(String::as_str).collect();
+    let out = run(&data, &fresh, 60);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(
+        !text(&out).0.contains("going on from it"),
+        "{:?}",
+        text(&out)
+    );
+    assert_eq!(started_at(), 0);
+}
+
+#[test]
 fn bad_input_is_reported_before_detaching() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("share");

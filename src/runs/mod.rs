@@ -331,7 +331,7 @@ pub fn outcome_hints(plan: &Plan, out: &Outcome, run: Option<&str>) -> Vec<Strin
                 out.step
             ),
             None => format!(
-                "stopped at step {}; to resume, set continue_from = \"{}\"",
+                "stopped at step {}; the same command goes on from its checkpoint ({})",
                 out.step,
                 plan.checkpoint_path().display()
             ),

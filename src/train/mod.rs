@@ -665,6 +665,25 @@ where
     })
 }
 
+/// When `plan` starts from scratch and its run folder holds this same run's checkpoint
+/// (same data, model and settings: the fingerprint matches) short of the last step, starts
+/// from that checkpoint instead: a foreground run stopped with Ctrl-C, or one that failed,
+/// goes on when the same command runs again, rather than starting over and overwriting
+/// it. Returns the checkpoint's step when it does.
+pub fn resume_in_place(plan: &mut Plan) -> Result<Option<usize>> {
+    let path = plan.checkpoint_path();
+    if !matches!(plan.start, Start::Fresh) || !Checkpoint::is_checkpoint(&path) {
+        return Ok(None);
+    }
+    let ck = Checkpoint::load(&path)?;
+    if ck.fingerprint != plan.fingerprint || ck.step >= plan.total_steps {
+        return Ok(None);
+    }
+    let step = ck.step;
+    plan.start = Start::Resume(Box::new(ck));
+    Ok(Some(step))
+}
+
 /// A panic's message.
 pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     panic
