@@ -83,6 +83,36 @@ impl Summary {
             dtype_name(gpu),
             human_bytes(self.weight_bytes(DType::F32))
         );
+        if let Some(line) = self.training_line(gpu) {
+            println!("{line}");
+        }
+    }
+
+    /// What training needs on a GPU in `dtype` (softtune's estimate, `model::memory`): one
+    /// sequence filling the context behind 20 soft tokens, and each further sequence of a
+    /// micro-batch. `None` when the context is too short for 20 soft tokens.
+    pub fn training_line(&self, dtype: DType) -> Option<String> {
+        use crate::model::memory::{RunShape, training_memory};
+        let soft = 20;
+        let text = self.context_length.checked_sub(soft).filter(|&t| t > 0)?;
+        let total = |batch| {
+            let run = RunShape {
+                batch,
+                soft,
+                text,
+                dtype,
+                gpu: true,
+            };
+            training_memory(&self.config, self.parameters, run).total() as usize
+        };
+        let (one, two) = (total(1), total(2));
+        Some(format!(
+            "training memory ~{} on GPU ({}) at batch 1 × {} tokens ({soft} soft); +{} per extra sequence",
+            human_bytes(one),
+            dtype_name(dtype),
+            self.context_length,
+            human_bytes(two.saturating_sub(one))
+        ))
     }
 }
 

@@ -60,6 +60,16 @@ fn inspect_reports_the_model() {
     assert_eq!(code, 0);
     assert!(out.contains("2 key/value heads"), "{out}");
     assert!(out.contains("parameters      139584"), "{out}");
+    // softtune's training memory estimate, at the fixture's whole context of 128 tokens.
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("training memory "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("on GPU (float32) at batch 1 × 128 tokens (20 soft); +")
+            && line.ends_with(" per extra sequence"),
+        "{line}"
+    );
 }
 
 #[test]
