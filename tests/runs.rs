@@ -559,7 +559,18 @@ fn a_stopped_or_killed_run_resumes_to_the_prompt_of_an_uninterrupted_run() {
     let from = checkpoint_step(&out);
     assert_eq!(from, step(&paused) / 50 * 50, "{out} {paused}");
     assert!(from >= stopped_at, "{out}");
-    let _third = new_worker(second.0);
+    let third = new_worker(second.0);
+    // A second worker on the same run folder (two resumes at once) leaves at once and
+    // touches nothing.
+    let out = run(&data, &["worker", folder.to_str().unwrap()], 20);
+    assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
+    assert!(
+        text(&out).0.contains("another worker already trains it"),
+        "{:?}",
+        text(&out)
+    );
+    let st = state(&folder).unwrap();
+    assert_eq!(st["pid"].as_u64(), Some(third.0 as u64), "{st}");
     let st = wait_done(&folder, 120);
     assert_eq!(st["state"], "finished", "{st}");
 

@@ -163,6 +163,12 @@ pub fn resume(info: &RunInfo) -> Result<Resumed> {
         bail!("run {id} ran on {host}; resume it there");
     }
     let dir = &info.dir;
+    if super::lock_worker(dir)?.is_none() {
+        bail!(
+            "run {id}: its worker{} still holds the run folder; `softtune stop {id}` or wait for it to end",
+            old.pid.map_or(String::new(), |p| format!(" (pid {p})"))
+        );
+    }
     let path = dir.join(CONFIG_FILE);
     let mut cfg = RunConfig::from_file(&path)
         .with_context(|| format!("run {id}: its configuration cannot be read"))?;

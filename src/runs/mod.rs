@@ -33,6 +33,34 @@ pub const STATE_FILE: &str = "state.json";
 pub const CONFIG_FILE: &str = "config.toml";
 pub const EVENTS_FILE: &str = "events.jsonl";
 pub const LOG_FILE: &str = "worker.log";
+/// Locked by the run's worker while it lives (an advisory `flock`, released by the
+/// operating system when the worker ends, however it ends).
+pub const LOCK_FILE: &str = "worker.lock";
+
+/// Takes the run folder's worker lock without waiting: `Some(lock)` (held until dropped),
+/// or `None` when a live worker holds it. Two workers can never train one run folder.
+pub fn lock_worker(dir: &Path) -> Result<Option<std::fs::File>> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| anyhow!("{}: cannot open the worker lock ({e})", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor this function owns; no memory is involved.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                return Ok(None);
+            }
+            bail!("{}: cannot lock ({e})", path.display());
+        }
+    }
+    Ok(Some(file))
+}
 
 /// softtune's data folder: `SOFTTUNE_DATA_DIR`, else the OS data folder
 /// (`~/.local/share/softtune` on Linux).
@@ -343,6 +371,16 @@ pub fn outcome_hints(plan: &Plan, out: &Outcome, run: Option<&str>) -> Vec<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_worker_lock_per_run_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_worker(dir.path()).unwrap();
+        assert!(held.is_some());
+        assert!(lock_worker(dir.path()).unwrap().is_none(), "held elsewhere");
+        drop(held);
+        assert!(lock_worker(dir.path()).unwrap().is_some(), "free again");
+    }
 
     #[test]
     fn utc_dates() {

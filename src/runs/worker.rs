@@ -178,6 +178,19 @@ pub fn main(dir: &Path) -> u8 {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // Held until this process ends. A second worker on the same folder (two `softtune
+    // resume` at once) leaves at once, touching nothing.
+    let _lock = match super::lock_worker(&dir) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            println!("run {id}: another worker already trains it; this one ends");
+            return 1;
+        }
+        Err(e) => {
+            println!("run {id}: {e:#}");
+            return 1;
+        }
+    };
     let mut st = RunState::read(&dir).unwrap_or_else(|_| RunState::new(&id, now_secs()));
     st.state = Status::Running;
     st.pid = Some(std::process::id());
