@@ -4,7 +4,8 @@
 //! A run folder (`<data dir>/runs/<stem>-<YYYYmmdd-HHMMSS>/`) holds `config.toml` (the
 //! validated configuration with absolute paths), `state.json` ([`state::RunState`]: state,
 //! pid, heartbeat, progress, exports), `events.jsonl` (the engine's typed events),
-//! `worker.log` (the worker's plain progress lines and errors) and the engine's run files
+//! `worker.log` (the worker's plain progress lines and errors), `worker.lock` (held by the
+//! live worker, see [`lock_worker`]) and the engine's run files
 //! (token cache, `heldout.u32`, `checkpoint.safetensors`). The exports go to the
 //! configuration's output folder, as in a foreground run.
 //!
@@ -12,6 +13,8 @@
 //!   worker (`softtune worker DIR`) in a new session.
 //! * [`worker`]: the worker's body: engine + `events.jsonl` + `worker.log` + `state.json`
 //!   with a heartbeat.
+//! * [`launch::resume`]: a stopped or failed run's worker started again in its folder,
+//!   from its checkpoint.
 //! * [`state`]: reading state, and telling a dead worker from a running one.
 //! * [`tail`]: following `events.jsonl` as it grows.
 
