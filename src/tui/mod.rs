@@ -158,7 +158,7 @@ pub fn run_dashboard(info: &crate::runs::RunInfo, theme: Theme) -> Result<()> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Instant;
 
-    use crate::runs::state::{Status, hostname, load_checked};
+    use crate::runs::state::{hostname, load_checked};
 
     if theme.name == "mono" {
         crossterm::style::force_color_output(true);
@@ -182,7 +182,9 @@ pub fn run_dashboard(info: &crate::runs::RunInfo, theme: Theme) -> Result<()> {
             for e in tail.poll()? {
                 dash.view.apply(&e);
             }
-            if last_state.elapsed() >= STATE_EVERY && dash.state.state == Status::Running {
+            // Also when the run has ended: `softtune resume` from another shell starts it
+            // again, and this dashboard follows.
+            if last_state.elapsed() >= STATE_EVERY {
                 last_state = Instant::now();
                 if let Ok(st) = load_checked(&info.dir) {
                     dash.state = st;
