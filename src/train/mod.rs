@@ -548,7 +548,7 @@ where
     let mut sampler = samples::Sampler::new(plan)?;
     let mut sample = |step: usize, prompt: &[f32], sink: &mut dyn EventSink| {
         let Some(s) = sampler.as_mut() else { return };
-        match s.sample(plan, model, prompt, step) {
+        match guarded(|| s.sample(plan, model, prompt, step)) {
             Ok(e) => sink.emit(&e),
             Err(e) => {
                 // Samples are a view on training, never a reason to stop it.
@@ -589,20 +589,13 @@ where
         let lr = schedule::lr_at(step, plan.total_steps, cfg.lr, cfg.warmup, cfg.end_lr);
         let idx = data_indices(plan.rows.train.len(), cfg.seed, step * per_step, per_step);
         let rows: Vec<&[u32]> = idx.iter().map(|&i| plan.rows.train[i].as_slice()).collect();
-        let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            accumulate(model, &prompt, n, d, &rows, cfg.batch_size, threads)
-        }))
-        .unwrap_or_else(|panic| Err(anyhow!("it crashed: {}", panic_text(panic.as_ref()))));
+        let attempt = guarded(|| accumulate(model, &prompt, n, d, &rows, cfg.batch_size, threads));
         let (loss, mut grad) = match attempt {
             Ok(x) => x,
             Err(e) => {
-                let saved = Saved {
-                    step,
-                    prompt: &prompt,
-                    initial: &initial,
-                    opt: &opt,
-                };
-                return Err(keep_last_good(plan, saved, saved_step, e, sink));
+                let failed = format!("step {} failed", step + 1);
+                let last = Saved::new(step, &prompt, &initial, &opt);
+                return Err(keep_last_good(plan, last, saved_step, &failed, e, sink));
             }
         };
         let norm = clip_grad_norm(&mut grad, cfg.max_grad_norm);
@@ -623,7 +616,16 @@ where
             sample(step, &prompt, sink);
         }
         if step % cfg.save_every == 0 && !last {
-            if let Some(loss) = held_out_loss(plan, model, Some(&prompt), device)? {
+            let eval = guarded(|| held_out_loss(plan, model, Some(&prompt), device));
+            let eval = match eval {
+                Ok(v) => v,
+                Err(e) => {
+                    let failed = format!("the held-out evaluation after step {step} failed");
+                    let last = Saved::new(step, &prompt, &initial, &opt);
+                    return Err(keep_last_good(plan, last, saved_step, &failed, e, sink));
+                }
+            };
+            if let Some(loss) = eval {
                 sink.emit(&Event::Eval {
                     step,
                     label: "step".into(),
@@ -635,7 +637,14 @@ where
         }
     }
     let stopped = step < plan.total_steps;
-    let eval_final = held_out_loss(plan, model, Some(&prompt), device)?;
+    let eval_final = match guarded(|| held_out_loss(plan, model, Some(&prompt), device)) {
+        Ok(v) => v,
+        Err(e) => {
+            let failed = format!("the final held-out evaluation (after step {step}) failed");
+            let last = Saved::new(step, &prompt, &initial, &opt);
+            return Err(keep_last_good(plan, last, saved_step, &failed, e, sink));
+        }
+    };
     if let Some(loss) = eval_final {
         sink.emit(&Event::Eval {
             step,
@@ -693,6 +702,13 @@ pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
+/// Runs `f`, turning a panic (a crashed kernel, an allocation failure on the device) into
+/// an error with its message.
+fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|panic| Err(anyhow!("it crashed: {}", panic_text(panic.as_ref()))))
+}
+
 /// The prompt after `step` completed steps, with what saving it needs.
 struct Saved<'a> {
     step: usize,
@@ -701,18 +717,30 @@ struct Saved<'a> {
     opt: &'a Optimizer,
 }
 
-/// A training step failed (out of memory, a NaN loss, a crashed kernel): the prompt of the
-/// last completed step is saved with a checkpoint and both exports, unless the checkpoint
-/// already holds it, so a failure hours into a run loses no finished step. Returns the
-/// error, saying what was kept.
+impl<'a> Saved<'a> {
+    fn new(step: usize, prompt: &'a [f32], initial: &'a [f32], opt: &'a Optimizer) -> Self {
+        Self {
+            step,
+            prompt,
+            initial,
+            opt,
+        }
+    }
+}
+
+/// A step or an evaluation failed (out of memory, a NaN loss, a crashed kernel): the
+/// prompt of the last completed step is saved with a checkpoint and both exports, unless
+/// the checkpoint already holds it, so a failure hours into a run loses no finished step.
+/// Returns the error (`what` failed, and why), saying what was kept.
 fn keep_last_good(
     plan: &Plan,
     last: Saved,
     saved_step: usize,
+    what: &str,
     error: anyhow::Error,
     sink: &mut dyn EventSink,
 ) -> anyhow::Error {
-    let failed = format!("step {} failed: {error:#}", last.step + 1);
+    let failed = format!("{what}: {error:#}");
     if last.step == 0 {
         return anyhow!(failed);
     }
