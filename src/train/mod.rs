@@ -684,7 +684,12 @@ pub fn resume_in_place(plan: &mut Plan) -> Result<Option<usize>> {
     if !matches!(plan.start, Start::Fresh) || !Checkpoint::is_checkpoint(&path) {
         return Ok(None);
     }
-    let ck = Checkpoint::load(&path)?;
+    let ck = Checkpoint::load(&path).with_context(|| {
+        format!(
+            "{}: the run folder's checkpoint is damaged (--fresh starts over without it)",
+            path.display()
+        )
+    })?;
     if ck.fingerprint != plan.fingerprint || ck.step >= plan.total_steps {
         return Ok(None);
     }
