@@ -108,6 +108,27 @@ fn run(data: &Path, args: &[&str], secs: u64) -> Output {
     out
 }
 
+/// The float bits of an exported prompt (a KoboldAI zip or a PEFT adapter folder).
+fn prompt_bits(path: &Path) -> Vec<u32> {
+    let (p, _) = softtune::prompt::load(path).unwrap();
+    p.data.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Trains `config` uninterrupted in the foreground, its exports going to `dir/<out>`
+/// instead; returns that folder.
+fn uninterrupted(data: &Path, dir: &Path, config: &Path, out: &str) -> PathBuf {
+    let copy = dir.join(format!("{out}.toml"));
+    let toml = std::fs::read_to_string(config).unwrap();
+    std::fs::write(
+        &copy,
+        toml.replace("folder = \"out\"", &format!("folder = \"{out}\"")),
+    )
+    .unwrap();
+    let result = run_fg(data, &copy, &dir.join(format!("{out}-run")));
+    assert!(result.status.success(), "{:?}", text(&result));
+    dir.join(out)
+}
+
 /// Polls `f` every 50 ms until it gives a value, for at most `secs` seconds.
 fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let until = Instant::now() + Duration::from_secs(secs);
@@ -575,24 +596,11 @@ fn a_stopped_or_killed_run_resumes_to_the_prompt_of_an_uninterrupted_run() {
     assert_eq!(st["state"], "finished", "{st}");
 
     // The same prompt, bit for bit, as one uninterrupted run.
-    let fg_cfg = dir.path().join("fg.toml");
-    std::fs::write(
-        &fg_cfg,
-        std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("folder = \"out\"", "folder = \"out-fg\""),
-    )
-    .unwrap();
-    let out = run_fg(&data, &fg_cfg, &dir.path().join("fg-run"));
-    assert!(out.status.success(), "{:?}", text(&out));
-    let bits = |p: &Path| {
-        let (p, _) = softtune::prompt::load(p).unwrap();
-        p.data.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-    };
+    let reference = uninterrupted(&data, dir.path(), &cfg, "out-fg");
     for export in ["detached-v1.zip", "detached-v1-peft"] {
         assert_eq!(
-            bits(&dir.path().join("out").join(export)),
-            bits(&dir.path().join("out-fg").join(export)),
+            prompt_bits(&dir.path().join("out").join(export)),
+            prompt_bits(&reference.join(export)),
             "{export} differs from an uninterrupted run's"
         );
     }
@@ -690,23 +698,10 @@ fn a_foreground_run_goes_on_when_run_again() {
         )),
         "{stdout}"
     );
-    let fg2 = dir.path().join("fg2.toml");
-    std::fs::write(
-        &fg2,
-        std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("folder = \"out\"", "folder = \"out-2\""),
-    )
-    .unwrap();
-    let out = run_fg(&data, &fg2, &dir.path().join("fg2-run"));
-    assert!(out.status.success(), "{:?}", text(&out));
-    let bits = |p: &Path| {
-        let (p, _) = softtune::prompt::load(p).unwrap();
-        p.data.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-    };
+    let reference = uninterrupted(&data, dir.path(), &cfg, "out-2");
     assert_eq!(
-        bits(&dir.path().join("out/detached-v1.zip")),
-        bits(&dir.path().join("out-2/detached-v1.zip"))
+        prompt_bits(&dir.path().join("out/detached-v1.zip")),
+        prompt_bits(&reference.join("detached-v1.zip"))
     );
 
     // Finished: the same command starts over; so does --fresh on an unfinished checkpoint.

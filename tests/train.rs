@@ -83,6 +83,11 @@ fn run(plan: &Plan, stop_at: Option<usize>) -> (Outcome, Vec<Event>) {
     (out, sink.inner.0)
 }
 
+/// The float bits of a run's final prompt.
+fn prompt_bits(o: &Outcome) -> Vec<u32> {
+    o.prompt.data.iter().map(|x| x.to_bits()).collect()
+}
+
 fn step_losses(events: &[Event]) -> Vec<f64> {
     events
         .iter()
@@ -281,16 +286,9 @@ fn resume_equals_uninterrupted_bit_for_bit() {
             Some(Event::Started { start_step: 4, .. })
         ));
         assert_eq!(resumed.step, 9);
-        let bits = |o: &Outcome| {
-            o.prompt
-                .data
-                .iter()
-                .map(|x| x.to_bits())
-                .collect::<Vec<_>>()
-        };
         assert_eq!(
-            bits(&full),
-            bits(&resumed),
+            prompt_bits(&full),
+            prompt_bits(&resumed),
             "{optimizer}: resumed run differs"
         );
         assert_eq!(full.eval_final, resumed.eval_final);
@@ -349,14 +347,7 @@ fn a_failed_step_keeps_the_last_finished_one() {
     let dir2 = tempfile::tempdir().unwrap();
     let mut cfg2 = config(dir2.path(), "gpt2", "");
     let (full, _) = run(&plan_steps(&mut cfg2, &dir2.path().join("run"), 9), None);
-    let bits = |o: &Outcome| {
-        o.prompt
-            .data
-            .iter()
-            .map(|x| x.to_bits())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(bits(&resumed), bits(&full));
+    assert_eq!(prompt_bits(&resumed), prompt_bits(&full));
 
     // A failure right after a checkpoint saves nothing new, and says where the prompt is.
     let mut cfg3 = config(dir2.path(), "gpt2", "");

@@ -1072,9 +1072,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_new_start_begins_a_new_history_and_pauses_show() {
-        let started = Event::Started {
+    /// A `started` event of a 10-step run.
+    fn started(start_step: usize) -> Event {
+        Event::Started {
             model: "m".into(),
             device: "cpu".into(),
             soft_tokens: 4,
@@ -1085,9 +1085,14 @@ mod tests {
             train_rows: 10,
             eval_rows: 1,
             total_steps: 10,
-            start_step: 0,
+            start_step,
             sample_every: 5,
-        };
+        }
+    }
+
+    #[test]
+    fn a_new_start_begins_a_new_history_and_pauses_show() {
+        let started = started(0);
         let mut v = RunView::from_events(&[started.clone(), step(1, 1.0)]);
         v.apply(&Event::Paused { step: 1 });
         assert!(v.paused);
@@ -1103,20 +1108,6 @@ mod tests {
 
     #[test]
     fn a_resumed_run_keeps_its_history_up_to_the_checkpoint() {
-        let started = |start_step: usize| Event::Started {
-            model: "m".into(),
-            device: "cpu".into(),
-            soft_tokens: 4,
-            d_embed: 8,
-            tokens_per_sequence: 16,
-            batch_size: 1,
-            grad_accumulation: 1,
-            train_rows: 10,
-            eval_rows: 1,
-            total_steps: 10,
-            start_step,
-            sample_every: 5,
-        };
         let eval = |step: usize, label: &str, loss: f64| Event::Eval {
             step,
             label: label.into(),
