@@ -714,25 +714,21 @@ fn a_foreground_run_goes_on_when_run_again() {
         Some(Event::Started { start_step, .. }) => start_step,
         other => panic!("{other:?}"),
     };
-    let out = run(&data, &again, 60);
-    assert!(out.status.success(), "{:?}", text(&out));
-    assert!(
-        !text(&out).0.contains("going on from it"),
-        "{:?}",
-        text(&out)
-    );
-    assert_eq!(started_at(), 0);
+    let starts_over = |extra: &[&str]| {
+        let a = args(extra);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let out = run(&data, &a, 60);
+        assert!(out.status.success(), "{:?}", text(&out));
+        assert!(
+            !text(&out).0.contains("going on from it"),
+            "{:?}",
+            text(&out)
+        );
+        assert_eq!(started_at(), 0);
+    };
+    starts_over(&[]);
     std::fs::copy(&kept, &checkpoint).unwrap();
-    let fresh = args(&["--fresh"]);
-    let fresh: Vec<&str> = fresh.iter().map(String::as_str).collect();
-    let out = run(&data, &fresh, 60);
-    assert!(out.status.success(), "{:?}", text(&out));
-    assert!(
-        !text(&out).0.contains("going on from it"),
-        "{:?}",
-        text(&out)
-    );
-    assert_eq!(started_at(), 0);
+    starts_over(&["--fresh"]);
 }
 
 #[test]
