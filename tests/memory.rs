@@ -115,6 +115,13 @@ fn shapes() -> Vec<(&'static str, Value)> {
         ("llama with q/k/v biases", llama(8, true, false)),
         ("llama with a tied head", llama(8, false, true)),
         (
+            "qwen3: per-head q/k norms, heads wider than hidden / heads",
+            json!({"model_type": "qwen3", "vocab_size": v, "hidden_size": h,
+                "intermediate_size": f, "num_hidden_layers": 2, "num_attention_heads": 8,
+                "num_key_value_heads": 2, "head_dim": 64, "max_position_embeddings": ctx,
+                "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": false}),
+        ),
+        (
             "gptj",
             json!({"model_type": "gptj", "vocab_size": v, "n_embd": h, "n_layer": 2,
                 "n_head": 8, "rotary_dim": 16, "n_positions": ctx,
@@ -203,6 +210,7 @@ fn parameter_count_matches_checkpoints_and_published_sizes() {
         "llama",
         "mistral",
         "qwen2",
+        "qwen3",
     ] {
         let dir = fixtures().join(family);
         let summary = softtune::inspect::inspect(dir.to_str().unwrap(), &hub).unwrap();

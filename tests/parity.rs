@@ -49,6 +49,7 @@ parity_tests!(
     llama,
     mistral,
     qwen2,
+    qwen3,
 );
 
 #[test]
@@ -140,6 +141,7 @@ fn sixteen_bit_weights_stay_within_their_bounds() {
             "llama",
             "opt_proj_postln",
             "qwen2",
+            "qwen3",
         ] {
             let errors =
                 check_fixture::<Autodiff<Flex>>(&fixture(name), &Default::default(), dtype)

@@ -21,11 +21,12 @@ pub enum Arch {
     Llama,
     Mistral,
     Qwen2,
+    Qwen3,
 }
 
 impl Arch {
     pub const SUPPORTED: &'static [&'static str] = &[
-        "gpt2", "gptj", "gpt_neox", "gpt_neo", "opt", "llama", "mistral", "qwen2",
+        "gpt2", "gptj", "gpt_neox", "gpt_neo", "opt", "llama", "mistral", "qwen2", "qwen3",
     ];
 
     pub fn from_model_type(s: &str) -> Option<Self> {
@@ -38,6 +39,7 @@ impl Arch {
             "llama" => Arch::Llama,
             "mistral" => Arch::Mistral,
             "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
             _ => return None,
         })
     }
@@ -52,6 +54,7 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Mistral => "mistral",
             Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
         }
     }
 }
@@ -137,12 +140,18 @@ pub enum ArchSpec {
         pre_layer_norm: bool,
         final_layer_norm: bool,
     },
-    /// llama, mistral, qwen2.
+    /// llama, mistral, qwen2, qwen3.
     Llama {
         /// Per layer: sliding-window size where one applies.
         windows: Vec<Option<usize>>,
-        /// Bias on q/k/v (qwen2 always; llama/mistral when `attention_bias`).
+        /// Bias on q/k/v (qwen2 always; llama and qwen3 when `attention_bias`).
         qkv_bias: bool,
+        /// Bias on the attention's output projection (llama and qwen3 when
+        /// `attention_bias`; never qwen2's).
+        o_bias: bool,
+        /// An RMSNorm over each query and key head before the rotary embedding (qwen3's
+        /// `q_norm` / `k_norm`).
+        qk_norm: bool,
     },
 }
 
@@ -437,7 +446,7 @@ impl ModelConfig {
                     },
                 }
             }
-            Arch::Llama | Arch::Mistral | Arch::Qwen2 => {
+            Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 => {
                 let hidden = k.usize(&["hidden_size"])?;
                 let n_heads = k.usize(&["num_attention_heads"])?;
                 let n_kv_heads = k.usize_opt(&["num_key_value_heads"])?.unwrap_or(n_heads);
@@ -448,6 +457,8 @@ impl ModelConfig {
                 }
                 let head_dim = match k.usize_opt(&["head_dim"])? {
                     Some(d) => d,
+                    // transformers' Qwen3Config has its own default, not hidden / heads.
+                    None if arch == Arch::Qwen3 => 128,
                     None => div_heads(hidden, n_heads)?,
                 };
                 let n_layers = k.usize(&["num_hidden_layers"])?;
@@ -455,6 +466,10 @@ impl ModelConfig {
                 if k.bool_or(&["mlp_bias"], false)? {
                     bail!("`mlp_bias` = true is not supported");
                 }
+                // Mistral's attention has no biases whatever the config says; qwen2's q/k/v
+                // always have one, its output projection never.
+                let attention_bias =
+                    arch != Arch::Mistral && k.bool_or(&["attention_bias"], false)?;
                 ModelConfig {
                     arch,
                     vocab_size,
@@ -481,7 +496,9 @@ impl ModelConfig {
                     torch_dtype,
                     spec: ArchSpec::Llama {
                         windows,
-                        qkv_bias: arch == Arch::Qwen2 || k.bool_or(&["attention_bias"], false)?,
+                        qkv_bias: arch == Arch::Qwen2 || attention_bias,
+                        o_bias: arch != Arch::Qwen2 && attention_bias,
+                        qk_norm: arch == Arch::Qwen3,
                     },
                 }
             }
@@ -606,13 +623,13 @@ fn gpt_neo_layers(v: &Value, n_layers: usize) -> Result<Vec<String>> {
 }
 
 /// Sliding windows for the llama family: mistral's `sliding_window`, qwen2's
-/// `use_sliding_window` with `layer_types` / `max_window_layers`.
+/// and qwen3's `use_sliding_window` with `layer_types` / `max_window_layers`.
 fn llama_windows(k: &Keys, arch: Arch, n_layers: usize) -> Result<Vec<Option<usize>>> {
     let window = k.usize_opt(&["sliding_window"])?;
     Ok(match (arch, window) {
         (_, None) => vec![None; n_layers],
         (Arch::Mistral, Some(w)) => vec![Some(w); n_layers],
-        (Arch::Qwen2, Some(w)) => {
+        (Arch::Qwen2 | Arch::Qwen3, Some(w)) => {
             if !k.bool_or(&["use_sliding_window"], false)? {
                 vec![None; n_layers]
             } else if let Some(types) = k.v.get("layer_types").and_then(Value::as_array) {
@@ -629,4 +646,67 @@ fn llama_windows(k: &Keys, arch: Arch, n_layers: usize) -> Result<Vec<Option<usi
         }
         (_, Some(_)) => vec![None; n_layers],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn llama_family(model_type: &str, extra: Value) -> ModelConfig {
+        let mut v = json!({"model_type": model_type, "vocab_size": 100, "hidden_size": 64,
+            "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "max_position_embeddings": 256});
+        for (key, x) in extra.as_object().unwrap() {
+            v[key] = x.clone();
+        }
+        ModelConfig::from_json(&v).unwrap()
+    }
+
+    fn biases_and_norms(c: &ModelConfig) -> (bool, bool, bool) {
+        let ArchSpec::Llama {
+            qkv_bias,
+            o_bias,
+            qk_norm,
+            ..
+        } = c.spec
+        else {
+            panic!("{:?} is not of the llama family", c.arch)
+        };
+        (qkv_bias, o_bias, qk_norm)
+    }
+
+    /// Which projections carry a bias follows each family's modeling code in transformers.
+    #[test]
+    fn attention_biases_follow_each_family() {
+        let with_bias = json!({"attention_bias": true});
+        let cases = [
+            ("llama", json!({}), (false, false, false)),
+            ("llama", with_bias.clone(), (true, true, false)),
+            ("mistral", with_bias.clone(), (false, false, false)),
+            ("qwen2", json!({}), (true, false, false)),
+            ("qwen2", with_bias.clone(), (true, false, false)),
+            ("qwen3", json!({}), (false, false, true)),
+            ("qwen3", with_bias, (true, true, true)),
+        ];
+        for (model_type, extra, want) in cases {
+            let c = llama_family(model_type, extra.clone());
+            assert_eq!(biases_and_norms(&c), want, "{model_type} {extra}");
+        }
+    }
+
+    /// Qwen3Config's head size defaults to 128, not hidden / heads; an explicit one wins.
+    #[test]
+    fn qwen3_head_size() {
+        assert_eq!(llama_family("qwen3", json!({})).head_dim, 128);
+        assert_eq!(llama_family("qwen3", json!({"head_dim": 32})).head_dim, 32);
+        assert_eq!(llama_family("llama", json!({})).head_dim, 16);
+        let windows = |c: ModelConfig| match c.spec {
+            ArchSpec::Llama { windows, .. } => windows,
+            _ => unreachable!(),
+        };
+        let sliding = json!({"use_sliding_window": true, "sliding_window": 8,
+            "max_window_layers": 1});
+        assert_eq!(windows(llama_family("qwen3", sliding)), vec![None, Some(8)]);
+    }
 }

@@ -1,7 +1,8 @@
-//! Llama family (llama, mistral, qwen2): RMSNorm, rotate-half RoPE with `rope_theta` and
-//! `rope_scaling`, grouped-query attention, SwiGLU MLP, optional q/k/v bias (qwen2),
-//! sliding windows where the config asks for them, tied or untied head. The MLP's gate and
-//! up projections run as one product.
+//! Llama family (llama, mistral, qwen2, qwen3): RMSNorm, rotate-half RoPE with `rope_theta`
+//! and `rope_scaling`, grouped-query attention, SwiGLU MLP, optional q/k/v and output biases
+//! (qwen2, `attention_bias`), qwen3's RMSNorm over each query and key head, sliding windows
+//! where the config asks for them, tied or untied head. The MLP's gate and up projections
+//! run as one product.
 
 use super::kernels::Kernels;
 use anyhow::Result;
@@ -16,6 +17,8 @@ struct Block<B: Backend> {
     k: Linear<B>,
     v: Linear<B>,
     o: Linear<B>,
+    /// qwen3: RMSNorm over each query head and each key head (before the rotary).
+    qk_norm: Option<(RmsNorm<B>, RmsNorm<B>)>,
     ln_2: RmsNorm<B>,
     /// `gate_proj` and `up_proj` as one product (`[h, 2·intermediate]`).
     gate_up: Linear<B>,
@@ -31,7 +34,13 @@ pub struct Llama<B: Backend> {
 
 impl<B: Kernels> Llama<B> {
     pub fn load(cfg: &ModelConfig, ld: &Loader<B>) -> Result<Self> {
-        let ArchSpec::Llama { windows, qkv_bias } = &cfg.spec else {
+        let ArchSpec::Llama {
+            windows,
+            qkv_bias,
+            o_bias,
+            qk_norm,
+        } = &cfg.spec
+        else {
             unreachable!("llama loader called with another architecture")
         };
         let (h, eps) = (cfg.hidden, cfg.norm_eps);
@@ -46,7 +55,14 @@ impl<B: Kernels> Llama<B> {
                 q: ld.linear(&format!("{a}.q_proj"), h, q_dim, *qkv_bias)?,
                 k: ld.linear(&format!("{a}.k_proj"), h, kv_dim, *qkv_bias)?,
                 v: ld.linear(&format!("{a}.v_proj"), h, kv_dim, *qkv_bias)?,
-                o: ld.linear(&format!("{a}.o_proj"), q_dim, h, false)?,
+                o: ld.linear(&format!("{a}.o_proj"), q_dim, h, *o_bias)?,
+                qk_norm: match qk_norm {
+                    true => Some((
+                        ld.rms_norm(&format!("{a}.q_norm"), cfg.head_dim, eps)?,
+                        ld.rms_norm(&format!("{a}.k_norm"), cfg.head_dim, eps)?,
+                    )),
+                    false => None,
+                },
                 ln_2: ld.rms_norm(&format!("{p}.post_attention_layernorm"), h, eps)?,
                 gate_up: ld.stacked_linear(
                     &[
@@ -71,16 +87,16 @@ impl<B: Kernels> Llama<B> {
         let rot = self.cfg.rotary.as_ref().expect("llama has rotary settings");
         let tables = RotaryTables::<B>::new(rot, self.cfg.head_dim, s, &x.device(), x.dtype());
         let scale = 1.0 / (self.cfg.head_dim as f64).sqrt();
+        let head_dim = self.cfg.head_dim;
         for blk in &self.blocks {
             let hn = blk.ln_1.forward(x.clone());
-            let q = tables.apply(ops::split_heads(
-                blk.q.forward(hn.clone()),
-                self.cfg.n_heads,
-            ));
-            let k = tables.apply(ops::split_heads(
-                blk.k.forward(hn.clone()),
-                self.cfg.n_kv_heads,
-            ));
+            let (mut q, mut k) = (blk.q.forward(hn.clone()), blk.k.forward(hn.clone()));
+            if let Some((q_norm, k_norm)) = &blk.qk_norm {
+                q = per_head(q, head_dim, |t| q_norm.forward(t));
+                k = per_head(k, head_dim, |t| k_norm.forward(t));
+            }
+            let q = tables.apply(ops::split_heads(q, self.cfg.n_heads));
+            let k = tables.apply(ops::split_heads(k, self.cfg.n_kv_heads));
             let v = ops::split_heads(blk.v.forward(hn), self.cfg.n_kv_heads);
             let opts = AttnOpts {
                 scale,
@@ -95,4 +111,15 @@ impl<B: Kernels> Llama<B> {
         }
         self.norm.forward(x)
     }
+}
+
+/// Applies `f` to each head of `x [b, s, heads · head_dim]` as a row of its own: the
+/// tensor is viewed as `[b, s · heads, head_dim]` and back (no copy for a fresh product).
+fn per_head<B: Backend>(
+    x: Tensor<B, 3>,
+    head_dim: usize,
+    f: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    let [b, s, width] = x.dims();
+    f(x.reshape([b, s * width / head_dim, head_dim])).reshape([b, s, width])
 }

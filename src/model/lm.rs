@@ -80,7 +80,7 @@ pub fn embed_name(arch: Arch) -> &'static str {
         Arch::Gpt2 | Arch::GptJ | Arch::GptNeo => "transformer.wte.weight",
         Arch::GptNeoX => "gpt_neox.embed_in.weight",
         Arch::Opt => "model.decoder.embed_tokens.weight",
-        Arch::Llama | Arch::Mistral | Arch::Qwen2 => "model.embed_tokens.weight",
+        Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 => "model.embed_tokens.weight",
     }
 }
 
@@ -135,7 +135,9 @@ impl<B: Kernels> CausalLm<B> {
             Arch::GptNeoX => Body::GptNeoX(GptNeoX::load(config, &ld)?),
             Arch::GptNeo => Body::GptNeo(GptNeo::load(config, &ld)?),
             Arch::Opt => Body::Opt(Opt::load(config, &ld)?),
-            Arch::Llama | Arch::Mistral | Arch::Qwen2 => Body::Llama(Llama::load(config, &ld)?),
+            Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 => {
+                Body::Llama(Llama::load(config, &ld)?)
+            }
         };
         let embed: Tensor<B, 2> = ld.tensor(embed_name(config.arch), [v, d])?;
         let head_name = if config.arch == Arch::GptNeoX {

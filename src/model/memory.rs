@@ -128,8 +128,12 @@ pub fn kept_bytes(cfg: &ModelConfig, run: RunShape) -> u64 {
     // q, k and v as the attention op receives them, its output, one float32 per head.
     let attention = (2 * q + 2 * kv) * e + 4 * cfg.n_heads as u64;
     let per_position = match &cfg.spec {
-        // Norm inputs before attention and before the MLP; gate and up together.
-        ArchSpec::Llama { .. } => 2 * d * e + attention + 2 * f * e,
+        // Norm inputs before attention and before the MLP; gate and up together; qwen3's
+        // per-head norms keep q and k as they come out of their products too.
+        ArchSpec::Llama { qk_norm, .. } => {
+            let head_norms = if *qk_norm { (q + kv) * e } else { 0 };
+            2 * d * e + attention + 2 * f * e + head_norms
+        }
         // One norm; attention and MLP read the same normalised input.
         ArchSpec::GptJ => d * e + attention + act(f),
         // A parallel block normalises the same input twice: one tensor kept.
@@ -173,7 +177,7 @@ pub fn working_bytes(cfg: &ModelConfig, run: RunShape) -> u64 {
     let attention = block * (8 + 2 * e) + b * s * (2 * q + 2 * kv + cfg.n_heads as u64) * 4;
     let mlp = match cfg.arch {
         // The gated output's gradient, then both halves'.
-        Arch::Llama | Arch::Mistral | Arch::Qwen2 => 3 * b * s * f * e,
+        Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 => 3 * b * s * f * e,
         _ => 2 * b * s * f * e,
     };
     // One chunk of logits, its float32 copy and its gradient; the chunks of the head's
@@ -199,9 +203,16 @@ pub fn parameter_count(cfg: &ModelConfig) -> usize {
     let (v, de) = (cfg.vocab_size, cfg.d_embed);
     let layer_norm = 2 * d;
     let per_layer = match &cfg.spec {
-        ArchSpec::Llama { qkv_bias, .. } => {
+        ArchSpec::Llama {
+            qkv_bias,
+            o_bias,
+            qk_norm,
+            ..
+        } => {
             let bias = if *qkv_bias { q + 2 * kv } else { 0 };
-            2 * d + d * (q + 2 * kv) + bias + q * d + 3 * d * f
+            let o_bias = if *o_bias { d } else { 0 };
+            let head_norms = if *qk_norm { 2 * cfg.head_dim } else { 0 };
+            2 * d + d * (q + 2 * kv) + bias + q * d + o_bias + head_norms + 3 * d * f
         }
         ArchSpec::GptJ => layer_norm + 4 * d * d + 2 * d * f + f + d,
         ArchSpec::GptNeoX { .. } => 2 * layer_norm + 4 * d * d + 4 * d + 2 * d * f + f + d,
