@@ -122,6 +122,21 @@ fn shapes() -> Vec<(&'static str, Value)> {
                 "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": false}),
         ),
         (
+            "gemma: one key head",
+            json!({"model_type": "gemma", "vocab_size": v, "hidden_size": h,
+                "intermediate_size": f, "num_hidden_layers": 2, "num_attention_heads": 8,
+                "num_key_value_heads": 1, "head_dim": 32, "max_position_embeddings": ctx,
+                "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "gelu"}),
+        ),
+        (
+            "gemma3: local and global layers, output and per-head norms",
+            json!({"model_type": "gemma3_text", "vocab_size": v, "hidden_size": h,
+                "intermediate_size": f, "num_hidden_layers": 2, "num_attention_heads": 8,
+                "num_key_value_heads": 4, "head_dim": 64, "max_position_embeddings": ctx,
+                "sliding_window": 128, "sliding_window_pattern": 2,
+                "rope_scaling": {"rope_type": "linear", "factor": 8.0}}),
+        ),
+        (
             "gptj",
             json!({"model_type": "gptj", "vocab_size": v, "n_embd": h, "n_layer": 2,
                 "n_head": 8, "rotary_dim": 16, "n_positions": ctx,
@@ -211,6 +226,8 @@ fn parameter_count_matches_checkpoints_and_published_sizes() {
         "mistral",
         "qwen2",
         "qwen3",
+        "gemma",
+        "gemma3",
     ] {
         let dir = fixtures().join(family);
         let summary = softtune::inspect::inspect(dir.to_str().unwrap(), &hub).unwrap();

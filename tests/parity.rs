@@ -50,6 +50,8 @@ parity_tests!(
     mistral,
     qwen2,
     qwen3,
+    gemma,
+    gemma3,
 );
 
 #[test]
@@ -142,6 +144,8 @@ fn sixteen_bit_weights_stay_within_their_bounds() {
             "opt_proj_postln",
             "qwen2",
             "qwen3",
+            "gemma",
+            "gemma3",
         ] {
             let errors =
                 check_fixture::<Autodiff<Flex>>(&fixture(name), &Default::default(), dtype)
@@ -179,6 +183,61 @@ fn kernel_fast_paths_match_plain_burn() {
                 "{dtype:?}: {what} max relative error {e:.3e} exceeds {:e}",
                 tolerance(dtype)
             );
+        }
+    }
+}
+
+/// A multimodal Gemma 3 checkpoint (`gemma3`: the text model's settings under
+/// `text_config`, its tensors under `language_model.model.` as transformers 4 saved them or
+/// `model.language_model.` as 5 does, beside a vision tower) loads as its text model: the
+/// gemma3 fixture rewritten so matches the same references.
+#[test]
+fn multimodal_gemma3_checkpoints_load_their_text_model() {
+    use safetensors::tensor::TensorView;
+    let src = fixture("gemma3");
+    let text: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let vision = [0f32; 4]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect::<Vec<u8>>();
+    for prefix in ["language_model.model.", "model.language_model."] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = serde_json::json!({
+            "model_type": "gemma3",
+            "architectures": ["Gemma3ForConditionalGeneration"],
+            "text_config": text,
+            "vision_config": {"model_type": "siglip_vision_model"},
+            "torch_dtype": "float32",
+        });
+        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        let mut renamed: Vec<(String, TensorView)> = tensors
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| {
+                let name = name
+                    .strip_prefix("model.")
+                    .map_or(name.clone(), |rest| format!("{prefix}{rest}"));
+                (name, view)
+            })
+            .collect();
+        assert!(renamed.iter().all(|(n, _)| n.starts_with(prefix)));
+        let tower = TensorView::new(safetensors::Dtype::F32, vec![4], &vision).unwrap();
+        renamed.push(("vision_tower.patch.weight".to_string(), tower));
+        safetensors::serialize_to_file(renamed, None, &dir.path().join("model.safetensors"))
+            .unwrap();
+        std::fs::copy(
+            src.join("reference.safetensors"),
+            dir.path().join("reference.safetensors"),
+        )
+        .unwrap();
+        let errors =
+            check_fixture::<Autodiff<Flex>>(dir.path(), &Default::default(), DType::F32).unwrap();
+        assert_eq!(errors.len(), 5);
+        for c in errors {
+            assert!(c.pass(), "{prefix}: {} error {:.3e}", c.what, c.err);
         }
     }
 }

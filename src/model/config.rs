@@ -22,11 +22,27 @@ pub enum Arch {
     Mistral,
     Qwen2,
     Qwen3,
+    /// Gemma (the first generation).
+    Gemma,
+    /// Gemma 3's text model (`gemma3_text`; `gemma3` checkpoints hold one beside a vision
+    /// tower, which is not loaded).
+    Gemma3,
 }
 
 impl Arch {
     pub const SUPPORTED: &'static [&'static str] = &[
-        "gpt2", "gptj", "gpt_neox", "gpt_neo", "opt", "llama", "mistral", "qwen2", "qwen3",
+        "gpt2",
+        "gptj",
+        "gpt_neox",
+        "gpt_neo",
+        "opt",
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "gemma",
+        "gemma3_text",
+        "gemma3",
     ];
 
     pub fn from_model_type(s: &str) -> Option<Self> {
@@ -40,6 +56,8 @@ impl Arch {
             "mistral" => Arch::Mistral,
             "qwen2" => Arch::Qwen2,
             "qwen3" => Arch::Qwen3,
+            "gemma" => Arch::Gemma,
+            "gemma3_text" | "gemma3" => Arch::Gemma3,
             _ => return None,
         })
     }
@@ -55,6 +73,8 @@ impl Arch {
             Arch::Mistral => "mistral",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
+            Arch::Gemma => "gemma",
+            Arch::Gemma3 => "gemma3_text",
         }
     }
 }
@@ -152,6 +172,22 @@ pub enum ArchSpec {
         /// An RMSNorm over each query and key head before the rotary embedding (qwen3's
         /// `q_norm` / `k_norm`).
         qk_norm: bool,
+    },
+    /// gemma, gemma3: RMSNorms scaling by `1 + weight`, token embeddings scaled by
+    /// `√hidden`, a GELU-gated MLP.
+    Gemma {
+        /// Per layer: sliding-window size where one applies (gemma3's local layers).
+        windows: Vec<Option<usize>>,
+        /// The rotary of the sliding-window layers (gemma3: `rope_local_base_freq`, no
+        /// scaling); the global layers use [`ModelConfig::rotary`].
+        local_rotary: Option<Rotary>,
+        /// Multiplier of `q·k`: `query_pre_attn_scalar^-½` (gemma3), `head_dim^-½`.
+        attn_scale: f64,
+        /// Bias on q, k, v and the output projection (`attention_bias`).
+        attention_bias: bool,
+        /// gemma3: norms on the attention's and the MLP's outputs too (before each
+        /// residual add), and an RMSNorm over each query and key head.
+        gemma3: bool,
     },
 }
 
@@ -269,12 +305,16 @@ impl ModelConfig {
                 Arch::SUPPORTED.join(", ")
             )
         })?;
+        if matches!(arch, Arch::Gemma | Arch::Gemma3) {
+            return gemma(v, arch, model_type);
+        }
         let vocab_size = k.usize(&["vocab_size"])?;
         let torch_dtype = k.str_opt(&["torch_dtype", "dtype"])?.map(str::to_string);
         let eos_token_id = k.token_id("eos_token_id");
         let bos_token_id = k.token_id("bos_token_id");
 
         let cfg = match arch {
+            Arch::Gemma | Arch::Gemma3 => unreachable!("read by gemma() above"),
             Arch::Gpt2 => {
                 let hidden = k.usize(&["n_embd", "hidden_size"])?;
                 let n_heads = k.usize(&["n_head", "num_attention_heads"])?;
@@ -515,6 +555,171 @@ impl ModelConfig {
     }
 }
 
+/// gemma and gemma3 (`gemma3_text`, or the text model of a `gemma3` checkpoint, whose
+/// `text_config` lists only what differs from transformers' Gemma3TextConfig: keys left
+/// out take its defaults).
+fn gemma(top: &Value, arch: Arch, model_type: &str) -> Result<ModelConfig> {
+    let v = match model_type {
+        "gemma3" => top
+            .get("text_config")
+            .filter(|t| t.is_object())
+            .ok_or_else(|| anyhow!("a `gemma3` config needs its `text_config` object"))?,
+        _ => top,
+    };
+    let (k, outer) = (Keys { v }, Keys { v: top });
+    let g3 = arch == Arch::Gemma3;
+    for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
+        if let Some(x) = k.get(&[key]) {
+            bail!("`{key}` = {x}: logit soft-capping (Gemma 2's) is not supported");
+        }
+    }
+    if k.bool_or(&["use_bidirectional_attention"], false)? {
+        bail!("`use_bidirectional_attention` = true (an embedding model) is not supported");
+    }
+    // Gemma3TextConfig's defaults; the first generation's configs are complete.
+    let num = |names: &[&str], g3_default: usize| -> Result<usize> {
+        match k.usize_opt(names)? {
+            Some(x) => Ok(x),
+            None if g3 => Ok(g3_default),
+            None => k.usize(names),
+        }
+    };
+    let hidden = num(&["hidden_size"], 2304)?;
+    let n_heads = num(&["num_attention_heads"], 8)?;
+    let n_kv_heads = match k.usize_opt(&["num_key_value_heads"])? {
+        Some(x) => x,
+        None if g3 => 4,
+        None => n_heads,
+    };
+    if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+        bail!(
+            "`num_attention_heads` ({n_heads}) must be a multiple of `num_key_value_heads` ({n_kv_heads})"
+        );
+    }
+    let head_dim = k.usize_opt(&["head_dim"])?.unwrap_or(256);
+    let n_layers = num(&["num_hidden_layers"], 26)?;
+    // The first generation's configs say "gelu" and mean the tanh approximation
+    // (transformers rewrites it so).
+    let activation = match k.str_opt(&["hidden_activation", "hidden_act"])? {
+        Some("gelu") if !g3 => Activation::GeluTanh,
+        Some(name) => Activation::parse(name, "hidden_activation")?,
+        None => Activation::GeluTanh,
+    };
+    let rope = v.get("rope_parameters").filter(|r| r.is_object());
+    let per_layer_type = |kind: &str| rope.and_then(|r| r.get(kind)).filter(|r| r.is_object());
+    let global = match per_layer_type("full_attention") {
+        Some(r) => Rotary {
+            style: RotaryStyle::Half,
+            dims: head_dim,
+            theta: r.get("rope_theta").and_then(Value::as_f64).unwrap_or(1e6),
+            scaling: scaling_of(r)?,
+        },
+        None => Rotary {
+            style: RotaryStyle::Half,
+            dims: head_dim,
+            theta: match k.f64_opt(&["rope_theta"])? {
+                Some(t) => t,
+                None if g3 => 1e6,
+                None => rope_theta(&k, &["rope_theta"])?,
+            },
+            scaling: rope_scaling(v)?,
+        },
+    };
+    let (windows, local_rotary, attn_scale) = if g3 {
+        let local = match per_layer_type("sliding_attention") {
+            Some(r) => Rotary {
+                theta: r.get("rope_theta").and_then(Value::as_f64).unwrap_or(1e4),
+                scaling: scaling_of(r)?,
+                ..global.clone()
+            },
+            None => Rotary {
+                theta: k.f64_opt(&["rope_local_base_freq"])?.unwrap_or(1e4),
+                scaling: RopeScaling::None,
+                ..global.clone()
+            },
+        };
+        let window = num(&["sliding_window"], 4096)?;
+        let windows = match v.get("layer_types").and_then(Value::as_array) {
+            Some(types) if types.len() == n_layers => types
+                .iter()
+                .map(|t| (t.as_str() == Some("sliding_attention")).then_some(window))
+                .collect(),
+            Some(types) => bail!(
+                "`layer_types` has {} entries but `num_hidden_layers` is {n_layers}",
+                types.len()
+            ),
+            None => {
+                let pattern = k
+                    .usize_opt(&["sliding_window_pattern"])?
+                    .unwrap_or(6)
+                    .max(1);
+                (0..n_layers)
+                    .map(|i| (!(i + 1).is_multiple_of(pattern)).then_some(window))
+                    .collect()
+            }
+        };
+        let scalar = k.f64_opt(&["query_pre_attn_scalar"])?.unwrap_or(256.0);
+        (windows, Some(local), scalar.powf(-0.5))
+    } else {
+        (vec![None; n_layers], None, (head_dim as f64).powf(-0.5))
+    };
+    let token = |name: &str, g3_default: u32| {
+        k.token_id(name)
+            .or_else(|| outer.token_id(name))
+            .or(g3.then_some(g3_default))
+    };
+    let cfg = ModelConfig {
+        arch,
+        vocab_size: num(&["vocab_size"], 262_208)?,
+        d_embed: hidden,
+        hidden,
+        n_layers,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        intermediate: num(&["intermediate_size"], 9216)?,
+        max_positions: num(&["max_position_embeddings"], 131_072)?,
+        norm_eps: k.f64_opt(&["rms_norm_eps"])?.unwrap_or(1e-6),
+        activation,
+        rotary: Some(global),
+        tie_word_embeddings: k.bool_or(&["tie_word_embeddings"], true)?,
+        eos_token_id: token("eos_token_id", 1),
+        bos_token_id: token("bos_token_id", 2),
+        torch_dtype: match k.str_opt(&["torch_dtype", "dtype"])? {
+            Some(d) => Some(d.to_string()),
+            None => outer
+                .str_opt(&["torch_dtype", "dtype"])?
+                .map(str::to_string),
+        },
+        spec: ArchSpec::Gemma {
+            windows,
+            local_rotary,
+            attn_scale,
+            attention_bias: k.bool_or(&["attention_bias"], false)?,
+            gemma3: g3,
+        },
+    };
+    if cfg.vocab_size == 0 || cfg.hidden == 0 || cfg.n_layers == 0 {
+        bail!("vocab_size, hidden size and layer count must all be positive");
+    }
+    Ok(cfg)
+}
+
+/// The factor Gemma multiplies its token embeddings by, `√hidden`, as transformers
+/// rounds it: to the dtype of the weights.
+pub fn embed_scale(cfg: &ModelConfig, dtype: burn::tensor::DType) -> Option<f32> {
+    use burn::tensor::DType;
+    let ArchSpec::Gemma { .. } = cfg.spec else {
+        return None;
+    };
+    let x = (cfg.hidden as f64).sqrt() as f32;
+    Some(match dtype {
+        DType::BF16 => half::bf16::from_f32(x).to_f32(),
+        DType::F16 => half::f16::from_f32(x).to_f32(),
+        _ => x,
+    })
+}
+
 fn div_heads(hidden: usize, heads: usize) -> Result<usize> {
     if heads == 0 || !hidden.is_multiple_of(heads) {
         bail!("hidden size {hidden} is not divisible by the number of attention heads {heads}");
@@ -548,13 +753,17 @@ fn rope_theta(k: &Keys, names: &[&str]) -> Result<f64> {
 
 /// `rope_scaling` (transformers 4) or `rope_parameters` (transformers 5).
 fn rope_scaling(v: &Value) -> Result<RopeScaling> {
-    let r = match v.get("rope_scaling").filter(|x| !x.is_null()) {
-        Some(r) => r,
+    match v.get("rope_scaling").filter(|x| !x.is_null()) {
+        Some(r) => scaling_of(r),
         None => match v.get("rope_parameters").filter(|x| !x.is_null()) {
-            Some(r) => r,
-            None => return Ok(RopeScaling::None),
+            Some(r) => scaling_of(r),
+            None => Ok(RopeScaling::None),
         },
-    };
+    }
+}
+
+/// The scaling a `rope_scaling` / `rope_parameters` object describes.
+fn scaling_of(r: &Value) -> Result<RopeScaling> {
     let kind = r
         .get("rope_type")
         .or_else(|| r.get("type"))
@@ -708,5 +917,113 @@ mod tests {
         let sliding = json!({"use_sliding_window": true, "sliding_window": 8,
             "max_window_layers": 1});
         assert_eq!(windows(llama_family("qwen3", sliding)), vec![None, Some(8)]);
+    }
+
+    fn gemma_spec(c: &ModelConfig) -> (&[Option<usize>], Option<&Rotary>, f64, bool) {
+        let ArchSpec::Gemma {
+            windows,
+            local_rotary,
+            attn_scale,
+            gemma3,
+            ..
+        } = &c.spec
+        else {
+            panic!("{:?} is not of the gemma family", c.arch)
+        };
+        (windows, local_rotary.as_ref(), *attn_scale, *gemma3)
+    }
+
+    /// google/gemma-3-1b-pt's config.json as transformers 4 wrote it.
+    #[test]
+    fn gemma3_text_config_of_transformers_4() {
+        let c = ModelConfig::from_json(&json!({"architectures": ["Gemma3ForCausalLM"],
+            "attention_bias": false, "attn_logit_softcapping": null, "bos_token_id": 2,
+            "eos_token_id": 1, "final_logit_softcapping": null, "head_dim": 256,
+            "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 1152,
+            "intermediate_size": 6912, "max_position_embeddings": 32768,
+            "model_type": "gemma3_text", "num_attention_heads": 4, "num_hidden_layers": 26,
+            "num_key_value_heads": 1, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06,
+            "rope_local_base_freq": 10000, "rope_scaling": null, "rope_theta": 1000000,
+            "sliding_window": 512, "sliding_window_pattern": 6, "torch_dtype": "bfloat16",
+            "vocab_size": 262144}))
+        .unwrap();
+        assert_eq!(
+            (c.arch, c.hidden, c.head_dim, c.n_kv_heads),
+            (Arch::Gemma3, 1152, 256, 1)
+        );
+        assert_eq!((c.eos_token_id, c.bos_token_id), (Some(1), Some(2)));
+        assert_eq!(c.activation, Activation::GeluTanh);
+        let global = c.rotary.as_ref().unwrap();
+        assert_eq!((global.theta, &global.scaling), (1e6, &RopeScaling::None));
+        let (windows, local, scale, g3) = gemma_spec(&c);
+        assert!(g3);
+        assert_eq!(local.unwrap().theta, 1e4);
+        assert_eq!(scale, 1.0 / 16.0);
+        // Every sixth layer is global.
+        assert_eq!(windows.len(), 26);
+        for (i, w) in windows.iter().enumerate() {
+            assert_eq!(*w, (i % 6 != 5).then_some(512), "layer {i}");
+        }
+    }
+
+    /// google/gemma-3-12b-pt: a multimodal config whose `text_config` lists only what
+    /// differs from Gemma3TextConfig's defaults.
+    #[test]
+    fn gemma3_multimodal_config_takes_the_text_defaults() {
+        let c = ModelConfig::from_json(&json!({"architectures":
+            ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+            "eos_token_id": [1, 106], "torch_dtype": "bfloat16",
+            "text_config": {"hidden_size": 3840, "intermediate_size": 15360,
+                "model_type": "gemma3_text", "num_attention_heads": 16,
+                "num_hidden_layers": 48, "num_key_value_heads": 8,
+                "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                "sliding_window": 1024},
+            "vision_config": {"model_type": "siglip_vision_model"}}))
+        .unwrap();
+        assert_eq!(c.arch, Arch::Gemma3);
+        assert_eq!(
+            (c.vocab_size, c.head_dim, c.max_positions),
+            (262_208, 256, 131_072)
+        );
+        assert_eq!((c.eos_token_id, c.bos_token_id), (Some(1), Some(2)));
+        assert_eq!(c.torch_dtype.as_deref(), Some("bfloat16"));
+        assert!(c.tie_word_embeddings);
+        let global = c.rotary.as_ref().unwrap();
+        assert_eq!(global.scaling, RopeScaling::Linear { factor: 8.0 });
+        let (windows, local, _, _) = gemma_spec(&c);
+        assert_eq!(local.unwrap().scaling, RopeScaling::None);
+        assert_eq!(windows[4..6], [Some(1024), None]);
+        let missing = ModelConfig::from_json(&json!({"model_type": "gemma3"}));
+        assert!(format!("{:#}", missing.unwrap_err()).contains("text_config"));
+    }
+
+    /// google/gemma-2b's config.json says "gelu" and means the tanh approximation; Gemma 2's
+    /// soft-capping is refused by name.
+    #[test]
+    fn gemma_configs() {
+        let c = ModelConfig::from_json(&json!({"model_type": "gemma", "hidden_act": "gelu",
+            "head_dim": 256, "hidden_size": 2048, "intermediate_size": 16384,
+            "max_position_embeddings": 8192, "num_attention_heads": 8,
+            "num_hidden_layers": 18, "num_key_value_heads": 1, "rms_norm_eps": 1e-06,
+            "rope_theta": 10000.0, "vocab_size": 256000}))
+        .unwrap();
+        assert_eq!(c.activation, Activation::GeluTanh);
+        let (windows, local, scale, g3) = gemma_spec(&c);
+        assert!(!g3 && local.is_none() && windows.iter().all(Option::is_none));
+        assert_eq!(scale, 1.0 / 16.0);
+        assert_eq!(
+            embed_scale(&c, burn::tensor::DType::F32),
+            Some(2048f32.sqrt())
+        );
+        // bf16 rounds √2048 = 45.25 to 45.25; √3072 = 55.43 to 55.5.
+        let mut wide = c.clone();
+        wide.hidden = 3072;
+        assert_eq!(embed_scale(&wide, burn::tensor::DType::BF16), Some(55.5));
+        let err = ModelConfig::from_json(&json!({"model_type": "gemma3_text",
+            "final_logit_softcapping": 30.0}))
+        .unwrap_err();
+        assert!(err.to_string().contains("final_logit_softcapping"), "{err}");
+        let err = ModelConfig::from_json(&json!({"model_type": "gemma2"})).unwrap_err();
+        assert!(err.to_string().contains("gemma3"), "{err}");
     }
 }

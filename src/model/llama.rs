@@ -92,8 +92,8 @@ impl<B: Kernels> Llama<B> {
             let hn = blk.ln_1.forward(x.clone());
             let (mut q, mut k) = (blk.q.forward(hn.clone()), blk.k.forward(hn.clone()));
             if let Some((q_norm, k_norm)) = &blk.qk_norm {
-                q = per_head(q, head_dim, |t| q_norm.forward(t));
-                k = per_head(k, head_dim, |t| k_norm.forward(t));
+                q = ops::per_head(q, head_dim, |t| q_norm.forward(t));
+                k = ops::per_head(k, head_dim, |t| k_norm.forward(t));
             }
             let q = tables.apply(ops::split_heads(q, self.cfg.n_heads));
             let k = tables.apply(ops::split_heads(k, self.cfg.n_kv_heads));
@@ -111,15 +111,4 @@ impl<B: Kernels> Llama<B> {
         }
         self.norm.forward(x)
     }
-}
-
-/// Applies `f` to each head of `x [b, s, heads · head_dim]` as a row of its own: the
-/// tensor is viewed as `[b, s · heads, head_dim]` and back (no copy for a fresh product).
-fn per_head<B: Backend>(
-    x: Tensor<B, 3>,
-    head_dim: usize,
-    f: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
-) -> Tensor<B, 3> {
-    let [b, s, width] = x.dims();
-    f(x.reshape([b, s * width / head_dim, head_dim])).reshape([b, s, width])
 }

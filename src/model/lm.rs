@@ -12,6 +12,7 @@ use anyhow::{Result, bail};
 use burn::tensor::{DType, Int, Tensor, backend::Backend};
 
 use super::config::{Arch, ModelConfig};
+use super::gemma::Gemma;
 use super::gpt_neo::GptNeo;
 use super::gpt_neox::GptNeoX;
 use super::gpt2::Gpt2;
@@ -72,6 +73,7 @@ enum Body<B: Backend> {
     GptNeo(GptNeo<B>),
     Opt(Opt<B>),
     Llama(Llama<B>),
+    Gemma(Gemma<B>),
 }
 
 /// Name of the token-embedding tensor of each family.
@@ -80,7 +82,9 @@ pub fn embed_name(arch: Arch) -> &'static str {
         Arch::Gpt2 | Arch::GptJ | Arch::GptNeo => "transformer.wte.weight",
         Arch::GptNeoX => "gpt_neox.embed_in.weight",
         Arch::Opt => "model.decoder.embed_tokens.weight",
-        Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 => "model.embed_tokens.weight",
+        Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma | Arch::Gemma3 => {
+            "model.embed_tokens.weight"
+        }
     }
 }
 
@@ -90,6 +94,8 @@ pub struct CausalLm<B: Backend> {
     pub dtype: DType,
     /// Token embedding `[vocab rows, d_embed]`.
     embed: Tensor<B, 2>,
+    /// What the embedding module multiplies its rows by (Gemma's `√hidden`).
+    embed_scale: Option<f32>,
     head: Linear<B>,
     body: Body<B>,
 }
@@ -138,6 +144,7 @@ impl<B: Kernels> CausalLm<B> {
             Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 => {
                 Body::Llama(Llama::load(config, &ld)?)
             }
+            Arch::Gemma | Arch::Gemma3 => Body::Gemma(Gemma::load(config, &ld)?),
         };
         let embed: Tensor<B, 2> = ld.tensor(embed_name(config.arch), [v, d])?;
         let head_name = if config.arch == Arch::GptNeoX {
@@ -167,6 +174,7 @@ impl<B: Kernels> CausalLm<B> {
         let model = Self {
             config: config.clone(),
             dtype: opts.dtype,
+            embed_scale: super::config::embed_scale(config, opts.dtype),
             embed,
             head,
             body,
@@ -183,14 +191,26 @@ impl<B: Kernels> CausalLm<B> {
         self.embed.dims()[0]
     }
 
-    /// The token-embedding matrix `[rows, d_embed]` (in the compute dtype).
+    /// The token-embedding matrix `[rows, d_embed]` (in the compute dtype), as stored:
+    /// the embedding of a token is its row times [`Self::embed_scale`].
     pub fn embedding_matrix(&self) -> &Tensor<B, 2> {
         &self.embed
     }
 
+    /// What the model's embedding module multiplies a row by (Gemma's `√hidden`, rounded
+    /// to the weights' dtype); 1 for the other families. The soft prompt sits beside the
+    /// scaled embeddings, as PEFT puts it.
+    pub fn embed_scale(&self) -> f32 {
+        self.embed_scale.unwrap_or(1.0)
+    }
+
     /// `ids [b, t]` → token embeddings `[b, t, d_embed]`.
     pub fn embed_tokens(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        ops::embedding(&self.embed, ids)
+        let x = ops::embedding(&self.embed, ids);
+        match self.embed_scale {
+            Some(scale) => x.mul_scalar(scale),
+            None => x,
+        }
     }
 
     /// Input embeddings `[b, s, d_embed]` → final hidden states `[b, s, d_embed]`.
@@ -203,6 +223,7 @@ impl<B: Kernels> CausalLm<B> {
             Body::GptNeo(m) => m.forward(x),
             Body::Opt(m) => m.forward(x),
             Body::Llama(m) => m.forward(x),
+            Body::Gemma(m) => m.forward(x),
         }
     }
 

@@ -134,6 +134,10 @@ pub fn kept_bytes(cfg: &ModelConfig, run: RunShape) -> u64 {
             let head_norms = if *qk_norm { (q + kv) * e } else { 0 };
             2 * d * e + attention + 2 * f * e + head_norms
         }
+        // Gemma 3 also normalises the attention's and the MLP's outputs, and each query
+        // and key head.
+        ArchSpec::Gemma { gemma3: false, .. } => 2 * d * e + attention + 2 * f * e,
+        ArchSpec::Gemma { gemma3: true, .. } => 4 * d * e + attention + 2 * f * e + (q + kv) * e,
         // One norm; attention and MLP read the same normalised input.
         ArchSpec::GptJ => d * e + attention + act(f),
         // A parallel block normalises the same input twice: one tensor kept.
@@ -162,6 +166,16 @@ pub fn kept_bytes(cfg: &ModelConfig, run: RunShape) -> u64 {
         Some(_) if kv != q => 2 * s * (q + kv) * e,
         Some(_) => 2 * s * q * e,
     };
+    // Gemma 3's local layers have tables of their own.
+    let tables = match &cfg.spec {
+        ArchSpec::Gemma {
+            local_rotary: Some(_),
+            windows,
+            ..
+        } if windows.iter().any(Option::is_some) => 2,
+        _ => 1,
+    };
+    let rotary = rotary * tables;
     layers + final_norm + head + rotary
 }
 
@@ -175,9 +189,9 @@ pub fn working_bytes(cfg: &ModelConfig, run: RunShape) -> u64 {
     // Scores and their gradient in float32, probabilities and score gradients in the model's
     // dtype; dq by blocks and joined, dk and dv, the row terms: float32.
     let attention = block * (8 + 2 * e) + b * s * (2 * q + 2 * kv + cfg.n_heads as u64) * 4;
-    let mlp = match cfg.arch {
+    let mlp = match cfg.spec {
         // The gated output's gradient, then both halves'.
-        Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 => 3 * b * s * f * e,
+        ArchSpec::Llama { .. } | ArchSpec::Gemma { .. } => 3 * b * s * f * e,
         _ => 2 * b * s * f * e,
     };
     // One chunk of logits, its float32 copy and its gradient; the chunks of the head's
@@ -214,6 +228,19 @@ pub fn parameter_count(cfg: &ModelConfig) -> usize {
             let head_norms = if *qk_norm { 2 * cfg.head_dim } else { 0 };
             2 * d + d * (q + 2 * kv) + bias + q * d + o_bias + head_norms + 3 * d * f
         }
+        ArchSpec::Gemma {
+            attention_bias,
+            gemma3,
+            ..
+        } => {
+            let bias = if *attention_bias { q + 2 * kv + d } else { 0 };
+            let norms = if *gemma3 {
+                4 * d + 2 * cfg.head_dim
+            } else {
+                2 * d
+            };
+            norms + d * (q + 2 * kv) + bias + q * d + 3 * d * f
+        }
         ArchSpec::GptJ => layer_norm + 4 * d * d + 2 * d * f + f + d,
         ArchSpec::GptNeoX { .. } => 2 * layer_norm + 4 * d * d + 4 * d + 2 * d * f + f + d,
         ArchSpec::Gpt2 { .. } | ArchSpec::Opt { .. } => {
@@ -228,7 +255,7 @@ pub fn parameter_count(cfg: &ModelConfig) -> usize {
         v * de + if cfg.arch == Arch::GptJ { v } else { 0 }
     };
     let rest = match &cfg.spec {
-        ArchSpec::Llama { .. } => d,
+        ArchSpec::Llama { .. } | ArchSpec::Gemma { .. } => d,
         ArchSpec::GptJ | ArchSpec::GptNeoX { .. } => layer_norm,
         ArchSpec::Gpt2 { .. } | ArchSpec::GptNeo { .. } => layer_norm + cfg.max_positions * d,
         ArchSpec::Opt {

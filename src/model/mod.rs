@@ -13,7 +13,7 @@
 //!   the blocked attention's softmax and the norms fused), inside Burn's fusion wrapper
 //!   [`fusion`].
 //! * one file per family: [`gpt2`], [`gptj`], [`gpt_neox`], [`gpt_neo`], [`opt`], [`llama`]
-//!   (llama, mistral, qwen2, qwen3).
+//!   (llama, mistral, qwen2, qwen3), [`gemma`] (gemma, gemma3).
 //! * [`lm`]: the loaded model, soft-prompt forward and the loss over text positions.
 //! * [`generate`]: short sampled continuations (the dashboard's sample generations).
 
@@ -23,6 +23,7 @@ pub mod cubecl;
 pub mod cublas;
 pub mod cuda;
 pub mod fusion;
+pub mod gemma;
 pub mod generate;
 pub mod gpt2;
 pub mod gpt_neo;

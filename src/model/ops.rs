@@ -39,6 +39,14 @@ pub struct Loader<'a, B: Backend> {
 /// Prefixes some checkpoints omit (`openai-community/gpt2` stores `h.0…`, not `transformer.h.0…`).
 pub const OPTIONAL_PREFIXES: &[&str] = &["transformer.", "model.", "gpt_neox."];
 
+/// Where multimodal checkpoints keep their text model's tensors: transformers 5's layout
+/// (`model.language_model.…`) and 4's (`language_model.model.…`).
+const NESTED_TEXT_MODEL: &[(&str, &str)] = &[
+    ("model.", "model.language_model."),
+    ("model.", "language_model.model."),
+    ("lm_head.", "language_model.lm_head."),
+];
+
 impl<'a, B: Kernels> Loader<'a, B> {
     pub fn new(source: Source<'a>, device: &B::Device, dtype: DType) -> Self {
         Self {
@@ -61,11 +69,17 @@ impl<'a, B: Kernels> Loader<'a, B> {
         if weights.contains(name) {
             return Some(name.to_string());
         }
-        OPTIONAL_PREFIXES
+        let stripped = OPTIONAL_PREFIXES
             .iter()
-            .filter_map(|p| name.strip_prefix(p))
-            .find(|s| weights.contains(s))
+            .filter_map(|p| name.strip_prefix(p));
+        // The text model of a multimodal checkpoint (Gemma 3).
+        let nested = NESTED_TEXT_MODEL
+            .iter()
+            .filter_map(|(from, to)| name.strip_prefix(from).map(|rest| format!("{to}{rest}")));
+        stripped
             .map(str::to_string)
+            .chain(nested)
+            .find(|s| weights.contains(s))
     }
 
     fn load<const D: usize>(
@@ -162,6 +176,15 @@ impl<'a, B: Kernels> Loader<'a, B> {
         Ok(LayerNorm {
             w: self.tensor_f32(&format!("{prefix}.weight"), [dim])?,
             b: self.tensor_f32(&format!("{prefix}.bias"), [dim])?,
+            eps,
+        })
+    }
+
+    /// Gemma's RMSNorm, which scales by `1 + weight`: the offset is added in float32.
+    pub fn offset_rms_norm(&self, prefix: &str, dim: usize, eps: f64) -> Result<RmsNorm<B>> {
+        let w = self.tensor_f32(&format!("{prefix}.weight"), [dim])?;
+        Ok(RmsNorm {
+            w: (w + 1.0).cast(self.dtype),
             eps,
         })
     }
@@ -442,6 +465,17 @@ impl<B: Kernels> RotaryTables<B> {
         let y = x * cos + turned * sin;
         y.reshape([b, s, h, hd]).swap_dims(1, 2)
     }
+}
+
+/// Applies `f` to each head of `x [b, s, heads · head_dim]` as a row of its own: the
+/// tensor is viewed as `[b, s · heads, head_dim]` and back (no copy for a fresh product).
+pub fn per_head<B: Backend>(
+    x: Tensor<B, 3>,
+    head_dim: usize,
+    f: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    let [b, s, width] = x.dims();
+    f(x.reshape([b, s * width / head_dim, head_dim])).reshape([b, s, width])
 }
 
 /// Causal self-attention settings.

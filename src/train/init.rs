@@ -14,6 +14,8 @@ pub fn fit_ids(ids: &[u32], n: usize) -> Vec<u32> {
     ids.iter().copied().cycle().take(n).collect()
 }
 
+/// The embeddings of `ids` as the model's embedding module gives them (scaled where it
+/// scales, as PEFT's text initialisation takes them).
 fn rows_of<B: Kernels>(model: &CausalLm<B>, ids: &[u32]) -> Result<Vec<f32>> {
     let device = model.device();
     let idx: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
@@ -23,6 +25,7 @@ fn rows_of<B: Kernels>(model: &CausalLm<B>, ids: &[u32]) -> Result<Vec<f32>> {
         .clone()
         .select(0, idx)
         .cast(DType::F32)
+        .mul_scalar(model.embed_scale())
         .into_data()
         .to_vec::<f32>()
         .map_err(|e| anyhow::anyhow!("reading embeddings back failed: {e:?}"))
@@ -62,7 +65,8 @@ pub fn initial_prompt<B: Kernels>(plan: &Plan, model: &CausalLm<B>) -> Result<Ve
                 .into_data()
                 .to_vec::<f32>()
                 .map_err(|e| anyhow::anyhow!("reading back failed: {e:?}"))?[0]
-                .sqrt() as f64;
+                .sqrt() as f64
+                * model.embed_scale() as f64;
             Ok((0..n * plan.model_cfg.d_embed)
                 .map(|_| (rng.normal() * std) as f32)
                 .collect())

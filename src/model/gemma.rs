@@ -1,0 +1,159 @@
+//! Gemma family (gemma, gemma3): like llama, with RMSNorms that scale by `1 + weight`
+//! (in float32), token embeddings multiplied by `√hidden` (see
+//! [`super::config::embed_scale`]), a GELU-gated MLP and a tied head. Gemma 3 adds a norm
+//! on the attention's and the MLP's outputs before each residual add, an RMSNorm over each
+//! query and key head, sliding-window layers with their own rotary base between global
+//! ones, and `query_pre_attn_scalar` for the attention's scale.
+
+use super::kernels::Kernels;
+use anyhow::Result;
+use burn::tensor::{Tensor, backend::Backend};
+
+use super::config::{ArchSpec, ModelConfig};
+use super::ops::{self, AttnOpts, Linear, Loader, RmsNorm, RotaryTables};
+
+/// Gemma 3's extra norms.
+struct Gemma3Norms<B: Backend> {
+    q: RmsNorm<B>,
+    k: RmsNorm<B>,
+    /// On the attention's output, before the residual add.
+    post_attention: RmsNorm<B>,
+    /// On the MLP's output, before the residual add.
+    post_mlp: RmsNorm<B>,
+}
+
+struct Block<B: Backend> {
+    ln_1: RmsNorm<B>,
+    q: Linear<B>,
+    k: Linear<B>,
+    v: Linear<B>,
+    o: Linear<B>,
+    /// Before the MLP (`post_attention_layernorm` in the first generation,
+    /// `pre_feedforward_layernorm` in Gemma 3).
+    ln_2: RmsNorm<B>,
+    gemma3: Option<Gemma3Norms<B>>,
+    /// `gate_proj` and `up_proj` as one product.
+    gate_up: Linear<B>,
+    down: Linear<B>,
+    window: Option<usize>,
+}
+
+pub struct Gemma<B: Backend> {
+    cfg: ModelConfig,
+    blocks: Vec<Block<B>>,
+    norm: RmsNorm<B>,
+    attn_scale: f64,
+}
+
+impl<B: Kernels> Gemma<B> {
+    pub fn load(cfg: &ModelConfig, ld: &Loader<B>) -> Result<Self> {
+        let ArchSpec::Gemma {
+            windows,
+            attn_scale,
+            attention_bias,
+            gemma3,
+            ..
+        } = &cfg.spec
+        else {
+            unreachable!("gemma loader called with another architecture")
+        };
+        let (h, eps, bias) = (cfg.hidden, cfg.norm_eps, *attention_bias);
+        let q_dim = cfg.n_heads * cfg.head_dim;
+        let kv_dim = cfg.n_kv_heads * cfg.head_dim;
+        let norm = |name: &str, dim: usize| ld.offset_rms_norm(name, dim, eps);
+        let mut blocks = Vec::with_capacity(cfg.n_layers);
+        for (i, window) in windows.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let a = format!("{p}.self_attn");
+            let (ln_2, gemma3) = if *gemma3 {
+                let extra = Gemma3Norms {
+                    q: norm(&format!("{a}.q_norm"), cfg.head_dim)?,
+                    k: norm(&format!("{a}.k_norm"), cfg.head_dim)?,
+                    post_attention: norm(&format!("{p}.post_attention_layernorm"), h)?,
+                    post_mlp: norm(&format!("{p}.post_feedforward_layernorm"), h)?,
+                };
+                (
+                    norm(&format!("{p}.pre_feedforward_layernorm"), h)?,
+                    Some(extra),
+                )
+            } else {
+                (norm(&format!("{p}.post_attention_layernorm"), h)?, None)
+            };
+            blocks.push(Block {
+                ln_1: norm(&format!("{p}.input_layernorm"), h)?,
+                q: ld.linear(&format!("{a}.q_proj"), h, q_dim, bias)?,
+                k: ld.linear(&format!("{a}.k_proj"), h, kv_dim, bias)?,
+                v: ld.linear(&format!("{a}.v_proj"), h, kv_dim, bias)?,
+                o: ld.linear(&format!("{a}.o_proj"), q_dim, h, bias)?,
+                ln_2,
+                gemma3,
+                gate_up: ld.stacked_linear(
+                    &[
+                        (&format!("{p}.mlp.gate_proj"), cfg.intermediate),
+                        (&format!("{p}.mlp.up_proj"), cfg.intermediate),
+                    ],
+                    h,
+                )?,
+                down: ld.linear(&format!("{p}.mlp.down_proj"), cfg.intermediate, h, false)?,
+                window: *window,
+            });
+        }
+        Ok(Self {
+            cfg: cfg.clone(),
+            blocks,
+            norm: norm("model.norm", h)?,
+            attn_scale: *attn_scale,
+        })
+    }
+
+    /// Scaled input embeddings `[b, s, hidden]` → final hidden states.
+    pub fn forward(&self, mut x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let s = x.dims()[1];
+        let (device, dtype) = (x.device(), x.dtype());
+        let hd = self.cfg.head_dim;
+        let global = self.cfg.rotary.as_ref().expect("gemma has rotary settings");
+        let global = RotaryTables::<B>::new(global, hd, s, &device, dtype);
+        let local = match &self.cfg.spec {
+            ArchSpec::Gemma {
+                local_rotary: Some(r),
+                ..
+            } => Some(RotaryTables::<B>::new(r, hd, s, &device, dtype)),
+            _ => None,
+        };
+        for blk in &self.blocks {
+            let tables = match (&local, blk.window) {
+                (Some(local), Some(_)) => local,
+                _ => &global,
+            };
+            let hn = blk.ln_1.forward(x.clone());
+            let (mut q, mut k) = (blk.q.forward(hn.clone()), blk.k.forward(hn.clone()));
+            if let Some(n) = &blk.gemma3 {
+                q = ops::per_head(q, hd, |t| n.q.forward(t));
+                k = ops::per_head(k, hd, |t| n.k.forward(t));
+            }
+            let q = tables.apply(ops::split_heads(q, self.cfg.n_heads));
+            let k = tables.apply(ops::split_heads(k, self.cfg.n_kv_heads));
+            let v = ops::split_heads(blk.v.forward(hn), self.cfg.n_kv_heads);
+            let opts = AttnOpts {
+                scale: self.attn_scale,
+                window: blk.window,
+            };
+            let mut attn = blk
+                .o
+                .forward(ops::merge_heads(ops::causal_attention(q, k, v, opts)));
+            if let Some(n) = &blk.gemma3 {
+                attn = n.post_attention.forward(attn);
+            }
+            x = x + attn;
+            let hn = blk.ln_2.forward(x.clone());
+            let mut mlp = blk
+                .down
+                .forward(ops::gated(blk.gate_up.forward(hn), self.cfg.activation));
+            if let Some(n) = &blk.gemma3 {
+                mlp = n.post_mlp.forward(mlp);
+            }
+            x = x + mlp;
+        }
+        self.norm.forward(x)
+    }
+}
