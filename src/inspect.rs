@@ -6,7 +6,7 @@ use burn::tensor::DType;
 
 use crate::model::ModelConfig;
 use crate::model::lm::embed_name;
-use crate::model::ops::OPTIONAL_PREFIXES;
+use crate::model::ops::{outside_text_model, stored_name};
 use crate::model::source::{self, HubOptions};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::{Weights, dtype_bytes, dtype_name};
@@ -128,20 +128,13 @@ pub fn inspect(model: &str, hub: &HubOptions) -> Result<Summary> {
     let cfg = ModelConfig::from_file(&files.config)?;
     let weights = Weights::open(&files.weights)?;
     let embed = embed_name(cfg.arch);
-    let stored_embed = std::iter::once(embed)
-        .chain(
-            OPTIONAL_PREFIXES
-                .iter()
-                .filter_map(|p| embed.strip_prefix(p)),
-        )
-        .find(|n| weights.contains(n));
-    let Some(stored_embed) = stored_embed else {
+    let Some(stored_embed) = stored_name(&weights, embed) else {
         bail!(
             "{}: no token embedding `{embed}` in the weights; config.json and the weights do not belong together",
             files.root.display()
         );
     };
-    let shape = weights.shape(stored_embed).unwrap_or(&[]).to_vec();
+    let shape = weights.shape(&stored_embed).unwrap_or(&[]).to_vec();
     if shape != [cfg.vocab_size, cfg.d_embed] {
         bail!(
             "{}: `{stored_embed}` has shape {shape:?} but config.json says [{}, {}]",
@@ -160,7 +153,7 @@ pub fn inspect(model: &str, hub: &HubOptions) -> Result<Summary> {
     };
     let parameters = weights
         .names()
-        .filter(|n| !is_buffer(n))
+        .filter(|n| !is_buffer(n) && !outside_text_model(n))
         .map(|n| weights.shape(n).unwrap_or(&[]).iter().product::<usize>())
         .sum();
     Ok(Summary {

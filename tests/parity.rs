@@ -239,5 +239,14 @@ fn multimodal_gemma3_checkpoints_load_their_text_model() {
         for c in errors {
             assert!(c.pass(), "{prefix}: {} error {:.3e}", c.what, c.err);
         }
+        // `inspect` finds the nested embedding and leaves the vision tower out of the count.
+        let hub = softtune::model::source::HubOptions {
+            offline: true,
+            ..softtune::model::source::HubOptions::from_env()
+        };
+        let inspect = |dir: &Path| softtune::inspect::inspect(dir.to_str().unwrap(), &hub).unwrap();
+        let (nested, plain) = (inspect(dir.path()), inspect(&src));
+        assert_eq!(nested.parameters, plain.parameters, "{prefix}");
+        assert_eq!(nested.model_type, "gemma3_text");
     }
 }

@@ -47,6 +47,32 @@ const NESTED_TEXT_MODEL: &[(&str, &str)] = &[
     ("lm_head.", "language_model.lm_head."),
 ];
 
+/// The name under which `weights` store the tensor softtune calls `name` (the name in
+/// transformers' class layout), allowing for an omitted class prefix and for a text model
+/// nested in a multimodal checkpoint.
+pub fn stored_name(weights: &Weights, name: &str) -> Option<String> {
+    if weights.contains(name) {
+        return Some(name.to_string());
+    }
+    let stripped = OPTIONAL_PREFIXES
+        .iter()
+        .filter_map(|p| name.strip_prefix(p));
+    let nested = NESTED_TEXT_MODEL
+        .iter()
+        .filter_map(|(from, to)| name.strip_prefix(from).map(|rest| format!("{to}{rest}")));
+    stripped
+        .map(str::to_string)
+        .chain(nested)
+        .find(|s| weights.contains(s))
+}
+
+/// Whether a stored tensor belongs to a multimodal checkpoint's other towers (Gemma 3's
+/// vision tower and projector), which softtune does not load.
+pub fn outside_text_model(stored: &str) -> bool {
+    let name = stored.strip_prefix("model.").unwrap_or(stored);
+    name.starts_with("vision_tower.") || name.starts_with("multi_modal_projector.")
+}
+
 impl<'a, B: Kernels> Loader<'a, B> {
     pub fn new(source: Source<'a>, device: &B::Device, dtype: DType) -> Self {
         Self {
@@ -57,7 +83,7 @@ impl<'a, B: Kernels> Loader<'a, B> {
         }
     }
 
-    /// The stored name for `name`, allowing for an omitted class prefix.
+    /// The stored name for `name` ([`stored_name`]).
     pub fn resolve(&self, name: &str) -> Option<String> {
         let weights = match self.source {
             Source::Checkpoint(w) => w,
@@ -66,20 +92,7 @@ impl<'a, B: Kernels> Loader<'a, B> {
                 return (!(tied && head)).then(|| name.to_string());
             }
         };
-        if weights.contains(name) {
-            return Some(name.to_string());
-        }
-        let stripped = OPTIONAL_PREFIXES
-            .iter()
-            .filter_map(|p| name.strip_prefix(p));
-        // The text model of a multimodal checkpoint (Gemma 3).
-        let nested = NESTED_TEXT_MODEL
-            .iter()
-            .filter_map(|(from, to)| name.strip_prefix(from).map(|rest| format!("{to}{rest}")));
-        stripped
-            .map(str::to_string)
-            .chain(nested)
-            .find(|s| weights.contains(s))
+        stored_name(weights, name)
     }
 
     fn load<const D: usize>(
