@@ -137,6 +137,13 @@ fn shapes() -> Vec<(&'static str, Value)> {
                 "rope_scaling": {"rope_type": "linear", "factor": 8.0}}),
         ),
         (
+            "cohere: per-head norms",
+            json!({"model_type": "cohere", "vocab_size": v, "hidden_size": h,
+                "intermediate_size": f, "num_hidden_layers": 2, "num_attention_heads": 8,
+                "num_key_value_heads": 2, "max_position_embeddings": ctx,
+                "use_qk_norm": true, "logit_scale": 0.0625}),
+        ),
+        (
             "gptj",
             json!({"model_type": "gptj", "vocab_size": v, "n_embd": h, "n_layer": 2,
                 "n_head": 8, "rotary_dim": 16, "n_positions": ctx,
@@ -228,6 +235,7 @@ fn parameter_count_matches_checkpoints_and_published_sizes() {
         "qwen3",
         "gemma",
         "gemma3",
+        "cohere",
     ] {
         let dir = fixtures().join(family);
         let summary = softtune::inspect::inspect(dir.to_str().unwrap(), &hub).unwrap();

@@ -52,6 +52,7 @@ parity_tests!(
     qwen3,
     gemma,
     gemma3,
+    cohere,
 );
 
 #[test]
@@ -146,6 +147,7 @@ fn sixteen_bit_weights_stay_within_their_bounds() {
             "qwen3",
             "gemma",
             "gemma3",
+            "cohere",
         ] {
             let errors =
                 check_fixture::<Autodiff<Flex>>(&fixture(name), &Default::default(), dtype)

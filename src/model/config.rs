@@ -27,6 +27,8 @@ pub enum Arch {
     /// Gemma 3's text model (`gemma3_text`; `gemma3` checkpoints hold one beside a vision
     /// tower, which is not loaded).
     Gemma3,
+    /// Command R, Aya.
+    Cohere,
 }
 
 impl Arch {
@@ -43,6 +45,7 @@ impl Arch {
         "gemma",
         "gemma3_text",
         "gemma3",
+        "cohere",
     ];
 
     pub fn from_model_type(s: &str) -> Option<Self> {
@@ -58,6 +61,7 @@ impl Arch {
             "qwen3" => Arch::Qwen3,
             "gemma" => Arch::Gemma,
             "gemma3_text" | "gemma3" => Arch::Gemma3,
+            "cohere" => Arch::Cohere,
             _ => return None,
         })
     }
@@ -75,6 +79,7 @@ impl Arch {
             Arch::Qwen3 => "qwen3",
             Arch::Gemma => "gemma",
             Arch::Gemma3 => "gemma3_text",
+            Arch::Cohere => "cohere",
         }
     }
 }
@@ -188,6 +193,16 @@ pub enum ArchSpec {
         /// gemma3: norms on the attention's and the MLP's outputs too (before each
         /// residual add), and an RMSNorm over each query and key head.
         gemma3: bool,
+    },
+    /// cohere: parallel attention and MLP on one bias-free LayerNorm, interleaved rotary.
+    Cohere {
+        /// Bias on q, k, v and the output projection (`attention_bias`).
+        attention_bias: bool,
+        /// A LayerNorm over each query and key head, with a weight per head
+        /// (`use_qk_norm`).
+        qk_norm: bool,
+        /// `logit_scale`: the logits' multiplier.
+        logit_scale: f64,
     },
 }
 
@@ -315,6 +330,46 @@ impl ModelConfig {
 
         let cfg = match arch {
             Arch::Gemma | Arch::Gemma3 => unreachable!("read by gemma() above"),
+            Arch::Cohere => {
+                let hidden = k.usize(&["hidden_size"])?;
+                let n_heads = k.usize(&["num_attention_heads"])?;
+                let n_kv_heads = k.usize_opt(&["num_key_value_heads"])?.unwrap_or(n_heads);
+                if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+                    bail!(
+                        "`num_attention_heads` ({n_heads}) must be a multiple of `num_key_value_heads` ({n_kv_heads})"
+                    );
+                }
+                let head_dim = div_heads(hidden, n_heads)?;
+                ModelConfig {
+                    arch,
+                    vocab_size,
+                    d_embed: hidden,
+                    hidden,
+                    n_layers: k.usize(&["num_hidden_layers"])?,
+                    n_heads,
+                    n_kv_heads,
+                    head_dim,
+                    intermediate: k.usize(&["intermediate_size"])?,
+                    max_positions: k.usize(&["max_position_embeddings"])?,
+                    norm_eps: k.f64_opt(&["layer_norm_eps"])?.unwrap_or(1e-5),
+                    activation: activation(&k, &["hidden_act"], "silu")?,
+                    rotary: Some(Rotary {
+                        style: RotaryStyle::Interleaved,
+                        dims: head_dim,
+                        theta: rope_theta(&k, &["rope_theta"])?,
+                        scaling: rope_scaling(v)?,
+                    }),
+                    tie_word_embeddings: k.bool_or(&["tie_word_embeddings"], true)?,
+                    eos_token_id,
+                    bos_token_id,
+                    torch_dtype,
+                    spec: ArchSpec::Cohere {
+                        attention_bias: k.bool_or(&["attention_bias"], false)?,
+                        qk_norm: k.bool_or(&["use_qk_norm"], false)?,
+                        logit_scale: k.f64_opt(&["logit_scale"])?.unwrap_or(0.0625),
+                    },
+                }
+            }
             Arch::Gpt2 => {
                 let hidden = k.usize(&["n_embd", "hidden_size"])?;
                 let n_heads = k.usize(&["n_head", "num_attention_heads"])?;

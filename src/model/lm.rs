@@ -11,6 +11,7 @@ use super::kernels::Kernels;
 use anyhow::{Result, bail};
 use burn::tensor::{DType, Int, Tensor, backend::Backend};
 
+use super::cohere::Cohere;
 use super::config::{Arch, ModelConfig};
 use super::gemma::Gemma;
 use super::gpt_neo::GptNeo;
@@ -74,6 +75,7 @@ enum Body<B: Backend> {
     Opt(Opt<B>),
     Llama(Llama<B>),
     Gemma(Gemma<B>),
+    Cohere(Cohere<B>),
 }
 
 /// Name of the token-embedding tensor of each family.
@@ -82,9 +84,13 @@ pub fn embed_name(arch: Arch) -> &'static str {
         Arch::Gpt2 | Arch::GptJ | Arch::GptNeo => "transformer.wte.weight",
         Arch::GptNeoX => "gpt_neox.embed_in.weight",
         Arch::Opt => "model.decoder.embed_tokens.weight",
-        Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma | Arch::Gemma3 => {
-            "model.embed_tokens.weight"
-        }
+        Arch::Llama
+        | Arch::Mistral
+        | Arch::Qwen2
+        | Arch::Qwen3
+        | Arch::Gemma
+        | Arch::Gemma3
+        | Arch::Cohere => "model.embed_tokens.weight",
     }
 }
 
@@ -145,6 +151,7 @@ impl<B: Kernels> CausalLm<B> {
                 Body::Llama(Llama::load(config, &ld)?)
             }
             Arch::Gemma | Arch::Gemma3 => Body::Gemma(Gemma::load(config, &ld)?),
+            Arch::Cohere => Body::Cohere(Cohere::load(config, &ld)?),
         };
         let embed: Tensor<B, 2> = ld.tensor(embed_name(config.arch), [v, d])?;
         let head_name = if config.arch == Arch::GptNeoX {
@@ -224,6 +231,7 @@ impl<B: Kernels> CausalLm<B> {
             Body::Opt(m) => m.forward(x),
             Body::Llama(m) => m.forward(x),
             Body::Gemma(m) => m.forward(x),
+            Body::Cohere(m) => m.forward(x),
         }
     }
 

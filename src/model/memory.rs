@@ -138,6 +138,11 @@ pub fn kept_bytes(cfg: &ModelConfig, run: RunShape) -> u64 {
         // and key head.
         ArchSpec::Gemma { gemma3: false, .. } => 2 * d * e + attention + 2 * f * e,
         ArchSpec::Gemma { gemma3: true, .. } => 4 * d * e + attention + 2 * f * e + (q + kv) * e,
+        // One norm for attention and MLP together.
+        ArchSpec::Cohere { qk_norm, .. } => {
+            let head_norms = if *qk_norm { (q + kv) * e } else { 0 };
+            d * e + attention + 2 * f * e + head_norms
+        }
         // One norm; attention and MLP read the same normalised input.
         ArchSpec::GptJ => d * e + attention + act(f),
         // A parallel block normalises the same input twice: one tensor kept.
@@ -191,7 +196,9 @@ pub fn working_bytes(cfg: &ModelConfig, run: RunShape) -> u64 {
     let attention = block * (8 + 2 * e) + b * s * (2 * q + 2 * kv + cfg.n_heads as u64) * 4;
     let mlp = match cfg.spec {
         // The gated output's gradient, then both halves'.
-        ArchSpec::Llama { .. } | ArchSpec::Gemma { .. } => 3 * b * s * f * e,
+        ArchSpec::Llama { .. } | ArchSpec::Gemma { .. } | ArchSpec::Cohere { .. } => {
+            3 * b * s * f * e
+        }
         _ => 2 * b * s * f * e,
     };
     // One chunk of logits, its float32 copy and its gradient; the chunks of the head's
@@ -241,6 +248,15 @@ pub fn parameter_count(cfg: &ModelConfig) -> usize {
             };
             norms + d * (q + 2 * kv) + bias + q * d + 3 * d * f
         }
+        ArchSpec::Cohere {
+            attention_bias,
+            qk_norm,
+            ..
+        } => {
+            let bias = if *attention_bias { q + 2 * kv + d } else { 0 };
+            let head_norms = if *qk_norm { q + kv } else { 0 };
+            d + d * (q + 2 * kv) + bias + q * d + head_norms + 3 * d * f
+        }
         ArchSpec::GptJ => layer_norm + 4 * d * d + 2 * d * f + f + d,
         ArchSpec::GptNeoX { .. } => 2 * layer_norm + 4 * d * d + 4 * d + 2 * d * f + f + d,
         ArchSpec::Gpt2 { .. } | ArchSpec::Opt { .. } => {
@@ -255,7 +271,7 @@ pub fn parameter_count(cfg: &ModelConfig) -> usize {
         v * de + if cfg.arch == Arch::GptJ { v } else { 0 }
     };
     let rest = match &cfg.spec {
-        ArchSpec::Llama { .. } | ArchSpec::Gemma { .. } => d,
+        ArchSpec::Llama { .. } | ArchSpec::Gemma { .. } | ArchSpec::Cohere { .. } => d,
         ArchSpec::GptJ | ArchSpec::GptNeoX { .. } => layer_norm,
         ArchSpec::Gpt2 { .. } | ArchSpec::GptNeo { .. } => layer_norm + cfg.max_positions * d,
         ArchSpec::Opt {

@@ -193,6 +193,20 @@ impl<'a, B: Kernels> Loader<'a, B> {
         })
     }
 
+    /// A LayerNorm whose checkpoint has no bias (Cohere's).
+    pub fn layer_norm_without_bias(
+        &self,
+        prefix: &str,
+        dim: usize,
+        eps: f64,
+    ) -> Result<LayerNorm<B>> {
+        Ok(LayerNorm {
+            w: self.tensor_f32(&format!("{prefix}.weight"), [dim])?,
+            b: Tensor::zeros([dim], (&self.device, DType::F32)),
+            eps,
+        })
+    }
+
     /// Gemma's RMSNorm, which scales by `1 + weight`: the offset is added in float32.
     pub fn offset_rms_norm(&self, prefix: &str, dim: usize, eps: f64) -> Result<RmsNorm<B>> {
         let w = self.tensor_f32(&format!("{prefix}.weight"), [dim])?;
