@@ -144,6 +144,13 @@ fn shapes() -> Vec<(&'static str, Value)> {
                 "use_qk_norm": true, "logit_scale": 0.0625}),
         ),
         (
+            "phi3: fused projections, partial rotary",
+            json!({"model_type": "phi3", "vocab_size": v, "hidden_size": h,
+                "intermediate_size": f, "num_hidden_layers": 2, "num_attention_heads": 8,
+                "num_key_value_heads": 2, "max_position_embeddings": ctx,
+                "partial_rotary_factor": 0.75, "rope_theta": 10000.0}),
+        ),
+        (
             "gptj",
             json!({"model_type": "gptj", "vocab_size": v, "n_embd": h, "n_layer": 2,
                 "n_head": 8, "rotary_dim": 16, "n_positions": ctx,
@@ -236,6 +243,7 @@ fn parameter_count_matches_checkpoints_and_published_sizes() {
         "gemma",
         "gemma3",
         "cohere",
+        "phi3",
     ] {
         let dir = fixtures().join(family);
         let summary = softtune::inspect::inspect(dir.to_str().unwrap(), &hub).unwrap();

@@ -53,6 +53,8 @@ parity_tests!(
     gemma,
     gemma3,
     cohere,
+    phi3,
+    phi3_long,
 );
 
 #[test]
@@ -148,6 +150,7 @@ fn sixteen_bit_weights_stay_within_their_bounds() {
             "gemma",
             "gemma3",
             "cohere",
+            "phi3_long",
         ] {
             let errors =
                 check_fixture::<Autodiff<Flex>>(&fixture(name), &Default::default(), dtype)

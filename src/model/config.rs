@@ -29,6 +29,8 @@ pub enum Arch {
     Gemma3,
     /// Command R, Aya.
     Cohere,
+    /// Phi-3, Phi-3.5, Phi-4 (the llama family with fused projections).
+    Phi3,
 }
 
 impl Arch {
@@ -46,6 +48,7 @@ impl Arch {
         "gemma3_text",
         "gemma3",
         "cohere",
+        "phi3",
     ];
 
     pub fn from_model_type(s: &str) -> Option<Self> {
@@ -62,6 +65,7 @@ impl Arch {
             "gemma" => Arch::Gemma,
             "gemma3_text" | "gemma3" => Arch::Gemma3,
             "cohere" => Arch::Cohere,
+            "phi3" => Arch::Phi3,
             _ => return None,
         })
     }
@@ -80,6 +84,7 @@ impl Arch {
             Arch::Gemma => "gemma",
             Arch::Gemma3 => "gemma3_text",
             Arch::Cohere => "cohere",
+            Arch::Phi3 => "phi3",
         }
     }
 }
@@ -126,6 +131,15 @@ pub enum RopeScaling {
     /// Positions divided by `factor`.
     Linear {
         factor: f64,
+    },
+    /// Phi-3's LongRoPE: each frequency divided by its own factor, the short ones up to
+    /// the original context and the long ones past it, and cos and sin multiplied by
+    /// `attention_factor`.
+    LongRope {
+        short: Vec<f64>,
+        long: Vec<f64>,
+        original_max_position_embeddings: usize,
+        attention_factor: f64,
     },
     /// Llama 3.x: low frequencies divided by `factor`, smooth blend in between.
     Llama3 {
@@ -330,6 +344,66 @@ impl ModelConfig {
 
         let cfg = match arch {
             Arch::Gemma | Arch::Gemma3 => unreachable!("read by gemma() above"),
+            Arch::Phi3 => {
+                let hidden = k.usize(&["hidden_size"])?;
+                let n_heads = k.usize(&["num_attention_heads"])?;
+                let n_kv_heads = k.usize_opt(&["num_key_value_heads"])?.unwrap_or(n_heads);
+                if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+                    bail!(
+                        "`num_attention_heads` ({n_heads}) must be a multiple of `num_key_value_heads` ({n_kv_heads})"
+                    );
+                }
+                let head_dim = match k.usize_opt(&["head_dim"])? {
+                    Some(d) => d,
+                    None => div_heads(hidden, n_heads)?,
+                };
+                let rope = v
+                    .get("rope_parameters")
+                    .filter(|r| r.is_object())
+                    .map(|r| Keys { v: r });
+                let partial = match k.f64_opt(&["partial_rotary_factor"])? {
+                    Some(p) => p,
+                    None => match &rope {
+                        Some(r) => r.f64_opt(&["partial_rotary_factor"])?.unwrap_or(1.0),
+                        None => 1.0,
+                    },
+                };
+                let dims = (head_dim as f64 * partial) as usize;
+                check_rotary_dims(dims, head_dim, "partial_rotary_factor")?;
+                let n_layers = k.usize(&["num_hidden_layers"])?;
+                let max_positions = k.usize(&["max_position_embeddings"])?;
+                let window = k.usize_opt(&["sliding_window"])?;
+                ModelConfig {
+                    arch,
+                    vocab_size,
+                    d_embed: hidden,
+                    hidden,
+                    n_layers,
+                    n_heads,
+                    n_kv_heads,
+                    head_dim,
+                    intermediate: k.usize(&["intermediate_size"])?,
+                    max_positions,
+                    norm_eps: k.f64_opt(&["rms_norm_eps"])?.unwrap_or(1e-5),
+                    activation: activation(&k, &["hidden_act"], "silu")?,
+                    rotary: Some(Rotary {
+                        style: RotaryStyle::Half,
+                        dims,
+                        theta: rope_theta(&k, &["rope_theta"])?,
+                        scaling: phi3_scaling(v, &k, dims, max_positions)?,
+                    }),
+                    tie_word_embeddings: k.bool_or(&["tie_word_embeddings"], false)?,
+                    eos_token_id,
+                    bos_token_id,
+                    torch_dtype,
+                    spec: ArchSpec::Llama {
+                        windows: vec![window; n_layers],
+                        qkv_bias: false,
+                        o_bias: false,
+                        qk_norm: false,
+                    },
+                }
+            }
             Arch::Cohere => {
                 let hidden = k.usize(&["hidden_size"])?;
                 let n_heads = k.usize(&["num_attention_heads"])?;
@@ -817,6 +891,63 @@ fn rope_scaling(v: &Value) -> Result<RopeScaling> {
     }
 }
 
+/// Phi-3's rope scaling: LongRoPE (`longrope`, formerly `su`) with its short and long
+/// factors, one per rotating frequency, or any of the common ones.
+fn phi3_scaling(v: &Value, k: &Keys, dims: usize, max_positions: usize) -> Result<RopeScaling> {
+    let Some(r) = ["rope_scaling", "rope_parameters"]
+        .iter()
+        .find_map(|key| v.get(*key).filter(|x| !x.is_null()))
+    else {
+        return Ok(RopeScaling::None);
+    };
+    let kind = r
+        .get("rope_type")
+        .or_else(|| r.get("type"))
+        .and_then(Value::as_str);
+    if !matches!(kind, Some("longrope" | "su")) {
+        return scaling_of(r);
+    }
+    let factors = |key: &str| -> Result<Vec<f64>> {
+        let list = r
+            .get(key)
+            .and_then(Value::as_array)
+            .ok_or_else(|| anyhow!("`rope_scaling.{key}` is missing or not a list"))?;
+        let list: Vec<f64> = list.iter().filter_map(Value::as_f64).collect();
+        if list.len() != dims / 2 {
+            bail!(
+                "`rope_scaling.{key}` has {} numbers; the {dims} rotating features need {}",
+                list.len(),
+                dims / 2
+            );
+        }
+        Ok(list)
+    };
+    let original = match r
+        .get("original_max_position_embeddings")
+        .and_then(Value::as_u64)
+    {
+        Some(n) => n as usize,
+        None => k
+            .usize_opt(&["original_max_position_embeddings"])?
+            .ok_or_else(|| anyhow!("LongRoPE needs `original_max_position_embeddings`"))?,
+    };
+    let factor = r
+        .get("factor")
+        .and_then(Value::as_f64)
+        .unwrap_or(max_positions as f64 / original as f64);
+    let attention_factor = match r.get("attention_factor").and_then(Value::as_f64) {
+        Some(a) => a,
+        None if factor <= 1.0 => 1.0,
+        None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+    };
+    Ok(RopeScaling::LongRope {
+        short: factors("short_factor")?,
+        long: factors("long_factor")?,
+        original_max_position_embeddings: original,
+        attention_factor,
+    })
+}
+
 /// The scaling a `rope_scaling` / `rope_parameters` object describes.
 fn scaling_of(r: &Value) -> Result<RopeScaling> {
     let kind = r
@@ -1080,5 +1211,40 @@ mod tests {
         assert!(err.to_string().contains("final_logit_softcapping"), "{err}");
         let err = ModelConfig::from_json(&json!({"model_type": "gemma2"})).unwrap_err();
         assert!(err.to_string().contains("gemma3"), "{err}");
+    }
+
+    /// microsoft/Phi-3-mini-128k-instruct as transformers 4 wrote it: LongRoPE with the
+    /// original context at the top level and 48 factors for 96-feature heads.
+    #[test]
+    fn phi3_longrope_config_of_transformers_4() {
+        let factors: Vec<f64> = (0..48).map(|i| 1.0 + i as f64 / 10.0).collect();
+        let c = ModelConfig::from_json(&json!({"model_type": "phi3", "hidden_size": 3072,
+            "intermediate_size": 8192, "num_attention_heads": 32, "num_hidden_layers": 32,
+            "num_key_value_heads": 32, "max_position_embeddings": 131072,
+            "original_max_position_embeddings": 4096, "rms_norm_eps": 1e-05,
+            "rope_theta": 10000.0, "sliding_window": 262144, "vocab_size": 32064,
+            "rope_scaling": {"type": "longrope", "short_factor": factors,
+                "long_factor": factors}}))
+        .unwrap();
+        let rot = c.rotary.as_ref().unwrap();
+        assert_eq!((rot.dims, c.head_dim), (96, 96));
+        let RopeScaling::LongRope {
+            original_max_position_embeddings,
+            attention_factor,
+            ..
+        } = rot.scaling
+        else {
+            panic!("{:?}", rot.scaling)
+        };
+        assert_eq!(original_max_position_embeddings, 4096);
+        let want = (1.0 + 32f64.ln() / 4096f64.ln()).sqrt();
+        assert!((attention_factor - want).abs() < 1e-12);
+        let short = ModelConfig::from_json(&json!({"model_type": "phi3", "hidden_size": 3072,
+            "intermediate_size": 8192, "num_attention_heads": 32, "num_hidden_layers": 32,
+            "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+            "vocab_size": 32064, "rope_scaling": {"type": "longrope",
+                "short_factor": [1.0], "long_factor": [1.0]}}));
+        let err = format!("{:#}", short.unwrap_err());
+        assert!(err.contains("short_factor") && err.contains("48"), "{err}");
     }
 }

@@ -90,7 +90,8 @@ pub fn embed_name(arch: Arch) -> &'static str {
         | Arch::Qwen3
         | Arch::Gemma
         | Arch::Gemma3
-        | Arch::Cohere => "model.embed_tokens.weight",
+        | Arch::Cohere
+        | Arch::Phi3 => "model.embed_tokens.weight",
     }
 }
 
@@ -147,7 +148,7 @@ impl<B: Kernels> CausalLm<B> {
             Arch::GptNeoX => Body::GptNeoX(GptNeoX::load(config, &ld)?),
             Arch::GptNeo => Body::GptNeo(GptNeo::load(config, &ld)?),
             Arch::Opt => Body::Opt(Opt::load(config, &ld)?),
-            Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 => {
+            Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 => {
                 Body::Llama(Llama::load(config, &ld)?)
             }
             Arch::Gemma | Arch::Gemma3 => Body::Gemma(Gemma::load(config, &ld)?),

@@ -374,7 +374,8 @@ pub struct RotaryTables<B: Backend> {
 type PerHead<B> = (usize, Tensor<B, 2>, Tensor<B, 2>);
 
 /// Inverse frequencies `1 / theta^(2i/dims)`, with `rope_scaling` applied.
-fn inv_freq(r: &Rotary) -> Vec<f64> {
+/// `s`: the sequence length (LongRoPE picks its long factors past the original context).
+fn inv_freq(r: &Rotary, s: usize) -> Vec<f64> {
     let half = r.dims / 2;
     let base: Vec<f64> = (0..half)
         .map(|i| 1.0 / r.theta.powf((2 * i) as f64 / r.dims as f64))
@@ -382,6 +383,19 @@ fn inv_freq(r: &Rotary) -> Vec<f64> {
     match r.scaling {
         RopeScaling::None => base,
         RopeScaling::Linear { factor } => base.into_iter().map(|f| f / factor).collect(),
+        RopeScaling::LongRope {
+            ref short,
+            ref long,
+            original_max_position_embeddings,
+            ..
+        } => {
+            let ext = if s > original_max_position_embeddings {
+                long
+            } else {
+                short
+            };
+            base.into_iter().zip(ext).map(|(f, e)| f / e).collect()
+        }
         RopeScaling::Llama3 {
             factor,
             low_freq_factor,
@@ -412,7 +426,14 @@ impl<B: Kernels> RotaryTables<B> {
     /// Tables for heads of `head_dim` features at positions `0..s`.
     pub fn new(r: &Rotary, head_dim: usize, s: usize, device: &B::Device, dtype: DType) -> Self {
         // transformers computes the angles in float32; so do we.
-        let freqs: Vec<f32> = inv_freq(r).into_iter().map(|f| f as f32).collect();
+        let freqs: Vec<f32> = inv_freq(r, s).into_iter().map(|f| f as f32).collect();
+        // LongRoPE scales cos and sin of the rotating features.
+        let amplitude = match r.scaling {
+            RopeScaling::LongRope {
+                attention_factor, ..
+            } => attention_factor as f32,
+            _ => 1.0,
+        };
         let (hd, rot, half) = (head_dim, r.dims.min(head_dim), freqs.len());
         // Frequency of feature j: rotate-half uses [f0..f_{h-1}, f0..f_{h-1}], interleaved
         // pairs (2i, 2i+1) with frequency i.
@@ -426,8 +447,8 @@ impl<B: Kernels> RotaryTables<B> {
             for j in 0..hd {
                 if j < rot {
                     let angle = p as f32 * freqs[freq_of(j)];
-                    cos.push(angle.cos());
-                    sin.push(angle.sin());
+                    cos.push(angle.cos() * amplitude);
+                    sin.push(angle.sin() * amplitude);
                 } else {
                     cos.push(1.0);
                     sin.push(0.0);
