@@ -348,11 +348,7 @@ impl ModelConfig {
                 let hidden = k.usize(&["hidden_size"])?;
                 let n_heads = k.usize(&["num_attention_heads"])?;
                 let n_kv_heads = k.usize_opt(&["num_key_value_heads"])?.unwrap_or(n_heads);
-                if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-                    bail!(
-                        "`num_attention_heads` ({n_heads}) must be a multiple of `num_key_value_heads` ({n_kv_heads})"
-                    );
-                }
+                check_grouped_heads(n_heads, n_kv_heads)?;
                 let head_dim = match k.usize_opt(&["head_dim"])? {
                     Some(d) => d,
                     None => div_heads(hidden, n_heads)?,
@@ -408,11 +404,7 @@ impl ModelConfig {
                 let hidden = k.usize(&["hidden_size"])?;
                 let n_heads = k.usize(&["num_attention_heads"])?;
                 let n_kv_heads = k.usize_opt(&["num_key_value_heads"])?.unwrap_or(n_heads);
-                if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-                    bail!(
-                        "`num_attention_heads` ({n_heads}) must be a multiple of `num_key_value_heads` ({n_kv_heads})"
-                    );
-                }
+                check_grouped_heads(n_heads, n_kv_heads)?;
                 let head_dim = div_heads(hidden, n_heads)?;
                 ModelConfig {
                     arch,
@@ -619,11 +611,7 @@ impl ModelConfig {
                 let hidden = k.usize(&["hidden_size"])?;
                 let n_heads = k.usize(&["num_attention_heads"])?;
                 let n_kv_heads = k.usize_opt(&["num_key_value_heads"])?.unwrap_or(n_heads);
-                if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-                    bail!(
-                        "`num_attention_heads` ({n_heads}) must be a multiple of `num_key_value_heads` ({n_kv_heads})"
-                    );
-                }
+                check_grouped_heads(n_heads, n_kv_heads)?;
                 let head_dim = match k.usize_opt(&["head_dim"])? {
                     Some(d) => d,
                     // transformers' Qwen3Config has its own default, not hidden / heads.
@@ -720,11 +708,7 @@ fn gemma(top: &Value, arch: Arch, model_type: &str) -> Result<ModelConfig> {
         None if g3 => 4,
         None => n_heads,
     };
-    if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-        bail!(
-            "`num_attention_heads` ({n_heads}) must be a multiple of `num_key_value_heads` ({n_kv_heads})"
-        );
-    }
+    check_grouped_heads(n_heads, n_kv_heads)?;
     let head_dim = k.usize_opt(&["head_dim"])?.unwrap_or(256);
     let n_layers = num(&["num_hidden_layers"], 26)?;
     // The first generation's configs say "gelu" and mean the tanh approximation
@@ -847,6 +831,16 @@ pub fn embed_scale(cfg: &ModelConfig, dtype: burn::tensor::DType) -> Option<f32>
         DType::F16 => half::f16::from_f32(x).to_f32(),
         _ => x,
     })
+}
+
+/// Grouped-query attention: the query heads share the key heads evenly.
+fn check_grouped_heads(n_heads: usize, n_kv_heads: usize) -> Result<()> {
+    if n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
+        bail!(
+            "`num_attention_heads` ({n_heads}) must be a multiple of `num_key_value_heads` ({n_kv_heads})"
+        );
+    }
+    Ok(())
 }
 
 fn div_heads(hidden: usize, heads: usize) -> Result<usize> {
