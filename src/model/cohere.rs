@@ -14,7 +14,7 @@ use super::ops::{self, AttnOpts, LayerNorm, Linear, Loader, RotaryTables};
 struct HeadNorm<B: Backend> {
     /// Unit weight, zero bias: the normalisation alone.
     norm: LayerNorm<B>,
-    /// `[1, 1, heads · head_dim]`, float32.
+    /// `[1, 1, heads · head_dim]`, in the compute dtype.
     w: Tensor<B, 3>,
 }
 
@@ -27,15 +27,13 @@ impl<B: Kernels> HeadNorm<B> {
                 b: Tensor::zeros([hd], (&ld.device, DType::F32)),
                 eps,
             },
-            w: w.reshape([1, 1, heads * hd]),
+            w: w.reshape([1, 1, heads * hd]).cast(ld.dtype),
         })
     }
 
     /// `x [b, s, heads · head_dim]`.
     fn forward(&self, x: Tensor<B, 3>, hd: usize) -> Tensor<B, 3> {
-        let y = ops::per_head(x, hd, |t| self.norm.forward(t));
-        let dtype = y.dtype();
-        y * self.w.clone().cast(dtype)
+        ops::per_head(x, hd, |t| self.norm.forward(t)) * self.w.clone()
     }
 }
 

@@ -345,10 +345,7 @@ impl ModelConfig {
         let cfg = match arch {
             Arch::Gemma | Arch::Gemma3 => unreachable!("read by gemma() above"),
             Arch::Phi3 => {
-                let hidden = k.usize(&["hidden_size"])?;
-                let n_heads = k.usize(&["num_attention_heads"])?;
-                let n_kv_heads = k.usize_opt(&["num_key_value_heads"])?.unwrap_or(n_heads);
-                check_grouped_heads(n_heads, n_kv_heads)?;
+                let (hidden, n_heads, n_kv_heads) = grouped_heads(&k)?;
                 let head_dim = match k.usize_opt(&["head_dim"])? {
                     Some(d) => d,
                     None => div_heads(hidden, n_heads)?,
@@ -401,10 +398,7 @@ impl ModelConfig {
                 }
             }
             Arch::Cohere => {
-                let hidden = k.usize(&["hidden_size"])?;
-                let n_heads = k.usize(&["num_attention_heads"])?;
-                let n_kv_heads = k.usize_opt(&["num_key_value_heads"])?.unwrap_or(n_heads);
-                check_grouped_heads(n_heads, n_kv_heads)?;
+                let (hidden, n_heads, n_kv_heads) = grouped_heads(&k)?;
                 let head_dim = div_heads(hidden, n_heads)?;
                 ModelConfig {
                     arch,
@@ -608,10 +602,7 @@ impl ModelConfig {
                 }
             }
             Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 => {
-                let hidden = k.usize(&["hidden_size"])?;
-                let n_heads = k.usize(&["num_attention_heads"])?;
-                let n_kv_heads = k.usize_opt(&["num_key_value_heads"])?.unwrap_or(n_heads);
-                check_grouped_heads(n_heads, n_kv_heads)?;
+                let (hidden, n_heads, n_kv_heads) = grouped_heads(&k)?;
                 let head_dim = match k.usize_opt(&["head_dim"])? {
                     Some(d) => d,
                     // transformers' Qwen3Config has its own default, not hidden / heads.
@@ -833,6 +824,16 @@ pub fn embed_scale(cfg: &ModelConfig, dtype: burn::tensor::DType) -> Option<f32>
     })
 }
 
+/// `hidden_size` and the query and key head counts (`num_key_value_heads`, all heads when
+/// absent) of the llama-like readers.
+fn grouped_heads(k: &Keys) -> Result<(usize, usize, usize)> {
+    let hidden = k.usize(&["hidden_size"])?;
+    let n_heads = k.usize(&["num_attention_heads"])?;
+    let n_kv_heads = k.usize_opt(&["num_key_value_heads"])?.unwrap_or(n_heads);
+    check_grouped_heads(n_heads, n_kv_heads)?;
+    Ok((hidden, n_heads, n_kv_heads))
+}
+
 /// Grouped-query attention: the query heads share the key heads evenly.
 fn check_grouped_heads(n_heads: usize, n_kv_heads: usize) -> Result<()> {
     if n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
@@ -876,29 +877,32 @@ fn rope_theta(k: &Keys, names: &[&str]) -> Result<f64> {
 
 /// `rope_scaling` (transformers 4) or `rope_parameters` (transformers 5).
 fn rope_scaling(v: &Value) -> Result<RopeScaling> {
-    match v.get("rope_scaling").filter(|x| !x.is_null()) {
-        Some(r) => scaling_of(r),
-        None => match v.get("rope_parameters").filter(|x| !x.is_null()) {
-            Some(r) => scaling_of(r),
-            None => Ok(RopeScaling::None),
-        },
-    }
+    rope_object(v).map_or(Ok(RopeScaling::None), scaling_of)
+}
+
+/// The object describing the rope scaling: `rope_scaling` (transformers 4) or
+/// `rope_parameters` (transformers 5).
+fn rope_object(v: &Value) -> Option<&Value> {
+    ["rope_scaling", "rope_parameters"]
+        .iter()
+        .find_map(|key| v.get(*key).filter(|x| !x.is_null()))
+}
+
+/// A rope scaling object's kind (`rope_type`, formerly `type`).
+fn rope_kind(r: &Value) -> &str {
+    r.get("rope_type")
+        .or_else(|| r.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default")
 }
 
 /// Phi-3's rope scaling: LongRoPE (`longrope`, formerly `su`) with its short and long
 /// factors, one per rotating frequency, or any of the common ones.
 fn phi3_scaling(v: &Value, k: &Keys, dims: usize, max_positions: usize) -> Result<RopeScaling> {
-    let Some(r) = ["rope_scaling", "rope_parameters"]
-        .iter()
-        .find_map(|key| v.get(*key).filter(|x| !x.is_null()))
-    else {
+    let Some(r) = rope_object(v) else {
         return Ok(RopeScaling::None);
     };
-    let kind = r
-        .get("rope_type")
-        .or_else(|| r.get("type"))
-        .and_then(Value::as_str);
-    if !matches!(kind, Some("longrope" | "su")) {
+    if !matches!(rope_kind(r), "longrope" | "su") {
         return scaling_of(r);
     }
     let factors = |key: &str| -> Result<Vec<f64>> {
@@ -944,11 +948,7 @@ fn phi3_scaling(v: &Value, k: &Keys, dims: usize, max_positions: usize) -> Resul
 
 /// The scaling a `rope_scaling` / `rope_parameters` object describes.
 fn scaling_of(r: &Value) -> Result<RopeScaling> {
-    let kind = r
-        .get("rope_type")
-        .or_else(|| r.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
+    let kind = rope_kind(r);
     let num = |key: &str| -> Result<f64> {
         r.get(key)
             .and_then(Value::as_f64)
