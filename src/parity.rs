@@ -13,7 +13,7 @@ use burn::tensor::{
 use safetensors::{Dtype, SafeTensors};
 
 use crate::model::config::Activation;
-use crate::model::kernels::head_loss_and_grad;
+use crate::model::kernels::{head_loss_and_grad, soft_capped};
 use crate::model::ops::{self, AttnOpts};
 use crate::model::weights::Weights;
 use crate::model::{CausalLm, Kernels, LoadOptions, ModelConfig, TrainKernels};
@@ -317,14 +317,17 @@ pub fn kernel_checks<B: TrainKernels>(dev: &B::Device, dtype: DType) -> Result<V
     out.push(("matmul stream order".into(), err));
 
     // One block of positions, then three (128, 128 and 24 positions) for the blocked path.
-    for (label, window, b, s) in [
-        ("causal", None, 2, 33),
-        ("local", Some(5), 2, 33),
-        ("blocks", Some(150), 1, 280),
+    // Soft-capped scores (Gemma 2) on a local window too.
+    for (label, window, b, s, softcap) in [
+        ("causal", None, 2, 33, None),
+        ("local", Some(5), 2, 33, None),
+        ("blocks", Some(150), 1, 280, None),
+        ("capped", Some(20), 2, 33, Some(0.8)),
     ] {
         let opts = AttnOpts {
             scale: 0.25,
             window,
+            softcap,
         };
         let (q, k, v) = (
             random::<I<B>, 4>([b, 4, s, 16], dev, dtype),
@@ -381,21 +384,25 @@ pub fn kernel_checks<B: TrainKernels>(dev: &B::Device, dtype: DType) -> Result<V
     let h = random::<I<B>, 2>([18, 48], dev, dtype);
     let w = random::<I<B>, 2>([300, 48], dev, dtype).transpose();
     let targets = Tensor::<I<B>, 1, Int>::random([18], Distribution::Uniform(0.0, 300.0), dev);
-    let (cl, cg) = head_loss_and_grad(h.clone(), w.clone(), None, targets.clone(), 5);
-    let (cl, cg) = (values(cl)?, values(cg)?);
-    let ha = Tensor::<B, 2>::from_inner(h).require_grad();
-    let logits = <B as Kernels>::matmul(ha.clone(), Tensor::from_inner(w)).cast(DType::F32);
-    let loss = ops::plain_cross_entropy(
-        logits.unsqueeze::<3>(),
-        Tensor::from_inner(targets).unsqueeze::<2>(),
-    );
-    let g = loss.clone().backward();
-    let dh = ha.grad(&g).ok_or_else(|| anyhow!("no gradient"))?;
-    out.push((
-        "head loss by chunks".into(),
-        rel_err(&cl, &values(loss.detach())?),
-    ));
-    out.push(("head loss dh".into(), rel_err(&cg, &values(dh)?)));
+    // Soft-capped logits (Gemma 2) too, against Burn's autodiff of the tanh.
+    for (label, softcap) in [("", None), (" capped", Some(2.0))] {
+        let (cl, cg) = head_loss_and_grad(h.clone(), w.clone(), None, targets.clone(), 5, softcap);
+        let (cl, cg) = (values(cl)?, values(cg)?);
+        let ha = Tensor::<B, 2>::from_inner(h.clone()).require_grad();
+        let logits =
+            <B as Kernels>::matmul(ha.clone(), Tensor::from_inner(w.clone())).cast(DType::F32);
+        let loss = ops::plain_cross_entropy(
+            soft_capped(logits, softcap).unsqueeze::<3>(),
+            Tensor::from_inner(targets.clone()).unsqueeze::<2>(),
+        );
+        let g = loss.clone().backward();
+        let dh = ha.grad(&g).ok_or_else(|| anyhow!("no gradient"))?;
+        out.push((
+            format!("head loss{label} by chunks"),
+            rel_err(&cl, &values(loss.detach())?),
+        ));
+        out.push((format!("head loss{label} dh"), rel_err(&cg, &values(dh)?)));
+    }
 
     // Norms with frozen weights, on rows with an offset (LayerNorm's mean matters).
     // LayerNorm's weight and bias are float32 as the models load them, RMSNorm's weight is

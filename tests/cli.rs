@@ -274,7 +274,7 @@ fn eval_cuda_without_gpu_is_a_clear_error() {
 fn parity_command_checks_every_fixture() {
     let (code, out, err) = softtune(&["parity", "--fixtures", fixtures().to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
-    // 42 kernel checks (fast paths against plain Burn or an exact matmul), then every
+    // 48 kernel checks (fast paths against plain Burn or an exact matmul), then every
     // fixture folder (their lines end with the seconds each took).
     let fixture_count = std::fs::read_dir(fixtures())
         .unwrap()
@@ -286,13 +286,13 @@ fn parity_command_checks_every_fixture() {
                 .is_file()
         })
         .count();
-    assert_eq!(fixture_count, 17);
+    assert_eq!(fixture_count, 18);
     assert!(out.contains("kernel check"), "{out}");
     assert_eq!(
         out.lines()
             .filter(|l| l.ends_with(" ok") || l.contains(" ok  ("))
             .count(),
-        42 + fixture_count,
+        48 + fixture_count,
         "{out}"
     );
 

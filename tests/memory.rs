@@ -129,6 +129,15 @@ fn shapes() -> Vec<(&'static str, Value)> {
                 "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "gelu"}),
         ),
         (
+            "gemma2: soft caps, local and global layers, output norms",
+            json!({"model_type": "gemma2", "vocab_size": v, "hidden_size": h,
+                "intermediate_size": f, "num_hidden_layers": 2, "num_attention_heads": 8,
+                "num_key_value_heads": 4, "head_dim": 64, "max_position_embeddings": ctx,
+                "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "sliding_window": 128,
+                "query_pre_attn_scalar": 64, "attn_logit_softcapping": 50.0,
+                "final_logit_softcapping": 30.0, "hidden_activation": "gelu_pytorch_tanh"}),
+        ),
+        (
             "gemma3: local and global layers, output and per-head norms",
             json!({"model_type": "gemma3_text", "vocab_size": v, "hidden_size": h,
                 "intermediate_size": f, "num_hidden_layers": 2, "num_attention_heads": 8,
@@ -241,6 +250,7 @@ fn parameter_count_matches_checkpoints_and_published_sizes() {
         "qwen2",
         "qwen3",
         "gemma",
+        "gemma2",
         "gemma3",
         "cohere",
         "phi3",

@@ -55,6 +55,7 @@ parity_tests!(
     cohere,
     phi3,
     phi3_long,
+    gemma2,
 );
 
 #[test]
@@ -96,7 +97,7 @@ fn greedy_generation_follows_the_reference_logits() {
         seed: 0,
     };
     let mut checked = 0;
-    for name in ["gpt2", "llama", "opt_proj", "gpt_neox", "qwen2"] {
+    for name in ["gpt2", "llama", "opt_proj", "gpt_neox", "qwen2", "gemma2"] {
         let dir = fixture(name);
         let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
         let weights = Weights::open(&[dir.join("model.safetensors")]).unwrap();
@@ -148,6 +149,7 @@ fn sixteen_bit_weights_stay_within_their_bounds() {
             "qwen2",
             "qwen3",
             "gemma",
+            "gemma2",
             "gemma3",
             "cohere",
             "phi3_long",
@@ -181,7 +183,7 @@ fn kernel_fast_paths_match_plain_burn() {
     for dtype in [DType::F32, DType::BF16] {
         let checks =
             softtune::parity::kernel_checks::<Autodiff<Flex>>(&Default::default(), dtype).unwrap();
-        assert_eq!(checks.len(), 42, "{checks:?}");
+        assert_eq!(checks.len(), 48, "{checks:?}");
         for (what, e) in checks {
             assert!(
                 e <= tolerance(dtype),

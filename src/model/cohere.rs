@@ -131,6 +131,7 @@ impl<B: Kernels> Cohere<B> {
             let opts = AttnOpts {
                 scale,
                 window: None,
+                softcap: None,
             };
             let attn = blk
                 .o

@@ -24,6 +24,8 @@ pub enum Arch {
     Qwen3,
     /// Gemma (the first generation).
     Gemma,
+    /// Gemma 2: soft-capped attention scores and logits.
+    Gemma2,
     /// Gemma 3's text model (`gemma3_text`; `gemma3` checkpoints hold one beside a vision
     /// tower, which is not loaded).
     Gemma3,
@@ -45,6 +47,7 @@ impl Arch {
         "qwen2",
         "qwen3",
         "gemma",
+        "gemma2",
         "gemma3_text",
         "gemma3",
         "cohere",
@@ -63,6 +66,7 @@ impl Arch {
             "qwen2" => Arch::Qwen2,
             "qwen3" => Arch::Qwen3,
             "gemma" => Arch::Gemma,
+            "gemma2" => Arch::Gemma2,
             "gemma3_text" | "gemma3" => Arch::Gemma3,
             "cohere" => Arch::Cohere,
             "phi3" => Arch::Phi3,
@@ -82,6 +86,7 @@ impl Arch {
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
             Arch::Gemma => "gemma",
+            Arch::Gemma2 => "gemma2",
             Arch::Gemma3 => "gemma3_text",
             Arch::Cohere => "cohere",
             Arch::Phi3 => "phi3",
@@ -192,21 +197,29 @@ pub enum ArchSpec {
         /// `q_norm` / `k_norm`).
         qk_norm: bool,
     },
-    /// gemma, gemma3: RMSNorms scaling by `1 + weight`, token embeddings scaled by
+    /// gemma, gemma2, gemma3: RMSNorms scaling by `1 + weight`, token embeddings scaled by
     /// `√hidden`, a GELU-gated MLP.
     Gemma {
-        /// Per layer: sliding-window size where one applies (gemma3's local layers).
+        /// Per layer: sliding-window size where one applies (the local layers of gemma2
+        /// and gemma3).
         windows: Vec<Option<usize>>,
         /// The rotary of the sliding-window layers (gemma3: `rope_local_base_freq`, no
         /// scaling); the global layers use [`ModelConfig::rotary`].
         local_rotary: Option<Rotary>,
-        /// Multiplier of `q·k`: `query_pre_attn_scalar^-½` (gemma3), `head_dim^-½`.
+        /// Multiplier of `q·k`: `query_pre_attn_scalar^-½` (gemma2, gemma3), `head_dim^-½`.
         attn_scale: f64,
         /// Bias on q, k, v and the output projection (`attention_bias`).
         attention_bias: bool,
-        /// gemma3: norms on the attention's and the MLP's outputs too (before each
-        /// residual add), and an RMSNorm over each query and key head.
-        gemma3: bool,
+        /// gemma2, gemma3: norms on the attention's and the MLP's outputs too (before each
+        /// residual add).
+        post_norms: bool,
+        /// gemma3: an RMSNorm over each query and key head.
+        qk_norm: bool,
+        /// gemma2: `c · tanh(x / c)` of the scaled attention scores
+        /// (`attn_logit_softcapping`).
+        attn_softcap: Option<f64>,
+        /// gemma2: `c · tanh(x / c)` of the logits (`final_logit_softcapping`).
+        final_softcap: Option<f64>,
     },
     /// cohere: parallel attention and MLP on one bias-free LayerNorm, interleaved rotary.
     Cohere {
@@ -334,7 +347,7 @@ impl ModelConfig {
                 Arch::SUPPORTED.join(", ")
             )
         })?;
-        if matches!(arch, Arch::Gemma | Arch::Gemma3) {
+        if matches!(arch, Arch::Gemma | Arch::Gemma2 | Arch::Gemma3) {
             return gemma(v, arch, model_type);
         }
         let vocab_size = k.usize(&["vocab_size"])?;
@@ -343,7 +356,7 @@ impl ModelConfig {
         let bos_token_id = k.token_id("bos_token_id");
 
         let cfg = match arch {
-            Arch::Gemma | Arch::Gemma3 => unreachable!("read by gemma() above"),
+            Arch::Gemma | Arch::Gemma2 | Arch::Gemma3 => unreachable!("read by gemma() above"),
             Arch::Phi3 => {
                 let (hidden, n_heads, n_kv_heads) = grouped_heads(&k)?;
                 let head_dim = match k.usize_opt(&["head_dim"])? {
@@ -657,6 +670,15 @@ impl ModelConfig {
         Ok(cfg)
     }
 
+    /// The soft cap of the logits, `c · tanh(logits / c)` (Gemma 2's
+    /// `final_logit_softcapping`); `None` for every other family.
+    pub fn final_softcap(&self) -> Option<f64> {
+        match self.spec {
+            ArchSpec::Gemma { final_softcap, .. } => final_softcap,
+            _ => None,
+        }
+    }
+
     /// Context length in tokens (learned position tables or RoPE's trained range).
     pub fn context_length(&self) -> usize {
         self.max_positions
@@ -676,11 +698,28 @@ fn gemma(top: &Value, arch: Arch, model_type: &str) -> Result<ModelConfig> {
     };
     let (k, outer) = (Keys { v }, Keys { v: top });
     let g3 = arch == Arch::Gemma3;
-    for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
-        if let Some(x) = k.get(&[key]) {
-            bail!("`{key}` = {x}: logit soft-capping (Gemma 2's) is not supported");
+    let g2 = arch == Arch::Gemma2;
+    // Gemma 2 soft-caps; the other generations have no such step, and a config that asks
+    // for one is not what the model was trained with.
+    let mut softcaps = [None, None];
+    for (key, cap) in ["attn_logit_softcapping", "final_logit_softcapping"]
+        .into_iter()
+        .zip(&mut softcaps)
+    {
+        let Some(x) = k.f64_opt(&[key])? else {
+            continue;
+        };
+        if !g2 {
+            bail!(
+                "`{key}` = {x}: logit soft-capping is Gemma 2's (model_type \"gemma2\"), not {model_type}'s"
+            );
         }
+        if !(x.is_finite() && x > 0.0) {
+            bail!("`{key}` = {x}: a soft cap must be a positive number (or null for none)");
+        }
+        *cap = Some(x);
     }
+    let [attn_softcap, final_softcap] = softcaps;
     if k.bool_or(&["use_bidirectional_attention"], false)? {
         bail!("`use_bidirectional_attention` = true (an embedding model) is not supported");
     }
@@ -705,7 +744,7 @@ fn gemma(top: &Value, arch: Arch, model_type: &str) -> Result<ModelConfig> {
     // The first generation's configs say "gelu" and mean the tanh approximation
     // (transformers rewrites it so).
     let activation = match k.str_opt(&["hidden_activation", "hidden_act"])? {
-        Some("gelu") if !g3 => Activation::GeluTanh,
+        Some("gelu") if arch == Arch::Gemma => Activation::GeluTanh,
         Some(name) => Activation::parse(name, "hidden_activation")?,
         None => Activation::GeluTanh,
     };
@@ -729,7 +768,27 @@ fn gemma(top: &Value, arch: Arch, model_type: &str) -> Result<ModelConfig> {
             scaling: rope_scaling(v)?,
         },
     };
-    let (windows, local_rotary, attn_scale) = if g3 {
+    // The local layers of Gemma 2 and 3: from `layer_types`, else all but every `every`-th.
+    let layer_windows = |window: usize, every: usize| -> Result<Vec<Option<usize>>> {
+        Ok(match v.get("layer_types").and_then(Value::as_array) {
+            Some(types) if types.len() == n_layers => types
+                .iter()
+                .map(|t| (t.as_str() == Some("sliding_attention")).then_some(window))
+                .collect(),
+            Some(types) => bail!(
+                "`layer_types` has {} entries but `num_hidden_layers` is {n_layers}",
+                types.len()
+            ),
+            None => (0..n_layers)
+                .map(|i| (!(i + 1).is_multiple_of(every)).then_some(window))
+                .collect(),
+        })
+    };
+    let (windows, local_rotary, attn_scale) = if g2 {
+        let window = k.usize_opt(&["sliding_window"])?.unwrap_or(4096);
+        let scalar = k.f64_opt(&["query_pre_attn_scalar"])?.unwrap_or(256.0);
+        (layer_windows(window, 2)?, None, scalar.powf(-0.5))
+    } else if g3 {
         let local = match per_layer_type("sliding_attention") {
             Some(r) => Rotary {
                 theta: r.get("rope_theta").and_then(Value::as_f64).unwrap_or(1e4),
@@ -743,25 +802,11 @@ fn gemma(top: &Value, arch: Arch, model_type: &str) -> Result<ModelConfig> {
             },
         };
         let window = num(&["sliding_window"], 4096)?;
-        let windows = match v.get("layer_types").and_then(Value::as_array) {
-            Some(types) if types.len() == n_layers => types
-                .iter()
-                .map(|t| (t.as_str() == Some("sliding_attention")).then_some(window))
-                .collect(),
-            Some(types) => bail!(
-                "`layer_types` has {} entries but `num_hidden_layers` is {n_layers}",
-                types.len()
-            ),
-            None => {
-                let pattern = k
-                    .usize_opt(&["sliding_window_pattern"])?
-                    .unwrap_or(6)
-                    .max(1);
-                (0..n_layers)
-                    .map(|i| (!(i + 1).is_multiple_of(pattern)).then_some(window))
-                    .collect()
-            }
-        };
+        let pattern = k
+            .usize_opt(&["sliding_window_pattern"])?
+            .unwrap_or(6)
+            .max(1);
+        let windows = layer_windows(window, pattern)?;
         let scalar = k.f64_opt(&["query_pre_attn_scalar"])?.unwrap_or(256.0);
         (windows, Some(local), scalar.powf(-0.5))
     } else {
@@ -800,7 +845,10 @@ fn gemma(top: &Value, arch: Arch, model_type: &str) -> Result<ModelConfig> {
             local_rotary,
             attn_scale,
             attention_bias: k.bool_or(&["attention_bias"], false)?,
-            gemma3: g3,
+            post_norms: g2 || g3,
+            qk_norm: g3,
+            attn_softcap,
+            final_softcap,
         },
     };
     if cfg.vocab_size == 0 || cfg.hidden == 0 || cfg.n_layers == 0 {
@@ -1104,13 +1152,88 @@ mod tests {
             windows,
             local_rotary,
             attn_scale,
-            gemma3,
+            qk_norm,
             ..
         } = &c.spec
         else {
             panic!("{:?} is not of the gemma family", c.arch)
         };
-        (windows, local_rotary.as_ref(), *attn_scale, *gemma3)
+        (windows, local_rotary.as_ref(), *attn_scale, *qk_norm)
+    }
+
+    /// google/gemma-2-9b's config.json (transformers 4.42): soft caps, every other layer
+    /// local from the first, `query_pre_attn_scalar`.
+    #[test]
+    fn gemma2_config_of_transformers_4() {
+        let hub = json!({"architectures": ["Gemma2ForCausalLM"], "attention_bias": false,
+            "attention_dropout": 0.0, "attn_logit_softcapping": 50.0, "bos_token_id": 2,
+            "cache_implementation": "hybrid", "eos_token_id": 1,
+            "final_logit_softcapping": 30.0, "head_dim": 256, "hidden_act": "gelu_pytorch_tanh",
+            "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 3584,
+            "initializer_range": 0.02, "intermediate_size": 14336,
+            "max_position_embeddings": 8192, "model_type": "gemma2", "num_attention_heads": 16,
+            "num_hidden_layers": 42, "num_key_value_heads": 8, "pad_token_id": 0,
+            "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_theta": 10000.0,
+            "sliding_window": 4096, "sliding_window_size": 4096, "torch_dtype": "float32",
+            "transformers_version": "4.42.0.dev0", "use_cache": true, "vocab_size": 256000});
+        let c = ModelConfig::from_json(&hub).unwrap();
+        assert_eq!(c.arch, Arch::Gemma2);
+        assert_eq!(
+            (c.n_heads, c.n_kv_heads, c.head_dim, c.n_layers),
+            (16, 8, 256, 42)
+        );
+        assert_eq!(c.activation, Activation::GeluTanh);
+        assert_eq!(c.rotary.as_ref().unwrap().theta, 10000.0);
+        let (windows, local, scale, qk_norm) = gemma_spec(&c);
+        assert_eq!(windows.len(), 42);
+        assert!(windows.iter().step_by(2).all(|w| *w == Some(4096)));
+        assert!(windows.iter().skip(1).step_by(2).all(Option::is_none));
+        assert!(local.is_none() && !qk_norm);
+        assert_eq!(scale, 1.0 / 16.0);
+        let ArchSpec::Gemma {
+            post_norms,
+            attn_softcap,
+            final_softcap,
+            ..
+        } = c.spec
+        else {
+            unreachable!()
+        };
+        assert!(post_norms);
+        assert_eq!((attn_softcap, final_softcap), (Some(50.0), Some(30.0)));
+        assert_eq!(c.final_softcap(), Some(30.0));
+        assert_eq!(
+            embed_scale(&c, burn::tensor::DType::F32),
+            Some(3584f32.sqrt())
+        );
+
+        // gemma-2-27b: another scalar; a null cap is none; a cap of 0 is refused.
+        let mut big = hub.clone();
+        big["query_pre_attn_scalar"] = json!(144);
+        big["attn_logit_softcapping"] = Value::Null;
+        let c = ModelConfig::from_json(&big).unwrap();
+        let ArchSpec::Gemma {
+            attn_scale,
+            attn_softcap,
+            ..
+        } = c.spec
+        else {
+            unreachable!()
+        };
+        assert_eq!((attn_scale, attn_softcap), (1.0 / 12.0, None));
+        let mut zero = hub.clone();
+        zero["final_logit_softcapping"] = json!(0.0);
+        let err = ModelConfig::from_json(&zero).unwrap_err().to_string();
+        assert!(
+            err.contains("final_logit_softcapping") && err.contains("positive"),
+            "{err}"
+        );
+        // transformers 5 lists the layer types.
+        let mut typed = hub;
+        typed["num_hidden_layers"] = json!(3);
+        typed["layer_types"] = json!(["full_attention", "sliding_attention", "full_attention"]);
+        let c = ModelConfig::from_json(&typed).unwrap();
+        assert_eq!(gemma_spec(&c).0, [None, Some(4096), None]);
     }
 
     /// google/gemma-3-1b-pt's config.json as transformers 4 wrote it.
@@ -1203,8 +1326,7 @@ mod tests {
             "final_logit_softcapping": 30.0}))
         .unwrap_err();
         assert!(err.to_string().contains("final_logit_softcapping"), "{err}");
-        let err = ModelConfig::from_json(&json!({"model_type": "gemma2"})).unwrap_err();
-        assert!(err.to_string().contains("gemma3"), "{err}");
+        assert!(err.to_string().contains("gemma2"), "{err}");
     }
 
     /// microsoft/Phi-3-mini-128k-instruct as transformers 4 wrote it: LongRoPE with the

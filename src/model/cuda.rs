@@ -109,7 +109,7 @@ impl Kernels for CudaCubeBackend {
         v: Tensor<Self, 4>,
         opts: AttnOpts,
     ) -> (Tensor<Self, 4>, Tensor<Self, 5>) {
-        if !owns_attention::<Self, Self>(&q, &k, &v, &[]) {
+        if !owns_attention::<Self, Self>(&q, &k, &v, &[], opts) {
             return blocked_attention_forward(q, k, v, opts);
         }
         flash::tensor_forward(q, k, v, opts, Unroll::Small)
@@ -125,7 +125,7 @@ impl Kernels for CudaCubeBackend {
         opts: AttnOpts,
     ) -> [Tensor<Self, 4>; 3] {
         let grad = as_dtype(grad, q.dtype());
-        if !owns_attention::<Self, Self>(&q, &k, &v, &[&out, &grad]) {
+        if !owns_attention::<Self, Self>(&q, &k, &v, &[&out, &grad], opts) {
             return blocked_attention_backward(q, k, v, out, lse, grad, opts);
         }
         flash::tensor_backward(q, k, v, out, lse, grad, opts, Unroll::Small)

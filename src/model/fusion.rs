@@ -239,7 +239,7 @@ impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
         v: Tensor<Self, 4>,
         opts: AttnOpts,
     ) -> (Tensor<Self, 4>, Tensor<Self, 5>) {
-        if !owns_attention::<B, Self>(&q, &k, &v, &[]) {
+        if !owns_attention::<B, Self>(&q, &k, &v, &[], opts) {
             return blocked_attention_forward(q, k, v, opts);
         }
         let [b, h, s, hd] = q.dims();
@@ -269,7 +269,7 @@ impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
         opts: AttnOpts,
     ) -> [Tensor<Self, 4>; 3] {
         let grad = as_dtype(grad, q.dtype());
-        if !owns_attention::<B, Self>(&q, &k, &v, &[&out, &grad]) {
+        if !owns_attention::<B, Self>(&q, &k, &v, &[&out, &grad], opts) {
             return blocked_attention_backward(q, k, v, out, lse, grad, opts);
         }
         let outputs = [

@@ -1,9 +1,11 @@
-//! Gemma family (gemma, gemma3): like llama, with RMSNorms that scale by `1 + weight`
-//! (in float32), token embeddings multiplied by `√hidden` (see
-//! [`super::config::embed_scale`]), a GELU-gated MLP and a tied head. Gemma 3 adds a norm
-//! on the attention's and the MLP's outputs before each residual add, an RMSNorm over each
-//! query and key head, sliding-window layers with their own rotary base between global
-//! ones, and `query_pre_attn_scalar` for the attention's scale.
+//! Gemma family (gemma, gemma2, gemma3): like llama, with RMSNorms that scale by
+//! `1 + weight` (in float32), token embeddings multiplied by `√hidden` (see
+//! [`super::config::embed_scale`]), a GELU-gated MLP and a tied head. Gemma 2 adds a norm
+//! on the attention's and the MLP's outputs before each residual add, sliding-window layers
+//! between global ones, `query_pre_attn_scalar` for the attention's scale, and soft-capping
+//! (`c · tanh(x / c)`) of the attention scores and of the logits (the latter in
+//! [`super::lm`]). Gemma 3 keeps the output norms and the windows (with a rotary base of
+//! their own), drops the soft caps and adds an RMSNorm over each query and key head.
 
 use super::kernels::Kernels;
 use anyhow::Result;
@@ -12,14 +14,16 @@ use burn::tensor::{Tensor, backend::Backend};
 use super::config::{ArchSpec, ModelConfig};
 use super::ops::{self, AttnOpts, Linear, Loader, RmsNorm, RotaryTables};
 
-/// Gemma 3's extra norms.
-struct Gemma3Norms<B: Backend> {
+/// Gemma 2 and 3's norms on the branches' outputs, before each residual add.
+struct PostNorms<B: Backend> {
+    attention: RmsNorm<B>,
+    mlp: RmsNorm<B>,
+}
+
+/// Gemma 3's norms over each query and key head.
+struct HeadNorms<B: Backend> {
     q: RmsNorm<B>,
     k: RmsNorm<B>,
-    /// On the attention's output, before the residual add.
-    post_attention: RmsNorm<B>,
-    /// On the MLP's output, before the residual add.
-    post_mlp: RmsNorm<B>,
 }
 
 struct Block<B: Backend> {
@@ -29,9 +33,10 @@ struct Block<B: Backend> {
     v: Linear<B>,
     o: Linear<B>,
     /// Before the MLP (`post_attention_layernorm` in the first generation,
-    /// `pre_feedforward_layernorm` in Gemma 3).
+    /// `pre_feedforward_layernorm` in Gemma 2 and 3).
     ln_2: RmsNorm<B>,
-    gemma3: Option<Gemma3Norms<B>>,
+    post: Option<PostNorms<B>>,
+    heads: Option<HeadNorms<B>>,
     /// `gate_proj` and `up_proj` as one product.
     gate_up: Linear<B>,
     down: Linear<B>,
@@ -43,6 +48,7 @@ pub struct Gemma<B: Backend> {
     blocks: Vec<Block<B>>,
     norm: RmsNorm<B>,
     attn_scale: f64,
+    attn_softcap: Option<f64>,
 }
 
 impl<B: Kernels> Gemma<B> {
@@ -51,7 +57,9 @@ impl<B: Kernels> Gemma<B> {
             windows,
             attn_scale,
             attention_bias,
-            gemma3,
+            post_norms,
+            qk_norm,
+            attn_softcap,
             ..
         } = &cfg.spec
         else {
@@ -65,19 +73,25 @@ impl<B: Kernels> Gemma<B> {
         for (i, window) in windows.iter().enumerate() {
             let p = format!("model.layers.{i}");
             let a = format!("{p}.self_attn");
-            let (ln_2, gemma3) = if *gemma3 {
-                let extra = Gemma3Norms {
-                    q: norm(&format!("{a}.q_norm"), cfg.head_dim)?,
-                    k: norm(&format!("{a}.k_norm"), cfg.head_dim)?,
-                    post_attention: norm(&format!("{p}.post_attention_layernorm"), h)?,
-                    post_mlp: norm(&format!("{p}.post_feedforward_layernorm"), h)?,
+            let (ln_2, post) = if *post_norms {
+                let post = PostNorms {
+                    attention: norm(&format!("{p}.post_attention_layernorm"), h)?,
+                    mlp: norm(&format!("{p}.post_feedforward_layernorm"), h)?,
                 };
                 (
                     norm(&format!("{p}.pre_feedforward_layernorm"), h)?,
-                    Some(extra),
+                    Some(post),
                 )
             } else {
                 (norm(&format!("{p}.post_attention_layernorm"), h)?, None)
+            };
+            let heads = if *qk_norm {
+                Some(HeadNorms {
+                    q: norm(&format!("{a}.q_norm"), cfg.head_dim)?,
+                    k: norm(&format!("{a}.k_norm"), cfg.head_dim)?,
+                })
+            } else {
+                None
             };
             blocks.push(Block {
                 ln_1: norm(&format!("{p}.input_layernorm"), h)?,
@@ -86,7 +100,8 @@ impl<B: Kernels> Gemma<B> {
                 v: ld.linear(&format!("{a}.v_proj"), h, kv_dim, bias)?,
                 o: ld.linear(&format!("{a}.o_proj"), q_dim, h, bias)?,
                 ln_2,
-                gemma3,
+                post,
+                heads,
                 gate_up: ld.stacked_linear(
                     &[
                         (&format!("{p}.mlp.gate_proj"), cfg.intermediate),
@@ -103,6 +118,7 @@ impl<B: Kernels> Gemma<B> {
             blocks,
             norm: norm("model.norm", h)?,
             attn_scale: *attn_scale,
+            attn_softcap: *attn_softcap,
         })
     }
 
@@ -127,7 +143,7 @@ impl<B: Kernels> Gemma<B> {
             };
             let hn = blk.ln_1.forward(x.clone());
             let (mut q, mut k) = (blk.q.forward(hn.clone()), blk.k.forward(hn.clone()));
-            if let Some(n) = &blk.gemma3 {
+            if let Some(n) = &blk.heads {
                 q = ops::per_head(q, hd, |t| n.q.forward(t));
                 k = ops::per_head(k, hd, |t| n.k.forward(t));
             }
@@ -137,20 +153,21 @@ impl<B: Kernels> Gemma<B> {
             let opts = AttnOpts {
                 scale: self.attn_scale,
                 window: blk.window,
+                softcap: self.attn_softcap,
             };
             let mut attn = blk
                 .o
                 .forward(ops::merge_heads(ops::causal_attention(q, k, v, opts)));
-            if let Some(n) = &blk.gemma3 {
-                attn = n.post_attention.forward(attn);
+            if let Some(n) = &blk.post {
+                attn = n.attention.forward(attn);
             }
             x = x + attn;
             let hn = blk.ln_2.forward(x.clone());
             let mut mlp = blk
                 .down
                 .forward(ops::gated(blk.gate_up.forward(hn), self.cfg.activation));
-            if let Some(n) = &blk.gemma3 {
-                mlp = n.post_mlp.forward(mlp);
+            if let Some(n) = &blk.post {
+                mlp = n.mlp.forward(mlp);
             }
             x = x + mlp;
         }

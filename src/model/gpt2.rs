@@ -78,6 +78,7 @@ impl<B: Kernels> Gpt2<B> {
             let opts = AttnOpts {
                 scale: blk.scale,
                 window: None,
+                softcap: None,
             };
             let a = ops::merge_heads(ops::causal_attention(q, k, v, opts));
             x = x + blk.attn_proj.forward(a);

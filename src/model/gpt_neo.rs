@@ -69,6 +69,7 @@ impl<B: Kernels> GptNeo<B> {
             let opts = AttnOpts {
                 scale: 1.0,
                 window: blk.window,
+                softcap: None,
             };
             x = x + blk
                 .out

@@ -63,6 +63,7 @@ impl<B: Kernels> GptNeoX<B> {
         let opts = AttnOpts {
             scale: 1.0 / (hd as f64).sqrt(),
             window: None,
+            softcap: None,
         };
         for blk in &self.blocks {
             // [b, s, heads·3·hd] viewed as [b, s, heads, 3, hd]

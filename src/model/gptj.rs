@@ -56,6 +56,7 @@ impl<B: Kernels> GptJ<B> {
         let opts = AttnOpts {
             scale: 1.0 / (self.cfg.head_dim as f64).sqrt(),
             window: None,
+            softcap: None,
         };
         for blk in &self.blocks {
             let hn = blk.ln_1.forward(x.clone());

@@ -183,14 +183,16 @@ pub trait Kernels: Backend {
     /// logits tensor is ever whole. The training backend also computes the gradient to `h`
     /// chunk by chunk during the forward pass and keeps only that (`[n, d]`, the hidden
     /// states' size) for the backward pass, instead of the logits (`[n, V]`, float32).
+    /// With `softcap` the logits are soft-capped first (Gemma 2's `final_logit_softcapping`).
     fn head_loss(
         h: Tensor<Self, 2>,
         w: Tensor<Self, 2>,
         b: Option<Tensor<Self, 1>>,
         targets: Tensor<Self, 1, Int>,
+        softcap: Option<f64>,
     ) -> Tensor<Self, 1> {
         let rows = head_chunk_rows(h.dims()[0], w.dims()[1]);
-        chunked_head_loss(h, w, b, targets, rows)
+        chunked_head_loss(h, w, b, targets, rows, softcap)
     }
 
     /// `e^x` element-wise (the softmax and cross-entropy kernels above use it).
@@ -469,14 +471,39 @@ impl ScoreBlock {
     }
 }
 
-/// Raw scores `[b, kvh, rows, keys]` of `block`, scaled, with forbidden keys at `-inf`.
-fn mask_scaled<B: Backend>(raw: Tensor<B, 4>, block: ScoreBlock) -> Tensor<B, 4> {
-    let [b, kvh, rows, keys] = raw.dims();
+/// Raw scores scaled and, with a soft cap `c`, capped: `c · tanh(x·scale / c)`.
+fn scaled<B: Backend, const D: usize>(raw: Tensor<B, D>, opts: AttnOpts) -> Tensor<B, D> {
+    soft_capped(raw * opts.scale, opts.softcap)
+}
+
+/// `c · tanh(x / c)` (Gemma 2's soft-capping of attention scores and logits); `x` without a cap.
+pub fn soft_capped<B: Backend, const D: usize>(x: Tensor<B, D>, cap: Option<f64>) -> Tensor<B, D> {
+    match cap {
+        Some(c) => (x / c).tanh() * c,
+        None => x,
+    }
+}
+
+/// The derivative of [`soft_capped`] at the point whose capped value is `y`: `1 − (y / c)²`.
+pub fn soft_cap_slope<B: Backend, const D: usize>(y: Tensor<B, D>, c: f64) -> Tensor<B, D> {
+    let t = y / c;
+    t.clone().mul(t).neg() + 1.0
+}
+
+/// `x` masked where `block` forbids keys (`-inf`).
+fn mask_block<B: Backend>(x: Tensor<B, 4>, block: ScoreBlock) -> Tensor<B, 4> {
+    let [b, kvh, rows, keys] = x.dims();
     let ScoreBlock { p0, n, k0, opts } = block;
-    let mask = stacked_mask::<B>(n, p0, rows, k0, keys, opts.window, &raw.device())
+    let mask = stacked_mask::<B>(n, p0, rows, k0, keys, opts.window, &x.device())
         .unsqueeze::<4>()
         .expand([b, kvh, rows, keys]);
-    (raw * opts.scale).mask_fill(mask, f32::NEG_INFINITY)
+    x.mask_fill(mask, f32::NEG_INFINITY)
+}
+
+/// Raw scores `[b, kvh, rows, keys]` of `block`, scaled (and soft-capped), with forbidden
+/// keys at `-inf`.
+fn mask_scaled<B: Backend>(raw: Tensor<B, 4>, block: ScoreBlock) -> Tensor<B, 4> {
+    mask_block(scaled(raw, block.opts), block)
 }
 
 /// Scaled scores of a block's stacked query rows (`q [b, kvh, rep·n, hd]`, positions
@@ -516,20 +543,31 @@ pub fn plain_attention_score_grads<B: Kernels>(
     block: ScoreBlock,
     dtype: DType,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
-    let p = B::exp(mask_scaled(scores, block) - lse);
-    let ds = p.clone() * (dp - delta) * block.opts.scale;
+    let x = scaled(scores, block.opts);
+    // A soft cap's slope, from the capped scores.
+    let slope = block.opts.softcap.map(|c| soft_cap_slope(x.clone(), c));
+    let p = B::exp(mask_block(x, block) - lse);
+    let mut ds = p.clone() * (dp - delta) * block.opts.scale;
+    if let Some(slope) = slope {
+        ds = ds * slope;
+    }
     (as_dtype(p, dtype), as_dtype(ds, dtype))
 }
 
 /// [`Kernels::own_attention`] of `B` for tensors of any backend `C` (`B` itself, or a wrapper
 /// around it): the forward pass's `q`, `k`, `v`, and in the backward pass also `more` (its
-/// output and the output's gradient), whose dtypes must match.
+/// output and the output's gradient), whose dtypes must match. Soft-capped scores always
+/// take the blocked path (the backends' own attention kernels do not cap).
 pub fn owns_attention<B: Kernels, C: Backend>(
     q: &Tensor<C, 4>,
     k: &Tensor<C, 4>,
     v: &Tensor<C, 4>,
     more: &[&Tensor<C, 4>],
+    opts: AttnOpts,
 ) -> bool {
+    if opts.softcap.is_some() {
+        return false;
+    }
     let mut dtypes = vec![q.dtype(), k.dtype(), v.dtype()];
     dtypes.extend(more.iter().map(|t| t.dtype()));
     B::own_attention(&q.dims(), &k.dims(), &v.dims(), &dtypes)
@@ -764,6 +802,21 @@ fn head_logits<B: Kernels>(
     }
 }
 
+/// A chunk's logits soft-capped, `c · tanh(l / c)` computed in float32 and handed back in
+/// the logits' dtype; untouched without a cap.
+pub fn cap_logits<B: Backend, const D: usize>(
+    logits: Tensor<B, D>,
+    cap: Option<f64>,
+) -> Tensor<B, D> {
+    match cap {
+        Some(c) => {
+            let dtype = logits.dtype();
+            as_dtype(soft_capped(as_dtype(logits, DType::F32), Some(c)), dtype)
+        }
+        None => logits,
+    }
+}
+
 /// `(start, len)` of the chunks of `rows` rows over `n` rows.
 fn row_chunks(n: usize, rows: usize) -> impl Iterator<Item = (usize, usize)> {
     let rows = rows.max(1);
@@ -793,18 +846,23 @@ fn add_chunk_loss<B: Backend>(
 /// [`Kernels::head_loss`] on any backend: by chunks of `rows` rows, each chunk's logits made,
 /// reduced to its loss by [`Kernels::cross_entropy`] and dropped before the next. Under
 /// autodiff this keeps every chunk's logits for the backward pass; the training backend
-/// runs [`head_loss_and_grad`] instead.
+/// runs [`head_loss_and_grad`] instead. With `softcap`, each chunk's logits are capped
+/// ([`cap_logits`]).
 pub fn chunked_head_loss<B: Kernels>(
     h: Tensor<B, 2>,
     w: Tensor<B, 2>,
     b: Option<Tensor<B, 1>>,
     targets: Tensor<B, 1, Int>,
     rows: usize,
+    softcap: Option<f64>,
 ) -> Tensor<B, 1> {
     let n = h.dims()[0];
     let mut total = None;
     for (start, len) in row_chunks(n, rows) {
-        let logits = head_logits(h.clone().narrow(0, start, len), &w, &b);
+        let logits = cap_logits(
+            head_logits(h.clone().narrow(0, start, len), &w, &b),
+            softcap,
+        );
         let t = targets.clone().narrow(0, start, len);
         let loss = B::cross_entropy(logits.unsqueeze::<3>(), t.unsqueeze::<2>());
         total = add_chunk_loss(total, loss, len, n);
@@ -817,13 +875,15 @@ pub fn chunked_head_loss<B: Kernels>(
 /// straight on through [`Kernels::cross_entropy_backward`] (computed in float32, handed
 /// back in the model's dtype), and `dlogits · wᵀ` is that chunk's rows of `dh`. Same
 /// products and roundings as the autodiff graph of [`chunked_head_loss`], with at most one
-/// chunk of logits alive.
+/// chunk of logits alive. With `softcap` the chunk's logits are capped ([`cap_logits`])
+/// and the loss's gradient to them goes back through the cap's slope, `1 − (capped / c)²`.
 pub fn head_loss_and_grad<B: Kernels>(
     h: Tensor<B, 2>,
     w: Tensor<B, 2>,
     b: Option<Tensor<B, 1>>,
     targets: Tensor<B, 1, Int>,
     rows: usize,
+    softcap: Option<f64>,
 ) -> (Tensor<B, 1>, Tensor<B, 2>) {
     let [n, _] = h.dims();
     let dtype = h.dtype();
@@ -832,12 +892,17 @@ pub fn head_loss_and_grad<B: Kernels>(
     let mut total = None;
     let mut dh = Vec::new();
     for (start, len) in row_chunks(n, rows) {
-        let logits = head_logits(h.clone().narrow(0, start, len), &w, &b).unsqueeze::<3>();
+        let logits = head_logits(h.clone().narrow(0, start, len), &w, &b);
+        let logits = cap_logits(logits, softcap).unsqueeze::<3>();
         let t = targets.clone().narrow(0, start, len).unsqueeze::<2>();
         let (loss, lse) = B::cross_entropy_forward(logits.clone(), t.clone());
         // The chunk's mean loss counts `len / n` of the whole mean; its gradient too.
         let share = Tensor::<B, 1>::full([1], len as f64 / n as f64, (&device, DType::F32));
-        let dlogits = B::cross_entropy_backward(logits, lse, t, share);
+        let slope = softcap.map(|c| soft_cap_slope(as_dtype(logits.clone(), DType::F32), c));
+        let mut dlogits = B::cross_entropy_backward(logits, lse, t, share);
+        if let Some(slope) = slope {
+            dlogits = as_dtype(dlogits, DType::F32) * slope;
+        }
         let dlogits = as_dtype(dlogits.reshape([len, w.dims()[1]]), dtype);
         dh.push(B::matmul(dlogits, wt.clone()));
         total = add_chunk_loss(total, loss, len, n);
@@ -878,6 +943,7 @@ pub fn saving_head_loss<B: Kernels, C: CheckpointStrategy>(
     b: Option<Tensor<Autodiff<B, C>, 1>>,
     targets: Tensor<Autodiff<B, C>, 1, Int>,
     rows: usize,
+    softcap: Option<f64>,
 ) -> Tensor<Autodiff<B, C>, 1> {
     let h = prim(h);
     let (w, b, targets) = (w.inner(), b.map(|b| b.inner()), targets.inner());
@@ -887,7 +953,7 @@ pub fn saving_head_loss<B: Kernels, C: CheckpointStrategy>(
         .stateful()
     {
         OpsKind::Tracked(prep) => {
-            let (loss, dh) = head_loss_and_grad(float(h.primitive), w, b, targets, rows);
+            let (loss, dh) = head_loss_and_grad(float(h.primitive), w, b, targets, rows, softcap);
             prep.finish(prim(dh), prim(loss))
         }
         OpsKind::UnTracked(prep) => prep.finish(prim(chunked_head_loss(
@@ -896,6 +962,7 @@ pub fn saving_head_loss<B: Kernels, C: CheckpointStrategy>(
             b,
             targets,
             rows,
+            softcap,
         ))),
     };
     float(loss)
@@ -1260,9 +1327,10 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         w: Tensor<Self, 2>,
         b: Option<Tensor<Self, 1>>,
         targets: Tensor<Self, 1, Int>,
+        softcap: Option<f64>,
     ) -> Tensor<Self, 1> {
         let rows = head_chunk_rows(h.dims()[0], w.dims()[1]);
-        saving_head_loss(h, w, b, targets, rows)
+        saving_head_loss(h, w, b, targets, rows, softcap)
     }
 
     /// Saves the logits in their own dtype (no float32 copy of 16-bit logits) and one
@@ -1337,12 +1405,17 @@ mod tests {
 
     #[test]
     fn saving_attention_equals_plain_in_blocks_and_through_autodiff() {
-        // Grouped-query (4 query heads on 2 key heads), causal and local windows, blocks of
-        // 1, 3 (the last one short) and all 7 positions.
-        for window in [None, Some(3)] {
+        // Grouped-query (4 query heads on 2 key heads), causal and local windows, with and
+        // without soft-capped scores, blocks of 1, 3 (the last one short) and all 7
+        // positions.
+        let cases = [None, Some(3)]
+            .into_iter()
+            .flat_map(|w| [(w, None), (w, Some(0.7))]);
+        for (window, softcap) in cases {
             let opts = AttnOpts {
                 scale: 0.35,
                 window,
+                softcap,
             };
             let (q, k, v) = (
                 random::<F>([2, 4, 7, 8]),
@@ -1592,17 +1665,21 @@ mod tests {
             TensorData::new(vec![0i64, 3, 12, 7, 7, 1, 2], [n]),
             &dev,
         );
-        for b in [None, Some(bias)] {
+        // With a soft cap the reference differentiates Burn's tanh.
+        let cases = [None, Some(bias)]
+            .into_iter()
+            .flat_map(|b| [(b.clone(), None), (b, Some(1.5))]);
+        for (b, softcap) in cases {
             let run = |rows: Option<usize>| {
                 let x = Tensor::<A, 2>::from_inner(h.clone()).require_grad();
                 let wa = Tensor::<A, 2>::from_inner(w.clone());
                 let ba = b.clone().map(Tensor::<A, 1>::from_inner);
                 let t = Tensor::<A, 1, Int>::from_inner(targets.clone());
                 let loss = match rows {
-                    Some(rows) => saving_head_loss(x.clone(), wa, ba, t, rows),
+                    Some(rows) => saving_head_loss(x.clone(), wa, ba, t, rows, softcap),
                     None => {
-                        let logits = head_logits(x.clone(), &wa, &ba).unsqueeze::<3>();
-                        ops::plain_cross_entropy(logits, t.unsqueeze::<2>())
+                        let logits = soft_capped(head_logits(x.clone(), &wa, &ba), softcap);
+                        ops::plain_cross_entropy(logits.unsqueeze::<3>(), t.unsqueeze::<2>())
                     }
                 };
                 // A non-unit upstream gradient, as under loss scaling.
@@ -1616,9 +1693,15 @@ mod tests {
                 assert!((got - want).abs() < 1e-5, "rows {rows}: {got} vs {want}");
                 let diff: f32 = (got_g - want_g.clone()).abs().max().into_scalar();
                 assert!(diff < 1e-6, "rows {rows}: gradient differs by {diff}");
-                let plain: f32 =
-                    chunked_head_loss(h.clone(), w.clone(), b.clone(), targets.clone(), rows)
-                        .into_scalar();
+                let plain: f32 = chunked_head_loss(
+                    h.clone(),
+                    w.clone(),
+                    b.clone(),
+                    targets.clone(),
+                    rows,
+                    softcap,
+                )
+                .into_scalar();
                 assert!(
                     (plain - want).abs() < 1e-5,
                     "rows {rows}, plain: {plain} vs {want}"
@@ -1632,6 +1715,7 @@ mod tests {
                 b.clone().map(Tensor::from_inner),
                 Tensor::from_inner(targets.clone()),
                 3,
+                softcap,
             );
             assert!((loss.inner().into_scalar() - want).abs() < 1e-5);
         }

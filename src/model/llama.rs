@@ -147,6 +147,7 @@ impl<B: Kernels> Llama<B> {
             let opts = AttnOpts {
                 scale,
                 window: blk.window,
+                softcap: None,
             };
             x = x + blk
                 .o

@@ -7,7 +7,7 @@
 //! Frozen weights are plain (untracked) tensors, so under `Autodiff` only the prompt gets
 //! a gradient.
 
-use super::kernels::Kernels;
+use super::kernels::{Kernels, cap_logits};
 use anyhow::{Result, bail};
 use burn::tensor::{DType, Int, Tensor, backend::Backend};
 
@@ -89,6 +89,7 @@ pub fn embed_name(arch: Arch) -> &'static str {
         | Arch::Qwen2
         | Arch::Qwen3
         | Arch::Gemma
+        | Arch::Gemma2
         | Arch::Gemma3
         | Arch::Cohere
         | Arch::Phi3 => "model.embed_tokens.weight",
@@ -151,7 +152,7 @@ impl<B: Kernels> CausalLm<B> {
             Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 => {
                 Body::Llama(Llama::load(config, &ld)?)
             }
-            Arch::Gemma | Arch::Gemma3 => Body::Gemma(Gemma::load(config, &ld)?),
+            Arch::Gemma | Arch::Gemma2 | Arch::Gemma3 => Body::Gemma(Gemma::load(config, &ld)?),
             Arch::Cohere => Body::Cohere(Cohere::load(config, &ld)?),
         };
         let embed: Tensor<B, 2> = ld.tensor(embed_name(config.arch), [v, d])?;
@@ -236,9 +237,10 @@ impl<B: Kernels> CausalLm<B> {
         }
     }
 
-    /// Hidden states → logits `[b, s, vocab]` (float32).
+    /// Hidden states → logits `[b, s, vocab]` (float32), soft-capped where the model says
+    /// so (Gemma 2).
     pub fn head(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.head.forward(h).cast(DType::F32)
+        cap_logits(self.head.forward(h), self.config.final_softcap()).cast(DType::F32)
     }
 
     /// `concat(prompt, E(ids))` along the sequence: `[b, n + t, d_embed]`.
@@ -263,7 +265,12 @@ impl<B: Kernels> CausalLm<B> {
     pub fn loss(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 1> {
         let t = ids.dims()[1];
         let h = self.hidden(self.embed_tokens(ids.clone()));
-        ops::head_loss(&self.head, h.narrow(1, 0, t - 1), ids.narrow(1, 1, t - 1))
+        ops::head_loss(
+            &self.head,
+            h.narrow(1, 0, t - 1),
+            ids.narrow(1, 1, t - 1),
+            self.config.final_softcap(),
+        )
     }
 
     /// Mean loss over the text tokens with the prompt prepended (PEFT's prompt-tuning loss):
@@ -276,6 +283,11 @@ impl<B: Kernels> CausalLm<B> {
         }
         let t = ids.dims()[1];
         let h = self.hidden(self.prompt_inputs(prompt, ids.clone()));
-        ops::head_loss(&self.head, h.narrow(1, n - 1, t), ids)
+        ops::head_loss(
+            &self.head,
+            h.narrow(1, n - 1, t),
+            ids,
+            self.config.final_softcap(),
+        )
     }
 }

@@ -134,10 +134,17 @@ pub fn kept_bytes(cfg: &ModelConfig, run: RunShape) -> u64 {
             let head_norms = if *qk_norm { (q + kv) * e } else { 0 };
             2 * d * e + attention + 2 * f * e + head_norms
         }
-        // Gemma 3 also normalises the attention's and the MLP's outputs, and each query
-        // and key head.
-        ArchSpec::Gemma { gemma3: false, .. } => 2 * d * e + attention + 2 * f * e,
-        ArchSpec::Gemma { gemma3: true, .. } => 4 * d * e + attention + 2 * f * e + (q + kv) * e,
+        // Gemma 2 and 3 also normalise the attention's and the MLP's outputs, Gemma 3 each
+        // query and key head.
+        ArchSpec::Gemma {
+            post_norms,
+            qk_norm,
+            ..
+        } => {
+            let norms = if *post_norms { 4 } else { 2 };
+            let head_norms = if *qk_norm { (q + kv) * e } else { 0 };
+            norms * d * e + attention + 2 * f * e + head_norms
+        }
         // One norm for attention and MLP together.
         ArchSpec::Cohere { qk_norm, .. } => {
             let head_norms = if *qk_norm { (q + kv) * e } else { 0 };
@@ -201,11 +208,13 @@ pub fn working_bytes(cfg: &ModelConfig, run: RunShape) -> u64 {
         }
         _ => 2 * b * s * f * e,
     };
-    // One chunk of logits, its float32 copy and its gradient; the chunks of the head's
-    // gradient and their join.
+    // One chunk of logits, its float32 copy and its gradient (with a soft cap, also the
+    // capped logits and the cap's slope in float32); the chunks of the head's gradient and
+    // their join.
     let v = cfg.vocab_size as u64;
     let rows = head_chunk_rows(run.batch * run.text, cfg.vocab_size) as u64;
-    let head = rows * v * (2 * e + 4) + 2 * b * t * cfg.d_embed as u64 * e;
+    let capped = if cfg.final_softcap().is_some() { 8 } else { 0 };
+    let head = rows * v * (2 * e + 4 + capped) + 2 * b * t * cfg.d_embed as u64 * e;
     // The residual stream's gradient, a branch's, and their sum (float32 at worst).
     let residual = 3 * b * s * d * 4;
     attention.max(mlp).max(head) + residual
@@ -237,15 +246,14 @@ pub fn parameter_count(cfg: &ModelConfig) -> usize {
         }
         ArchSpec::Gemma {
             attention_bias,
-            gemma3,
+            post_norms,
+            qk_norm,
             ..
         } => {
             let bias = if *attention_bias { q + 2 * kv + d } else { 0 };
-            let norms = if *gemma3 {
-                4 * d + 2 * cfg.head_dim
-            } else {
-                2 * d
-            };
+            let post = if *post_norms { 2 * d } else { 0 };
+            let head_norms = if *qk_norm { 2 * cfg.head_dim } else { 0 };
+            let norms = 2 * d + post + head_norms;
             norms + d * (q + 2 * kv) + bias + q * d + 3 * d * f
         }
         ArchSpec::Cohere {

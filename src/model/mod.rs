@@ -13,7 +13,7 @@
 //!   the blocked attention's softmax and the norms fused), inside Burn's fusion wrapper
 //!   [`fusion`].
 //! * one file per family: [`gpt2`], [`gptj`], [`gpt_neox`], [`gpt_neo`], [`opt`], [`llama`]
-//!   (llama, mistral, qwen2, qwen3, phi3), [`gemma`] (gemma, gemma3), [`cohere`].
+//!   (llama, mistral, qwen2, qwen3, phi3), [`gemma`] (gemma, gemma2, gemma3), [`cohere`].
 //! * [`lm`]: the loaded model, soft-prompt forward and the loss over text positions.
 //! * [`generate`]: short sampled continuations (the dashboard's sample generations).
 

@@ -533,6 +533,9 @@ pub struct AttnOpts {
     pub scale: f64,
     /// Local attention: query i sees key j iff `0 <= i - j < window`.
     pub window: Option<usize>,
+    /// Soft-capping of the scaled scores (Gemma 2's `attn_logit_softcapping`):
+    /// `c · tanh(x / c)` before the mask and the softmax.
+    pub softcap: Option<f64>,
 }
 
 /// Causal attention: `q [b, h, s, hd]`, `k`/`v [b, kvh, s, hd]` (grouped-query when
@@ -573,11 +576,12 @@ pub fn plain_attention<B: Kernels>(
 /// Mean next-token loss of the LM head `head` on hidden states `h [b, t, d]` against
 /// `targets [b, t]`: the cross-entropy of `head.forward(h)` in float32, as
 /// [`Kernels::cross_entropy`] computes it, without a whole `[b, t, V]` logits tensor
-/// ([`Kernels::head_loss`]).
+/// ([`Kernels::head_loss`]); with `softcap`, of the soft-capped logits.
 pub fn head_loss<B: Kernels>(
     head: &Linear<B>,
     h: Tensor<B, 3>,
     targets: Tensor<B, 2, Int>,
+    softcap: Option<f64>,
 ) -> Tensor<B, 1> {
     let [b, t, d] = h.dims();
     B::head_loss(
@@ -585,6 +589,7 @@ pub fn head_loss<B: Kernels>(
         head.w.clone(),
         head.b.clone(),
         targets.reshape([b * t]),
+        softcap,
     )
 }
 

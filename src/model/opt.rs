@@ -102,6 +102,7 @@ impl<B: Kernels> Opt<B> {
         let opts = AttnOpts {
             scale: 1.0 / (self.cfg.head_dim as f64).sqrt(),
             window: None,
+            softcap: None,
         };
         for blk in &self.blocks {
             let attn = |y: Tensor<B, 3>| {

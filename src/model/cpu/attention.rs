@@ -263,6 +263,14 @@ fn scores(
     }
 }
 
+/// `c · tanh(x / c)` over a tile of scaled scores (Gemma 2's soft-capping), in place.
+fn soft_cap(x: &mut [f32], cap: Option<f64>) {
+    if let Some(c) = cap {
+        let c = c as f32;
+        x.iter_mut().for_each(|x| *x = c * (*x / c).tanh());
+    }
+}
+
 /// Forward pass: `(out [b, h, s, hd], lse [b, kvh, rep, s, 1])`; `None` unless every input
 /// is float32 with the shapes above.
 pub fn forward(q: &T4, k: &T4, v: &T4, opts: AttnOpts) -> Option<(T4, T5)> {
@@ -284,6 +292,7 @@ pub fn forward(q: &T4, k: &T4, v: &T4, opts: AttnOpts) -> Option<(T4, T5)> {
                 let (k0, keys) = key_range(p0, n, opts.window);
                 let p = &mut p[..n * keys];
                 scores(p, &q, &k, (bi, hi, g), p0, n, k0, keys, scale);
+                soft_cap(p, opts.softcap);
                 for (i, row) in p.chunks_exact_mut(keys).enumerate() {
                     let seen = visible(p0 + i, k0, opts.window);
                     // Every row sees its own position, so the maximum is finite.
@@ -354,6 +363,12 @@ pub fn backward(
         let (bi, g) = (task / kvh, task % kvh);
         let mut p = vec![0f32; ROWS.min(s) * s];
         let mut ds = p.clone();
+        // The soft cap's slope `1 − (capped / c)²` at each score of the tile.
+        let mut slope = if opts.softcap.is_some() {
+            p.clone()
+        } else {
+            Vec::new()
+        };
         for r in 0..rep {
             let hi = g * rep + r;
             let lse = &lse[(bi * h + hi) * s..][..s];
@@ -362,6 +377,14 @@ pub fn backward(
                 let (k0, keys) = key_range(p0, n, opts.window);
                 let (p, ds) = (&mut p[..n * keys], &mut ds[..n * keys]);
                 scores(p, &q, &k, (bi, hi, g), p0, n, k0, keys, scale);
+                if let Some(c) = opts.softcap {
+                    soft_cap(p, opts.softcap);
+                    let c = c as f32;
+                    for (d, &x) in slope[..n * keys].iter_mut().zip(p.iter()) {
+                        let t = x / c;
+                        *d = 1.0 - t * t;
+                    }
+                }
                 for (i, row) in p.chunks_exact_mut(keys).enumerate() {
                     let seen = visible(p0 + i, k0, opts.window);
                     row[..seen.start].fill(0.0);
@@ -400,7 +423,8 @@ pub fn backward(
                         1.0,
                     );
                 }
-                // dS = P ⊙ (dP − Σ dO·O) · scale (zero where P is).
+                // dS = P ⊙ (dP − Σ dO·O) · scale (zero where P is), times the soft cap's
+                // slope.
                 for (i, (ds, p)) in ds
                     .chunks_exact_mut(keys)
                     .zip(p.chunks_exact(keys))
@@ -410,6 +434,10 @@ pub fn backward(
                     let delta: f32 = o.iter().zip(d).map(|(o, d)| o * d).sum();
                     for (x, &p) in ds.iter_mut().zip(p) {
                         *x = p * (*x - delta) * scale;
+                    }
+                    if opts.softcap.is_some() {
+                        let slope = &slope[i * keys..][..keys];
+                        ds.iter_mut().zip(slope).for_each(|(x, d)| *x *= d);
                     }
                 }
                 unsafe {
@@ -470,17 +498,24 @@ mod tests {
     fn kernels_match_the_blocked_path() {
         // (b, h, kvh, s, hd, window, strided inputs): grouped-query and one head per key
         // head; several tiles with a short last one (150 = 2·64 + 22) and one short tile;
-        // windows narrower than a tile, across tiles and wider than the sequence.
+        // windows narrower than a tile, across tiles and wider than the sequence; soft-capped
+        // scores (Gemma 2).
         let cases = [
-            (2, 4, 2, 7, 8, None, false),
-            (1, 6, 2, 150, 16, None, true),
-            (2, 3, 3, 150, 8, Some(1), false),
-            (1, 4, 1, 150, 8, Some(20), true),
-            (1, 2, 2, 130, 80, Some(70), true),
-            (1, 2, 1, 40, 32, Some(100), false),
+            (2, 4, 2, 7, 8, None, false, None),
+            (1, 6, 2, 150, 16, None, true, None),
+            (2, 3, 3, 150, 8, Some(1), false, None),
+            (1, 4, 1, 150, 8, Some(20), true, None),
+            (1, 2, 2, 130, 80, Some(70), true, None),
+            (1, 2, 1, 40, 32, Some(100), false, None),
+            (1, 4, 2, 150, 16, Some(20), true, Some(0.5)),
+            (2, 2, 1, 70, 8, None, false, Some(2.0)),
         ];
-        for (b, h, kvh, s, hd, window, strided) in cases {
-            let opts = AttnOpts { scale: 0.3, window };
+        for (b, h, kvh, s, hd, window, strided, softcap) in cases {
+            let opts = AttnOpts {
+                scale: 0.3,
+                window,
+                softcap,
+            };
             let make = |heads| {
                 if strided {
                     heads_view(b, heads, s, hd)
@@ -489,7 +524,8 @@ mod tests {
                 }
             };
             let (q, k, v, grad) = (make(h), make(kvh), make(kvh), make(h));
-            let case = format!("b {b} h {h} kvh {kvh} s {s} hd {hd} window {window:?}");
+            let case =
+                format!("b {b} h {h} kvh {kvh} s {s} hd {hd} window {window:?} cap {softcap:?}");
             let (out, lse) = forward(&q, &k, &v, opts).expect("float32 inputs");
             let (want_out, want_lse) =
                 blocked_attention_forward(q.clone(), k.clone(), v.clone(), opts);
@@ -512,6 +548,7 @@ mod tests {
         let opts = AttnOpts {
             scale: 1.0,
             window: None,
+            softcap: None,
         };
         let q = random([1, 2, 5, 4]);
         let k = random([1, 2, 5, 4]);

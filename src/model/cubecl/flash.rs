@@ -502,6 +502,8 @@ pub fn forward<R: CubeRuntime>(
 ) -> (CubeTensor<R>, CubeTensor<R>) {
     let (qs, ks) = (dims(q), dims(k));
     debug_assert!(unsupported(&qs, &ks, &dims(v), &[q.dtype, k.dtype, v.dtype]).is_none());
+    // Soft-capped scores take the blocked path (`owns_attention`).
+    debug_assert!(opts.softcap.is_none(), "the flash kernels do not soft-cap");
     let [b, h, s, hd] = [qs[0], qs[1], qs[2], qs[3]];
     let kvh = ks[1];
     let (client, device, dtype) = (q.client.clone(), q.device.clone(), q.dtype);
@@ -544,6 +546,7 @@ pub fn backward<R: CubeRuntime>(
     opts: AttnOpts,
     unroll: Unroll,
 ) -> [CubeTensor<R>; 3] {
+    debug_assert!(opts.softcap.is_none(), "the flash kernels do not soft-cap");
     let (qs, ks) = (dims(q), dims(k));
     debug_assert!(
         unsupported(
@@ -800,7 +803,11 @@ mod tests {
             (2, 2, 1, 130, 32, Some(100), true, Unroll::Never),
             (1, 4, 2, 80, 4, Some(30), true, Unroll::Small),
         ] {
-            let opts = AttnOpts { scale: 0.3, window };
+            let opts = AttnOpts {
+                scale: 0.3,
+                window,
+                softcap: None,
+            };
             let case = format!("b{b} h{h}/{kvh} s{s} hd{hd} window {window:?} {unroll:?}");
             let q = if strided {
                 random([b, s, h, hd]).swap_dims(1, 2)

@@ -74,17 +74,30 @@ fn at<F: Float>(t: &Tensor<F>, r: Row, j: usize) -> usize {
     r.b * t.stride(0) + r.g * t.stride(1) + r.row * t.stride(2) + j * t.stride(3)
 }
 
-/// `p = softmax(scores·scale)` over the visible keys (0 elsewhere) and `lse` per row.
+/// A raw score scaled, and soft-capped when `capped`: `cap · tanh(x·scale / cap)`.
+#[cube]
+fn scaled(x: f32, scale: f32, cap: f32, #[comptime] capped: bool) -> f32 {
+    let mut y = x * scale;
+    if capped {
+        y = cap * (y / cap).tanh();
+    }
+    y
+}
+
+/// `p = softmax(scaled(scores))` over the visible keys (0 elsewhere) and `lse` per row.
+#[allow(clippy::too_many_arguments)]
 #[cube(launch)]
 fn probs_kernel<F: Float>(
     scores: &Tensor<f32>,
     p: &mut Tensor<F>,
     lse: &mut Tensor<f32>,
     scale: f32,
+    cap: f32,
     n: u32,
     p0: u32,
     k0: u32,
     window: u32,
+    #[comptime] capped: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let r = row_of(scores, n, p0, k0, window);
@@ -95,14 +108,14 @@ fn probs_kernel<F: Float>(
     let mut m = f32::new(-1.0e30);
     let mut j = r.lo + u;
     while j < r.hi {
-        m = max(m, scores[at(scores, r, j)] * scale);
+        m = max(m, scaled(scores[at(scores, r, j)], scale, cap, capped));
         j += step;
     }
     let m = reduce(&mut sm, m, true);
     let mut l = 0.0f32;
     j = r.lo + u;
     while j < r.hi {
-        l += (scores[at(scores, r, j)] * scale - m).exp();
+        l += (scaled(scores[at(scores, r, j)], scale, cap, capped) - m).exp();
         j += step;
     }
     let l = reduce(&mut sm, l, false);
@@ -111,7 +124,7 @@ fn probs_kernel<F: Float>(
     while j < r.keys {
         let mut x = 0.0f32;
         if j >= r.lo && j < r.hi {
-            x = (scores[at(scores, r, j)] * scale - m).exp() * inv;
+            x = (scaled(scores[at(scores, r, j)], scale, cap, capped) - m).exp() * inv;
         }
         p[at(p, r, j)] = F::cast_from(x);
         j += step;
@@ -121,7 +134,9 @@ fn probs_kernel<F: Float>(
     }
 }
 
-/// `p = exp(scores·scale − lse)` and `ds = p·(dp − delta)·scale` (0 where masked).
+/// `p = exp(scaled(scores) − lse)` and `ds = p·(dp − delta)·scale` (0 where masked), times
+/// the soft cap's slope `1 − (scaled / cap)²` when `capped`.
+#[allow(clippy::too_many_arguments)]
 #[cube(launch)]
 fn grads_kernel<F: Float>(
     scores: &Tensor<f32>,
@@ -131,10 +146,12 @@ fn grads_kernel<F: Float>(
     p: &mut Tensor<F>,
     ds: &mut Tensor<F>,
     scale: f32,
+    cap: f32,
     n: u32,
     p0: u32,
     k0: u32,
     window: u32,
+    #[comptime] capped: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let r = row_of(scores, n, p0, k0, window);
@@ -145,8 +162,13 @@ fn grads_kernel<F: Float>(
         let mut pj = 0.0f32;
         let mut dsj = 0.0f32;
         if j >= r.lo && j < r.hi {
-            pj = (scores[at(scores, r, j)] * scale - row_lse).exp();
+            let x = scaled(scores[at(scores, r, j)], scale, cap, capped);
+            pj = (x - row_lse).exp();
             dsj = pj * (dp[at(dp, r, j)] - row_delta) * scale;
+            if capped {
+                let t = x / cap;
+                dsj *= 1.0 - t * t;
+            }
         }
         p[at(p, r, j)] = F::cast_from(pj);
         ds[at(ds, r, j)] = F::cast_from(dsj);
@@ -180,14 +202,17 @@ fn grid(shape: &[usize]) -> (CubeCount, CubeDim) {
     )
 }
 
-/// The block's scalar arguments: `(scale, n, p0, k0, window)`.
-fn args(block: ScoreBlock) -> (f32, u32, u32, u32, u32) {
+/// The block's scalar arguments: `(scale, cap, n, p0, k0, window, capped)` (`cap` 1 when
+/// the scores are not capped).
+fn args(block: ScoreBlock) -> (f32, f32, u32, u32, u32, u32, bool) {
     (
         block.opts.scale as f32,
+        block.opts.softcap.unwrap_or(1.0) as f32,
         block.n as u32,
         block.p0 as u32,
         block.k0 as u32,
         block.window() as u32,
+        block.opts.softcap.is_some(),
     )
 }
 
@@ -203,7 +228,7 @@ pub fn probs<R: CubeRuntime>(
     let p = empty(scores, shape.clone(), dtype);
     let lse = empty(scores, vec![shape[0], shape[1], shape[2], 1], DType::F32);
     let (count, dim) = grid(&shape);
-    let (scale, n, p0, k0, window) = args(block);
+    let (scale, cap, n, p0, k0, window, capped) = args(block);
     probs_kernel::launch::<R>(
         &scores.client,
         count,
@@ -212,10 +237,12 @@ pub fn probs<R: CubeRuntime>(
         p.clone().into_tensor_arg(),
         lse.clone().into_tensor_arg(),
         scale,
+        cap,
         n,
         p0,
         k0,
         window,
+        capped,
         dtype.into(),
     );
     (p, lse)
@@ -243,7 +270,7 @@ pub fn score_grads<R: CubeRuntime>(
     let p = empty(scores, shape.clone(), dtype);
     let ds = empty(scores, shape.clone(), dtype);
     let (count, dim) = grid(&shape);
-    let (scale, n, p0, k0, window) = args(block);
+    let (scale, cap, n, p0, k0, window, capped) = args(block);
     grads_kernel::launch::<R>(
         &scores.client,
         count,
@@ -255,10 +282,12 @@ pub fn score_grads<R: CubeRuntime>(
         p.clone().into_tensor_arg(),
         ds.clone().into_tensor_arg(),
         scale,
+        cap,
         n,
         p0,
         k0,
         window,
+        capped,
         dtype.into(),
     );
     (p, ds)
@@ -381,19 +410,26 @@ mod tests {
         let Some(dev) = device() else { return };
         // (batch, key heads, query heads per key head, first position, positions, window,
         // scores as a strided view): the first block, later blocks (keys from 0 or from the
-        // window's reach), windows of 1 and shorter than a block, more keys than units.
-        for (b, g, rep, p0, n, window, strided) in [
-            (2, 2, 2, 0, 33, None, false),
-            (1, 3, 1, 128, 64, None, true),
-            (1, 2, 4, 100, 50, Some(30), false),
-            (2, 1, 1, 256, 7, Some(1), true),
-            (1, 1, 3, 300, 40, Some(600), false),
+        // window's reach), windows of 1 and shorter than a block, more keys than units;
+        // soft-capped scores (Gemma 2).
+        for (b, g, rep, p0, n, window, strided, softcap) in [
+            (2, 2, 2, 0, 33, None, false, None),
+            (1, 3, 1, 128, 64, None, true, None),
+            (1, 2, 4, 100, 50, Some(30), false, None),
+            (2, 1, 1, 256, 7, Some(1), true, None),
+            (1, 1, 3, 300, 40, Some(600), false, None),
+            (2, 2, 2, 0, 33, None, false, Some(0.8)),
+            (1, 2, 4, 100, 50, Some(30), true, Some(3.0)),
         ] {
-            let opts = AttnOpts { scale: 0.7, window };
+            let opts = AttnOpts {
+                scale: 0.7,
+                window,
+                softcap,
+            };
             let (k0, keys) = key_range(p0, n, window);
             let block = ScoreBlock { p0, n, k0, opts };
             let rows = rep * n;
-            let case = format!("b{b} g{g} rep{rep} p0 {p0} n{n} window {window:?}");
+            let case = format!("b{b} g{g} rep{rep} p0 {p0} n{n} window {window:?} cap {softcap:?}");
             let scores = if strided {
                 random([b, g, keys, rows]).swap_dims(2, 3)
             } else {
@@ -450,7 +486,10 @@ mod tests {
         let t = |shape: [usize; 4]| cube(Tensor::<Gpu, 4>::zeros(shape, &dev)).into_tensor_arg();
         let client = cube(Tensor::<Gpu, 1>::zeros([1], &dev)).client;
         let dim = CubeDim::new_1d(ROW_UNITS as u32);
-        for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let cases = [DType::F32, DType::BF16, DType::F16]
+            .into_iter()
+            .flat_map(|d| [(d, false), (d, true)]);
+        for (dtype, capped) in cases {
             let st: StorageType = dtype.into();
             let (mut l, settings) = nvrtc::launcher(&client, dim, |scope| {
                 scope.register_type::<DynamicScalar<probs_kernel::_F>>(st)
@@ -462,16 +501,18 @@ mod tests {
                 <Cube<f32> as LaunchArg>::register(t([1, 2, 8, 8]), &mut l),
                 <Cube<f32> as LaunchArg>::register(t([1, 2, 8, 1]), &mut l),
                 <f32 as LaunchArg>::register(0.5, &mut l),
+                <f32 as LaunchArg>::register(2.0, &mut l),
                 <u32 as LaunchArg>::register(8, &mut l),
                 <u32 as LaunchArg>::register(0, &mut l),
                 <u32 as LaunchArg>::register(0, &mut l),
                 <u32 as LaunchArg>::register(0, &mut l),
+                capped,
                 st,
             );
             let probs = nvrtc::check(kernel, &toolkit);
             assert!(
                 probs.is_ok(),
-                "probs_kernel, {dtype:?}: {}",
+                "probs_kernel, {dtype:?}, capped {capped}: {}",
                 probs.unwrap_err()
             );
 
@@ -498,16 +539,18 @@ mod tests {
                 p,
                 ds,
                 <f32 as LaunchArg>::register(0.5, &mut l),
+                <f32 as LaunchArg>::register(2.0, &mut l),
                 <u32 as LaunchArg>::register(8, &mut l),
                 <u32 as LaunchArg>::register(0, &mut l),
                 <u32 as LaunchArg>::register(0, &mut l),
                 <u32 as LaunchArg>::register(0, &mut l),
+                capped,
                 st,
             );
             let grads = nvrtc::check(kernel, &toolkit);
             assert!(
                 grads.is_ok(),
-                "grads_kernel, {dtype:?}: {}",
+                "grads_kernel, {dtype:?}, capped {capped}: {}",
                 grads.unwrap_err()
             );
         }
@@ -520,8 +563,12 @@ mod tests {
         let Some(dev) = device_for(Own::Fused) else {
             return;
         };
-        for window in [None, Some(200)] {
-            let opts = AttnOpts { scale: 0.3, window };
+        for (window, softcap) in [(None, None), (Some(200), None), (Some(200), Some(1.5))] {
+            let opts = AttnOpts {
+                scale: 0.3,
+                window,
+                softcap,
+            };
             let (q, k, v, g) = (
                 random([1, 4, 600, 8]),
                 random([1, 2, 600, 8]),

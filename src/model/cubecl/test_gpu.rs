@@ -161,8 +161,11 @@ impl Kernels for Gpu {
         opts: AttnOpts,
     ) -> (Tensor<Self, 4>, Tensor<Self, 5>) {
         match own_on(&q.device()) {
-            Own::Flash => flash::tensor_forward(q, k, v, opts, Unroll::Never),
-            Own::Fused => blocked_attention_forward(q, k, v, opts),
+            // The flash kernels do not soft-cap (see `owns_attention`).
+            Own::Flash if opts.softcap.is_none() => {
+                flash::tensor_forward(q, k, v, opts, Unroll::Never)
+            }
+            _ => blocked_attention_forward(q, k, v, opts),
         }
     }
 
@@ -176,8 +179,10 @@ impl Kernels for Gpu {
         opts: AttnOpts,
     ) -> [Tensor<Self, 4>; 3] {
         match own_on(&q.device()) {
-            Own::Flash => flash::tensor_backward(q, k, v, out, lse, grad, opts, Unroll::Never),
-            Own::Fused => blocked_attention_backward(q, k, v, out, lse, grad, opts),
+            Own::Flash if opts.softcap.is_none() => {
+                flash::tensor_backward(q, k, v, out, lse, grad, opts, Unroll::Never)
+            }
+            _ => blocked_attention_backward(q, k, v, out, lse, grad, opts),
         }
     }
 
