@@ -196,14 +196,10 @@ impl RunConfig {
             }
             (Some(t), None) => Some(t.clone()),
             (None, Some(f)) => match std::fs::read(f) {
-                Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(bytes) => match crate::data::decode_text(&bytes) {
                     Ok(s) => Some(crate::data::normalize_newlines(s)),
-                    Err(e) => {
-                        errs.add(anyhow!(
-                            "`prompt.file` = {}: not valid UTF-8 at byte offset {}",
-                            f.display(),
-                            e.utf8_error().valid_up_to()
-                        ));
+                    Err(why) => {
+                        errs.add(anyhow!("`prompt.file` = {}: {why}", f.display()));
                         None
                     }
                 },

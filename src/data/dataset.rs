@@ -279,6 +279,36 @@ mod tests {
         assert_eq!(whole, cut);
     }
 
+    /// A dataset saved by Windows Notepad, as "UTF-8 with BOM" or as "Unicode" (UTF-16 with
+    /// CRLF line ends), gives the same tokens as the plain UTF-8 file.
+    #[test]
+    fn notepad_encodings_tokenize_like_utf8() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let tok = Tokenizer::from_file(&fixtures.join("gpt2/tokenizer.json")).unwrap();
+        let text = "Chapter One\n\nThe café was quiet — “too quiet”, said Zoë.\nEnd.\n";
+        let windows = text.replace('\n', "\r\n");
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<Vec<u8>> = vec![
+            text.as_bytes().to_vec(),
+            [b"\xEF\xBB\xBF".as_slice(), windows.as_bytes()].concat(),
+            [0xFF, 0xFE]
+                .into_iter()
+                .chain(windows.encode_utf16().flat_map(u16::to_le_bytes))
+                .collect(),
+        ];
+        let mut tokens = Vec::new();
+        for (i, bytes) in files.iter().enumerate() {
+            let sub = dir.path().join(i.to_string());
+            std::fs::create_dir(&sub).unwrap();
+            std::fs::write(sub.join("book.txt"), bytes).unwrap();
+            let found = scan(&sub, "*.txt").unwrap();
+            tokens.push(tokenize_files(&tok, &found, 0).unwrap());
+        }
+        assert!(tokens[0].len() > 10);
+        assert_eq!(tokens[1], tokens[0], "UTF-8 with a byte-order mark");
+        assert_eq!(tokens[2], tokens[0], "UTF-16");
+    }
+
     #[test]
     fn rows_and_split_are_deterministic() {
         let ids: Vec<u32> = (0..1000).collect();

@@ -30,6 +30,8 @@ pub const SMALL_DATASET: u64 = 8 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq)]
 pub struct DatasetInfo {
     pub files: usize,
+    /// The text's size in UTF-8 (a UTF-16 file counts what it decodes to), the unit of the
+    /// tokenizer's bytes per token.
     pub bytes: u64,
     /// The first [`SAMPLE_BYTES`] or so of text (whole files, then a cut at a line end),
     /// for measuring the model tokenizer's bytes per token.
@@ -39,38 +41,35 @@ pub struct DatasetInfo {
 /// Size of the text sample kept for estimates.
 pub const SAMPLE_BYTES: usize = 64 * 1024;
 
-/// Scans the dataset and reads every file once: errors name an unreadable or non-UTF-8 file.
+/// Scans the dataset and reads every file once: errors name an unreadable file or one that
+/// is not text ([`crate::data::decode_text`]).
 pub fn analyse(path: &str, glob: &str) -> Result<DatasetInfo, String> {
     let files = crate::data::dataset::scan(Path::new(path), glob).map_err(|e| format!("{e:#}"))?;
     let mut sample = String::new();
+    let mut total = 0u64;
     for f in &files {
         let bytes = std::fs::read(&f.path)
             .map_err(|e| format!("{}: cannot read ({e})", f.path.display()))?;
-        match std::str::from_utf8(&bytes) {
-            Err(e) => {
-                return Err(format!(
-                    "{}: not valid UTF-8 at byte offset {}",
-                    f.path.display(),
-                    e.valid_up_to()
-                ));
-            }
-            Ok(text) if sample.len() < SAMPLE_BYTES => {
-                let room = SAMPLE_BYTES - sample.len();
-                let cut = if text.len() <= room {
-                    text.len()
-                } else {
-                    text[..text.floor_char_boundary(room)]
-                        .rfind('\n')
-                        .map_or(text.floor_char_boundary(room), |i| i + 1)
-                };
-                sample.push_str(&text[..cut]);
-            }
-            Ok(_) => {}
+        let text = match crate::data::decode_text(&bytes) {
+            Err(why) => return Err(format!("{}: {why}", f.path.display())),
+            Ok(text) => text,
+        };
+        total += text.len() as u64;
+        if sample.len() < SAMPLE_BYTES {
+            let room = SAMPLE_BYTES - sample.len();
+            let cut = if text.len() <= room {
+                text.len()
+            } else {
+                text[..text.floor_char_boundary(room)]
+                    .rfind('\n')
+                    .map_or(text.floor_char_boundary(room), |i| i + 1)
+            };
+            sample.push_str(&text[..cut]);
         }
     }
     Ok(DatasetInfo {
         files: files.len(),
-        bytes: files.iter().map(|f| f.size).sum(),
+        bytes: total,
         sample,
     })
 }
@@ -103,4 +102,27 @@ pub fn check(app: &App) -> Report {
         }
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A "Unicode" (UTF-16) file from Windows Notepad is a valid dataset; its size is what
+    /// it decodes to in UTF-8 (the unit of the bytes-per-token estimate), not its own.
+    #[test]
+    fn utf16_files_count_their_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "Zoë's café\nsecond line\n";
+        let utf16: Vec<u8> = [0xFF, 0xFE]
+            .into_iter()
+            .chain(text.encode_utf16().flat_map(u16::to_le_bytes))
+            .collect();
+        std::fs::write(dir.path().join("a.txt"), &utf16).unwrap();
+        std::fs::write(dir.path().join("b.txt"), "plain\n").unwrap();
+        let info = analyse(dir.path().to_str().unwrap(), "*.txt").unwrap();
+        assert_eq!(info.files, 2);
+        assert_eq!(info.bytes, (text.len() + "plain\n".len()) as u64);
+        assert_eq!(info.sample, format!("{text}plain\n"));
+    }
 }

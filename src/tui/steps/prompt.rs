@@ -43,16 +43,10 @@ pub fn check(app: &App) -> Report {
                 r.error("prompt.file", format!("cannot read {file} ({e})"));
                 None
             }
-            Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(bytes) => match crate::data::decode_text(&bytes) {
                 Ok(s) => Some(s),
-                Err(e) => {
-                    r.error(
-                        "prompt.file",
-                        format!(
-                            "{file}: not valid UTF-8 at byte offset {}",
-                            e.utf8_error().valid_up_to()
-                        ),
-                    );
+                Err(why) => {
+                    r.error("prompt.file", format!("{file}: {why}"));
                     None
                 }
             },
