@@ -784,10 +784,17 @@ fn gemma(top: &Value, arch: Arch, model_type: &str) -> Result<ModelConfig> {
                 .collect(),
         })
     };
-    let (windows, local_rotary, attn_scale) = if g2 {
+    // Gemma 2 and 3 scale `q·k` by `query_pre_attn_scalar^-½`, the first generation by
+    // `head_dim^-½`.
+    let attn_scale = if g2 || g3 {
+        k.f64_opt(&["query_pre_attn_scalar"])?.unwrap_or(256.0)
+    } else {
+        head_dim as f64
+    }
+    .powf(-0.5);
+    let (windows, local_rotary) = if g2 {
         let window = k.usize_opt(&["sliding_window"])?.unwrap_or(4096);
-        let scalar = k.f64_opt(&["query_pre_attn_scalar"])?.unwrap_or(256.0);
-        (layer_windows(window, 2)?, None, scalar.powf(-0.5))
+        (layer_windows(window, 2)?, None)
     } else if g3 {
         let local = match per_layer_type("sliding_attention") {
             Some(r) => Rotary {
@@ -806,11 +813,9 @@ fn gemma(top: &Value, arch: Arch, model_type: &str) -> Result<ModelConfig> {
             .usize_opt(&["sliding_window_pattern"])?
             .unwrap_or(6)
             .max(1);
-        let windows = layer_windows(window, pattern)?;
-        let scalar = k.f64_opt(&["query_pre_attn_scalar"])?.unwrap_or(256.0);
-        (windows, Some(local), scalar.powf(-0.5))
+        (layer_windows(window, pattern)?, Some(local))
     } else {
-        (vec![None; n_layers], None, (head_dim as f64).powf(-0.5))
+        (vec![None; n_layers], None)
     };
     let token = |name: &str, g3_default: u32| {
         k.token_id(name)
