@@ -91,7 +91,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport> {
     let tokenizer = Tokenizer::from_file(&tok_path)?;
     tokenizer.check_fits(config.vocab_size)?;
     let prompt = match &args.prompt {
-        Some(p) => Some(prompt::load_for_width(p, config.d_embed)?),
+        Some(p) => Some(prompt::load_for_model(p, &config)?),
         None => None,
     };
     let n_soft = prompt.as_ref().map_or(0, |p| p.rows);

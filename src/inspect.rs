@@ -5,7 +5,7 @@ use anyhow::{Result, bail};
 use burn::tensor::DType;
 
 use crate::model::ModelConfig;
-use crate::model::lm::embed_name;
+use crate::model::lm::{embed_name, head_name};
 use crate::model::ops::{outside_text_model, stored_name};
 use crate::model::source::{self, HubOptions};
 use crate::model::tokenizer::Tokenizer;
@@ -151,9 +151,12 @@ pub fn inspect(model: &str, hub: &HubOptions) -> Result<Summary> {
         }
         None => None,
     };
+    // A tied head stored beside the embedding (transformers 4's .bin files) is the same
+    // parameter; the model uses the embedding.
+    let tied_copy = cfg.tie_word_embeddings.then(|| head_name(cfg.arch));
     let parameters = weights
         .names()
-        .filter(|n| !is_buffer(n) && !outside_text_model(n))
+        .filter(|n| !is_buffer(n) && !outside_text_model(n) && Some(*n) != tied_copy)
         .map(|n| weights.shape(n).unwrap_or(&[]).iter().product::<usize>())
         .sum();
     Ok(Summary {

@@ -114,7 +114,7 @@ pub fn check_fixture<B: TrainKernels>(
     dtype: DType,
 ) -> Result<Vec<Checked>> {
     let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
-    let weights = Weights::open(&[dir.join("model.safetensors")])?;
+    let weights = Weights::open(&crate::model::source::local_weights(dir)?)?;
     let r = Reference::read(&dir.join("reference.safetensors"))?;
     let model = CausalLm::<B>::load(&cfg, &weights, device, LoadOptions { dtype })?;
     let ids_i32: Vec<i32> = r.ids.iter().map(|&x| x as i32).collect();

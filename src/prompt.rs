@@ -208,6 +208,20 @@ pub fn load_for_width(path: &Path, d_embed: usize) -> Result<SoftPrompt> {
     Ok(prompt)
 }
 
+/// [`load_for_width`] for `model`, in the model's input space: KoboldAI's formats (`.zip`,
+/// `.mtjsp`/`.npz`) are multiplied by [`ModelConfig::kobold_scale`] where the model has one
+/// (XGLM); a PEFT adapter is taken as is.
+pub fn load_for_model(path: &Path, model: &crate::model::ModelConfig) -> Result<SoftPrompt> {
+    let (_, format) = load(path)?;
+    let mut prompt = load_for_width(path, model.d_embed)?;
+    if let (PromptFormat::KoboldZip | PromptFormat::MtjNpz, Some(scale)) =
+        (format, model.kobold_scale())
+    {
+        prompt.data.iter_mut().for_each(|v| *v *= scale);
+    }
+    Ok(prompt)
+}
+
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {

@@ -286,7 +286,7 @@ fn parity_command_checks_every_fixture() {
                 .is_file()
         })
         .count();
-    assert_eq!(fixture_count, 18);
+    assert_eq!(fixture_count, 19);
     assert!(out.contains("kernel check"), "{out}");
     assert_eq!(
         out.lines()

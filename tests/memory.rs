@@ -129,6 +129,12 @@ fn shapes() -> Vec<(&'static str, Value)> {
                 "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "gelu"}),
         ),
         (
+            "xglm: sinusoidal positions, scaled embeddings",
+            json!({"model_type": "xglm", "vocab_size": v, "d_model": h, "ffn_dim": f,
+                "num_layers": 2, "attention_heads": 8, "max_position_embeddings": ctx,
+                "activation_function": "gelu", "scale_embedding": true}),
+        ),
+        (
             "gemma2: soft caps, local and global layers, output norms",
             json!({"model_type": "gemma2", "vocab_size": v, "hidden_size": h,
                 "intermediate_size": f, "num_hidden_layers": 2, "num_attention_heads": 8,
@@ -254,6 +260,7 @@ fn parameter_count_matches_checkpoints_and_published_sizes() {
         "gemma3",
         "cohere",
         "phi3",
+        "xglm",
     ] {
         let dir = fixtures().join(family);
         let summary = softtune::inspect::inspect(dir.to_str().unwrap(), &hub).unwrap();

@@ -56,6 +56,7 @@ parity_tests!(
     phi3,
     phi3_long,
     gemma2,
+    xglm,
 );
 
 #[test]
@@ -97,7 +98,9 @@ fn greedy_generation_follows_the_reference_logits() {
         seed: 0,
     };
     let mut checked = 0;
-    for name in ["gpt2", "llama", "opt_proj", "gpt_neox", "qwen2", "gemma2"] {
+    for name in [
+        "gpt2", "llama", "opt_proj", "gpt_neox", "qwen2", "gemma2", "xglm",
+    ] {
         let dir = fixture(name);
         let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
         let weights = Weights::open(&[dir.join("model.safetensors")]).unwrap();
@@ -153,6 +156,7 @@ fn sixteen_bit_weights_stay_within_their_bounds() {
             "gemma3",
             "cohere",
             "phi3_long",
+            "xglm",
         ] {
             let errors =
                 check_fixture::<Autodiff<Flex>>(&fixture(name), &Default::default(), dtype)

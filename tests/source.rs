@@ -158,15 +158,45 @@ fn index_escaping_the_folder_is_refused() {
 }
 
 #[test]
-fn pickle_only_folder_errors_with_conversion_hint() {
+fn other_pickle_files_error_with_conversion_hint() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write(&d.join("config.json"), "{}");
-    write(&d.join("pytorch_model.bin"), "pickle");
+    write(&d.join("model.pt"), "pickle");
     let msg = err_text(resolve(d.to_str().unwrap(), &offline()));
-    assert!(msg.contains("pytorch_model.bin"), "{msg}");
-    assert!(msg.contains("safetensors"), "{msg}");
+    assert!(msg.contains("found model.pt"), "{msg}");
+    assert!(msg.contains("rename it pytorch_model.bin"), "{msg}");
     assert!(msg.contains("safe_serialization=True"), "{msg}");
+}
+
+#[test]
+fn pytorch_bin_is_read_when_there_is_no_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("config.json"), "{}");
+    write(&d.join("pytorch_model.bin"), "zip");
+    let files = resolve(d.to_str().unwrap(), &offline()).unwrap();
+    assert_eq!(files.weights, vec![d.join("pytorch_model.bin")]);
+    // safetensors wins where a repository has both.
+    write(&d.join("model.safetensors"), "st");
+    let files = resolve(d.to_str().unwrap(), &offline()).unwrap();
+    assert_eq!(files.weights, vec![d.join("model.safetensors")]);
+}
+
+#[test]
+fn offline_cache_with_only_pytorch_bin() {
+    let cache = fake_cache(false);
+    let snap = cache
+        .path()
+        .join("models--owner--tiny/snapshots")
+        .join(COMMIT);
+    fs::rename(
+        snap.join("model.safetensors"),
+        snap.join("pytorch_model.bin"),
+    )
+    .unwrap();
+    let files = resolve_in_cache("owner/tiny", "main", cache.path()).unwrap();
+    assert_eq!(files.weights, vec![snap.join("pytorch_model.bin")]);
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use softtune::config::RunConfig;
+use softtune::model::ModelConfig;
 use softtune::train::events::{Event, EventSink, VecSink, read_events};
 use softtune::train::{self, Outcome, Plan};
 
@@ -614,4 +615,29 @@ fn threaded_accumulation_equals_sequential() {
         assert!(e < 1e-5, "{batch}/{threads}: gradient differs by {e:e}");
         assert!(g.iter().any(|x| *x != 0.0));
     }
+}
+
+/// XGLM (fairseq dense) scales token embeddings by √d_model: the PEFT adapter holds the
+/// model's input as trained, KoboldAI's zip the same prompt before that scale (as KoboldAI
+/// inserts it), and reading the zip back for this model gives the trained prompt again.
+#[test]
+fn xglm_kobold_prompts_sit_before_the_embedding_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), "xglm", "");
+    let plan = plan_steps(&mut cfg, &dir.path().join("run"), 2);
+    let (out, _) = run(&plan, None);
+    let (peft, _) = softtune::prompt::load(&plan.peft_dir()).unwrap();
+    assert_eq!(peft.data, out.prompt.data);
+    let (zip, _) = softtune::prompt::load(&plan.kobold_path()).unwrap();
+    let scale = plan.model_cfg.kobold_scale().unwrap();
+    assert_eq!(scale, 8.0, "√64");
+    let unscaled: Vec<f32> = out.prompt.data.iter().map(|v| v / scale).collect();
+    assert_eq!(zip.data, unscaled);
+    let back = softtune::prompt::load_for_model(&plan.kobold_path(), &plan.model_cfg).unwrap();
+    assert_eq!(back.data, out.prompt.data);
+    let peft_back = softtune::prompt::load_for_model(&plan.peft_dir(), &plan.model_cfg).unwrap();
+    assert_eq!(peft_back.data, out.prompt.data);
+    // Other families take KoboldAI's prompts as they are.
+    let gpt2 = ModelConfig::from_file(&fixtures().join("gpt2/config.json")).unwrap();
+    assert_eq!(gpt2.kobold_scale(), None);
 }

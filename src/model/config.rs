@@ -33,6 +33,8 @@ pub enum Arch {
     Cohere,
     /// Phi-3, Phi-3.5, Phi-4 (the llama family with fused projections).
     Phi3,
+    /// XGLM and the fairseq dense models converted to it (KoboldAI's fairseq-dense).
+    Xglm,
 }
 
 impl Arch {
@@ -52,6 +54,7 @@ impl Arch {
         "gemma3",
         "cohere",
         "phi3",
+        "xglm",
     ];
 
     pub fn from_model_type(s: &str) -> Option<Self> {
@@ -70,6 +73,7 @@ impl Arch {
             "gemma3_text" | "gemma3" => Arch::Gemma3,
             "cohere" => Arch::Cohere,
             "phi3" => Arch::Phi3,
+            "xglm" => Arch::Xglm,
             _ => return None,
         })
     }
@@ -90,6 +94,7 @@ impl Arch {
             Arch::Gemma3 => "gemma3_text",
             Arch::Cohere => "cohere",
             Arch::Phi3 => "phi3",
+            Arch::Xglm => "xglm",
         }
     }
 }
@@ -230,6 +235,11 @@ pub enum ArchSpec {
         qk_norm: bool,
         /// `logit_scale`: the logits' multiplier.
         logit_scale: f64,
+    },
+    /// xglm: sinusoidal positions, pre-LN blocks with biases, a GELU MLP.
+    Xglm {
+        /// Token embeddings multiplied by `√d_model` (`scale_embedding`).
+        scale_embedding: bool,
     },
 }
 
@@ -443,6 +453,34 @@ impl ModelConfig {
                     },
                 }
             }
+            Arch::Xglm => {
+                let hidden = k.usize(&["d_model"])?;
+                let n_heads = k.usize(&["attention_heads"])?;
+                let head_dim = div_heads(hidden, n_heads)?;
+                ModelConfig {
+                    arch,
+                    vocab_size,
+                    d_embed: hidden,
+                    hidden,
+                    n_layers: k.usize(&["num_layers"])?,
+                    n_heads,
+                    n_kv_heads: n_heads,
+                    head_dim,
+                    intermediate: k.usize(&["ffn_dim"])?,
+                    max_positions: k.usize_opt(&["max_position_embeddings"])?.unwrap_or(2048),
+                    // nn.LayerNorm's default; XGLMConfig has no key for it.
+                    norm_eps: 1e-5,
+                    activation: activation(&k, &["activation_function"], "gelu")?,
+                    rotary: None,
+                    tie_word_embeddings: k.bool_or(&["tie_word_embeddings"], true)?,
+                    eos_token_id,
+                    bos_token_id,
+                    torch_dtype,
+                    spec: ArchSpec::Xglm {
+                        scale_embedding: k.bool_or(&["scale_embedding"], true)?,
+                    },
+                }
+            }
             Arch::Gpt2 => {
                 let hidden = k.usize(&["n_embd", "hidden_size"])?;
                 let n_heads = k.usize(&["n_head", "num_attention_heads"])?;
@@ -650,8 +688,7 @@ impl ModelConfig {
                         theta: rope_theta(&k, &["rope_theta"])?,
                         scaling: rope_scaling(v)?,
                     }),
-                    tie_word_embeddings: k
-                        .bool_or(&["tie_word_embeddings"], arch == Arch::Qwen2)?,
+                    tie_word_embeddings: k.bool_or(&["tie_word_embeddings"], false)?,
                     eos_token_id,
                     bos_token_id,
                     torch_dtype,
@@ -675,6 +712,21 @@ impl ModelConfig {
     pub fn final_softcap(&self) -> Option<f64> {
         match self.spec {
             ArchSpec::Gemma { final_softcap, .. } => final_softcap,
+            _ => None,
+        }
+    }
+
+    /// What KoboldAI's soft prompts (`.zip`, and mtj's `.mtjsp`) are multiplied by to give the
+    /// model's input: XGLM's `√d_model` with `scale_embedding`; `None` (1) for every other
+    /// family. KoboldAI puts a soft prompt's rows where the embedding module's output is, and
+    /// transformers 4's XGLM multiplied that output by `√d_model` in its forward, so KoboldAI's
+    /// prompts for the fairseq-dense models are stored unscaled; transformers 5 scales inside
+    /// the embedding module, so PEFT's prompt (and softtune's) is the model's input as is.
+    pub fn kobold_scale(&self) -> Option<f32> {
+        match self.spec {
+            ArchSpec::Xglm {
+                scale_embedding: true,
+            } => Some((self.hidden as f64).sqrt() as f32),
             _ => None,
         }
     }
@@ -862,13 +914,18 @@ fn gemma(top: &Value, arch: Arch, model_type: &str) -> Result<ModelConfig> {
     Ok(cfg)
 }
 
-/// The factor Gemma multiplies its token embeddings by, `√hidden`, as transformers
-/// rounds it: to the dtype of the weights.
+/// The factor the embedding module multiplies token embeddings by: Gemma's `√hidden`,
+/// as transformers rounds it (to the dtype of the weights), and XGLM's `√d_model` with
+/// `scale_embedding` (a Python float, not rounded).
 pub fn embed_scale(cfg: &ModelConfig, dtype: burn::tensor::DType) -> Option<f32> {
     use burn::tensor::DType;
-    let ArchSpec::Gemma { .. } = cfg.spec else {
-        return None;
-    };
+    match cfg.spec {
+        ArchSpec::Gemma { .. } => {}
+        ArchSpec::Xglm {
+            scale_embedding: true,
+        } => return Some((cfg.hidden as f64).sqrt() as f32),
+        _ => return None,
+    }
     let x = (cfg.hidden as f64).sqrt() as f32;
     Some(match dtype {
         DType::BF16 => half::bf16::from_f32(x).to_f32(),
@@ -1164,6 +1221,42 @@ mod tests {
             panic!("{:?} is not of the gemma family", c.arch)
         };
         (windows, local_rotary.as_ref(), *attn_scale, *qk_norm)
+    }
+
+    /// Shaped like KoboldAI's fairseq-dense-2.7B conversions (transformers 4.16 wrote them).
+    #[test]
+    fn fairseq_dense_as_xglm() {
+        let c = ModelConfig::from_json(&serde_json::json!({
+            "activation_function": "gelu", "architectures": ["XGLMForCausalLM"],
+            "attention_dropout": 0.1, "attention_heads": 32, "bos_token_id": 50257,
+            "d_model": 2560, "dropout": 0.1, "eos_token_id": 50259, "ffn_dim": 10240,
+            "layerdrop": 0.0, "max_position_embeddings": 2048, "model_type": "xglm",
+            "num_layers": 32, "pad_token_id": 1, "scale_embedding": true,
+            "torch_dtype": "float16", "vocab_size": 50261
+        }))
+        .unwrap();
+        assert_eq!(c.arch, Arch::Xglm);
+        assert_eq!(
+            (c.d_embed, c.n_heads, c.head_dim, c.n_layers),
+            (2560, 32, 80, 32)
+        );
+        assert_eq!((c.intermediate, c.max_positions), (10240, 2048));
+        assert_eq!(c.activation, Activation::Gelu);
+        assert!(c.tie_word_embeddings && c.rotary.is_none());
+        assert_eq!(c.kobold_scale(), Some((2560f64).sqrt() as f32));
+        assert_eq!(
+            embed_scale(&c, burn::tensor::DType::BF16),
+            Some((2560f64).sqrt() as f32),
+            "XGLM's scale is a Python float, not rounded to the weights' dtype"
+        );
+        let unscaled = ModelConfig::from_json(&serde_json::json!({
+            "model_type": "xglm", "vocab_size": 8, "d_model": 16, "ffn_dim": 32,
+            "num_layers": 1, "attention_heads": 2, "scale_embedding": false
+        }))
+        .unwrap();
+        assert_eq!(unscaled.kobold_scale(), None);
+        assert_eq!(embed_scale(&unscaled, burn::tensor::DType::F32), None);
+        assert_eq!(unscaled.max_positions, 2048, "XGLMConfig's default");
     }
 
     /// google/gemma-2-9b's config.json (transformers 4.42): soft caps, every other layer

@@ -22,6 +22,7 @@ use super::llama::Llama;
 use super::ops::{self, Linear, Loader, Source};
 use super::opt::Opt;
 use super::weights::Weights;
+use super::xglm::Xglm;
 
 /// Precision of the frozen weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -76,6 +77,16 @@ enum Body<B: Backend> {
     Llama(Llama<B>),
     Gemma(Gemma<B>),
     Cohere(Cohere<B>),
+    Xglm(Xglm<B>),
+}
+
+/// The LM head's weight as checkpoints name it.
+pub fn head_name(arch: Arch) -> &'static str {
+    if arch == Arch::GptNeoX {
+        "embed_out.weight"
+    } else {
+        "lm_head.weight"
+    }
 }
 
 /// Name of the token-embedding tensor of each family.
@@ -92,7 +103,8 @@ pub fn embed_name(arch: Arch) -> &'static str {
         | Arch::Gemma2
         | Arch::Gemma3
         | Arch::Cohere
-        | Arch::Phi3 => "model.embed_tokens.weight",
+        | Arch::Phi3
+        | Arch::Xglm => "model.embed_tokens.weight",
     }
 }
 
@@ -102,7 +114,8 @@ pub struct CausalLm<B: Backend> {
     pub dtype: DType,
     /// Token embedding `[vocab rows, d_embed]`.
     embed: Tensor<B, 2>,
-    /// What the embedding module multiplies its rows by (Gemma's `√hidden`).
+    /// What the embedding module multiplies its rows by (Gemma's `√hidden`, XGLM's
+    /// `√d_model`).
     embed_scale: Option<f32>,
     head: Linear<B>,
     body: Body<B>,
@@ -154,14 +167,18 @@ impl<B: Kernels> CausalLm<B> {
             }
             Arch::Gemma | Arch::Gemma2 | Arch::Gemma3 => Body::Gemma(Gemma::load(config, &ld)?),
             Arch::Cohere => Body::Cohere(Cohere::load(config, &ld)?),
+            Arch::Xglm => Body::Xglm(Xglm::load(config, &ld)?),
         };
         let embed: Tensor<B, 2> = ld.tensor(embed_name(config.arch), [v, d])?;
-        let head_name = if config.arch == Arch::GptNeoX {
-            "embed_out.weight"
-        } else {
-            "lm_head.weight"
-        };
-        let head = if ld.has(head_name) {
+        let head_name = head_name(config.arch);
+        let head = if config.tie_word_embeddings {
+            // Tied head: the embedding, as transformers ties it, whether or not the checkpoint
+            // also stores a copy (transformers 4's .bin checkpoints do).
+            Linear {
+                w: embed.clone().transpose(),
+                b: None,
+            }
+        } else if ld.has(head_name) {
             let prefix = head_name.trim_end_matches(".weight");
             let bias = match source {
                 Source::Checkpoint(_) => ld.has(&format!("{prefix}.bias")),
@@ -169,12 +186,6 @@ impl<B: Kernels> CausalLm<B> {
                 Source::Random { .. } => config.arch == Arch::GptJ,
             };
             ld.linear(prefix, d, v, bias)?
-        } else if config.tie_word_embeddings {
-            // Tied head (weights saved once, as the embedding).
-            Linear {
-                w: embed.clone().transpose(),
-                b: None,
-            }
         } else {
             bail!(
                 "the checkpoint has no `{head_name}` and config.json does not tie it to the embedding"
@@ -207,7 +218,7 @@ impl<B: Kernels> CausalLm<B> {
     }
 
     /// What the model's embedding module multiplies a row by (Gemma's `√hidden`, rounded
-    /// to the weights' dtype); 1 for the other families. The soft prompt sits beside the
+    /// to the weights' dtype; XGLM's `√d_model`); 1 for the other families. The soft prompt sits beside the
     /// scaled embeddings, as PEFT puts it.
     pub fn embed_scale(&self) -> f32 {
         self.embed_scale.unwrap_or(1.0)
@@ -234,6 +245,7 @@ impl<B: Kernels> CausalLm<B> {
             Body::Llama(m) => m.forward(x),
             Body::Gemma(m) => m.forward(x),
             Body::Cohere(m) => m.forward(x),
+            Body::Xglm(m) => m.forward(x),
         }
     }
 

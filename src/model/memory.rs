@@ -157,9 +157,10 @@ pub fn kept_bytes(cfg: &ModelConfig, run: RunShape) -> u64 {
             let norms = if *parallel_residual { 1 } else { 2 };
             norms * d * e + attention + act(f)
         }
-        ArchSpec::Gpt2 { .. } | ArchSpec::GptNeo { .. } | ArchSpec::Opt { .. } => {
-            2 * d * e + attention + act(f)
-        }
+        ArchSpec::Gpt2 { .. }
+        | ArchSpec::GptNeo { .. }
+        | ArchSpec::Opt { .. }
+        | ArchSpec::Xglm { .. } => 2 * d * e + attention + act(f),
     };
     let layers = cfg.n_layers as u64 * b * s * per_position;
     // The final norm's input (OPT-350m has none) and the head's gradient to the hidden
@@ -267,7 +268,7 @@ pub fn parameter_count(cfg: &ModelConfig) -> usize {
         }
         ArchSpec::GptJ => layer_norm + 4 * d * d + 2 * d * f + f + d,
         ArchSpec::GptNeoX { .. } => 2 * layer_norm + 4 * d * d + 4 * d + 2 * d * f + f + d,
-        ArchSpec::Gpt2 { .. } | ArchSpec::Opt { .. } => {
+        ArchSpec::Gpt2 { .. } | ArchSpec::Opt { .. } | ArchSpec::Xglm { .. } => {
             2 * layer_norm + 4 * d * d + 4 * d + 2 * d * f + f + d
         }
         ArchSpec::GptNeo { .. } => 2 * layer_norm + 4 * d * d + d + 2 * d * f + f + d,
@@ -280,7 +281,8 @@ pub fn parameter_count(cfg: &ModelConfig) -> usize {
     };
     let rest = match &cfg.spec {
         ArchSpec::Llama { .. } | ArchSpec::Gemma { .. } | ArchSpec::Cohere { .. } => d,
-        ArchSpec::GptJ | ArchSpec::GptNeoX { .. } => layer_norm,
+        // XGLM's sinusoidal positions are computed, not stored.
+        ArchSpec::GptJ | ArchSpec::GptNeoX { .. } | ArchSpec::Xglm { .. } => layer_norm,
         ArchSpec::Gpt2 { .. } | ArchSpec::GptNeo { .. } => layer_norm + cfg.max_positions * d,
         ArchSpec::Opt {
             final_layer_norm, ..

@@ -1,7 +1,9 @@
 //! Hugging Face causal language models in Burn.
 //!
 //! * [`config`]: `config.json` → [`config::ModelConfig`] (one typed spec per architecture family).
-//! * [`weights`]: safetensors files (single or sharded), validated, converted to the target dtype.
+//! * [`weights`]: safetensors files and `pytorch_model.bin` archives (single or sharded),
+//!   validated, converted to the target dtype; [`torch_bin`] reads the latter without
+//!   running their pickle program.
 //! * [`source`]: where the files come from: a local folder or the Hugging Face hub cache.
 //! * [`ops`]: the small ops layer every architecture is written against (linear, norms,
 //!   rotary, attention, embedding).
@@ -13,7 +15,8 @@
 //!   the blocked attention's softmax and the norms fused), inside Burn's fusion wrapper
 //!   [`fusion`].
 //! * one file per family: [`gpt2`], [`gptj`], [`gpt_neox`], [`gpt_neo`], [`opt`], [`llama`]
-//!   (llama, mistral, qwen2, qwen3, phi3), [`gemma`] (gemma, gemma2, gemma3), [`cohere`].
+//!   (llama, mistral, qwen2, qwen3, phi3), [`gemma`] (gemma, gemma2, gemma3), [`cohere`],
+//!   [`xglm`] (XGLM, fairseq dense).
 //! * [`lm`]: the loaded model, soft-prompt forward and the loss over text positions.
 //! * [`generate`]: short sampled continuations (the dashboard's sample generations).
 
@@ -38,7 +41,9 @@ pub mod ops;
 pub mod opt;
 pub mod source;
 pub mod tokenizer;
+pub mod torch_bin;
 pub mod weights;
+pub mod xglm;
 
 pub use config::{Arch, ModelConfig};
 pub use kernels::{Kernels, TrainKernels};

@@ -2,10 +2,11 @@
 //! (through the same on-disk cache that Python's `huggingface_hub` uses).
 //!
 //! [`resolve`] turns what the user passed as `--model` into a [`ModelFiles`]:
-//! the paths of `config.json`, `tokenizer.json` and the safetensors weights.
-//! Only safetensors weights are accepted: PyTorch pickle files (`*.bin`,
-//! `*.pt`) can run arbitrary code when loaded, so they are refused with a hint
-//! on how to convert them.
+//! the paths of `config.json`, `tokenizer.json` and the weights: safetensors
+//! (`model.safetensors` or its shards), else transformers' PyTorch checkpoints
+//! (`pytorch_model.bin` or its shards), which [`super::torch_bin`] reads without
+//! running them. Other pickle files (`*.pt`, `*.ckpt`) are refused with a hint on
+//! how to convert them.
 //!
 //! Hub layout (shared with Python):
 //! `<cache>/models--owner--name/{blobs,refs,snapshots}`, where `refs/<branch>`
@@ -28,6 +29,16 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// Index of sharded safetensors weights.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
+/// Single-file PyTorch weights, as transformers saved them before safetensors.
+pub const TORCH_WEIGHTS_FILE: &str = "pytorch_model.bin";
+/// Index of sharded PyTorch weights.
+pub const TORCH_INDEX_FILE: &str = "pytorch_model.bin.index.json";
+
+/// The weight layouts softtune reads, in the order it looks for them: (single file, index).
+const LAYOUTS: [(&str, &str); 2] = [
+    (WEIGHTS_FILE, INDEX_FILE),
+    (TORCH_WEIGHTS_FILE, TORCH_INDEX_FILE),
+];
 
 const DEFAULT_REVISION: &str = "main";
 
@@ -88,9 +99,11 @@ pub struct ModelFiles {
     pub config: PathBuf,
     /// `tokenizer.json`, if present.
     pub tokenizer: Option<PathBuf>,
-    /// `model.safetensors`, or every shard named by the index (unique, sorted).
+    /// `model.safetensors` (or `pytorch_model.bin`), or every shard named by the index
+    /// (unique, sorted).
     pub weights: Vec<PathBuf>,
-    /// `model.safetensors.index.json`, if the weights are sharded.
+    /// `model.safetensors.index.json` (or `pytorch_model.bin.index.json`), if the weights
+    /// are sharded.
     pub index: Option<PathBuf>,
     /// Whether the files came from the Hugging Face Hub (or its cache).
     pub from_hub: bool,
@@ -297,7 +310,7 @@ fn repo_folder_name(id: &str) -> String {
     format!("models--{}", id.replace('/', "--"))
 }
 
-/// The unique, sorted shard file names of a safetensors index.
+/// The unique, sorted shard file names of a weights index.
 fn read_index_shards(index: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(index)
         .map_err(|e| anyhow!("cannot read {}: {e}", index.display()))?;
@@ -347,27 +360,29 @@ enum FolderWeights {
 }
 
 fn scan_weights(dir: &Path) -> Result<FolderWeights> {
-    let single = dir.join(WEIGHTS_FILE);
-    if single.is_file() {
-        return Ok(FolderWeights::Single(single));
-    }
-    let index = dir.join(INDEX_FILE);
-    if index.is_file() {
-        let mut shards = Vec::new();
-        let mut missing = Vec::new();
-        for name in read_index_shards(&index)? {
-            let path = dir.join(&name);
-            if path.is_file() {
-                shards.push(path);
-            } else {
-                missing.push(name);
-            }
+    for (single, index) in LAYOUTS {
+        let single = dir.join(single);
+        if single.is_file() {
+            return Ok(FolderWeights::Single(single));
         }
-        return Ok(FolderWeights::Sharded {
-            index,
-            shards,
-            missing,
-        });
+        let index = dir.join(index);
+        if index.is_file() {
+            let mut shards = Vec::new();
+            let mut missing = Vec::new();
+            for name in read_index_shards(&index)? {
+                let path = dir.join(&name);
+                if path.is_file() {
+                    shards.push(path);
+                } else {
+                    missing.push(name);
+                }
+            }
+            return Ok(FolderWeights::Sharded {
+                index,
+                shards,
+                missing,
+            });
+        }
     }
     let mut pickles = Vec::new();
     let mut other_safetensors = Vec::new();
@@ -395,10 +410,11 @@ fn scan_weights(dir: &Path) -> Result<FolderWeights> {
 
 fn pickle_error(label: &str, pickles: &[String]) -> anyhow::Error {
     anyhow!(
-        "{label}: only PyTorch pickle weights found ({}); softtune reads only safetensors, \
-         because loading pickle files can run arbitrary code. Convert once in Python: \
-         AutoModelForCausalLM.from_pretrained(\"<model>\").save_pretrained(\"<out>\", \
-         safe_serialization=True), then point --model at <out>",
+        "{label}: no weights under the names softtune reads ({WEIGHTS_FILE}, {INDEX_FILE}, \
+         {TORCH_WEIGHTS_FILE}, {TORCH_INDEX_FILE}); found {}. If one of them is the whole \
+         model's transformers checkpoint, rename it {TORCH_WEIGHTS_FILE}; otherwise convert \
+         once in Python: AutoModelForCausalLM.from_pretrained(\"<model>\").save_pretrained(\
+         \"<out>\", safe_serialization=True), then point --model at <out>",
         pickles.join(", ")
     )
 }
@@ -413,8 +429,33 @@ fn no_weights_error(label: &str, other_safetensors: &[String]) -> anyhow::Error 
         )
     };
     anyhow!(
-        "{label}: no model weights here; expected {WEIGHTS_FILE}, or {INDEX_FILE} and its shards{found}"
+        "{label}: no model weights here; expected {WEIGHTS_FILE}, or {INDEX_FILE} and its \
+         shards, or PyTorch's {TORCH_WEIGHTS_FILE} or {TORCH_INDEX_FILE}{found}"
     )
+}
+
+/// The weight files of a local model folder (the config and tokenizer are not looked for).
+pub fn local_weights(dir: &Path) -> Result<Vec<PathBuf>> {
+    let label = dir.display().to_string();
+    match scan_weights(dir)? {
+        FolderWeights::Single(path) => Ok(vec![path]),
+        FolderWeights::Sharded {
+            shards, missing, ..
+        } if missing.is_empty() => Ok(shards),
+        FolderWeights::Sharded { index, missing, .. } => bail!(
+            "{label}: shard {} named in {} is missing",
+            missing[0],
+            index.display()
+        ),
+        FolderWeights::Nothing {
+            pickles,
+            other_safetensors,
+        } => Err(if pickles.is_empty() {
+            no_weights_error(&label, &other_safetensors)
+        } else {
+            pickle_error(&label, &pickles)
+        }),
+    }
 }
 
 fn local_folder(id: &str, root: &Path, want: Want) -> Result<ModelFiles> {
@@ -532,9 +573,10 @@ fn cache_lookup(id: &str, revision: &str, cache_dir: &Path, want: Want) -> Resul
                 (Vec::new(), Some(index))
             } else {
                 return Err(not_cached(&format!(
-                    " (snapshot {commit} lacks {} of {} shards named in {INDEX_FILE}, e.g. {})",
+                    " (snapshot {commit} lacks {} of {} shards named in {}, e.g. {})",
                     missing.len(),
                     missing.len() + shards.len(),
+                    index.file_name().unwrap_or_default().to_string_lossy(),
                     missing[0]
                 )));
             }
@@ -546,7 +588,8 @@ fn cache_lookup(id: &str, revision: &str, cache_dir: &Path, want: Want) -> Resul
                 return Err(pickle_error(id, &pickles));
             } else {
                 return Err(not_cached(&format!(
-                    " (snapshot {commit} has config.json but no {WEIGHTS_FILE} or {INDEX_FILE})"
+                    " (snapshot {commit} has config.json but no {WEIGHTS_FILE}, {INDEX_FILE}, \
+                     {TORCH_WEIGHTS_FILE} or {TORCH_INDEX_FILE})"
                 )));
             }
         }
@@ -710,12 +753,17 @@ impl Hub {
         if want == Want::ConfigOnly {
             // No downloads beyond the index; a tokenizer already cached is reported.
             let tokenizer = Some(root.join(TOKENIZER_FILE)).filter(|p| p.is_file());
-            // A cached model.safetensors already says the weights are not sharded.
-            let index = if root.join(WEIGHTS_FILE).is_file() {
-                None
-            } else {
-                self.get(INDEX_FILE, &pinned)?
-            };
+            // A cached single file already says the weights are not sharded.
+            let mut index = None;
+            for (single, sharded) in LAYOUTS {
+                if root.join(single).is_file() {
+                    break;
+                }
+                index = self.get(sharded, &pinned)?;
+                if index.is_some() {
+                    break;
+                }
+            }
             let weights = match (&index, scan_weights(&root)?) {
                 (None, FolderWeights::Single(path)) => vec![path],
                 (
@@ -738,24 +786,32 @@ impl Hub {
         }
 
         let tokenizer = self.get(TOKENIZER_FILE, &pinned)?;
-        let (weights, index) = if let Some(single) = self.get(WEIGHTS_FILE, &pinned)? {
-            (vec![single], None)
-        } else if let Some(index) = self.get(INDEX_FILE, &pinned)? {
-            let mut shards = Vec::new();
-            for name in read_index_shards(&index)? {
-                match self.get(&name, &pinned)? {
-                    Some(path) => shards.push(path),
-                    None => bail!(
-                        "{id}: shard {name} named in {INDEX_FILE} is missing on the Hugging Face Hub"
-                    ),
-                }
+        let mut found = None;
+        for (single, sharded) in LAYOUTS {
+            if let Some(path) = self.get(single, &pinned)? {
+                found = Some((vec![path], None));
+                break;
             }
-            (shards, Some(index))
-        } else {
+            if let Some(index) = self.get(sharded, &pinned)? {
+                let mut shards = Vec::new();
+                for name in read_index_shards(&index)? {
+                    match self.get(&name, &pinned)? {
+                        Some(path) => shards.push(path),
+                        None => bail!(
+                            "{id}: shard {name} named in {sharded} is missing on the Hugging Face Hub"
+                        ),
+                    }
+                }
+                found = Some((shards, Some(index)));
+                break;
+            }
+        }
+        let Some((weights, index)) = found else {
             bail!(
-                "{id}: no {WEIGHTS_FILE} or {INDEX_FILE} on the Hugging Face Hub at revision {}; \
-                 softtune reads only safetensors weights (pickle files such as pytorch_model.bin can \
-                 run arbitrary code). Convert in Python with save_pretrained(\"<out>\", \
+                "{id}: no {WEIGHTS_FILE}, {INDEX_FILE}, {TORCH_WEIGHTS_FILE} or {TORCH_INDEX_FILE} \
+                 on the Hugging Face Hub at revision {}; softtune needs the whole model's weights \
+                 in one of those layouts (other pickle files, such as *.pt, can run arbitrary \
+                 code). Convert in Python with save_pretrained(\"<out>\", \
                  safe_serialization=True) and point --model at <out>",
                 self.revision
             );

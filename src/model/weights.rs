@@ -1,9 +1,11 @@
-//! Reading safetensors checkpoints (one file or shards) into Burn tensors.
+//! Reading checkpoints (one file or shards) into Burn tensors: safetensors files, and
+//! PyTorch's `pytorch_model.bin` zip archives, read without running them ([`super::torch_bin`]).
 //!
 //! Every file is memory-mapped and its header validated up front (a truncated or corrupt file
 //! is an error naming it before any tensor is built); tensors are then converted one at a
 //! time to the dtype the model runs in, so host memory never holds more than one tensor copy.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -11,18 +13,34 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 use memmap2::Mmap;
-use safetensors::{Dtype, SafeTensors, tensor::TensorInfo};
+use safetensors::{Dtype, SafeTensors};
+
+use super::torch_bin::{self, TorchTensor};
 
 struct Shard {
     path: PathBuf,
     map: Mmap,
-    data_start: usize,
+}
+
+/// Where a tensor's bytes are in its shard.
+enum Layout {
+    /// One run of bytes: start and end in the mapped file.
+    Bytes(usize, usize),
+    /// A strided view of a PyTorch storage, gathered when read.
+    Strided(TorchTensor),
+}
+
+struct Entry {
+    shard: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    layout: Layout,
 }
 
 /// All tensors of a checkpoint, by name.
 pub struct Weights {
     shards: Vec<Shard>,
-    index: HashMap<String, (usize, TensorInfo)>,
+    index: HashMap<String, Entry>,
 }
 
 impl Weights {
@@ -40,27 +58,26 @@ impl Weights {
             // the header check below validates every offset against the mapped length.
             let map = unsafe { Mmap::map(&file) }
                 .with_context(|| format!("{}: cannot map into memory", path.display()))?;
-            let (n, meta) = SafeTensors::read_metadata(&map).map_err(|e| {
-                anyhow!(
-                    "{}: truncated or corrupt safetensors file ({e:?}); download it again",
-                    path.display()
-                )
-            })?;
-            for (name, info) in meta.tensors() {
-                if let Some((other, _)) = index.get(&name) {
-                    let other: &usize = other;
+            let entries = if torch_bin::is_zip(&map) || is_torch_name(path) {
+                torch_entries(path, &map)?
+            } else {
+                safetensors_entries(path, &map)?
+            };
+            for (name, mut entry) in entries {
+                if let Some(other) = index.get(&name) {
+                    let other: &Entry = other;
                     bail!(
                         "tensor `{name}` appears in both {} and {}",
-                        paths[*other].display(),
+                        paths[other.shard].display(),
                         path.display()
                     );
                 }
-                index.insert(name, (i, info.clone()));
+                entry.shard = i;
+                index.insert(name, entry);
             }
             shards.push(Shard {
                 path: path.clone(),
                 map,
-                data_start: 8 + n,
             });
         }
         Ok(Self { shards, index })
@@ -75,7 +92,7 @@ impl Weights {
     }
 
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
-        self.index.get(name).map(|(_, i)| i.shape.as_slice())
+        self.index.get(name).map(|e| e.shape.as_slice())
     }
 
     /// The first of `names` present in the checkpoint.
@@ -87,15 +104,15 @@ impl Weights {
     pub fn total_elements(&self) -> usize {
         self.index
             .values()
-            .map(|(_, i)| i.shape.iter().product::<usize>())
+            .map(|e| e.shape.iter().product::<usize>())
             .sum()
     }
 
     /// The floating-point dtype most parameters are stored in.
     pub fn stored_dtype(&self) -> Option<DType> {
         let mut count: std::collections::BTreeMap<Dtype, usize> = Default::default();
-        for (_, info) in self.index.values() {
-            *count.entry(info.dtype).or_default() += info.shape.iter().product::<usize>();
+        for e in self.index.values() {
+            *count.entry(e.dtype).or_default() += e.shape.iter().product::<usize>();
         }
         count
             .into_iter()
@@ -104,18 +121,17 @@ impl Weights {
             .and_then(|(d, _)| float_dtype(d))
     }
 
-    fn raw(&self, name: &str) -> Result<(&[u8], &TensorInfo, &Path)> {
-        let (shard, info) = self
+    fn raw(&self, name: &str) -> Result<(Cow<'_, [u8]>, &Entry, &Path)> {
+        let entry = self
             .index
             .get(name)
             .ok_or_else(|| anyhow!("the checkpoint has no tensor `{name}`"))?;
-        let s = &self.shards[*shard];
-        let (a, b) = info.data_offsets;
-        Ok((
-            &s.map[s.data_start + a..s.data_start + b],
-            info,
-            s.path.as_path(),
-        ))
+        let s = &self.shards[entry.shard];
+        let bytes = match &entry.layout {
+            Layout::Bytes(a, b) => Cow::Borrowed(&s.map[*a..*b]),
+            Layout::Strided(t) => Cow::Owned(t.gather(&s.map)),
+        };
+        Ok((bytes, entry, s.path.as_path()))
     }
 
     /// The tensor's data converted to `dtype` (a float dtype), checked against `shape`.
@@ -136,7 +152,7 @@ impl Weights {
                 info.dtype
             )
         })?;
-        let data = TensorData::from_bytes_vec(bytes.to_vec(), shape.to_vec(), src);
+        let data = TensorData::from_bytes_vec(bytes.into_owned(), shape.to_vec(), src);
         Ok(if src == dtype {
             data
         } else {
@@ -155,6 +171,57 @@ impl Weights {
         let data = self.data(name, &shape, dtype)?;
         Ok(Tensor::from_data(data, (device, dtype)))
     }
+}
+
+/// `pytorch_model.bin` and its shards (`pytorch_model-00001-of-00002.bin`).
+fn is_torch_name(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("bin"))
+}
+
+fn safetensors_entries(path: &Path, map: &[u8]) -> Result<Vec<(String, Entry)>> {
+    let (n, meta) = SafeTensors::read_metadata(map).map_err(|e| {
+        anyhow!(
+            "{}: truncated or corrupt safetensors file ({e:?}); download it again",
+            path.display()
+        )
+    })?;
+    let data_start = 8 + n;
+    Ok(meta
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| {
+            let (a, b) = info.data_offsets;
+            let entry = Entry {
+                shard: 0,
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+                layout: Layout::Bytes(data_start + a, data_start + b),
+            };
+            (name, entry)
+        })
+        .collect())
+}
+
+fn torch_entries(path: &Path, map: &[u8]) -> Result<Vec<(String, Entry)>> {
+    Ok(torch_bin::read(path, map)?
+        .into_iter()
+        .map(|(name, t)| {
+            let layout = if t.is_contiguous() {
+                let (a, b) = t.byte_range();
+                Layout::Bytes(a, b)
+            } else {
+                Layout::Strided(t.clone())
+            };
+            let entry = Entry {
+                shard: 0,
+                dtype: t.dtype,
+                shape: t.shape,
+                layout,
+            };
+            (name, entry)
+        })
+        .collect())
 }
 
 fn float_dtype(d: Dtype) -> Option<DType> {

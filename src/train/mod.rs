@@ -118,7 +118,7 @@ pub fn plan(cfg: &ValidConfig, run_dir: &Path) -> Result<Plan> {
     let start = match &cfg.continue_from {
         None => Start::Fresh,
         Some(p) if Checkpoint::is_checkpoint(p) => Start::Resume(Box::new(Checkpoint::load(p)?)),
-        Some(p) => Start::Prompt(prompt::load_for_width(p, model_cfg.d_embed)?),
+        Some(p) => Start::Prompt(prompt::load_for_model(p, &model_cfg)?),
     };
     let soft_tokens = match &start {
         Start::Fresh => cfg.soft_tokens,
@@ -792,9 +792,14 @@ fn save(
     let sp = SoftPrompt::new(n, d, prompt.to_vec())?;
     let cfg = &plan.cfg;
     let zip = plan.kobold_path();
+    // KoboldAI's prompts sit before XGLM's embedding scale (see `kobold_scale`).
+    let kobold = match plan.model_cfg.kobold_scale() {
+        Some(scale) => SoftPrompt::new(n, d, prompt.iter().map(|v| v / scale).collect())?,
+        None => sp.clone(),
+    };
     write_kobold_zip(
         &zip,
-        &sp,
+        &kobold,
         &KoboldMeta {
             name: cfg.name.clone(),
             author: cfg.author.clone(),
