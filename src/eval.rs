@@ -82,12 +82,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport> {
     }
     let files = source::resolve(&args.model, &args.hub)?;
     let config = ModelConfig::from_file(&files.config)?;
-    let tok_path = files.tokenizer.clone().ok_or_else(|| {
-        anyhow::anyhow!(
-            "{}: no tokenizer.json; softtune needs the model's fast tokenizer file",
-            files.root.display()
-        )
-    })?;
+    let tok_path = files.tokenizer_path()?;
     let tokenizer = Tokenizer::from_file(&tok_path)?;
     tokenizer.check_fits(config.vocab_size)?;
     let prompt = match &args.prompt {

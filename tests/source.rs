@@ -370,3 +370,18 @@ fn online_with_unreachable_hub() {
     assert!(msg.contains("HF_TOKEN"), "{msg}");
     assert!(!msg.contains('\n'), "{msg}");
 }
+
+#[test]
+fn a_missing_tokenizer_says_how_to_make_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("config.json"), "{}");
+    write(&d.join("pytorch_model.bin"), "zip");
+    write(&d.join("vocab.json"), "{}");
+    let files = resolve(d.to_str().unwrap(), &offline()).unwrap();
+    assert_eq!(files.tokenizer, None);
+    let msg = err_text(files.tokenizer_path());
+    assert!(msg.contains(&d.display().to_string()), "{msg}");
+    assert!(msg.contains("no tokenizer.json"), "{msg}");
+    assert!(msg.contains("AutoTokenizer.from_pretrained"), "{msg}");
+}

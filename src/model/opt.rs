@@ -6,13 +6,16 @@ use super::kernels::Kernels;
 use anyhow::Result;
 use burn::tensor::{Tensor, backend::Backend};
 
-use super::config::{ArchSpec, ModelConfig};
+use super::config::{Activation, ArchSpec, ModelConfig};
 use super::ops::{self, AttnOpts, LayerNorm, Linear, Loader};
 
 /// transformers' `OPTLearnedPositionalEmbedding` offset.
 const POSITION_OFFSET: usize = 2;
 
-struct Block<B: Backend> {
+/// A fairseq decoder layer as transformers names it (OPT, and XGLM, see
+/// [`super::xglm`]): a LayerNorm and q, k, v, out projections with biases, then a LayerNorm
+/// and the `fc1` → activation → `fc2` MLP.
+pub(super) struct Block<B: Backend> {
     attn_ln: LayerNorm<B>,
     q: Linear<B>,
     k: Linear<B>,
@@ -21,6 +24,53 @@ struct Block<B: Backend> {
     mlp_ln: LayerNorm<B>,
     fc1: Linear<B>,
     fc2: Linear<B>,
+}
+
+impl<B: Kernels> Block<B> {
+    /// The layer at `p` (`….layers.{i}`), width `h`, MLP width `ffn`.
+    pub(super) fn load(ld: &Loader<B>, p: &str, h: usize, ffn: usize, eps: f64) -> Result<Self> {
+        Ok(Block {
+            attn_ln: ld.layer_norm(&format!("{p}.self_attn_layer_norm"), h, eps)?,
+            q: ld.linear(&format!("{p}.self_attn.q_proj"), h, h, true)?,
+            k: ld.linear(&format!("{p}.self_attn.k_proj"), h, h, true)?,
+            v: ld.linear(&format!("{p}.self_attn.v_proj"), h, h, true)?,
+            out: ld.linear(&format!("{p}.self_attn.out_proj"), h, h, true)?,
+            mlp_ln: ld.layer_norm(&format!("{p}.final_layer_norm"), h, eps)?,
+            fc1: ld.linear(&format!("{p}.fc1"), h, ffn, true)?,
+            fc2: ld.linear(&format!("{p}.fc2"), ffn, h, true)?,
+        })
+    }
+
+    fn attn(&self, y: Tensor<B, 3>, heads: usize, opts: AttnOpts) -> Tensor<B, 3> {
+        let q = ops::split_heads(self.q.forward(y.clone()), heads);
+        let k = ops::split_heads(self.k.forward(y.clone()), heads);
+        let v = ops::split_heads(self.v.forward(y), heads);
+        self.out
+            .forward(ops::merge_heads(ops::causal_attention(q, k, v, opts)))
+    }
+
+    fn mlp(&self, y: Tensor<B, 3>, act: Activation) -> Tensor<B, 3> {
+        self.fc2.forward(ops::activate(self.fc1.forward(y), act))
+    }
+
+    /// The layer with its norms before each branch (`do_layer_norm_before`), or after each
+    /// residual add (OPT-350m).
+    pub(super) fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        pre_ln: bool,
+        heads: usize,
+        opts: AttnOpts,
+        act: Activation,
+    ) -> Tensor<B, 3> {
+        if pre_ln {
+            let x = x.clone() + self.attn(self.attn_ln.forward(x), heads, opts);
+            x.clone() + self.mlp(self.mlp_ln.forward(x), act)
+        } else {
+            let x = self.attn_ln.forward(x.clone() + self.attn(x, heads, opts));
+            self.mlp_ln.forward(x.clone() + self.mlp(x, act))
+        }
+    }
 }
 
 pub struct Opt<B: Backend> {
@@ -55,16 +105,7 @@ impl<B: Kernels> Opt<B> {
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let p = format!("{d}.layers.{i}");
-            blocks.push(Block {
-                attn_ln: ld.layer_norm(&format!("{p}.self_attn_layer_norm"), h, eps)?,
-                q: ld.linear(&format!("{p}.self_attn.q_proj"), h, h, true)?,
-                k: ld.linear(&format!("{p}.self_attn.k_proj"), h, h, true)?,
-                v: ld.linear(&format!("{p}.self_attn.v_proj"), h, h, true)?,
-                out: ld.linear(&format!("{p}.self_attn.out_proj"), h, h, true)?,
-                mlp_ln: ld.layer_norm(&format!("{p}.final_layer_norm"), h, eps)?,
-                fc1: ld.linear(&format!("{p}.fc1"), h, cfg.intermediate, true)?,
-                fc2: ld.linear(&format!("{p}.fc2"), cfg.intermediate, h, true)?,
-            });
+            blocks.push(Block::load(ld, &p, h, cfg.intermediate, eps)?);
         }
         let final_ln = if final_layer_norm {
             Some(ld.layer_norm(&format!("{d}.final_layer_norm"), h, eps)?)
@@ -105,24 +146,7 @@ impl<B: Kernels> Opt<B> {
             softcap: None,
         };
         for blk in &self.blocks {
-            let attn = |y: Tensor<B, 3>| {
-                let q = ops::split_heads(blk.q.forward(y.clone()), heads);
-                let k = ops::split_heads(blk.k.forward(y.clone()), heads);
-                let v = ops::split_heads(blk.v.forward(y), heads);
-                blk.out
-                    .forward(ops::merge_heads(ops::causal_attention(q, k, v, opts)))
-            };
-            let mlp = |y: Tensor<B, 3>| {
-                blk.fc2
-                    .forward(ops::activate(blk.fc1.forward(y), self.cfg.activation))
-            };
-            if self.pre_ln {
-                x = x.clone() + attn(blk.attn_ln.forward(x));
-                x = x.clone() + mlp(blk.mlp_ln.forward(x));
-            } else {
-                x = blk.attn_ln.forward(x.clone() + attn(x));
-                x = blk.mlp_ln.forward(x.clone() + mlp(x));
-            }
+            x = blk.forward(x, self.pre_ln, heads, opts, self.cfg.activation);
         }
         if let Some(ln) = &self.final_ln {
             x = ln.forward(x);

@@ -109,6 +109,23 @@ pub struct ModelFiles {
     pub from_hub: bool,
 }
 
+impl ModelFiles {
+    /// `tokenizer.json`, or an error saying how to make one: older models (many of
+    /// KoboldAI's) ship only the slow tokenizer's files.
+    pub fn tokenizer_path(&self) -> Result<PathBuf> {
+        self.tokenizer.clone().ok_or_else(|| {
+            anyhow!(
+                "{}: no tokenizer.json; softtune needs the model's fast tokenizer file. A model that \
+                 ships only a slow tokenizer (vocab.json and merges.txt, or a sentencepiece .model) \
+                 gets one from Python: AutoTokenizer.from_pretrained(\"<model>\").save_pretrained(\
+                 \"<folder>\") writes tokenizer.json; put it beside the model's config.json and \
+                 weights (for a Hub model, in a local copy of its folder) and point --model there",
+                self.root.display()
+            )
+        })
+    }
+}
+
 /// Finds `config.json`, `tokenizer.json` and the safetensors weights of
 /// `model`: a local folder, or a Hugging Face model id (downloaded into the
 /// Hub cache unless `opts.offline`, in which case only the cache is read).

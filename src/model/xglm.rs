@@ -1,29 +1,19 @@
 //! XGLM, and fairseq's dense models converted to it (KoboldAI's fairseq-dense Nerys,
 //! Janeway, Shinen fine-tunes): fixed sinusoidal positions with offset 2, token embeddings
 //! scaled by `√d_model` (`scale_embedding`, applied by the embedding module, see
-//! [`super::config::embed_scale`]), pre-LN blocks with biases, q scaled by 1/√d before q·k,
-//! a GELU MLP, a final LayerNorm and a tied head.
+//! [`super::config::embed_scale`]), OPT's fairseq layers ([`super::opt::Block`]) with their
+//! norms first, q scaled by 1/√d before q·k, a GELU MLP, a final LayerNorm and a tied head.
 
 use super::kernels::Kernels;
 use anyhow::Result;
 use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 
 use super::config::ModelConfig;
-use super::ops::{self, AttnOpts, LayerNorm, Linear, Loader};
+use super::ops::{AttnOpts, LayerNorm, Loader};
+use super::opt::Block;
 
 /// transformers' `XGLMSinusoidalPositionalEmbedding` offset: position p reads row p + 2.
 const POSITION_OFFSET: usize = 2;
-
-struct Block<B: Backend> {
-    attn_ln: LayerNorm<B>,
-    q: Linear<B>,
-    k: Linear<B>,
-    v: Linear<B>,
-    out: Linear<B>,
-    mlp_ln: LayerNorm<B>,
-    fc1: Linear<B>,
-    fc2: Linear<B>,
-}
 
 pub struct Xglm<B: Backend> {
     cfg: ModelConfig,
@@ -58,16 +48,7 @@ impl<B: Kernels> Xglm<B> {
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let p = format!("model.layers.{i}");
-            blocks.push(Block {
-                attn_ln: ld.layer_norm(&format!("{p}.self_attn_layer_norm"), h, eps)?,
-                q: ld.linear(&format!("{p}.self_attn.q_proj"), h, h, true)?,
-                k: ld.linear(&format!("{p}.self_attn.k_proj"), h, h, true)?,
-                v: ld.linear(&format!("{p}.self_attn.v_proj"), h, h, true)?,
-                out: ld.linear(&format!("{p}.self_attn.out_proj"), h, h, true)?,
-                mlp_ln: ld.layer_norm(&format!("{p}.final_layer_norm"), h, eps)?,
-                fc1: ld.linear(&format!("{p}.fc1"), h, cfg.intermediate, true)?,
-                fc2: ld.linear(&format!("{p}.fc2"), cfg.intermediate, h, true)?,
-            });
+            blocks.push(Block::load(ld, &p, h, cfg.intermediate, eps)?);
         }
         let n = cfg.max_positions;
         let table = TensorData::new(sinusoidal_rows(POSITION_OFFSET, n, h), [n, h]);
@@ -91,17 +72,7 @@ impl<B: Kernels> Xglm<B> {
             softcap: None,
         };
         for blk in &self.blocks {
-            let y = blk.attn_ln.forward(x.clone());
-            let q = ops::split_heads(blk.q.forward(y.clone()), heads);
-            let k = ops::split_heads(blk.k.forward(y.clone()), heads);
-            let v = ops::split_heads(blk.v.forward(y), heads);
-            x = x + blk
-                .out
-                .forward(ops::merge_heads(ops::causal_attention(q, k, v, opts)));
-            let y = blk.mlp_ln.forward(x.clone());
-            x = x + blk
-                .fc2
-                .forward(ops::activate(blk.fc1.forward(y), self.cfg.activation));
+            x = blk.forward(x, true, heads, opts, self.cfg.activation);
         }
         self.final_ln.forward(x)
     }

@@ -106,12 +106,7 @@ pub fn plan(cfg: &ValidConfig, run_dir: &Path) -> Result<Plan> {
     hub.revision = cfg.revision.clone();
     let files = source::resolve(&cfg.model, &hub)?;
     let model_cfg = ModelConfig::from_file(&files.config)?;
-    let tok_path = files.tokenizer.clone().ok_or_else(|| {
-        anyhow!(
-            "{}: no tokenizer.json; softtune needs the model's fast tokenizer file",
-            files.root.display()
-        )
-    })?;
+    let tok_path = files.tokenizer_path()?;
     let tokenizer = Tokenizer::from_file(&tok_path)?;
     tokenizer.check_fits(model_cfg.vocab_size)?;
 
