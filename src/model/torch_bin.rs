@@ -193,19 +193,33 @@ pub fn read(path: &Path, file: &[u8]) -> Result<Vec<(String, TorchTensor)>> {
                 view.key
             ))
         })?;
-        let size = dtype_size(view.dtype);
-        let numel: usize = view.shape.iter().product();
-        let last = view.offset
-            + view
-                .shape
-                .iter()
-                .zip(&view.strides)
-                .map(|(&n, &s)| n.saturating_sub(1) * s)
-                .sum::<usize>();
-        if numel > 0 && (last + 1) * size > len {
+        // The last element's byte end, in checked arithmetic so that a damaged file's sizes
+        // cannot overflow. An empty tensor reads nothing.
+        let empty = view.shape.contains(&0);
+        let mut last = Some(view.offset);
+        for (&n, &s) in view.shape.iter().zip(&view.strides) {
+            last = last.and_then(|l| n.saturating_sub(1).checked_mul(s)?.checked_add(l));
+        }
+        let end = last.and_then(|l| l.checked_add(1)?.checked_mul(dtype_size(view.dtype)));
+        if !empty && end.is_none_or(|e| e > len) {
             return Err(corrupt(format!(
-                "tensor `{name}` reaches element {last} of a storage of {} bytes",
-                len
+                "tensor `{name}` (offset {}, shape {:?}, strides {:?}) runs past its storage of \
+                 {len} bytes",
+                view.offset, view.shape, view.strides
+            )));
+        }
+        // A weight's elements are distinct storage elements; more elements than the storage
+        // holds means overlapping (stride-0) views, which no model's state dict has, and whose
+        // gathered copy could be any size.
+        let bytes = view
+            .shape
+            .iter()
+            .try_fold(dtype_size(view.dtype), |acc, &n| acc.checked_mul(n));
+        if bytes.is_none_or(|b| b > len) {
+            return Err(corrupt(format!(
+                "tensor `{name}` (shape {:?}, strides {:?}) has more elements than its storage \
+                 of {len} bytes holds",
+                view.shape, view.strides
             )));
         }
         tensors.push((
@@ -815,6 +829,76 @@ mod tests {
         let code = b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00trueq\x00\x85R.";
         let v = Machine::default().run(code).unwrap();
         assert_eq!(v, Value::Opaque("os.system".into()));
+    }
+
+    /// A one-tensor archive: `pickle` as `a/data.pkl` and a 12-byte storage `a/data/0`.
+    fn archive(pickle: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut zip = Vec::new();
+        let mut w = zip::ZipWriter::new(Cursor::new(&mut zip));
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        w.start_file("a/data.pkl", stored).unwrap();
+        w.write_all(pickle).unwrap();
+        w.start_file("a/data/0", stored).unwrap();
+        w.write_all(&[0; 12]).unwrap();
+        w.finish().unwrap();
+        zip
+    }
+
+    /// `state_dict_pickle` with its size tuple `(2, 2)` and stride tuple `(1, 2)` replaced.
+    fn with_size_and_stride(size: &[u8], stride: &[u8]) -> Vec<u8> {
+        let mut p = state_dict_pickle("HalfStorage");
+        let at = p
+            .windows(10)
+            .position(|w| w == b"K\x02K\x02\x86K\x01K\x02\x86")
+            .unwrap();
+        let mut tail = p.split_off(at);
+        tail.drain(..10);
+        p.extend(size);
+        p.push(0x86);
+        p.extend(stride);
+        p.push(0x86);
+        p.extend(tail);
+        p
+    }
+
+    #[test]
+    fn the_archive_helper_reads_back_the_plain_view() {
+        let same = with_size_and_stride(b"K\x02K\x02", b"K\x01K\x02");
+        assert_eq!(same, state_dict_pickle("HalfStorage"));
+        let t = read(Path::new("w.bin"), &archive(&same)).unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!((t[0].1.shape.clone(), t[0].1.offset), (vec![2, 2], 1));
+    }
+
+    #[test]
+    fn views_past_their_storage_are_refused_without_overflow() {
+        // Size (2, 2**62): the last element lies far past the 12-byte storage, and computing
+        // where overflows 64 bits.
+        let p = with_size_and_stride(
+            b"K\x02\x8a\x08\x00\x00\x00\x00\x00\x00\x00\x40",
+            b"K\x01K\x02",
+        );
+        let e = read(Path::new("w.bin"), &archive(&p))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runs past its storage of 12 bytes"), "{e}");
+        assert!(e.contains("w.bin"), "{e}");
+    }
+
+    #[test]
+    fn overlapping_views_are_refused() {
+        // Size (2, 100) with strides (0, 0): every element is storage element 1, so the view
+        // stays inside the storage but would gather 400 bytes from 12.
+        let p = with_size_and_stride(b"K\x02Kd", b"K\x00K\x00");
+        let e = read(Path::new("w.bin"), &archive(&p))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("more elements than its storage of 12 bytes"),
+            "{e}"
+        );
     }
 
     #[test]
