@@ -239,6 +239,41 @@ fn eval_without_and_with_prompt() {
     assert!(out.contains("with prompt (4 soft tokens): loss"), "{out}");
 }
 
+/// A model that ships GPT-2's slow tokenizer files instead of tokenizer.json evaluates to the
+/// same loss as with its tokenizer.json.
+#[test]
+fn eval_with_slow_tokenizer_files_matches_tokenizer_json() {
+    let text = fixtures().join("tokenizer_corpus.txt");
+    let slow = copy_model("gpt2");
+    std::fs::remove_file(slow.path().join("tokenizer.json")).unwrap();
+    for f in ["vocab.json", "merges.txt"] {
+        std::fs::copy(
+            fixtures().join("slow_tokenizer/plain").join(f),
+            slow.path().join(f),
+        )
+        .unwrap();
+    }
+    let loss = |model: &Path| {
+        let (code, out, err) = softtune(&[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--text",
+            text.to_str().unwrap(),
+            "--block-size",
+            "32",
+            "--max-blocks",
+            "4",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        out.lines()
+            .find(|l| l.contains("without prompt: loss"))
+            .unwrap_or_else(|| panic!("no loss line in {out}"))
+            .to_string()
+    };
+    assert_eq!(loss(slow.path()), loss(&fixtures().join("gpt2")));
+}
+
 #[test]
 fn eval_block_too_long_for_context() {
     let (code, _, err) = softtune(&[

@@ -358,6 +358,20 @@ fn online_with_unreachable_hub() {
     assert_eq!(files.tokenizer, None);
     assert_eq!(files.weights.len(), 1);
 
+    // GPT-2's slow tokenizer files in the snapshot stand in for tokenizer.json; the optional
+    // settings files beside them, neither cached nor reachable, are left out.
+    let snap = cache
+        .path()
+        .join("models--owner--tiny/snapshots")
+        .join(COMMIT);
+    write(&snap.join("vocab.json"), "{}");
+    write(&snap.join("merges.txt"), "#version: 0.2\n");
+    let files =
+        resolve_from_hub("owner/tiny", &opts, cache.path(), Some(&endpoint), Some(0)).unwrap();
+    assert_eq!(files.tokenizer, Some(snap.join("vocab.json")));
+    let files = resolve_in_cache("owner/tiny", "main", cache.path()).unwrap();
+    assert_eq!(files.tokenizer, Some(snap.join("vocab.json")));
+
     let msg = err_text(resolve_from_hub(
         "owner/absent",
         &opts,

@@ -201,6 +201,43 @@ fn unsupported_architecture_is_an_error_on_the_model_step() {
     insta::assert_snapshot!("model_unsupported", s);
 }
 
+/// A local folder gets nothing downloaded, so a missing tokenizer stops the model step; one
+/// with GPT-2's slow tokenizer files passes it.
+#[test]
+fn a_local_model_without_a_tokenizer_is_an_error_on_the_model_step() {
+    let dir = Path::new(SCRATCH).join("no-tokenizer");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(Path::new("tests/fixtures/gpt2").join(f), dir.join(f)).unwrap();
+    }
+    let _ = std::fs::remove_file(dir.join("vocab.json"));
+    let mut a = app(base("no-tok-out"));
+    goto(&mut a, Step::Model);
+    set(&mut a, "model.id", dir.to_str().unwrap());
+    press(&mut a, KeyCode::Tab);
+    let r = Step::Model.check(&a);
+    assert!(
+        r.errors.iter().any(|(k, e)| *k == "model.id"
+            && e.contains("no tokenizer.json, and no vocab.json with merges.txt")),
+        "{:?}",
+        r.errors
+    );
+
+    for f in ["vocab.json", "merges.txt"] {
+        std::fs::copy(
+            Path::new("tests/fixtures/slow_tokenizer/plain").join(f),
+            dir.join(f),
+        )
+        .unwrap();
+    }
+    let mut a = app(base("no-tok-out"));
+    goto(&mut a, Step::Model);
+    set(&mut a, "model.id", dir.to_str().unwrap());
+    press(&mut a, KeyCode::Tab);
+    let r = Step::Model.check(&a);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+}
+
 #[test]
 fn parameters_step() {
     let mut a = app(base("params"));

@@ -39,6 +39,7 @@ pub mod lm;
 pub mod memory;
 pub mod ops;
 pub mod opt;
+pub mod slow_bpe;
 pub mod source;
 pub mod tokenizer;
 pub mod torch_bin;

@@ -21,6 +21,8 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{Result, anyhow, bail};
 use hf_hub::{HFClient, HFError};
 
+use super::slow_bpe;
+
 /// The model configuration file every Hugging Face model folder has.
 pub const CONFIG_FILE: &str = "config.json";
 /// The fast-tokenizer file (optional).
@@ -97,7 +99,8 @@ pub struct ModelFiles {
     pub root: PathBuf,
     /// `config.json`.
     pub config: PathBuf,
-    /// `tokenizer.json`, if present.
+    /// `tokenizer.json`, or else GPT-2's slow `vocab.json` when `merges.txt` is beside it
+    /// (what [`super::tokenizer::Tokenizer::from_file`] loads), if present.
     pub tokenizer: Option<PathBuf>,
     /// `model.safetensors` (or `pytorch_model.bin`), or every shard named by the index
     /// (unique, sorted).
@@ -110,19 +113,32 @@ pub struct ModelFiles {
 }
 
 impl ModelFiles {
-    /// `tokenizer.json`, or an error saying how to make one: older models (many of
-    /// KoboldAI's) ship only the slow tokenizer's files.
+    /// The tokenizer's file, or an error saying how to make one: softtune builds GPT-2's
+    /// tokenizer from `vocab.json` + `merges.txt`, but other slow tokenizers (sentencepiece
+    /// `.model` files) need converting.
     pub fn tokenizer_path(&self) -> Result<PathBuf> {
         self.tokenizer.clone().ok_or_else(|| {
             anyhow!(
-                "{}: no tokenizer.json; softtune needs the model's fast tokenizer file. A model that \
-                 ships only a slow tokenizer (vocab.json and merges.txt, or a sentencepiece .model) \
-                 gets one from Python: AutoTokenizer.from_pretrained(\"<model>\").save_pretrained(\
-                 \"<folder>\") writes tokenizer.json; put it beside the model's config.json and \
-                 weights (for a Hub model, in a local copy of its folder) and point --model there",
+                "{}: no tokenizer.json, and no vocab.json with merges.txt (GPT-2's tokenizer \
+                 files) to build one from. A model that ships another slow tokenizer (a \
+                 sentencepiece .model) gets tokenizer.json from Python: AutoTokenizer\
+                 .from_pretrained(\"<model>\").save_pretrained(\"<folder>\"); put it beside the \
+                 model's config.json and weights (for a Hub model, in a local copy of its folder) \
+                 and point --model there",
                 self.root.display()
             )
         })
+    }
+}
+
+/// The file a model folder's tokenizer loads from: `tokenizer.json`, else `vocab.json` when
+/// GPT-2's slow tokenizer files (`vocab.json` and `merges.txt`) are there.
+fn find_tokenizer(root: &Path) -> Option<PathBuf> {
+    let fast = root.join(TOKENIZER_FILE);
+    if fast.is_file() {
+        Some(fast)
+    } else {
+        slow_bpe::present(root).then(|| root.join(slow_bpe::VOCAB_FILE))
     }
 }
 
@@ -483,7 +499,7 @@ fn local_folder(id: &str, root: &Path, want: Want) -> Result<ModelFiles> {
              (config.json, model.safetensors, tokenizer.json)"
         );
     }
-    let tokenizer = Some(root.join(TOKENIZER_FILE)).filter(|p| p.is_file());
+    let tokenizer = find_tokenizer(root);
     let (weights, index) = match scan_weights(root)? {
         FolderWeights::Single(path) => (vec![path], None),
         FolderWeights::Sharded {
@@ -576,7 +592,7 @@ fn cache_lookup(id: &str, revision: &str, cache_dir: &Path, want: Want) -> Resul
             " (snapshot {commit} has no config.json)"
         )));
     }
-    let tokenizer = Some(root.join(TOKENIZER_FILE)).filter(|p| p.is_file());
+    let tokenizer = find_tokenizer(&root);
     let (weights, index) = match scan_weights(&root)? {
         FolderWeights::Single(path) => (vec![path], None),
         FolderWeights::Sharded {
@@ -769,7 +785,7 @@ impl Hub {
 
         if want == Want::ConfigOnly {
             // No downloads beyond the index; a tokenizer already cached is reported.
-            let tokenizer = Some(root.join(TOKENIZER_FILE)).filter(|p| p.is_file());
+            let tokenizer = find_tokenizer(&root);
             // A cached single file already says the weights are not sharded.
             let mut index = None;
             for (single, sharded) in LAYOUTS {
@@ -802,7 +818,18 @@ impl Hub {
             });
         }
 
-        let tokenizer = self.get(TOKENIZER_FILE, &pinned)?;
+        let mut tokenizer = self.get(TOKENIZER_FILE, &pinned)?;
+        if tokenizer.is_none() {
+            // Older models ship only GPT-2's slow tokenizer files. Optional: an unreachable Hub
+            // here leaves the tokenizer missing, which is reported when it is needed.
+            let get = |file: &str| self.get(file, &pinned).ok().flatten();
+            if get(slow_bpe::VOCAB_FILE).is_some() && get(slow_bpe::MERGES_FILE).is_some() {
+                for file in slow_bpe::EXTRA_FILES {
+                    get(file);
+                }
+                tokenizer = find_tokenizer(&root);
+            }
+        }
         let mut found = None;
         for (single, sharded) in LAYOUTS {
             if let Some(path) = self.get(single, &pinned)? {

@@ -1,11 +1,13 @@
-//! The model's tokenizer (`tokenizer.json`), used without special tokens: softtune never adds
-//! BOS; the dataset pipeline appends the model's real EOS id after each file.
+//! The model's tokenizer (`tokenizer.json`, or GPT-2's slow `vocab.json` + `merges.txt`), used
+//! without special tokens: softtune never adds BOS; the dataset pipeline appends the model's
+//! real EOS id after each file.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow, bail};
 
 use super::config::ModelConfig;
+use super::slow_bpe;
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -13,9 +15,16 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
+    /// Loads `tokenizer.json`, or, given a `vocab.json`, builds GPT-2's byte-level BPE from it
+    /// and the `merges.txt` (and settings files) beside it (see [`super::slow_bpe`]).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
+        let slow = path.file_name().is_some_and(|n| n == slow_bpe::VOCAB_FILE);
+        let inner = if slow {
+            slow_bpe::build(path.parent().unwrap_or(Path::new(".")))?
+        } else {
+            tokenizers::Tokenizer::from_file(path)
+                .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?
+        };
         Ok(Self {
             inner,
             path: path.to_path_buf(),

@@ -73,9 +73,12 @@ pub fn analyse(id: &str, revision: &str) -> Result<ModelInfo, String> {
     };
     match crate::inspect::inspect(id, if local { &hub } else { &offline }) {
         Ok(s) => {
-            let tok = source::resolve(id, &offline)
-                .ok()
-                .and_then(|f| tokenizer(&f));
+            let files = source::resolve(id, &offline).ok();
+            if local && let Some(f) = &files {
+                // A local folder gets nothing downloaded: without a tokenizer it cannot train.
+                f.tokenizer_path().map_err(|e| format!("{e:#}"))?;
+            }
+            let tok = files.as_ref().and_then(tokenizer);
             Ok(ModelInfo {
                 id: id.to_string(),
                 arch: s.model_type,
@@ -141,7 +144,7 @@ pub fn check(app: &App) -> Report {
                 r.info("stored dtype    unknown: the weights are downloaded when the run starts");
             }
             if m.tokenizer.is_none() {
-                r.warn("no tokenizer.json found yet: softtune needs the model's fast tokenizer");
+                r.warn("no tokenizer found yet (tokenizer.json, or vocab.json with merges.txt): it is downloaded when the run starts");
             }
         }
     }
