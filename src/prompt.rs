@@ -5,11 +5,14 @@
 //!   `V2` (raw bfloat16 as written by JAX);
 //! * a PEFT prompt-tuning adapter folder: `adapter_model.safetensors` holding
 //!   `prompt_embeddings` (F32 / F16 / BF16 / F64);
-//! * an npz-style `.mtjsp` / `.npz` (mtj-softtuner): only its `tensor` member is read.
+//! * an npz-style `.mtjsp` / `.npz` (mtj-softtuner): only its `tensor` member is read;
+//! * a `torch.save` archive (PyTorch 1.6 and later), read as data by [`crate::model::torch_bin`]
+//!   and never run: PEFT's `adapter_model.bin` (`prompt_embeddings`, alone or in its adapter
+//!   folder) and KoboldAI's torch trainer `.mtjsp` (`tensor`).
 //!
-//! Anything stored with Python pickle (torch `.pt` / `.bin` / torch-saved `.mtjsp`, mkultra's
-//! `.json` with a base64 pickle, object arrays in npy members) is refused: unpickling can run
-//! arbitrary code.
+//! Pickles that would have to be run to be read (PyTorch's pre-1.6 format, plain pickles,
+//! mkultra's `.json` with a base64 pickle, object arrays in npy members) are refused: unpickling
+//! can run arbitrary code.
 //!
 //! The npy and safetensors headers are parsed here by hand so that every malformed input turns
 //! into an error that names the file, never into a panic.
@@ -86,11 +89,15 @@ pub enum PromptFormat {
     PeftAdapter,
     /// npz-style archive (mtj-softtuner `.mtjsp`, `.npz`): its `tensor` member.
     MtjNpz,
+    /// KoboldAI's torch trainer `.mtjsp` (a `torch.save` archive): its `tensor`, which, like a
+    /// KoboldAI zip, replaces the embedding module's output.
+    KoboldTorch,
 }
 
 const ACCEPTED: &str = "accepted soft-prompt formats: a KoboldAI soft prompt .zip (tensor.npy \
      float32/float16 + meta.json), a PEFT prompt-tuning adapter folder (adapter_model.safetensors \
-     with a prompt_embeddings tensor), or an npz-style .mtjsp/.npz with a `tensor` member";
+     or adapter_model.bin with a prompt_embeddings tensor), or a .mtjsp/.npz with a `tensor` \
+     member (npz-style, or KoboldAI's torch trainer's torch.save file)";
 
 /// Largest tensor payload we agree to read (a [2048, 16384] float64 prompt is 256 MiB).
 const MAX_TENSOR_BYTES: u64 = 1 << 30;
@@ -139,11 +146,11 @@ pub fn load(path: &Path) -> Result<(SoftPrompt, PromptFormat)> {
         return Ok((load_peft_dir(dir)?, PromptFormat::PeftAdapter));
     }
     if file_name == "adapter_model.bin" {
-        return Err(pickle_error(
-            &label,
-            "this is a PEFT adapter saved as a torch pickle (adapter_model.bin); re-save it with \
-             save_pretrained(..., safe_serialization=True) to get adapter_model.safetensors",
-        ));
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        return Ok((load_peft_dir(dir)?, PromptFormat::PeftAdapter));
     }
 
     let mut file = File::open(path).map_err(|e| anyhow!("{label}: cannot open: {e}"))?;
@@ -167,7 +174,8 @@ pub fn load(path: &Path) -> Result<(SoftPrompt, PromptFormat)> {
     if head[0] == 0x80 {
         return Err(pickle_error(
             &label,
-            "this is a Python pickle (a torch.save file or a torch-written .mtjsp)",
+            "this is a bare Python pickle (PyTorch's pre-1.6 torch.save format, or pickle.dump), \
+             which would have to be run to be read",
         ));
     }
     if looks_like_safetensors(head, meta.len()) {
@@ -214,8 +222,10 @@ pub fn load_for_width(path: &Path, d_embed: usize) -> Result<SoftPrompt> {
 pub fn load_for_model(path: &Path, model: &crate::model::ModelConfig) -> Result<SoftPrompt> {
     let (_, format) = load(path)?;
     let mut prompt = load_for_width(path, model.d_embed)?;
-    if let (PromptFormat::KoboldZip | PromptFormat::MtjNpz, Some(scale)) =
-        (format, model.kobold_scale())
+    if let (
+        PromptFormat::KoboldZip | PromptFormat::MtjNpz | PromptFormat::KoboldTorch,
+        Some(scale),
+    ) = (format, model.kobold_scale())
     {
         prompt.data.iter_mut().for_each(|v| *v *= scale);
     }
@@ -273,10 +283,17 @@ fn load_zip(path: &Path, label: &str, ext: &str) -> Result<(SoftPrompt, PromptFo
     })?;
     let names: Vec<String> = archive.file_names().map(str::to_owned).collect();
 
+    if names.iter().any(|n| {
+        n.split_once('/')
+            .is_some_and(|(_, rest)| rest == "data.pkl")
+    }) {
+        drop(archive);
+        return read_torch_prompt(path, label);
+    }
     if let Some(pkl) = names.iter().find(|n| n.ends_with(".pkl")) {
         return Err(pickle_error(
             label,
-            &format!("this is a torch.save archive (it contains {pkl})"),
+            &format!("this zip holds a pickle ({pkl}) but is not a torch.save archive"),
         ));
     }
     let Some(member) = names.iter().find(|n| n.as_str() == "tensor.npy").cloned() else {
@@ -803,17 +820,13 @@ fn decode_floats(raw: &[u8], elem: NpyElem, big: bool) -> Vec<f32> {
 fn load_peft_dir(dir: &Path) -> Result<SoftPrompt> {
     let label = dir.display().to_string();
     let weights = dir.join("adapter_model.safetensors");
+    // Older PEFT releases saved the adapter with torch.save.
+    let torch_weights = dir.join("adapter_model.bin");
     let config_path = dir.join("adapter_config.json");
-    if !weights.is_file() {
-        if dir.join("adapter_model.bin").is_file() {
-            return Err(pickle_error(
-                &dir.join("adapter_model.bin").display().to_string(),
-                "this PEFT adapter is saved as a torch pickle (adapter_model.bin); re-save it with \
-                 save_pretrained(..., safe_serialization=True) to get adapter_model.safetensors",
-            ));
-        }
+    if !weights.is_file() && !torch_weights.is_file() {
         bail!(
-            "{label}: a folder, but it has no adapter_model.safetensors, so it is not a PEFT adapter; {ACCEPTED}"
+            "{label}: a folder, but it has no adapter_model.safetensors or adapter_model.bin, so \
+             it is not a PEFT adapter; {ACCEPTED}"
         );
     }
     if config_path.is_file() {
@@ -842,7 +855,97 @@ fn load_peft_dir(dir: &Path) -> Result<SoftPrompt> {
             );
         }
     }
-    read_safetensors_prompt(&weights, &weights.display().to_string())
+    if weights.is_file() {
+        read_safetensors_prompt(&weights, &weights.display().to_string())
+    } else {
+        let label = torch_weights.display().to_string();
+        match read_torch_prompt(&torch_weights, &label)? {
+            (prompt, PromptFormat::PeftAdapter) => Ok(prompt),
+            _ => bail!(
+                "{label}: holds no prompt_embeddings tensor, which a PEFT prompt-tuning adapter \
+                 stores its soft prompt as"
+            ),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// torch.save archives, read as data (never run)
+
+/// The soft prompt of a `torch.save` archive: PEFT's `prompt_embeddings`, else KoboldAI's
+/// torch trainer's `tensor`; other entries (optimizer state, step counters) are not read.
+fn read_torch_prompt(path: &Path, label: &str) -> Result<(SoftPrompt, PromptFormat)> {
+    use crate::model::torch_bin;
+    use safetensors::Dtype;
+    let file = File::open(path).map_err(|e| anyhow!("{label}: cannot open: {e}"))?;
+    // SAFETY: opened read-only; every range below is checked against the mapped length by
+    // torch_bin::read.
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .map_err(|e| anyhow!("{label}: cannot map into memory: {e}"))?;
+    if !torch_bin::is_zip(&map) && map.first() == Some(&0x80) {
+        return Err(pickle_error(
+            label,
+            "this is a bare Python pickle (PyTorch's pre-1.6 torch.save format, or pickle.dump), \
+             which would have to be run to be read",
+        ));
+    }
+    let tensors = torch_bin::read(path, &map)?;
+    let found = [
+        ("prompt_embeddings", PromptFormat::PeftAdapter),
+        ("tensor", PromptFormat::KoboldTorch),
+    ]
+    .into_iter()
+    .find_map(|(key, format)| {
+        tensors
+            .iter()
+            .find(|(n, _)| n == key)
+            .map(|(n, t)| (n.as_str(), t, format))
+    });
+    let Some((name, t, format)) = found else {
+        let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).take(8).collect();
+        bail!(
+            "{label}: a torch.save file without a prompt_embeddings (PEFT) or tensor (KoboldAI) \
+             tensor (it holds {} tensor(s){}{}); {ACCEPTED}",
+            tensors.len(),
+            if names.is_empty() { "" } else { ": " },
+            names.join(", ")
+        );
+    };
+    let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
+    if shape.len() != 2 {
+        bail!(
+            "{label}: `{name}` has shape {} ({}-D); a soft prompt must be 2-D [tokens, embedding \
+             width]",
+            shape_text(&shape),
+            shape.len()
+        );
+    }
+    let elem = match t.dtype {
+        Dtype::F32 => NpyElem::F32,
+        Dtype::F16 => NpyElem::F16,
+        Dtype::BF16 => NpyElem::Bf16,
+        Dtype::F64 => NpyElem::F64,
+        other => bail!(
+            "{label}: `{name}` has dtype {other:?}; a soft prompt must be float32, float16 or \
+             bfloat16"
+        ),
+    };
+    let nbytes = shape[0] * shape[1] * elem.size() as u64;
+    if nbytes > MAX_TENSOR_BYTES {
+        bail!(
+            "{label}: `{name}` has an implausible shape {} for a soft prompt",
+            shape_text(&shape)
+        );
+    }
+    let data = if t.is_contiguous() {
+        let (start, end) = t.byte_range();
+        decode_floats(&map[start..end], elem, false)
+    } else {
+        decode_floats(&t.gather(&map), elem, false)
+    };
+    let prompt = SoftPrompt::new(shape[0] as usize, shape[1] as usize, data)
+        .map_err(|e| anyhow!("{label} (`{name}`): {e}"))?;
+    Ok((prompt, format))
 }
 
 fn looks_like_safetensors(head: &[u8], file_len: u64) -> bool {

@@ -272,6 +272,23 @@ fn eval_with_slow_tokenizer_files_matches_tokenizer_json() {
             .to_string()
     };
     assert_eq!(loss(slow.path()), loss(&fixtures().join("gpt2")));
+
+    // An older PEFT adapter (adapter_model.bin) is read for --prompt.
+    let (code, out, err) = softtune(&[
+        "eval",
+        "--model",
+        fixtures().join("gpt2").to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+        "--prompt",
+        fixtures().join("torch_bin/peft_adapter").to_str().unwrap(),
+        "--block-size",
+        "32",
+        "--max-blocks",
+        "2",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("with prompt (4 soft tokens): loss"), "{out}");
 }
 
 #[test]

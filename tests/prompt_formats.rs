@@ -744,13 +744,9 @@ fn pickle_based_files_are_refused() {
     ));
     // same bytes with a KoboldAI-trainer .mtjsp name
     assert_pickle_refusal(&write_file(dir.path(), "torch.mtjsp", b"\x80\x04\x95N."));
-    // torch.save zip format
-    let torch_zip = make_zip(&[
-        ("archive/data.pkl", b"\x80\x02}q\x00."),
-        ("archive/data/0", &[0u8; 16]),
-        ("archive/version", b"3\n"),
-    ]);
-    assert_pickle_refusal(&write_file(dir.path(), "prompt.bin", &torch_zip));
+    // A zip holding a pickle that is not a torch.save archive.
+    let pickled_zip = make_zip(&[("x.pkl", b"\x80\x02}q\x00.")]);
+    assert_pickle_refusal(&write_file(dir.path(), "prompt.bin", &pickled_zip));
     // mkultra json
     let mk = br#"{"metadata": {"name": "x", "description": ""}, "tensor": "gAJjdG9yY2gK"}"#;
     assert_pickle_refusal(&write_file(dir.path(), "mkultra.json", mk));
@@ -761,6 +757,61 @@ fn pickle_based_files_are_refused() {
         "obj.npz",
         &make_zip(&[("tensor.npy", &obj)]),
     ));
+}
+
+/// `tests/fixtures/torch_bin/` (made by make_torch_bin.py with torch, PEFT and transformers).
+fn torch_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/torch_bin")
+        .join(name)
+}
+
+/// The fixture prompt P[i, j] = (i * 64 + j) / 64 - 1, 4 × 64.
+fn fixture_values() -> Vec<f32> {
+    (0..4 * 64).map(|k| k as f32 / 64.0 - 1.0).collect()
+}
+
+#[test]
+fn torch_saved_prompts_are_read_as_data() {
+    // Older PEFT: adapter_model.bin, as the folder, the weights file or the config.
+    for path in [
+        torch_fixture("peft_adapter"),
+        torch_fixture("peft_adapter/adapter_model.bin"),
+        torch_fixture("peft_adapter/adapter_config.json"),
+    ] {
+        let (p, f) = prompt::load(&path).unwrap();
+        assert_eq!(f, PromptFormat::PeftAdapter, "{}", path.display());
+        assert_eq!((p.rows, p.dim), (4, 64));
+        assert_eq!(p.data, fixture_values());
+    }
+    // KoboldAI's torch trainer: float16 `tensor` beside an Adafactor state and counters.
+    let (p, f) = prompt::load(&torch_fixture("kobold_torch.mtjsp")).unwrap();
+    assert_eq!(f, PromptFormat::KoboldTorch);
+    assert_eq!((p.rows, p.dim), (4, 64));
+    assert_eq!(p.data, fixture_values());
+
+    // A torch.save archive without either tensor names what it holds.
+    let e = err_text(prompt::load(&torch_fixture("views.bin")).unwrap_err());
+    assert!(e.contains("views.bin"), "{e}");
+    assert!(
+        e.contains("without a prompt_embeddings (PEFT) or tensor (KoboldAI)"),
+        "{e}"
+    );
+    assert!(e.contains("x, t, tail"), "{e}");
+    // An adapter folder whose adapter_model.bin lacks prompt_embeddings.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        torch_fixture("kobold_torch.mtjsp"),
+        dir.path().join("adapter_model.bin"),
+    )
+    .unwrap();
+    let e = err_text(prompt::load(dir.path()).unwrap_err());
+    assert!(
+        e.contains("adapter_model.bin: holds no prompt_embeddings"),
+        "{e}"
+    );
+    // PyTorch's pre-1.6 format is still a pickle that would have to run.
+    assert_pickle_refusal(&torch_fixture("legacy.bin"));
 }
 
 fn kobold_zip_with(dir: &Path, name: &str, npy: &[u8]) -> PathBuf {
