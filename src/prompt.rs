@@ -6,11 +6,11 @@
 //! * a PEFT prompt-tuning adapter folder: `adapter_model.safetensors` holding
 //!   `prompt_embeddings` (F32 / F16 / BF16 / F64);
 //! * an npz-style `.mtjsp` / `.npz` (mtj-softtuner): only its `tensor` member is read;
-//! * a `torch.save` archive (PyTorch 1.6 and later), read as data by [`crate::model::torch_bin`]
-//!   and never run: PEFT's `adapter_model.bin` (`prompt_embeddings`, alone or in its adapter
+//! * a `torch.save` file (the zip archive of PyTorch 1.6 and later, or the legacy format before
+//!   it), read as data by [`crate::model::torch_bin`] and never run: PEFT's `adapter_model.bin` (`prompt_embeddings`, alone or in its adapter
 //!   folder) and KoboldAI's torch trainer `.mtjsp` (`tensor`).
 //!
-//! Pickles that would have to be run to be read (PyTorch's pre-1.6 format, plain pickles,
+//! Pickles that would have to be run to be read (plain `pickle.dump` files,
 //! mkultra's `.json` with a base64 pickle, object arrays in npy members) are refused: unpickling
 //! can run arbitrary code.
 //!
@@ -171,11 +171,15 @@ pub fn load(path: &Path) -> Result<(SoftPrompt, PromptFormat)> {
              To use it, put it in a zip as tensor.npy together with a meta.json holding {{\"name\": ...}}"
         );
     }
+    if crate::model::torch_bin::is_legacy(head) {
+        drop(file);
+        return read_torch_prompt(path, &label);
+    }
     if head[0] == 0x80 {
         return Err(pickle_error(
             &label,
-            "this is a bare Python pickle (PyTorch's pre-1.6 torch.save format, or pickle.dump), \
-             which would have to be run to be read",
+            "this is a bare Python pickle (pickle.dump, not torch.save), which would have to be \
+             run to be read",
         ));
     }
     if looks_like_safetensors(head, meta.len()) {
@@ -882,11 +886,11 @@ fn read_torch_prompt(path: &Path, label: &str) -> Result<(SoftPrompt, PromptForm
     // torch_bin::read.
     let map = unsafe { memmap2::Mmap::map(&file) }
         .map_err(|e| anyhow!("{label}: cannot map into memory: {e}"))?;
-    if !torch_bin::is_zip(&map) && map.first() == Some(&0x80) {
+    if !torch_bin::is_zip(&map) && !torch_bin::is_legacy(&map) && map.first() == Some(&0x80) {
         return Err(pickle_error(
             label,
-            "this is a bare Python pickle (PyTorch's pre-1.6 torch.save format, or pickle.dump), \
-             which would have to be run to be read",
+            "this is a bare Python pickle (pickle.dump, not torch.save), which would have to be \
+             run to be read",
         ));
     }
     let tensors = torch_bin::read(path, &map)?;

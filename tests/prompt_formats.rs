@@ -736,14 +736,21 @@ fn other_float_encodings_are_read() {
 #[test]
 fn pickle_based_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    // torch.save legacy format / plain pickle
-    assert_pickle_refusal(&write_file(
-        dir.path(),
-        "prompt.pt",
-        b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.",
-    ));
-    // same bytes with a KoboldAI-trainer .mtjsp name
+    // A plain pickle, also under a KoboldAI-trainer .mtjsp name.
+    assert_pickle_refusal(&write_file(dir.path(), "prompt.pt", b"\x80\x02N."));
     assert_pickle_refusal(&write_file(dir.path(), "torch.mtjsp", b"\x80\x04\x95N."));
+    // torch.save's legacy format cut after its magic number is a damaged file, not a pickle
+    // to refuse.
+    let cut = write_file(
+        dir.path(),
+        "cut.pt",
+        b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.",
+    );
+    let e = err_text(prompt::load(&cut).unwrap_err());
+    assert!(
+        e.contains("cut.pt") && e.contains("truncated or corrupt"),
+        "{e}"
+    );
     // A zip holding a pickle that is not a torch.save archive.
     let pickled_zip = make_zip(&[("x.pkl", b"\x80\x02}q\x00.")]);
     assert_pickle_refusal(&write_file(dir.path(), "prompt.bin", &pickled_zip));
@@ -810,8 +817,9 @@ fn torch_saved_prompts_are_read_as_data() {
         e.contains("adapter_model.bin: holds no prompt_embeddings"),
         "{e}"
     );
-    // PyTorch's pre-1.6 format is still a pickle that would have to run.
-    assert_pickle_refusal(&torch_fixture("legacy.bin"));
+    // PyTorch's pre-1.6 format is read the same way.
+    let e = err_text(prompt::load(&torch_fixture("legacy.bin")).unwrap_err());
+    assert!(e.contains("legacy.bin") && e.contains("x, t, tail"), "{e}");
 }
 
 fn kobold_zip_with(dir: &Path, name: &str, npy: &[u8]) -> PathBuf {

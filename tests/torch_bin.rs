@@ -28,9 +28,16 @@ fn floats(w: &Weights, name: &str, shape: &[usize]) -> Vec<f32> {
         .unwrap()
 }
 
+/// The same views, in the zip archive and in PyTorch's legacy (pre-1.6) format.
 #[test]
 fn views_of_one_storage_read_as_pytorch_laid_them_out() {
-    let w = Weights::open(&[fixtures().join("torch_bin/views.bin")]).unwrap();
+    for file in ["views.bin", "legacy.bin"] {
+        views_read_as_pytorch_laid_them_out(&fixtures().join("torch_bin").join(file));
+    }
+}
+
+fn views_read_as_pytorch_laid_them_out(path: &Path) {
+    let w = Weights::open(&[path.to_path_buf()]).unwrap();
     let x: Vec<f32> = (0..12).map(|v| v as f32).collect();
     assert_eq!(floats(&w, "x", &[3, 4]), x);
     assert_eq!(floats(&w, "p", &[3, 4]), x, "an nn.Parameter is its data");
@@ -43,24 +50,44 @@ fn views_of_one_storage_read_as_pytorch_laid_them_out() {
     assert_eq!(floats(&w, "f16", &[3, 4]), x);
     assert!(!w.contains("step"), "a plain int is not a tensor");
     let e = format!("{:#}", w.data("x", &[4, 3], DType::F32).unwrap_err());
-    assert!(e.contains("views.bin") && e.contains("[3, 4]"), "{e}");
+    let file = path.file_name().unwrap().to_str().unwrap();
+    assert!(e.contains(file) && e.contains("[3, 4]"), "{e}");
 }
 
 #[test]
-fn legacy_and_damaged_files_are_refused_naming_the_file() {
+fn damaged_files_are_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // A legacy file cut inside its pickles, inside its storages, or with a big-endian header.
+    let legacy = std::fs::read(fixtures().join("torch_bin/legacy.bin")).unwrap();
+    let cut = dir.path().join("pytorch_model.bin");
+    for len in [40, legacy.len() - 3] {
+        std::fs::write(&cut, &legacy[..len]).unwrap();
+        let e = format!(
+            "{:#}",
+            Weights::open(std::slice::from_ref(&cut)).err().unwrap()
+        );
+        assert!(
+            e.contains("pytorch_model.bin") && e.contains("truncated or corrupt"),
+            "{e}"
+        );
+    }
+    let big = String::from_utf8_lossy(&legacy).contains("little_endian");
+    assert!(big, "the legacy fixture records its byte order");
+    let at = legacy
+        .windows(14)
+        .position(|w| w == b"little_endianq")
+        .expect("little_endian key");
+    let mut flipped = legacy.clone();
+    // The key's value follows its BINPUT (q, n): NEWTRUE (0x88) becomes NEWFALSE (0x89).
+    assert_eq!(flipped[at + 15], 0x88);
+    flipped[at + 15] = 0x89;
+    std::fs::write(&cut, &flipped).unwrap();
     let e = format!(
         "{:#}",
-        Weights::open(&[fixtures().join("torch_bin/legacy.bin")])
-            .err()
-            .unwrap()
+        Weights::open(std::slice::from_ref(&cut)).err().unwrap()
     );
-    assert!(
-        e.contains("legacy.bin") && e.contains("before PyTorch 1.6"),
-        "{e}"
-    );
-    assert!(e.contains("safe_serialization=True"), "{e}");
+    assert!(e.contains("big-endian"), "{e}");
 
-    let dir = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(fixtures().join("torch_bin/views.bin")).unwrap();
     let cut = dir.path().join("pytorch_model.bin");
     for (len, why) in [(bytes.len() - 40, "zip"), (10, "zip")] {
@@ -98,7 +125,22 @@ fn sharded_bin_checkpoint_is_the_safetensors_model() {
             .unwrap()
             .ends_with("pytorch_model.bin.index.json")
     );
-    let from_bin = Weights::open(&files.weights).unwrap();
+    same_model_as_the_safetensors_fixture(&bin, &files.weights);
+    let w = Weights::open(&files.weights).unwrap();
+    assert!(w.contains("transformer.h.0.attn.bias"), "buffers are read");
+}
+
+/// The gpt2 fixture as one pytorch_model.bin in PyTorch's legacy (pre-1.6) format.
+#[test]
+fn legacy_bin_checkpoint_is_the_safetensors_model() {
+    let bin = fixtures().join("torch_bin/legacy_gpt2");
+    let files = source::resolve(bin.to_str().unwrap(), &offline()).unwrap();
+    assert_eq!(files.weights, vec![bin.join("pytorch_model.bin")]);
+    same_model_as_the_safetensors_fixture(&bin, &files.weights);
+}
+
+fn same_model_as_the_safetensors_fixture(bin: &Path, weights: &[PathBuf]) {
+    let from_bin = Weights::open(weights).unwrap();
     let plain = Weights::open(&[fixtures().join("gpt2/model.safetensors")]).unwrap();
     let mut names: Vec<&str> = plain.names().collect();
     names.sort();
@@ -115,11 +157,10 @@ fn sharded_bin_checkpoint_is_the_safetensors_model() {
         floats(&from_bin, "lm_head.weight", &wte),
         floats(&plain, "transformer.wte.weight", &wte)
     );
-    assert!(from_bin.contains("transformer.h.0.attn.bias"));
     assert_eq!(from_bin.stored_dtype(), Some(DType::F32));
 
     let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(&bin).unwrap() {
+    for entry in std::fs::read_dir(bin).unwrap() {
         let p = entry.unwrap().path();
         std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
     }
@@ -142,7 +183,7 @@ fn sharded_bin_checkpoint_is_the_safetensors_model() {
         inspect(&fixtures().join("gpt2")).unwrap(),
     );
     assert_eq!(a.parameters, b.parameters);
-    assert_eq!(a.weight_files, 2);
+    assert_eq!(a.weight_files, weights.len());
 }
 
 #[test]

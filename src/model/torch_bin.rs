@@ -1,5 +1,5 @@
-//! PyTorch checkpoints (`pytorch_model.bin`, the zip archive `torch.save` writes since
-//! PyTorch 1.6) read **without running them**.
+//! PyTorch checkpoints (`pytorch_model.bin`: the zip archive `torch.save` writes since
+//! PyTorch 1.6, or the legacy format before it) read **without running them**.
 //!
 //! Loading such a file in Python runs its pickle program, which may import and call anything.
 //! softtune instead interprets the pickle opcodes as data: the program builds tuples, lists,
@@ -10,9 +10,10 @@
 //! classes (`torch.FloatStorage`, …) that say a storage's element type. Anything else becomes
 //! an opaque value, harmless unless a tensor needs it, in which case the file is refused.
 //!
-//! A tensor's bytes stay in the archive: its storage `archive/data/<key>` is a stored
-//! (uncompressed) zip entry, so [`TorchTensor::byte_range`] gives the range of the memory-mapped
-//! file it occupies.
+//! A tensor's bytes stay in the file: in the zip archive its storage `archive/data/<key>` is a
+//! stored (uncompressed) entry, in the legacy format the storages follow the pickles one after
+//! another, so [`TorchTensor::byte_range`] gives the range of the memory-mapped file it
+//! occupies.
 
 use std::collections::HashMap;
 use std::io::{Cursor, Read};
@@ -95,27 +96,126 @@ pub fn is_zip(bytes: &[u8]) -> bool {
     bytes.starts_with(b"PK\x03\x04")
 }
 
-/// The magic number that starts PyTorch's legacy (pre-1.6) format: a pickled integer.
-const LEGACY_MAGIC: [u8; 10] = [0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20];
+/// The pickled magic number that starts PyTorch's legacy (pre-1.6) format.
+const LEGACY_MAGIC: [u8; 15] = [
+    0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.',
+];
 
-/// Reads the state dict of the PyTorch zip checkpoint `file` (its whole mapped content), in the
-/// order the file lists its tensors. Errors name `path` and say what to do.
+/// Whether `bytes` start like PyTorch's legacy (pre-1.6) format.
+pub fn is_legacy(bytes: &[u8]) -> bool {
+    bytes.starts_with(&LEGACY_MAGIC)
+}
+
+/// Reads the state dict of the PyTorch checkpoint `file` (its whole mapped content): the zip
+/// archive `torch.save` writes since PyTorch 1.6, or the legacy format before it. Tensors are
+/// in the order the file lists them. Errors name `path` and say what to do.
 pub fn read(path: &Path, file: &[u8]) -> Result<Vec<(String, TorchTensor)>> {
-    let shown = path.display();
-    if !is_zip(file) {
-        if file.starts_with(&LEGACY_MAGIC) {
-            bail!(
-                "{shown}: saved in PyTorch's legacy format (before PyTorch 1.6), which softtune \
-                 does not read; convert it once in Python: AutoModelForCausalLM.from_pretrained\
-                 (\"<model>\").save_pretrained(\"<out>\", safe_serialization=True), then point \
-                 --model at <out>"
-            );
-        }
-        bail!("{shown}: not a PyTorch checkpoint (no zip archive); download it again");
+    if is_zip(file) {
+        read_zip(path, file)
+    } else if is_legacy(file) {
+        read_legacy(path, file)
+    } else {
+        bail!(
+            "{}: not a PyTorch checkpoint (neither a torch.save zip archive nor PyTorch's legacy \
+             format); download it again",
+            path.display()
+        )
     }
-    let corrupt = |why: String| {
-        anyhow!("{shown}: truncated or corrupt PyTorch checkpoint ({why}); download it again")
+}
+
+/// The error for a damaged checkpoint.
+fn corrupt(path: &Path, why: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!(
+        "{}: truncated or corrupt PyTorch checkpoint ({why}); download it again",
+        path.display()
+    )
+}
+
+/// PyTorch's legacy format, five pickles and the storages' bytes one after another: the magic
+/// number, the format version (1001), the saving machine's facts (`little_endian`, …), the
+/// object whose persistent ids name storages by key, and the sorted list of those keys; then
+/// each storage in that order as its element count (int64) and its elements.
+fn read_legacy(path: &Path, file: &[u8]) -> Result<Vec<(String, TorchTensor)>> {
+    let shown = path.display();
+    let mut at = LEGACY_MAGIC.len();
+    let (version, next) = Machine::default()
+        .run_from(file, at)
+        .map_err(|e| corrupt(path, format!("format version: {e}")))?;
+    if version != Value::Int(1001) {
+        bail!(
+            "{shown}: PyTorch legacy format version {}, which softtune does not read (it reads \
+             1001); convert the file once in Python with save_pretrained(\"<out>\", \
+             safe_serialization=True)",
+            match &version {
+                Value::Int(v) => v.to_string(),
+                other => other.kind(),
+            }
+        );
+    }
+    at = next;
+    let (sys_info, next) = Machine::default()
+        .run_from(file, at)
+        .map_err(|e| corrupt(path, format!("system info: {e}")))?;
+    if let Value::Dict(items) = &sys_info
+        && items
+            .iter()
+            .any(|(k, v)| *k == Value::Str("little_endian".into()) && *v == Value::Bool(false))
+    {
+        bail!("{shown}: saved on a big-endian machine; softtune reads little-endian checkpoints");
+    }
+    at = next;
+    let mut machine = Machine::default();
+    let (root, next) = machine
+        .run_from(file, at)
+        .map_err(|e| corrupt(path, format!("the object: {e}")))?;
+    at = next;
+    let (keys, next) = Machine::default()
+        .run_from(file, at)
+        .map_err(|e| corrupt(path, format!("the storage list: {e}")))?;
+    at = next;
+    let Value::List(keys) = keys else {
+        return Err(corrupt(
+            path,
+            format!("the storage list is {}", keys.kind()),
+        ));
     };
+    let mut storages = HashMap::new();
+    for key in keys {
+        let Value::Str(key) = key else {
+            return Err(corrupt(path, format!("a storage key is {}", key.kind())));
+        };
+        let dtype = *machine.storage_types.get(&key).ok_or_else(|| {
+            corrupt(
+                path,
+                format!("storage {key} is listed but nothing refers to it"),
+            )
+        })?;
+        let count = file
+            .get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+            .ok_or_else(|| corrupt(path, format!("storage {key} is cut off")))?;
+        let start = at + 8;
+        let end = usize::try_from(count)
+            .ok()
+            .and_then(|n| n.checked_mul(dtype_size(dtype)))
+            .and_then(|len| start.checked_add(len))
+            .filter(|&end| end <= file.len())
+            .ok_or_else(|| {
+                corrupt(
+                    path,
+                    format!("storage {key} of {count} elements runs past the end of the file"),
+                )
+            })?;
+        storages.insert(key, (start, end - start));
+        at = end;
+    }
+    tensors_of(path, root, &storages)
+}
+
+/// The zip archive `torch.save` writes since PyTorch 1.6.
+fn read_zip(path: &Path, file: &[u8]) -> Result<Vec<(String, TorchTensor)>> {
+    let shown = path.display();
+    let corrupt = |why: String| corrupt(path, why);
     let mut zip =
         zip::ZipArchive::new(Cursor::new(file)).map_err(|e| corrupt(format!("zip: {e}")))?;
     // Entries are `<folder>/data.pkl`, `<folder>/data/<key>`, `<folder>/byteorder`, …; the
@@ -166,6 +266,18 @@ pub fn read(path: &Path, file: &[u8]) -> Result<Vec<(String, TorchTensor)>> {
     let root = Machine::default()
         .run(&program)
         .map_err(|e| corrupt(format!("{pkl}: {e}")))?;
+    tensors_of(path, root, &storages)
+}
+
+/// The tensors of the state dict `root`, each checked against its storage (start and length
+/// in the file, by key).
+fn tensors_of(
+    path: &Path,
+    root: Value,
+    storages: &HashMap<String, (usize, usize)>,
+) -> Result<Vec<(String, TorchTensor)>> {
+    let shown = path.display();
+    let corrupt = |why: String| corrupt(path, why);
     let Value::Dict(items) = root else {
         bail!(
             "{shown}: holds {}, not a state dict (a dict of tensors by name); softtune reads the \
@@ -260,10 +372,12 @@ enum Value {
     Dict(Vec<(Value, Value)>),
     /// A name the pickle refers to (`module.name`); never imported.
     Global(String),
-    /// A storage reference: its key in the archive and its element type.
+    /// A storage reference: its key in the archive, its element type, and where it starts in
+    /// that storage in elements (non-zero only for the legacy format's storage views).
     Storage {
         key: String,
         dtype: Dtype,
+        offset: usize,
     },
     Tensor(View),
     /// Anything built from a name with no meaning here.
@@ -316,6 +430,9 @@ enum Item {
 struct Machine {
     stack: Vec<Item>,
     memo: HashMap<u32, Value>,
+    /// Every storage the program referred to, with its element type (the legacy format's
+    /// data section is walked with these sizes).
+    storage_types: HashMap<String, Dtype>,
 }
 
 /// The storage classes' element types (`torch.HalfStorage` → f16).
@@ -363,7 +480,12 @@ fn reduce(global: &str, args: Vec<Value>) -> Result<Value> {
         }),
         // (storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])
         "torch._utils._rebuild_tensor_v2" | "torch._utils._rebuild_tensor" => {
-            let Value::Storage { key, dtype } = arg(0)? else {
+            let Value::Storage {
+                key,
+                dtype,
+                offset: base,
+            } = arg(0)?
+            else {
                 bail!("a tensor's storage is {}", arg(0)?.kind());
             };
             let shape = arg(2)?.sizes("a tensor's size")?;
@@ -378,7 +500,10 @@ fn reduce(global: &str, args: Vec<Value>) -> Result<Value> {
             Ok(Value::Tensor(View {
                 key: key.clone(),
                 dtype: *dtype,
-                offset: arg(1)?.usize("a tensor's storage offset")?,
+                offset: arg(1)?
+                    .usize("a tensor's storage offset")?
+                    .checked_add(*base)
+                    .ok_or_else(|| anyhow!("a tensor's storage offset overflows"))?,
                 shape,
                 strides,
             }))
@@ -474,7 +599,13 @@ impl Machine {
 
     /// Runs the pickle program and returns the value STOP leaves.
     fn run(mut self, code: &[u8]) -> Result<Value> {
-        let mut r = Reader { code, at: 0 };
+        self.run_from(code, 0).map(|(v, _)| v)
+    }
+
+    /// Runs the pickle program that starts at byte `start` of `code`: the value STOP leaves
+    /// and the byte after the STOP.
+    fn run_from(&mut self, code: &[u8], start: usize) -> Result<(Value, usize)> {
+        let mut r = Reader { code, at: start };
         loop {
             let at = r.at;
             let op = r.u8()?;
@@ -485,7 +616,7 @@ impl Machine {
                 0x95 => {
                     r.take(8)?; // FRAME length: framing only
                 }
-                b'.' => return self.pop(),
+                b'.' => return Ok((self.pop()?, r.at)),
                 b'(' => self.stack.push(Item::Mark),
                 b'0' => {
                     self.stack.pop();
@@ -666,6 +797,9 @@ impl Machine {
                 b'Q' => {
                     let pid = self.pop()?;
                     let v = persistent(pid).map_err(|e| anyhow!("{e} at byte {at}"))?;
+                    if let Value::Storage { key, dtype, .. } = &v {
+                        self.storage_types.insert(key.clone(), *dtype);
+                    }
                     self.push(v);
                 }
                 b'q' => {
@@ -714,17 +848,32 @@ impl Machine {
 }
 
 /// A persistent id: `('storage', storage_type, key, location, numel)`.
+/// In the legacy format a sixth item may name a view of the storage: `(view_key, offset,
+/// size)`, which tensors then index from `offset` on.
 fn persistent(pid: Value) -> Result<Value> {
     let Value::Tuple(items) = pid else {
         bail!("persistent id is {}", pid.kind());
     };
     match items.as_slice() {
-        [Value::Str(tag), Value::Global(class), Value::Str(key), ..] if tag == "storage" => {
+        [
+            Value::Str(tag),
+            Value::Global(class),
+            Value::Str(key),
+            rest @ ..,
+        ] if tag == "storage" => {
             let dtype = storage_dtype(class)
                 .ok_or_else(|| anyhow!("storage type {class} is not one softtune reads"))?;
+            let offset = match rest.get(2) {
+                None | Some(Value::None) => 0,
+                Some(Value::Tuple(view)) if view.len() == 3 => {
+                    view[1].usize("a storage view's offset")?
+                }
+                Some(other) => bail!("a storage view is {}", other.kind()),
+            };
             Ok(Value::Storage {
                 key: key.clone(),
                 dtype,
+                offset,
             })
         }
         _ => bail!("persistent id is not a storage reference"),
