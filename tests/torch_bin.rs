@@ -179,7 +179,7 @@ fn same_model_as_the_safetensors_fixture(bin: &Path, weights: &[PathBuf]) {
     // `inspect` counts the same parameters (the tied head once, buffers not at all).
     let inspect = |dir: &Path| softtune::inspect::inspect(dir.to_str().unwrap(), &offline());
     let (a, b) = (
-        inspect(&bin).unwrap(),
+        inspect(bin).unwrap(),
         inspect(&fixtures().join("gpt2")).unwrap(),
     );
     assert_eq!(a.parameters, b.parameters);
