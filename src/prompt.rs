@@ -10,9 +10,11 @@
 //!   it), read as data by [`crate::model::torch_bin`] and never run: PEFT's `adapter_model.bin` (`prompt_embeddings`, alone or in its adapter
 //!   folder) and KoboldAI's torch trainer `.mtjsp` (`tensor`).
 //!
-//! Pickles that would have to be run to be read (plain `pickle.dump` files,
-//! mkultra's `.json` with a base64 pickle, object arrays in npy members) are refused: unpickling
-//! can run arbitrary code.
+//! * mkultra's `.json`: its `tensor` is base64 of `pickle.dumps(tensor)`, whose storage is a
+//!   legacy `torch.save` inside the pickle; read as data the same way.
+//!
+//! Pickles that would have to be run to be read (plain `pickle.dump` files, object arrays in
+//! npy members) are refused: unpickling can run arbitrary code.
 //!
 //! The npy and safetensors headers are parsed here by hand so that every malformed input turns
 //! into an error that names the file, never into a panic.
@@ -92,12 +94,15 @@ pub enum PromptFormat {
     /// KoboldAI's torch trainer `.mtjsp` (a `torch.save` archive): its `tensor`, which, like a
     /// KoboldAI zip, replaces the embedding module's output.
     KoboldTorch,
+    /// mkultra's `.json`: its base64-pickled `tensor`, which also replaces the embedding
+    /// module's output.
+    Mkultra,
 }
 
 const ACCEPTED: &str = "accepted soft-prompt formats: a KoboldAI soft prompt .zip (tensor.npy \
      float32/float16 + meta.json), a PEFT prompt-tuning adapter folder (adapter_model.safetensors \
-     or adapter_model.bin with a prompt_embeddings tensor), or a .mtjsp/.npz with a `tensor` \
-     member (npz-style, or KoboldAI's torch trainer's torch.save file)";
+     or adapter_model.bin with a prompt_embeddings tensor), a .mtjsp/.npz with a `tensor` \
+     member (npz-style, or KoboldAI's torch trainer's torch.save file), or an mkultra .json";
 
 /// Largest tensor payload we agree to read (a [2048, 16384] float64 prompt is 256 MiB).
 const MAX_TENSOR_BYTES: u64 = 1 << 30;
@@ -115,12 +120,13 @@ fn pickle_error(label: &str, what: &str) -> anyhow::Error {
 }
 
 /// Reads a soft prompt: a KoboldAI .zip (tensor.npy f32/f16, V2 raw bf16 accepted), a PEFT
-/// adapter folder (adapter_model.safetensors → `prompt_embeddings`, f32/f16/bf16) or the `tensor`
-/// member of an npz-style .mtjsp/.npz.
+/// adapter folder or file (`prompt_embeddings` of adapter_model.safetensors or .bin), the
+/// `tensor` of an npz-style or torch.save .mtjsp/.npz, or an mkultra .json. torch.save files
+/// and mkultra's pickled tensor are read as data, never run.
 ///
-/// Refuses pickle-based files (torch .pt/.bin/.mtjsp torch pickles, mkultra .json with base64
-/// pickle, npz members that are object arrays) with an explanation that pickle can run arbitrary
-/// code and which formats are accepted.
+/// Refuses pickles that would have to run to be read (plain pickle.dump files, npz members
+/// that are object arrays) with an explanation that pickle can run arbitrary code and which
+/// formats are accepted.
 pub fn load(path: &Path) -> Result<(SoftPrompt, PromptFormat)> {
     let label = path.display().to_string();
     let meta = std::fs::metadata(path)
@@ -188,7 +194,7 @@ pub fn load(path: &Path) -> Result<(SoftPrompt, PromptFormat)> {
     }
     let first = head.iter().copied().find(|b| !b.is_ascii_whitespace());
     if first == Some(b'{') {
-        return Err(json_not_prompt(&mut file, &label));
+        return load_json(&mut file, &label);
     }
     if matches!(
         ext.as_str(),
@@ -227,7 +233,10 @@ pub fn load_for_model(path: &Path, model: &crate::model::ModelConfig) -> Result<
     let (_, format) = load(path)?;
     let mut prompt = load_for_width(path, model.d_embed)?;
     if let (
-        PromptFormat::KoboldZip | PromptFormat::MtjNpz | PromptFormat::KoboldTorch,
+        PromptFormat::KoboldZip
+        | PromptFormat::MtjNpz
+        | PromptFormat::KoboldTorch
+        | PromptFormat::Mkultra,
         Some(scale),
     ) = (format, model.kobold_scale())
     {
@@ -249,8 +258,10 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// A JSON file: mkultra's pickle-in-base64 or something else entirely.
-fn json_not_prompt(file: &mut File, label: &str) -> anyhow::Error {
+/// A JSON file: mkultra's soft prompt (`{"metadata": …, "tensor": base64(pickle.dumps(t))}`),
+/// whose pickled tensor is read as data (never run); anything else is an error saying what
+/// the file is.
+fn load_json(file: &mut File, label: &str) -> Result<(SoftPrompt, PromptFormat)> {
     let _ = file.seek(SeekFrom::Start(0));
     let mut text = String::new();
     let parsed = file
@@ -259,19 +270,54 @@ fn json_not_prompt(file: &mut File, label: &str) -> anyhow::Error {
         .ok()
         .and_then(|_| serde_json::from_str::<serde_json::Value>(&text).ok());
     if let Some(obj) = parsed.as_ref().and_then(|v| v.as_object()) {
-        if obj.get("tensor").is_some_and(|t| t.is_string()) {
-            return pickle_error(
-                label,
-                "this is an mkultra soft prompt (.json whose `tensor` is a base64-encoded torch pickle)",
-            );
+        if let Some(encoded) = obj.get("tensor").and_then(|t| t.as_str()) {
+            return Ok((read_mkultra(encoded, label)?, PromptFormat::Mkultra));
         }
         if obj.contains_key("peft_type") {
-            return anyhow!(
+            bail!(
                 "{label}: this is a PEFT adapter config; pass the adapter folder (with adapter_model.safetensors) instead"
             );
         }
     }
-    anyhow!("{label}: a JSON file that is not a soft prompt; {ACCEPTED}")
+    bail!("{label}: a JSON file that is not a soft prompt; {ACCEPTED}")
+}
+
+/// mkultra's `tensor`: base64 of `pickle.dumps(tensor)`, `[tokens, width]` or `[1, tokens,
+/// width]`.
+fn read_mkultra(encoded: &str, label: &str) -> Result<SoftPrompt> {
+    use base64::Engine;
+    use safetensors::Dtype;
+    let code = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|e| {
+            anyhow!("{label}: the mkultra `tensor` is not valid base64 ({e}); the file is damaged")
+        })?;
+    let label = format!("{label} (mkultra `tensor`)");
+    let (t, bytes) = crate::model::torch_bin::read_pickled_tensor(&label, &code)?;
+    let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
+    let (rows, dim) = match shape.as_slice() {
+        [r, d] | [1, r, d] => (*r, *d),
+        _ => bail!(
+            "{label}: shape {}; a soft prompt must be [tokens, embedding width]",
+            shape_text(&shape)
+        ),
+    };
+    let elem = match t.dtype {
+        Dtype::F32 => NpyElem::F32,
+        Dtype::F16 => NpyElem::F16,
+        Dtype::BF16 => NpyElem::Bf16,
+        Dtype::F64 => NpyElem::F64,
+        other => {
+            bail!("{label}: dtype {other:?}; a soft prompt must be float32, float16 or bfloat16")
+        }
+    };
+    let data = if t.is_contiguous() {
+        let (start, end) = t.byte_range();
+        decode_floats(&bytes[start..end], elem, false)
+    } else {
+        decode_floats(&t.gather(&bytes), elem, false)
+    };
+    SoftPrompt::new(rows as usize, dim as usize, data).map_err(|e| anyhow!("{label}: {e}"))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -754,9 +754,19 @@ fn pickle_based_files_are_refused() {
     // A zip holding a pickle that is not a torch.save archive.
     let pickled_zip = make_zip(&[("x.pkl", b"\x80\x02}q\x00.")]);
     assert_pickle_refusal(&write_file(dir.path(), "prompt.bin", &pickled_zip));
-    // mkultra json
+    // An mkultra json whose pickle is cut short is a damaged file.
     let mk = br#"{"metadata": {"name": "x", "description": ""}, "tensor": "gAJjdG9yY2gK"}"#;
-    assert_pickle_refusal(&write_file(dir.path(), "mkultra.json", mk));
+    let e = err_text(prompt::load(&write_file(dir.path(), "mkultra.json", mk)).unwrap_err());
+    assert!(
+        e.contains("mkultra.json (mkultra `tensor`): not a pickled tensor"),
+        "{e}"
+    );
+    let mk = br#"{"metadata": {}, "tensor": "not base64!"}"#;
+    let e = err_text(prompt::load(&write_file(dir.path(), "bad.json", mk)).unwrap_err());
+    assert!(
+        e.contains("bad.json") && e.contains("not valid base64"),
+        "{e}"
+    );
     // npz whose tensor member is an object array
     let obj = npy_by_hand("|O", false, "(2, 3)", b"\x80\x02N.");
     assert_pickle_refusal(&write_file(
@@ -817,6 +827,12 @@ fn torch_saved_prompts_are_read_as_data() {
         e.contains("adapter_model.bin: holds no prompt_embeddings"),
         "{e}"
     );
+    // mkultra: base64 of pickle.dumps(tensor) with a [1, 4, 64] tensor.
+    let (p, f) = prompt::load(&torch_fixture("mkultra.json")).unwrap();
+    assert_eq!(f, PromptFormat::Mkultra);
+    assert_eq!((p.rows, p.dim), (4, 64));
+    assert_eq!(p.data, fixture_values());
+
     // PyTorch's pre-1.6 format is read the same way.
     let e = err_text(prompt::load(&torch_fixture("legacy.bin")).unwrap_err());
     assert!(e.contains("legacy.bin") && e.contains("x, t, tail"), "{e}");

@@ -7,8 +7,11 @@
 //! ever imported or called. Exactly four names mean something here: PyTorch's tensor
 //! rebuilders (`torch._utils._rebuild_tensor_v2`, `_rebuild_tensor`, `_rebuild_parameter`,
 //! `torch._tensor._rebuild_from_type_v2`), `collections.OrderedDict`, and the typed storage
-//! classes (`torch.FloatStorage`, …) that say a storage's element type. Anything else becomes
-//! an opaque value, harmless unless a tensor needs it, in which case the file is refused.
+//! classes (`torch.FloatStorage`, …) that say a storage's element type; and, only in a tensor
+//! pickled on its own ([`read_pickled_tensor`], mkultra's soft prompts),
+//! `torch.storage._load_from_bytes`, whose bytes are a legacy `torch.save` of the storage, read
+//! the same way. Anything else becomes an opaque value, harmless unless a tensor needs it, in
+//! which case the file is refused.
 //!
 //! A tensor's bytes stay in the file: in the zip archive its storage `archive/data/<key>` is a
 //! stored (uncompressed) entry, in the legacy format the storages follow the pickles one after
@@ -136,7 +139,19 @@ fn corrupt(path: &Path, why: impl std::fmt::Display) -> anyhow::Error {
 /// object whose persistent ids name storages by key, and the sorted list of those keys; then
 /// each storage in that order as its element count (int64) and its elements.
 fn read_legacy(path: &Path, file: &[u8]) -> Result<Vec<(String, TorchTensor)>> {
+    let (root, storages) = legacy_parts(path, file)?;
+    tensors_of(path, root, &storages)
+}
+
+/// Where each storage lies in a file: start and length in bytes, by key.
+type Storages = HashMap<String, (usize, usize)>;
+
+/// The object a legacy-format `file` holds, and its storages.
+fn legacy_parts(path: &Path, file: &[u8]) -> Result<(Value, Storages)> {
     let shown = path.display();
+    if !is_legacy(file) {
+        return Err(corrupt(path, "no legacy torch.save magic number"));
+    }
     let mut at = LEGACY_MAGIC.len();
     let (version, next) = Machine::default()
         .run_from(file, at)
@@ -209,7 +224,30 @@ fn read_legacy(path: &Path, file: &[u8]) -> Result<Vec<(String, TorchTensor)>> {
         storages.insert(key, (start, end - start));
         at = end;
     }
-    tensors_of(path, root, &storages)
+    Ok((root, storages))
+}
+
+/// A tensor pickled on its own, as `pickle.dumps(tensor)` writes it (mkultra's soft prompts):
+/// its storage travels inside the pickle as the legacy `torch.save` bytes of that storage
+/// (`torch.storage._load_from_bytes(b"…")`). Returns the tensor and the storage's bytes, which
+/// the tensor's byte range and [`TorchTensor::gather`] index. Errors name `label`.
+pub fn read_pickled_tensor(label: &str, code: &[u8]) -> Result<(TorchTensor, Vec<u8>)> {
+    let mut machine = Machine {
+        read_inline: true,
+        ..Machine::default()
+    };
+    let (root, _) = machine
+        .run_from(code, 0)
+        .map_err(|e| anyhow!("{label}: not a pickled tensor ({e})"))?;
+    let Value::Tensor(view) = root else {
+        bail!("{label}: the pickle holds {}, not a tensor", root.kind());
+    };
+    let Some(bytes) = machine.inline.remove(&view.key) else {
+        bail!("{label}: the tensor's storage is not inside the pickle");
+    };
+    let storages = HashMap::from([(view.key.clone(), (0, bytes.len()))]);
+    let tensor = checked("tensor", view, &storages).map_err(|e| anyhow!("{label}: {e}"))?;
+    Ok((tensor, bytes))
 }
 
 /// The zip archive `torch.save` writes since PyTorch 1.6.
@@ -271,11 +309,7 @@ fn read_zip(path: &Path, file: &[u8]) -> Result<Vec<(String, TorchTensor)>> {
 
 /// The tensors of the state dict `root`, each checked against its storage (start and length
 /// in the file, by key).
-fn tensors_of(
-    path: &Path,
-    root: Value,
-    storages: &HashMap<String, (usize, usize)>,
-) -> Result<Vec<(String, TorchTensor)>> {
+fn tensors_of(path: &Path, root: Value, storages: &Storages) -> Result<Vec<(String, TorchTensor)>> {
     let shown = path.display();
     let corrupt = |why: String| corrupt(path, why);
     let Value::Dict(items) = root else {
@@ -299,53 +333,61 @@ fn tensors_of(
             // the model asks only for tensors.
             _ => continue,
         };
-        let (start, len) = *storages.get(&view.key).ok_or_else(|| {
-            corrupt(format!(
-                "tensor `{name}` uses storage {} which the archive lacks",
-                view.key
-            ))
-        })?;
-        // The last element's byte end, in checked arithmetic so that a damaged file's sizes
-        // cannot overflow. An empty tensor reads nothing.
-        let empty = view.shape.contains(&0);
-        let mut last = Some(view.offset);
-        for (&n, &s) in view.shape.iter().zip(&view.strides) {
-            last = last.and_then(|l| n.saturating_sub(1).checked_mul(s)?.checked_add(l));
-        }
-        let end = last.and_then(|l| l.checked_add(1)?.checked_mul(dtype_size(view.dtype)));
-        if !empty && end.is_none_or(|e| e > len) {
-            return Err(corrupt(format!(
-                "tensor `{name}` (offset {}, shape {:?}, strides {:?}) runs past its storage of \
-                 {len} bytes",
-                view.offset, view.shape, view.strides
-            )));
-        }
-        // A weight's elements are distinct storage elements; more elements than the storage
-        // holds means overlapping (stride-0) views, which no model's state dict has, and whose
-        // gathered copy could be any size.
-        let bytes = view
-            .shape
-            .iter()
-            .try_fold(dtype_size(view.dtype), |acc, &n| acc.checked_mul(n));
-        if bytes.is_none_or(|b| b > len) {
-            return Err(corrupt(format!(
-                "tensor `{name}` (shape {:?}, strides {:?}) has more elements than its storage \
-                 of {len} bytes holds",
-                view.shape, view.strides
-            )));
-        }
-        tensors.push((
-            name,
-            TorchTensor {
-                dtype: view.dtype,
-                shape: view.shape,
-                strides: view.strides,
-                offset: view.offset,
-                storage: (start, len),
-            },
-        ));
+        let tensor = checked(&name, view, storages).map_err(corrupt)?;
+        tensors.push((name, tensor));
     }
     Ok(tensors)
+}
+
+/// `view` as a tensor of its storage (start and length in bytes, by key), after checking that
+/// it lies inside the storage; the error says why not.
+fn checked(
+    name: &str,
+    view: View,
+    storages: &Storages,
+) -> std::result::Result<TorchTensor, String> {
+    let Some(&(start, len)) = storages.get(&view.key) else {
+        return Err(format!(
+            "tensor `{name}` uses storage {} which the file lacks",
+            view.key
+        ));
+    };
+    // The last element's byte end, in checked arithmetic so that a damaged file's sizes
+    // cannot overflow. An empty tensor reads nothing.
+    let empty = view.shape.contains(&0);
+    let mut last = Some(view.offset);
+    for (&n, &s) in view.shape.iter().zip(&view.strides) {
+        last = last.and_then(|l| n.saturating_sub(1).checked_mul(s)?.checked_add(l));
+    }
+    let end = last.and_then(|l| l.checked_add(1)?.checked_mul(dtype_size(view.dtype)));
+    if !empty && end.is_none_or(|e| e > len) {
+        return Err(format!(
+            "tensor `{name}` (offset {}, shape {:?}, strides {:?}) runs past its storage of \
+             {len} bytes",
+            view.offset, view.shape, view.strides
+        ));
+    }
+    // A weight's elements are distinct storage elements; more elements than the storage
+    // holds means overlapping (stride-0) views, which no model's state dict has, and whose
+    // gathered copy could be any size.
+    let bytes = view
+        .shape
+        .iter()
+        .try_fold(dtype_size(view.dtype), |acc, &n| acc.checked_mul(n));
+    if bytes.is_none_or(|b| b > len) {
+        return Err(format!(
+            "tensor `{name}` (shape {:?}, strides {:?}) has more elements than its storage \
+             of {len} bytes holds",
+            view.shape, view.strides
+        ));
+    }
+    Ok(TorchTensor {
+        dtype: view.dtype,
+        shape: view.shape,
+        strides: view.strides,
+        offset: view.offset,
+        storage: (start, len),
+    })
 }
 
 /// A tensor as the pickle describes it, before its storage is found in the archive.
@@ -433,6 +475,12 @@ struct Machine {
     /// Every storage the program referred to, with its element type (the legacy format's
     /// data section is walked with these sizes).
     storage_types: HashMap<String, Dtype>,
+    /// Storages that travel inside the pickle (`torch.storage._load_from_bytes`): their bytes
+    /// by the key given to them here.
+    inline: HashMap<String, Vec<u8>>,
+    /// Whether inline storages are read: only for a pickled tensor's own program, so that
+    /// pickles nested in pickles cannot recurse.
+    read_inline: bool,
 }
 
 /// The storage classes' element types (`torch.HalfStorage` → f16).
@@ -595,6 +643,30 @@ impl Machine {
             }
         }
         Ok(())
+    }
+
+    /// `torch.storage._load_from_bytes(b)`: `b` is the legacy `torch.save` of one storage, read
+    /// (as data) into a storage kept in [`Machine::inline`].
+    fn load_from_bytes(&mut self, args: Vec<Value>) -> Result<Value> {
+        let Some(Value::Bytes(b)) = args.into_iter().next() else {
+            bail!("_load_from_bytes without bytes");
+        };
+        let (root, storages) = legacy_parts(Path::new("the pickled storage"), &b)?;
+        let Value::Storage { key, dtype, offset } = root else {
+            bail!("the pickled storage holds {}", root.kind());
+        };
+        let &(start, len) = storages
+            .get(&key)
+            .ok_or_else(|| anyhow!("the pickled storage lacks its bytes"))?;
+        let inline = format!("inline:{}", self.inline.len());
+        self.inline
+            .insert(inline.clone(), b[start..start + len].to_vec());
+        self.storage_types.insert(inline.clone(), dtype);
+        Ok(Value::Storage {
+            key: inline,
+            dtype,
+            offset,
+        })
     }
 
     /// Runs the pickle program and returns the value STOP leaves.
@@ -776,6 +848,12 @@ impl Machine {
                         other => bail!("REDUCE arguments are {} at byte {at}", other.kind()),
                     };
                     let v = match func {
+                        Value::Global(g)
+                            if g == "torch.storage._load_from_bytes" && self.read_inline =>
+                        {
+                            self.load_from_bytes(args)
+                                .map_err(|e| anyhow!("{e} at byte {at}"))?
+                        }
                         Value::Global(g) => reduce(&g, args)?,
                         other => Value::Opaque(other.kind()),
                     };
@@ -970,6 +1048,16 @@ mod tests {
         assert!(e.to_string().contains("0x69 at byte 2"), "{e}");
         let e = Machine::default().run(&[0x80, 2, b'X', 9, 0]).unwrap_err();
         assert!(e.to_string().contains("ends inside"), "{e}");
+    }
+
+    #[test]
+    fn storages_inside_pickles_are_read_only_for_a_pickled_tensor() {
+        // `torch.storage._load_from_bytes(b"abc")`.
+        let code = b"\x80\x02ctorch.storage\n_load_from_bytes\nC\x03abc\x85R.";
+        let v = Machine::default().run(code).unwrap();
+        assert_eq!(v, Value::Opaque("torch.storage._load_from_bytes".into()));
+        let e = read_pickled_tensor("t", code).unwrap_err().to_string();
+        assert!(e.contains("no legacy torch.save magic number"), "{e}");
     }
 
     #[test]
