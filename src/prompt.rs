@@ -227,7 +227,7 @@ pub fn load_for_width(path: &Path, d_embed: usize) -> Result<SoftPrompt> {
 }
 
 /// [`load_for_width`] for `model`, in the model's input space: KoboldAI's formats (`.zip`,
-/// `.mtjsp`/`.npz`) are multiplied by [`ModelConfig::kobold_scale`] where the model has one
+/// `.mtjsp`/`.npz`) are multiplied by [`crate::model::ModelConfig::kobold_scale`] where the model has one
 /// (XGLM); a PEFT adapter is taken as is.
 pub fn load_for_model(path: &Path, model: &crate::model::ModelConfig) -> Result<SoftPrompt> {
     let (_, format) = load(path)?;

@@ -1,7 +1,7 @@
 //! XGLM, and fairseq's dense models converted to it (KoboldAI's fairseq-dense Nerys,
 //! Janeway, Shinen fine-tunes): fixed sinusoidal positions with offset 2, token embeddings
 //! scaled by `√d_model` (`scale_embedding`, applied by the embedding module, see
-//! [`super::config::embed_scale`]), OPT's fairseq layers ([`super::opt::Block`]) with their
+//! [`super::config::embed_scale`]), OPT's fairseq layers (`opt::Block`) with their
 //! norms first, q scaled by 1/√d before q·k, a GELU MLP, a final LayerNorm and a tied head.
 
 use super::kernels::Kernels;
