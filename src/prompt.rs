@@ -226,9 +226,10 @@ pub fn load_for_width(path: &Path, d_embed: usize) -> Result<SoftPrompt> {
     Ok(prompt)
 }
 
-/// [`load_for_width`] for `model`, in the model's input space: KoboldAI's formats (`.zip`,
-/// `.mtjsp`/`.npz`) are multiplied by [`crate::model::ModelConfig::kobold_scale`] where the model has one
-/// (XGLM); a PEFT adapter is taken as is.
+/// [`load_for_width`] for `model`, in the model's input space: prompts that replace the
+/// embedding module's output (KoboldAI's `.zip` and `.mtjsp`/`.npz`, mkultra's `.json`) are
+/// multiplied by [`crate::model::ModelConfig::kobold_scale`] where the model has one (XGLM); a
+/// PEFT adapter is taken as is.
 pub fn load_for_model(path: &Path, model: &crate::model::ModelConfig) -> Result<SoftPrompt> {
     let (_, format) = load(path)?;
     let mut prompt = load_for_width(path, model.d_embed)?;
