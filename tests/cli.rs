@@ -21,6 +21,13 @@ fn softtune(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `softtune eval --model MODEL --text TEXT` with `extra` arguments.
+fn eval(model: &str, text: &str, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec!["eval", "--model", model, "--text", text];
+    args.extend_from_slice(extra);
+    softtune(&args)
+}
+
 /// A writable copy of a fixture model folder.
 fn copy_model(name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -176,19 +183,11 @@ fn inspect_offline_not_cached() {
 fn eval_without_and_with_prompt() {
     let text = fixtures().join("tokenizer_corpus.txt");
     let model = fixtures().join("llama");
-    let (code, out, err) = softtune(&[
-        "eval",
-        "--model",
+    let (code, out, err) = eval(
         model.to_str().unwrap(),
-        "--text",
         text.to_str().unwrap(),
-        "--block-size",
-        "64",
-        "--max-blocks",
-        "6",
-        "--batch",
-        "3",
-    ]);
+        &["--block-size", "64", "--max-blocks", "6", "--batch", "3"],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("6 blocks × 64 tokens"), "{out}");
     assert!(out.contains("without prompt: loss"), "{out}");
@@ -208,33 +207,28 @@ fn eval_without_and_with_prompt() {
         false,
     )
     .unwrap();
-    let (code, _, err) = softtune(&[
-        "eval",
-        "--model",
+    let (code, _, err) = eval(
         model.to_str().unwrap(),
-        "--text",
         text.to_str().unwrap(),
-        "--prompt",
-        zip.to_str().unwrap(),
-    ]);
+        &["--prompt", zip.to_str().unwrap()],
+    );
     assert_one_line_error(code, &err, &["32", "64"]);
 
     // The right width gives a second line with the prompted loss.
     let p = softtune::prompt::SoftPrompt::new(4, 64, vec![0.05; 256]).unwrap();
     softtune::export::write_kobold_zip(&zip, &p, &Default::default(), false).unwrap();
-    let (code, out, err) = softtune(&[
-        "eval",
-        "--model",
+    let (code, out, err) = eval(
         model.to_str().unwrap(),
-        "--text",
         text.to_str().unwrap(),
-        "--prompt",
-        zip.to_str().unwrap(),
-        "--block-size",
-        "64",
-        "--max-blocks",
-        "2",
-    ]);
+        &[
+            "--prompt",
+            zip.to_str().unwrap(),
+            "--block-size",
+            "64",
+            "--max-blocks",
+            "2",
+        ],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("with prompt (4 soft tokens): loss"), "{out}");
 }
@@ -254,17 +248,11 @@ fn eval_with_slow_tokenizer_files_matches_tokenizer_json() {
         .unwrap();
     }
     let loss = |model: &Path| {
-        let (code, out, err) = softtune(&[
-            "eval",
-            "--model",
+        let (code, out, err) = eval(
             model.to_str().unwrap(),
-            "--text",
             text.to_str().unwrap(),
-            "--block-size",
-            "32",
-            "--max-blocks",
-            "4",
-        ]);
+            &["--block-size", "32", "--max-blocks", "4"],
+        );
         assert_eq!(code, 0, "{err}");
         out.lines()
             .find(|l| l.contains("without prompt: loss"))
@@ -274,34 +262,29 @@ fn eval_with_slow_tokenizer_files_matches_tokenizer_json() {
     assert_eq!(loss(slow.path()), loss(&fixtures().join("gpt2")));
 
     // An older PEFT adapter (adapter_model.bin) is read for --prompt.
-    let (code, out, err) = softtune(&[
-        "eval",
-        "--model",
+    let (code, out, err) = eval(
         fixtures().join("gpt2").to_str().unwrap(),
-        "--text",
         text.to_str().unwrap(),
-        "--prompt",
-        fixtures().join("torch_bin/peft_adapter").to_str().unwrap(),
-        "--block-size",
-        "32",
-        "--max-blocks",
-        "2",
-    ]);
+        &[
+            "--prompt",
+            fixtures().join("torch_bin/peft_adapter").to_str().unwrap(),
+            "--block-size",
+            "32",
+            "--max-blocks",
+            "2",
+        ],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("with prompt (4 soft tokens): loss"), "{out}");
 }
 
 #[test]
 fn eval_block_too_long_for_context() {
-    let (code, _, err) = softtune(&[
-        "eval",
-        "--model",
+    let (code, _, err) = eval(
         fixtures().join("gpt2").to_str().unwrap(),
-        "--text",
         fixtures().join("tokenizer_corpus.txt").to_str().unwrap(),
-        "--block-size",
-        "500",
-    ]);
+        &["--block-size", "500"],
+    );
     assert_one_line_error(code, &err, &["500", "context length 128"]);
 }
 
@@ -310,15 +293,11 @@ fn eval_cuda_without_gpu_is_a_clear_error() {
     if softtune::device::probe_cuda(0).is_ok() {
         return; // a GPU machine: covered by scripts/cuda-parity.sh
     }
-    let (code, _, err) = softtune(&[
-        "eval",
-        "--model",
+    let (code, _, err) = eval(
         fixtures().join("gpt2").to_str().unwrap(),
-        "--text",
         fixtures().join("tokenizer_corpus.txt").to_str().unwrap(),
-        "--device",
-        "cuda:0",
-    ]);
+        &["--device", "cuda:0"],
+    );
     assert_one_line_error(code, &err, &["cuda:0", "--device cpu"]);
 }
 
