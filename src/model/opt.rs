@@ -55,7 +55,7 @@ impl<B: Kernels> Block<B> {
 
     /// The layer with its norms before each branch (`do_layer_norm_before`), or after each
     /// residual add (OPT-350m).
-    pub(super) fn forward(
+    fn forward(
         &self,
         x: Tensor<B, 3>,
         pre_ln: bool,
@@ -71,6 +71,25 @@ impl<B: Kernels> Block<B> {
             self.mlp_ln.forward(x.clone() + self.mlp(x, act))
         }
     }
+}
+
+/// The fairseq layers `blocks` over `x` (OPT's and XGLM's): full causal attention scaled by
+/// 1/√head_dim (transformers scales q before q·k; scaling the scores is the same product).
+pub(super) fn run_layers<B: Kernels>(
+    blocks: &[Block<B>],
+    mut x: Tensor<B, 3>,
+    pre_ln: bool,
+    cfg: &ModelConfig,
+) -> Tensor<B, 3> {
+    let opts = AttnOpts {
+        scale: 1.0 / (cfg.head_dim as f64).sqrt(),
+        window: None,
+        softcap: None,
+    };
+    for blk in blocks {
+        x = blk.forward(x, pre_ln, cfg.n_heads, opts, cfg.activation);
+    }
+    x
 }
 
 pub struct Opt<B: Backend> {
@@ -137,17 +156,7 @@ impl<B: Kernels> Opt<B> {
             .clone()
             .narrow(0, POSITION_OFFSET, s)
             .unsqueeze::<3>();
-        let mut x = x + pos;
-        let heads = self.cfg.n_heads;
-        // transformers scales q before q·k; scaling the scores is the same product.
-        let opts = AttnOpts {
-            scale: 1.0 / (self.cfg.head_dim as f64).sqrt(),
-            window: None,
-            softcap: None,
-        };
-        for blk in &self.blocks {
-            x = blk.forward(x, self.pre_ln, heads, opts, self.cfg.activation);
-        }
+        let mut x = run_layers(&self.blocks, x + pos, self.pre_ln, &self.cfg);
         if let Some(ln) = &self.final_ln {
             x = ln.forward(x);
         }

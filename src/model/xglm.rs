@@ -9,8 +9,8 @@ use anyhow::Result;
 use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 
 use super::config::ModelConfig;
-use super::ops::{AttnOpts, LayerNorm, Loader};
-use super::opt::Block;
+use super::ops::{LayerNorm, Loader};
+use super::opt::{Block, run_layers};
 
 /// transformers' `XGLMSinusoidalPositionalEmbedding` offset: position p reads row p + 2.
 const POSITION_OFFSET: usize = 2;
@@ -63,18 +63,9 @@ impl<B: Kernels> Xglm<B> {
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let s = x.dims()[1];
-        let mut x = x + self.positions.clone().narrow(0, 0, s).unsqueeze::<3>();
-        let heads = self.cfg.n_heads;
-        // transformers scales q before q·k; scaling the scores is the same product.
-        let opts = AttnOpts {
-            scale: 1.0 / (self.cfg.head_dim as f64).sqrt(),
-            window: None,
-            softcap: None,
-        };
-        for blk in &self.blocks {
-            x = blk.forward(x, true, heads, opts, self.cfg.activation);
-        }
-        self.final_ln.forward(x)
+        let x = x + self.positions.clone().narrow(0, 0, s).unsqueeze::<3>();
+        self.final_ln
+            .forward(run_layers(&self.blocks, x, true, &self.cfg))
     }
 }
 
