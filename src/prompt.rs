@@ -287,7 +287,6 @@ fn load_json(file: &mut File, label: &str) -> Result<(SoftPrompt, PromptFormat)>
 /// width]`.
 fn read_mkultra(encoded: &str, label: &str) -> Result<SoftPrompt> {
     use base64::Engine;
-    use safetensors::Dtype;
     let code = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .map_err(|e| {
@@ -303,22 +302,7 @@ fn read_mkultra(encoded: &str, label: &str) -> Result<SoftPrompt> {
             shape_text(&shape)
         ),
     };
-    let elem = match t.dtype {
-        Dtype::F32 => NpyElem::F32,
-        Dtype::F16 => NpyElem::F16,
-        Dtype::BF16 => NpyElem::Bf16,
-        Dtype::F64 => NpyElem::F64,
-        other => {
-            bail!("{label}: dtype {other:?}; a soft prompt must be float32, float16 or bfloat16")
-        }
-    };
-    let data = if t.is_contiguous() {
-        let (start, end) = t.byte_range();
-        decode_floats(&bytes[start..end], elem, false)
-    } else {
-        decode_floats(&t.gather(&bytes), elem, false)
-    };
-    SoftPrompt::new(rows as usize, dim as usize, data).map_err(|e| anyhow!("{label}: {e}"))
+    torch_prompt(&t, &bytes, (rows, dim), &label)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -927,7 +911,6 @@ fn load_peft_dir(dir: &Path) -> Result<SoftPrompt> {
 /// torch trainer's `tensor`; other entries (optimizer state, step counters) are not read.
 fn read_torch_prompt(path: &Path, label: &str) -> Result<(SoftPrompt, PromptFormat)> {
     use crate::model::torch_bin;
-    use safetensors::Dtype;
     let file = File::open(path).map_err(|e| anyhow!("{label}: cannot open: {e}"))?;
     // SAFETY: opened read-only; every range below is checked against the mapped length by
     // torch_bin::read.
@@ -971,32 +954,41 @@ fn read_torch_prompt(path: &Path, label: &str) -> Result<(SoftPrompt, PromptForm
             shape.len()
         );
     }
+    let prompt = torch_prompt(t, &map, (shape[0], shape[1]), &format!("{label}: `{name}`"))?;
+    Ok((prompt, format))
+}
+
+/// The soft prompt `[rows, dim]` that the torch tensor `t` holds in `bytes` (its file or its
+/// storage); `what` names it in errors.
+fn torch_prompt(
+    t: &crate::model::torch_bin::TorchTensor,
+    bytes: &[u8],
+    (rows, dim): (u64, u64),
+    what: &str,
+) -> Result<SoftPrompt> {
+    use safetensors::Dtype;
     let elem = match t.dtype {
         Dtype::F32 => NpyElem::F32,
         Dtype::F16 => NpyElem::F16,
         Dtype::BF16 => NpyElem::Bf16,
         Dtype::F64 => NpyElem::F64,
-        other => bail!(
-            "{label}: `{name}` has dtype {other:?}; a soft prompt must be float32, float16 or \
-             bfloat16"
-        ),
+        other => {
+            bail!("{what} has dtype {other:?}; a soft prompt must be float32, float16 or bfloat16")
+        }
     };
-    let nbytes = shape[0] * shape[1] * elem.size() as u64;
-    if nbytes > MAX_TENSOR_BYTES {
+    if rows * dim * elem.size() as u64 > MAX_TENSOR_BYTES {
         bail!(
-            "{label}: `{name}` has an implausible shape {} for a soft prompt",
-            shape_text(&shape)
+            "{what} has an implausible shape {} for a soft prompt",
+            shape_text(&[rows, dim])
         );
     }
     let data = if t.is_contiguous() {
         let (start, end) = t.byte_range();
-        decode_floats(&map[start..end], elem, false)
+        decode_floats(&bytes[start..end], elem, false)
     } else {
-        decode_floats(&t.gather(&map), elem, false)
+        decode_floats(&t.gather(bytes), elem, false)
     };
-    let prompt = SoftPrompt::new(shape[0] as usize, shape[1] as usize, data)
-        .map_err(|e| anyhow!("{label} (`{name}`): {e}"))?;
-    Ok((prompt, format))
+    SoftPrompt::new(rows as usize, dim as usize, data).map_err(|e| anyhow!("{what}: {e}"))
 }
 
 fn looks_like_safetensors(head: &[u8], file_len: u64) -> bool {
