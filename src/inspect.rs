@@ -67,7 +67,7 @@ impl Summary {
                 t, self.vocab_size
             ),
             None => println!(
-                "vocabulary      {} embedding rows (no tokenizer.json)",
+                "vocabulary      {} embedding rows (no tokenizer on disk)",
                 self.vocab_size
             ),
         }

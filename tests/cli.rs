@@ -233,8 +233,8 @@ fn eval_without_and_with_prompt() {
     assert!(out.contains("with prompt (4 soft tokens): loss"), "{out}");
 }
 
-/// A model that ships GPT-2's slow tokenizer files instead of tokenizer.json evaluates to the
-/// same loss as with its tokenizer.json.
+/// A model that ships slow tokenizer files (GPT-2's, or a sentencepiece tokenizer.model)
+/// instead of tokenizer.json evaluates to the same loss as with its tokenizer.json.
 #[test]
 fn eval_with_slow_tokenizer_files_matches_tokenizer_json() {
     let text = fixtures().join("tokenizer_corpus.txt");
@@ -260,6 +260,22 @@ fn eval_with_slow_tokenizer_files_matches_tokenizer_json() {
             .to_string()
     };
     assert_eq!(loss(slow.path()), loss(&fixtures().join("gpt2")));
+
+    // A model with a sentencepiece tokenizer.model: the same loss as with the tokenizer.json
+    // transformers converts from it.
+    let spm = fixtures().join("spm_tokenizer");
+    let with_model = copy_model("llama");
+    let with_json = copy_model("llama");
+    std::fs::remove_file(with_model.path().join("tokenizer.json")).unwrap();
+    for f in ["tokenizer.model", "tokenizer_config.json"] {
+        std::fs::copy(spm.join("llama").join(f), with_model.path().join(f)).unwrap();
+    }
+    std::fs::copy(
+        spm.join("converted/tokenizer.json"),
+        with_json.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    assert_eq!(loss(with_model.path()), loss(with_json.path()));
 
     // An older PEFT adapter (adapter_model.bin) is read for --prompt.
     let (code, out, err) = eval(

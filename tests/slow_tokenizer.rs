@@ -116,7 +116,7 @@ fn a_folder_with_slow_files_resolves_to_its_vocab() {
     assert_eq!(files.tokenizer, None);
     let msg = err_text(files.tokenizer_path());
     assert!(
-        msg.contains("no tokenizer.json, and no vocab.json with merges.txt"),
+        msg.contains("no tokenizer.json, no vocab.json with merges.txt"),
         "{msg}"
     );
 }

@@ -372,6 +372,14 @@ fn online_with_unreachable_hub() {
     let files = resolve_in_cache("owner/tiny", "main", cache.path()).unwrap();
     assert_eq!(files.tokenizer, Some(snap.join("vocab.json")));
 
+    // So does a sentencepiece tokenizer.model.
+    std::fs::remove_file(snap.join("vocab.json")).unwrap();
+    std::fs::remove_file(snap.join("merges.txt")).unwrap();
+    write(&snap.join("tokenizer.model"), "spm");
+    let files =
+        resolve_from_hub("owner/tiny", &opts, cache.path(), Some(&endpoint), Some(0)).unwrap();
+    assert_eq!(files.tokenizer, Some(snap.join("tokenizer.model")));
+
     let msg = err_text(resolve_from_hub(
         "owner/absent",
         &opts,

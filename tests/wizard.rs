@@ -218,7 +218,7 @@ fn a_local_model_without_a_tokenizer_is_an_error_on_the_model_step() {
     let r = Step::Model.check(&a);
     assert!(
         r.errors.iter().any(|(k, e)| *k == "model.id"
-            && e.contains("no tokenizer.json, and no vocab.json with merges.txt")),
+            && e.contains("no tokenizer.json, no vocab.json with merges.txt")),
         "{:?}",
         r.errors
     );

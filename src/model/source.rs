@@ -21,7 +21,7 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{Result, anyhow, bail};
 use hf_hub::{HFClient, HFError};
 
-use super::slow_bpe;
+use super::{slow_bpe, spm, tokenizer_files};
 
 /// The model configuration file every Hugging Face model folder has.
 pub const CONFIG_FILE: &str = "config.json";
@@ -99,8 +99,9 @@ pub struct ModelFiles {
     pub root: PathBuf,
     /// `config.json`.
     pub config: PathBuf,
-    /// `tokenizer.json`, or else GPT-2's slow `vocab.json` when `merges.txt` is beside it
-    /// (what [`super::tokenizer::Tokenizer::from_file`] loads), if present.
+    /// `tokenizer.json`, or else GPT-2's slow `vocab.json` when `merges.txt` is beside it, or
+    /// else a sentencepiece `tokenizer.model` (what
+    /// [`super::tokenizer::Tokenizer::from_file`] loads), if present.
     pub tokenizer: Option<PathBuf>,
     /// `model.safetensors` (or `pytorch_model.bin`), or every shard named by the index
     /// (unique, sorted).
@@ -113,18 +114,16 @@ pub struct ModelFiles {
 }
 
 impl ModelFiles {
-    /// The tokenizer's file, or an error saying how to make one: softtune builds GPT-2's
-    /// tokenizer from `vocab.json` + `merges.txt`, but other slow tokenizers (sentencepiece
-    /// `.model` files) need converting.
+    /// The tokenizer's file, or an error saying how to make one.
     pub fn tokenizer_path(&self) -> Result<PathBuf> {
         self.tokenizer.clone().ok_or_else(|| {
             anyhow!(
-                "{}: no tokenizer.json, and no vocab.json with merges.txt (GPT-2's tokenizer \
-                 files) to build one from. A model that ships another slow tokenizer (a \
-                 sentencepiece .model) gets tokenizer.json from Python: AutoTokenizer\
-                 .from_pretrained(\"<model>\").save_pretrained(\"<folder>\"); put it beside the \
-                 model's config.json and weights (for a Hub model, in a local copy of its folder) \
-                 and point --model there",
+                "{}: no tokenizer.json, no vocab.json with merges.txt (GPT-2's tokenizer \
+                 files) and no sentencepiece tokenizer.model to build one from. Copy the \
+                 tokenizer files of the model it was fine-tuned from beside its config.json, \
+                 or make tokenizer.json in Python: AutoTokenizer.from_pretrained(\"<model>\")\
+                 .save_pretrained(\"<folder>\"); for a Hub model, put it in a local copy of its \
+                 folder and point --model there",
                 self.root.display()
             )
         })
@@ -132,13 +131,16 @@ impl ModelFiles {
 }
 
 /// The file a model folder's tokenizer loads from: `tokenizer.json`, else `vocab.json` when
-/// GPT-2's slow tokenizer files (`vocab.json` and `merges.txt`) are there.
+/// GPT-2's slow tokenizer files (`vocab.json` and `merges.txt`) are there, else a sentencepiece
+/// `tokenizer.model`.
 fn find_tokenizer(root: &Path) -> Option<PathBuf> {
     let fast = root.join(TOKENIZER_FILE);
     if fast.is_file() {
         Some(fast)
+    } else if slow_bpe::present(root) {
+        Some(root.join(slow_bpe::VOCAB_FILE))
     } else {
-        slow_bpe::present(root).then(|| root.join(slow_bpe::VOCAB_FILE))
+        spm::present(root).then(|| root.join(spm::MODEL_FILE))
     }
 }
 
@@ -820,11 +822,15 @@ impl Hub {
 
         let mut tokenizer = self.get(TOKENIZER_FILE, &pinned)?;
         if tokenizer.is_none() {
-            // Older models ship only GPT-2's slow tokenizer files. Optional: an unreachable Hub
-            // here leaves the tokenizer missing, which is reported when it is needed.
+            // Older models ship only slow tokenizer files: GPT-2's, or a sentencepiece model.
+            // Optional: an unreachable Hub here leaves the tokenizer missing, which is reported
+            // when it is needed.
             let get = |file: &str| self.get(file, &pinned).ok().flatten();
-            if get(slow_bpe::VOCAB_FILE).is_some() && get(slow_bpe::MERGES_FILE).is_some() {
-                for file in slow_bpe::EXTRA_FILES {
+            let slow = (get(slow_bpe::VOCAB_FILE).is_some()
+                && get(slow_bpe::MERGES_FILE).is_some())
+                || get(spm::MODEL_FILE).is_some();
+            if slow {
+                for file in tokenizer_files::SETTINGS_FILES {
                     get(file);
                 }
                 tokenizer = find_tokenizer(&root);

@@ -1,13 +1,13 @@
-//! The model's tokenizer (`tokenizer.json`, or GPT-2's slow `vocab.json` + `merges.txt`), used
-//! without special tokens: softtune never adds BOS; the dataset pipeline appends the model's
-//! real EOS id after each file.
+//! The model's tokenizer (`tokenizer.json`, GPT-2's slow `vocab.json` + `merges.txt`, or a
+//! sentencepiece `tokenizer.model`), used without special tokens: softtune never adds BOS; the
+//! dataset pipeline appends the model's real EOS id after each file.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow, bail};
 
 use super::config::ModelConfig;
-use super::slow_bpe;
+use super::{slow_bpe, spm};
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -15,12 +15,15 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
-    /// Loads `tokenizer.json`, or, given a `vocab.json`, builds GPT-2's byte-level BPE from it
-    /// and the `merges.txt` (and settings files) beside it (see [`super::slow_bpe`]).
+    /// Loads `tokenizer.json`; given a `vocab.json`, builds GPT-2's byte-level BPE from it and
+    /// the `merges.txt` (and settings files) beside it (see [`super::slow_bpe`]); given a
+    /// `tokenizer.model`, builds from the sentencepiece model (see [`super::spm`]).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let slow = path.file_name().is_some_and(|n| n == slow_bpe::VOCAB_FILE);
-        let inner = if slow {
+        let name = path.file_name().and_then(|n| n.to_str());
+        let inner = if name == Some(slow_bpe::VOCAB_FILE) {
             slow_bpe::build(path.parent().unwrap_or(Path::new(".")))?
+        } else if name == Some(spm::MODEL_FILE) {
+            spm::build(path)?
         } else {
             tokenizers::Tokenizer::from_file(path)
                 .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?

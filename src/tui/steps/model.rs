@@ -144,7 +144,7 @@ pub fn check(app: &App) -> Report {
                 r.info("stored dtype    unknown: the weights are downloaded when the run starts");
             }
             if m.tokenizer.is_none() {
-                r.warn("no tokenizer found yet (tokenizer.json, or vocab.json with merges.txt): it is downloaded when the run starts");
+                r.warn("no tokenizer found yet (tokenizer.json, vocab.json with merges.txt, or tokenizer.model): it is downloaded when the run starts");
             }
         }
     }
