@@ -9,9 +9,9 @@ use sha2::{Digest, Sha256};
 use softtune::model::source::{HubOptions, resolve};
 use softtune::model::tokenizer::Tokenizer;
 
-/// Every fixture folder: Llama's tokenizer class (three settings) and the model's own
+/// Every fixture folder: Llama's tokenizer class (four settings) and the model's own
 /// sentencepiece settings (BPE and Unigram).
-const FOLDERS: [&str; 5] = ["llama", "legacy", "noprefix", "bare", "unigram"];
+const FOLDERS: [&str; 6] = ["llama", "legacy", "noprefix", "declared", "bare", "unigram"];
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

@@ -194,12 +194,13 @@ impl Settings {
                 declared: None,
             })
             .collect();
+        // A declared token's own flags win over the vocabulary's.
         for s in self.declared()? {
             match specs
                 .iter_mut()
                 .find(|f| f.token.content == s.token.content)
             {
-                Some(f) => f.declared = s.declared,
+                Some(f) => *f = s,
                 None => specs.push(s),
             }
         }
