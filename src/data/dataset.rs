@@ -79,13 +79,30 @@ fn walk(dir: &Path, pattern: &glob::Pattern, out: &mut Vec<PathBuf>) -> Result<(
     Ok(())
 }
 
-/// Cache key: tokenizer file contents, EOS id and the file list with sizes and mtimes.
+/// Cache key: the contents of the tokenizer's file and of the files beside it that shape it
+/// (GPT-2's merges, the settings of slow tokenizers: see [`Tokenizer::companion_files`]), EOS
+/// id and the file list with sizes and mtimes. For `tokenizer.json` only its own contents.
 pub fn cache_key(tokenizer: &Path, eos: u32, files: &[DataFile]) -> Result<String> {
     let mut h = Sha256::new();
     h.update(
         std::fs::read(tokenizer)
             .with_context(|| format!("{}: cannot read", tokenizer.display()))?,
     );
+    for companion in Tokenizer::companion_files(tokenizer) {
+        let name = companion
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        h.update(name.unwrap_or_default().as_bytes());
+        match std::fs::read(&companion) {
+            Ok(bytes) => {
+                h.update([1]);
+                h.update((bytes.len() as u64).to_le_bytes());
+                h.update(bytes);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => h.update([0]),
+            Err(e) => bail!("{}: cannot read: {e}", companion.display()),
+        }
+    }
     h.update(eos.to_le_bytes());
     for f in files {
         h.update(f.path.to_string_lossy().as_bytes());
@@ -259,6 +276,48 @@ pub fn make_rows(ids: &[u32], len: usize, eval_fraction: f64, seed: u64) -> Resu
 mod tests {
     use super::*;
     use std::path::Path;
+
+    /// The token cache follows every file a slow tokenizer is built from; tokenizer.json's
+    /// key is its own contents only.
+    #[test]
+    fn cache_key_follows_the_tokenizer_settings_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let files = [DataFile {
+            path: d.join("data.txt"),
+            size: 5,
+            mtime: 7,
+        }];
+        let model = d.join("tokenizer.model");
+        std::fs::write(&model, b"spm").unwrap();
+        let json = d.join("tokenizer.json");
+        std::fs::write(&json, b"{}").unwrap();
+        let spm_key = |eos| cache_key(&model, eos, &files).unwrap();
+        let json_key = cache_key(&json, 2, &files).unwrap();
+
+        let bare = spm_key(2);
+        assert_ne!(bare, spm_key(3), "the EOS id");
+        std::fs::write(d.join("tokenizer_config.json"), br#"{"legacy": true}"#).unwrap();
+        let legacy = spm_key(2);
+        assert_ne!(legacy, bare, "a settings file appearing");
+        std::fs::write(d.join("tokenizer_config.json"), br#"{"legacy": false}"#).unwrap();
+        assert_ne!(spm_key(2), legacy, "a settings file changing");
+        std::fs::write(d.join("added_tokens.json"), br#"{"[PAD]": 3}"#).unwrap();
+        assert_ne!(spm_key(2), legacy);
+        // tokenizer.json is the whole tokenizer: the settings files do not enter its key.
+        assert_eq!(cache_key(&json, 2, &files).unwrap(), json_key);
+
+        let vocab = d.join("vocab.json");
+        std::fs::write(&vocab, b"{}").unwrap();
+        std::fs::write(d.join("merges.txt"), b"#version: 0.2\n").unwrap();
+        let before = cache_key(&vocab, 2, &files).unwrap();
+        std::fs::write(d.join("merges.txt"), b"#version: 0.2\na b\n").unwrap();
+        assert_ne!(
+            cache_key(&vocab, 2, &files).unwrap(),
+            before,
+            "GPT-2's merges"
+        );
+    }
 
     #[test]
     fn paragraph_cuts_tokenize_like_the_whole_text() {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, anyhow, bail};
 
 use super::config::ModelConfig;
-use super::{slow_bpe, spm};
+use super::{slow_bpe, spm, tokenizer_files};
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -32,6 +32,24 @@ impl Tokenizer {
             inner,
             path: path.to_path_buf(),
         })
+    }
+
+    /// The files beside `path` that shape the tokenizer built from it: none for
+    /// `tokenizer.json`; `merges.txt` and the settings files for GPT-2's `vocab.json`; the
+    /// settings files for a sentencepiece `tokenizer.model` (whether they exist or not).
+    pub fn companion_files(path: &Path) -> Vec<PathBuf> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let names: &[&str] = match path.file_name().and_then(|n| n.to_str()) {
+            Some(slow_bpe::VOCAB_FILE) => &[
+                slow_bpe::MERGES_FILE,
+                tokenizer_files::CONFIG_FILE,
+                tokenizer_files::SPECIAL_MAP_FILE,
+                tokenizer_files::ADDED_FILE,
+            ],
+            Some(spm::MODEL_FILE) => &tokenizer_files::SETTINGS_FILES,
+            _ => &[],
+        };
+        names.iter().map(|n| dir.join(n)).collect()
     }
 
     /// Token ids of `text`, no BOS/EOS added.
