@@ -2,15 +2,15 @@
 //! `tokenizer.json`) gives transformers' token ids (`tests/fixtures/slow_tokenizer/`, made by
 //! `tests/fixtures/make_slow_tokenizer.py`), and bad files are clear errors.
 
+mod common;
+
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use softtune::model::source::{HubOptions, resolve};
 use softtune::model::tokenizer::Tokenizer;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+use common::{copy_folder, err_text, fixtures};
 
 fn slow(name: &str) -> PathBuf {
     fixtures().join("slow_tokenizer").join(name)
@@ -20,21 +20,9 @@ fn expected() -> serde_json::Value {
     serde_json::from_str(&fs::read_to_string(slow("expected.json")).unwrap()).unwrap()
 }
 
-/// A copy of a fixture folder's files in a temporary folder.
+/// A writable copy of a fixture folder.
 fn copy(name: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in fs::read_dir(slow(name)).unwrap() {
-        let p = entry.unwrap().path();
-        fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
-    }
-    dir
-}
-
-fn err_text<T>(r: anyhow::Result<T>) -> String {
-    match r {
-        Ok(_) => panic!("expected an error"),
-        Err(e) => format!("{e:#}"),
-    }
+    copy_folder(&slow(name))
 }
 
 #[test]

@@ -2,20 +2,20 @@
 //! transformers' token ids (`tests/fixtures/spm_tokenizer/`, made by
 //! `tests/fixtures/make_spm_tokenizer.py`), and bad files are clear errors.
 
+mod common;
+
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 use softtune::model::source::{HubOptions, resolve};
 use softtune::model::tokenizer::Tokenizer;
 
+use common::{copy_folder, err_text, fixtures};
+
 /// Every fixture folder: Llama's tokenizer class (four settings) and the model's own
 /// sentencepiece settings (BPE and Unigram).
 const FOLDERS: [&str; 6] = ["llama", "legacy", "noprefix", "declared", "bare", "unigram"];
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
 
 fn spm(name: &str) -> PathBuf {
     fixtures().join("spm_tokenizer").join(name)
@@ -29,21 +29,9 @@ fn load(name: &str) -> Tokenizer {
     Tokenizer::from_file(&spm(name).join("tokenizer.model")).unwrap()
 }
 
-/// A copy of a fixture folder's files in a temporary folder.
+/// A writable copy of a fixture folder.
 fn copy(name: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in fs::read_dir(spm(name)).unwrap() {
-        let p = entry.unwrap().path();
-        fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
-    }
-    dir
-}
-
-fn err_text<T>(r: anyhow::Result<T>) -> String {
-    match r {
-        Ok(_) => panic!("expected an error"),
-        Err(e) => format!("{e:#}"),
-    }
+    copy_folder(&spm(name))
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
@@ -154,29 +142,22 @@ fn the_converted_tokenizer_json_gives_the_same_ids() {
     );
 }
 
+/// The error of building `folder`'s tokenizer with `config` as its tokenizer_config.json.
+fn refusal(folder: &str, config: &str) -> String {
+    let dir = copy(folder);
+    fs::write(dir.path().join("tokenizer_config.json"), config).unwrap();
+    err_text(Tokenizer::from_file(&dir.path().join("tokenizer.model")))
+}
+
 #[test]
 fn another_tokenizer_class_is_refused_with_the_conversion() {
-    let dir = copy("llama");
-    let d = dir.path();
-    fs::write(
-        d.join("tokenizer_config.json"),
-        r#"{"tokenizer_class": "T5Tokenizer"}"#,
-    )
-    .unwrap();
-    let msg = err_text(Tokenizer::from_file(&d.join("tokenizer.model")));
+    let msg = refusal("llama", r#"{"tokenizer_class": "T5Tokenizer"}"#);
     assert!(msg.contains("tokenizer_config.json"), "{msg}");
     assert!(msg.contains("T5Tokenizer"), "{msg}");
     assert!(msg.contains("AutoTokenizer.from_pretrained"), "{msg}");
 
     // Llama's tokenizer over a Unigram model: the files do not belong together.
-    let dir = copy("unigram");
-    let d = dir.path();
-    fs::write(
-        d.join("tokenizer_config.json"),
-        r#"{"tokenizer_class": "LlamaTokenizer"}"#,
-    )
-    .unwrap();
-    let msg = err_text(Tokenizer::from_file(&d.join("tokenizer.model")));
+    let msg = refusal("unigram", r#"{"tokenizer_class": "LlamaTokenizer"}"#);
     assert!(
         msg.contains("Unigram") && msg.contains("tokenizer.model"),
         "{msg}"

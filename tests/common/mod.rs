@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests (each test crate uses some of them).
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
@@ -18,4 +19,24 @@ pub fn dataset(dir: &Path, bytes: usize) -> PathBuf {
     std::fs::write(d.join("a.txt"), &text[..end / 2]).unwrap();
     std::fs::write(d.join("b.txt"), &text[end / 2..end]).unwrap();
     d
+}
+
+/// A writable copy of the files of the folder `src` (not its subfolders).
+pub fn copy_folder(src: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
+}
+
+/// The whole error chain of `r`, which must be an error.
+pub fn err_text<T>(r: anyhow::Result<T>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => format!("{e:#}"),
+    }
 }
