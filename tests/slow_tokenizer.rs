@@ -7,10 +7,11 @@ mod common;
 use std::fs;
 use std::path::PathBuf;
 
-use softtune::model::source::{HubOptions, resolve};
 use softtune::model::tokenizer::Tokenizer;
 
-use common::{copy_folder, err_text, fixtures};
+use common::{
+    assert_matches_transformers, copy_folder, err_text, fixtures, model_folder, resolve_offline,
+};
 
 fn slow(name: &str) -> PathBuf {
     fixtures().join("slow_tokenizer").join(name)
@@ -28,37 +29,9 @@ fn copy(name: &str) -> tempfile::TempDir {
 #[test]
 fn ids_match_transformers() {
     let want = expected();
-    let texts: Vec<&str> = want["texts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap())
-        .collect();
     for name in ["plain", "prefix"] {
         let tok = Tokenizer::from_file(&slow(name).join("vocab.json")).unwrap();
-        for (i, text) in texts.iter().enumerate() {
-            let ids: Vec<u32> = want[name]["ids"][i]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as u32)
-                .collect();
-            assert_eq!(tok.encode(text).unwrap(), ids, "{name}: {text:?}");
-        }
-        assert_eq!(
-            tok.id_bound() as u64,
-            want[name]["vocab_size"].as_u64().unwrap(),
-            "{name}"
-        );
-        let mut special: Vec<u32> = tok.special_ids().into_iter().collect();
-        special.sort();
-        let want_special: Vec<u32> = want[name]["special"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
-        assert_eq!(special, want_special, "{name}");
+        assert_matches_transformers(&tok, &want, name);
     }
     // Without a prefix space, paragraphs may be tokenized apart (the dataset's fast path).
     let plain = Tokenizer::from_file(&slow("plain").join("vocab.json")).unwrap();
@@ -82,25 +55,19 @@ fn corpus_ids_match_the_fast_tokenizer() {
 
 #[test]
 fn a_folder_with_slow_files_resolves_to_its_vocab() {
-    let dir = copy("plain");
+    let dir = model_folder(&slow("plain"), "gpt2");
     let d = dir.path();
-    fs::copy(fixtures().join("gpt2/config.json"), d.join("config.json")).unwrap();
-    fs::write(d.join("model.safetensors"), b"x").unwrap();
-    let opts = HubOptions {
-        offline: true,
-        ..Default::default()
-    };
-    let files = resolve(d.to_str().unwrap(), &opts).unwrap();
+    let files = resolve_offline(d);
     assert_eq!(files.tokenizer, Some(d.join("vocab.json")));
     assert_eq!(files.tokenizer_path().unwrap(), d.join("vocab.json"));
     // tokenizer.json wins when both exist.
     fs::copy(fixtures().join("tokenizer.json"), d.join("tokenizer.json")).unwrap();
-    let files = resolve(d.to_str().unwrap(), &opts).unwrap();
+    let files = resolve_offline(d);
     assert_eq!(files.tokenizer, Some(d.join("tokenizer.json")));
     // vocab.json alone is not enough.
     fs::remove_file(d.join("tokenizer.json")).unwrap();
     fs::remove_file(d.join("merges.txt")).unwrap();
-    let files = resolve(d.to_str().unwrap(), &opts).unwrap();
+    let files = resolve_offline(d);
     assert_eq!(files.tokenizer, None);
     let msg = err_text(files.tokenizer_path());
     assert!(

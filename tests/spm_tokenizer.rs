@@ -8,10 +8,11 @@ use std::fs;
 use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
-use softtune::model::source::{HubOptions, resolve};
 use softtune::model::tokenizer::Tokenizer;
 
-use common::{copy_folder, err_text, fixtures};
+use common::{
+    assert_matches_transformers, copy_folder, err_text, fixtures, model_folder, resolve_offline,
+};
 
 /// Every fixture folder: Llama's tokenizer class (four settings) and the model's own
 /// sentencepiece settings (BPE and Unigram).
@@ -34,42 +35,12 @@ fn copy(name: &str) -> tempfile::TempDir {
     copy_folder(&spm(name))
 }
 
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect()
-}
-
 #[test]
 fn ids_match_transformers() {
     let want = expected();
-    let texts: Vec<&str> = want["texts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap())
-        .collect();
     for name in FOLDERS {
         let tok = load(name);
-        for (i, text) in texts.iter().enumerate() {
-            let got = tok.encode(text).unwrap();
-            assert_eq!(got, ids(&want[name]["ids"][i]), "{name}: {text:?}");
-            assert_eq!(
-                tok.decode(&got).unwrap(),
-                want[name]["decoded"][i].as_str().unwrap(),
-                "{name}: decoding {text:?}"
-            );
-        }
-        assert_eq!(
-            tok.id_bound() as u64,
-            want[name]["vocab_size"].as_u64().unwrap(),
-            "{name}"
-        );
-        let mut special: Vec<u32> = tok.special_ids().into_iter().collect();
-        special.sort();
-        assert_eq!(special, ids(&want[name]["special"]), "{name}");
+        assert_matches_transformers(&tok, &want, name);
         // Not GPT-2's byte-level BPE: files are tokenized whole, never cut at paragraphs.
         assert!(!tok.paragraph_cuts_are_exact(), "{name}");
     }
@@ -106,24 +77,18 @@ fn corpus_ids_match_transformers() {
 
 #[test]
 fn a_folder_with_only_tokenizer_model_resolves_to_it() {
-    let dir = copy("llama");
+    let dir = model_folder(&spm("llama"), "llama");
     let d = dir.path();
-    fs::copy(fixtures().join("llama/config.json"), d.join("config.json")).unwrap();
-    fs::write(d.join("model.safetensors"), b"x").unwrap();
-    let opts = HubOptions {
-        offline: true,
-        ..Default::default()
-    };
-    let files = resolve(d.to_str().unwrap(), &opts).unwrap();
+    let files = resolve_offline(d);
     assert_eq!(files.tokenizer, Some(d.join("tokenizer.model")));
     // tokenizer.json wins when both exist.
     fs::copy(spm("converted/tokenizer.json"), d.join("tokenizer.json")).unwrap();
-    let files = resolve(d.to_str().unwrap(), &opts).unwrap();
+    let files = resolve_offline(d);
     assert_eq!(files.tokenizer, Some(d.join("tokenizer.json")));
     // Without any tokenizer file the error names all three kinds.
     fs::remove_file(d.join("tokenizer.json")).unwrap();
     fs::remove_file(d.join("tokenizer.model")).unwrap();
-    let files = resolve(d.to_str().unwrap(), &opts).unwrap();
+    let files = resolve_offline(d);
     let msg = err_text(files.tokenizer_path());
     assert!(
         msg.contains("no tokenizer.json, no vocab.json with merges.txt")
