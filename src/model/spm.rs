@@ -275,15 +275,7 @@ fn llama(model: &Model, settings: &Settings, path: &Path) -> Result<Tokenizer> {
         (true, false) => PrependScheme::First,
     };
     tok.with_pre_tokenizer(Some(Metaspace::new(SPACE, scheme, false)));
-    let mut decoders = vec![
-        DecoderWrapper::Replace(replace(SPACE.to_string(), " ")?),
-        DecoderWrapper::ByteFallback(ByteFallback::new()),
-        DecoderWrapper::Fuse(Fuse::new()),
-    ];
-    if add_prefix_space {
-        decoders.push(DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
-    }
-    tok.with_decoder(Some(DecoderSequence::new(decoders)));
+    tok.with_decoder(Some(decoder(true, add_prefix_space)?));
 
     let pieces = proto_tokens(model, true);
     settings.add_tokens(
@@ -321,71 +313,107 @@ fn from_proto(model: &Model, settings: &Settings, path: &Path) -> Result<Tokeniz
             .map_err(|e| anyhow!("{}: cannot build the Unigram model: {e}", path.display()))?;
         Tokenizer::new(unigram)
     } else {
-        // added_tokens_decoder may rename pieces (placeholders given their real names).
-        let names: HashMap<u32, String> = settings.declared_contents()?.into_iter().collect();
-        let kept: HashSet<&str> = model
-            .pieces
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !names.contains_key(&(*i as u32)))
-            .map(|(_, p)| p.piece.as_str())
-            .collect();
-        let tokens: Vec<String> = model
-            .pieces
-            .iter()
-            .enumerate()
-            .map(|(i, p)| match names.get(&(i as u32)) {
-                Some(name) if !kept.contains(name.as_str()) => name.clone(),
-                _ => p.piece.clone(),
-            })
-            .collect();
-        // Only normal pieces merge, ranked by score, then by the merged piece's id.
-        let normal: HashMap<&str, (f32, usize)> = model
-            .pieces
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.kind == NORMAL)
-            .map(|(i, p)| (tokens[i].as_str(), (p.score, i)))
-            .collect();
-        let mut ranked: Vec<(f32, usize, &str, &str)> = Vec::new();
-        for (token, &(score, id)) in &normal {
-            for (at, _) in token.char_indices().skip(1) {
-                let (l, r) = token.split_at(at);
-                if normal.contains_key(l) && normal.contains_key(r) {
-                    ranked.push((score, id, l, r));
-                }
+        Tokenizer::new(scored_bpe(model, settings, !user_defined.is_empty(), path)?)
+    };
+    tok.with_normalizer(Some(proto_normalizer(model, legacy, path)?))
+        .map_err(|e| anyhow!("{}: cannot set the normalizer: {e}", path.display()))?;
+    if let Some(pre) = proto_pre_tokenizer(model, legacy, &user_defined, path)? {
+        tok.with_pre_tokenizer(Some(pre));
+    }
+    tok.with_decoder(Some(decoder(model.byte_fallback, model.add_dummy_prefix)?));
+
+    // Control pieces are special; user-defined pieces are the pre-tokenizer's.
+    let pieces = proto_tokens(model, false);
+    let mut defaults = Vec::new();
+    for (role, piece) in [
+        ("bos_token", &model.bos),
+        ("eos_token", &model.eos),
+        ("unk_token", &model.unk),
+    ] {
+        if let Some(p) = piece {
+            defaults.push((role, p.as_str()));
+        }
+    }
+    settings.add_tokens(
+        &mut tok,
+        pieces,
+        &defaults,
+        model.add_dummy_prefix && settings.has_added_tokens_decoder(),
+    )?;
+    Ok(tok)
+}
+
+/// The BPE of a BPE sentencepiece model: its pieces (renamed where `added_tokens_decoder`
+/// gives a placeholder piece its real name), merges of normal pieces ranked by score, then by
+/// the merged piece's id. `whole_words`: a pre-token that is a piece is emitted whole (the
+/// user-defined pieces the pre-tokenizer isolates).
+fn scored_bpe(model: &Model, settings: &Settings, whole_words: bool, path: &Path) -> Result<BPE> {
+    let names: HashMap<u32, String> = settings.declared_contents()?.into_iter().collect();
+    let kept: HashSet<&str> = model
+        .pieces
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !names.contains_key(&(*i as u32)))
+        .map(|(_, p)| p.piece.as_str())
+        .collect();
+    let tokens: Vec<String> = model
+        .pieces
+        .iter()
+        .enumerate()
+        .map(|(i, p)| match names.get(&(i as u32)) {
+            Some(name) if !kept.contains(name.as_str()) => name.clone(),
+            _ => p.piece.clone(),
+        })
+        .collect();
+    let normal: HashMap<&str, (f32, usize)> = model
+        .pieces
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.kind == NORMAL)
+        .map(|(i, p)| (tokens[i].as_str(), (p.score, i)))
+        .collect();
+    let mut ranked: Vec<(f32, usize, &str, &str)> = Vec::new();
+    for (token, &(score, id)) in &normal {
+        for (at, _) in token.char_indices().skip(1) {
+            let (l, r) = token.split_at(at);
+            if normal.contains_key(l) && normal.contains_key(r) {
+                ranked.push((score, id, l, r));
             }
         }
-        ranked.sort_by(|a, b| {
-            b.0.total_cmp(&a.0)
-                .then(a.1.cmp(&b.1))
-                .then(a.2.cmp(b.2))
-                .then(a.3.cmp(b.3))
-        });
-        let merges = ranked
-            .into_iter()
-            .map(|(_, _, l, r)| (l.to_string(), r.to_string()))
-            .collect();
-        let vocab: Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
-        let mut builder = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .fuse_unk(true)
-            .byte_fallback(model.byte_fallback)
-            .ignore_merges(!user_defined.is_empty());
-        if let Some(unk) = &model.unk {
-            builder = builder.unk_token(unk.clone());
-        }
-        let bpe = builder
-            .build()
-            .map_err(|e| anyhow!("{}: cannot build the BPE model: {e}", path.display()))?;
-        Tokenizer::new(bpe)
-    };
+    }
+    // Higher scores first (equal scores, -0 and 0 included, by id, then by the split).
+    ranked.sort_by(|a, b| {
+        b.0.partial_cmp(&a.0)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.1.cmp(&b.1))
+            .then(a.2.cmp(b.2))
+            .then(a.3.cmp(b.3))
+    });
+    let merges = ranked
+        .into_iter()
+        .map(|(_, _, l, r)| (l.to_string(), r.to_string()))
+        .collect();
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .fuse_unk(true)
+        .byte_fallback(model.byte_fallback)
+        .ignore_merges(whole_words);
+    if let Some(unk) = &model.unk {
+        builder = builder.unk_token(unk.clone());
+    }
+    builder
+        .build()
+        .map_err(|e| anyhow!("{}: cannot build the BPE model: {e}", path.display()))
+}
 
-    // The normalizer, in sentencepiece's order.
+/// The normalizer spec as sentencepiece applies it: the precompiled character map, extra-space
+/// removal, whitespace escaping, and (`legacy`) a dummy prefix even before a leading `▁`.
+fn proto_normalizer(model: &Model, legacy: bool, path: &Path) -> Result<Sequence> {
     let mut normalizers: Vec<NormalizerWrapper> = Vec::new();
     if !model.charsmap.is_empty() {
         let charsmap = Precompiled::from(&model.charsmap).map_err(|e| {
@@ -418,9 +446,17 @@ fn from_proto(model: &Model, settings: &Settings, path: &Path) -> Result<Tokeniz
             "▁▁",
         )?));
     }
-    tok.with_normalizer(Some(Sequence::new(normalizers)))
-        .map_err(|e| anyhow!("{}: cannot set the normalizer: {e}", path.display()))?;
+    Ok(Sequence::new(normalizers))
+}
 
+/// The dummy prefix (before every chunk between added tokens when `legacy`, else once), then
+/// the user-defined pieces isolated, longest first (sentencepiece emits them whole).
+fn proto_pre_tokenizer(
+    model: &Model,
+    legacy: bool,
+    user_defined: &[&str],
+    path: &Path,
+) -> Result<Option<PreSequence>> {
     let mut pre: Vec<PreTokenizerWrapper> = Vec::new();
     if model.add_dummy_prefix {
         let scheme = if legacy {
@@ -433,8 +469,7 @@ fn from_proto(model: &Model, settings: &Settings, path: &Path) -> Result<Tokeniz
         )));
     }
     if !user_defined.is_empty() {
-        // sentencepiece emits user-defined pieces whole: isolate them, longest first.
-        let mut sorted = user_defined.clone();
+        let mut sorted = user_defined.to_vec();
         sorted.sort_by_key(|p| std::cmp::Reverse(p.chars().count()));
         let pattern = sorted
             .iter()
@@ -449,41 +484,23 @@ fn from_proto(model: &Model, settings: &Settings, path: &Path) -> Result<Tokeniz
         .map_err(|e| anyhow!("{}: user-defined pieces: {e}", path.display()))?;
         pre.push(PreTokenizerWrapper::Split(split));
     }
-    if !pre.is_empty() {
-        tok.with_pre_tokenizer(Some(PreSequence::new(pre)));
-    }
+    Ok((!pre.is_empty()).then(|| PreSequence::new(pre)))
+}
 
-    let mut decoders = vec![DecoderWrapper::Replace(replace("▁", " ")?)];
-    if model.byte_fallback {
+/// `▁` back to spaces, byte pieces back to bytes (`byte_fallback`), and the space of the
+/// prefix dropped (`strip_prefix`; `Strip` works per token, so the tokens are fused first).
+fn decoder(byte_fallback: bool, strip_prefix: bool) -> Result<DecoderSequence> {
+    let mut decoders = vec![DecoderWrapper::Replace(replace(SPACE.to_string(), " ")?)];
+    if byte_fallback {
         decoders.push(DecoderWrapper::ByteFallback(ByteFallback::new()));
     }
-    if model.add_dummy_prefix {
+    if byte_fallback || strip_prefix {
         decoders.push(DecoderWrapper::Fuse(Fuse::new()));
+    }
+    if strip_prefix {
         decoders.push(DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
-    } else if model.byte_fallback {
-        decoders.push(DecoderWrapper::Fuse(Fuse::new()));
     }
-    tok.with_decoder(Some(DecoderSequence::new(decoders)));
-
-    // Control pieces are special; user-defined pieces are the pre-tokenizer's.
-    let pieces = proto_tokens(model, false);
-    let mut defaults = Vec::new();
-    for (role, piece) in [
-        ("bos_token", &model.bos),
-        ("eos_token", &model.eos),
-        ("unk_token", &model.unk),
-    ] {
-        if let Some(p) = piece {
-            defaults.push((role, p.as_str()));
-        }
-    }
-    settings.add_tokens(
-        &mut tok,
-        pieces,
-        &defaults,
-        model.add_dummy_prefix && settings.has_added_tokens_decoder(),
-    )?;
-    Ok(tok)
+    Ok(DecoderSequence::new(decoders))
 }
 
 /// The proto's control pieces (special) and, with `user_defined`, its user-defined pieces
