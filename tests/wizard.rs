@@ -202,7 +202,7 @@ fn unsupported_architecture_is_an_error_on_the_model_step() {
 }
 
 /// A local folder gets nothing downloaded, so a missing tokenizer stops the model step; one
-/// with GPT-2's slow tokenizer files passes it.
+/// with GPT-2's slow tokenizer files passes it, unless they cannot be built.
 #[test]
 fn a_local_model_without_a_tokenizer_is_an_error_on_the_model_step() {
     let dir = Path::new(SCRATCH).join("no-tokenizer");
@@ -236,6 +236,27 @@ fn a_local_model_without_a_tokenizer_is_an_error_on_the_model_step() {
     press(&mut a, KeyCode::Tab);
     let r = Step::Model.check(&a);
     assert!(r.errors.is_empty(), "{:?}", r.errors);
+
+    // Slow tokenizer files that cannot be built (a refused class) stop the step too, naming
+    // the class, instead of a warning that the tokenizer comes later.
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"tokenizer_class": "Qwen2Tokenizer"}"#,
+    )
+    .unwrap();
+    let mut a = app(base("no-tok-out"));
+    goto(&mut a, Step::Model);
+    set(&mut a, "model.id", dir.to_str().unwrap());
+    press(&mut a, KeyCode::Tab);
+    let r = Step::Model.check(&a);
+    assert!(
+        r.errors
+            .iter()
+            .any(|(k, e)| *k == "model.id" && e.contains("Qwen2Tokenizer")),
+        "{:?}",
+        r.errors
+    );
+    std::fs::remove_file(dir.join("tokenizer_config.json")).unwrap();
 }
 
 #[test]

@@ -64,12 +64,14 @@ pub fn analyse(id: &str, revision: &str) -> Result<ModelInfo, String> {
         offline: true,
         ..hub.clone()
     };
-    let tokenizer = |files: &source::ModelFiles| {
+    // A tokenizer file that is there but cannot be built stops the step: the run would fail.
+    let tokenizer = |files: &source::ModelFiles| -> Result<Option<Arc<Tokenizer>>, String> {
         files
             .tokenizer
             .as_ref()
-            .and_then(|p| Tokenizer::from_file(p).ok())
-            .map(Arc::new)
+            .map(|p| Tokenizer::from_file(p).map(Arc::new))
+            .transpose()
+            .map_err(|e| format!("{e:#}"))
     };
     match crate::inspect::inspect(id, if local { &hub } else { &offline }) {
         Ok(s) => {
@@ -78,7 +80,7 @@ pub fn analyse(id: &str, revision: &str) -> Result<ModelInfo, String> {
                 // A local folder gets nothing downloaded: without a tokenizer it cannot train.
                 f.tokenizer_path().map_err(|e| format!("{e:#}"))?;
             }
-            let tok = files.as_ref().and_then(tokenizer);
+            let tok = files.as_ref().map(tokenizer).transpose()?.flatten();
             Ok(ModelInfo {
                 id: id.to_string(),
                 arch: s.model_type,
@@ -107,7 +109,7 @@ pub fn analyse(id: &str, revision: &str) -> Result<ModelInfo, String> {
                 context: cfg.context_length(),
                 parameters: None,
                 stored_dtype: None,
-                tokenizer: tokenizer(&files),
+                tokenizer: tokenizer(&files)?,
                 config: cfg,
             })
         }
