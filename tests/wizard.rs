@@ -238,7 +238,7 @@ fn a_local_model_without_a_tokenizer_is_an_error_on_the_model_step() {
     assert!(r.errors.is_empty(), "{:?}", r.errors);
 
     // Slow tokenizer files that cannot be built (a refused class) stop the step too, naming
-    // the class, instead of a warning that the tokenizer comes later.
+    // the class.
     std::fs::write(
         dir.join("tokenizer_config.json"),
         r#"{"tokenizer_class": "Qwen2Tokenizer"}"#,

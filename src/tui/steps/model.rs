@@ -64,15 +64,6 @@ pub fn analyse(id: &str, revision: &str) -> Result<ModelInfo, String> {
         offline: true,
         ..hub.clone()
     };
-    // A tokenizer file that is there but cannot be built stops the step: the run would fail.
-    let tokenizer = |files: &source::ModelFiles| -> Result<Option<Arc<Tokenizer>>, String> {
-        files
-            .tokenizer
-            .as_ref()
-            .map(|p| Tokenizer::from_file(p).map(Arc::new))
-            .transpose()
-            .map_err(|e| format!("{e:#}"))
-    };
     match crate::inspect::inspect(id, if local { &hub } else { &offline }) {
         Ok(s) => {
             let files = source::resolve(id, &offline).ok();
@@ -116,6 +107,17 @@ pub fn analyse(id: &str, revision: &str) -> Result<ModelInfo, String> {
     }
 }
 
+/// The model's tokenizer, if its files are on disk. Files that are there but cannot be built
+/// are an error: the run would fail on them.
+fn tokenizer(files: &source::ModelFiles) -> Result<Option<Arc<Tokenizer>>, String> {
+    files
+        .tokenizer
+        .as_ref()
+        .map(|p| Tokenizer::from_file(p).map(Arc::new))
+        .transpose()
+        .map_err(|e| format!("{e:#}"))
+}
+
 pub fn check(app: &App) -> Report {
     let mut r = Report::default();
     if app.value("model.id").trim().is_empty() {
@@ -151,4 +153,40 @@ pub fn check(app: &App) -> Report {
         }
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tokenizer files found (here a sentencepiece model under a refused class) that cannot be
+    /// built are an error naming why, not "no tokenizer yet".
+    #[test]
+    fn tokenizer_files_that_cannot_be_built_are_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spm_tokenizer");
+        let model = dir.path().join("tokenizer.model");
+        std::fs::copy(fixture.join("llama/tokenizer.model"), &model).unwrap();
+        let mut files = source::ModelFiles {
+            id: "owner/name".into(),
+            root: dir.path().to_path_buf(),
+            config: dir.path().join("config.json"),
+            tokenizer: None,
+            weights: Vec::new(),
+            index: None,
+            from_hub: true,
+        };
+        assert!(tokenizer(&files).unwrap().is_none());
+        files.tokenizer = Some(model);
+        assert!(tokenizer(&files).unwrap().is_some());
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"tokenizer_class": "T5Tokenizer"}"#,
+        )
+        .unwrap();
+        match tokenizer(&files) {
+            Err(e) => assert!(e.contains("T5Tokenizer"), "{e}"),
+            Ok(t) => panic!("expected an error, got a tokenizer: {}", t.is_some()),
+        }
+    }
 }
