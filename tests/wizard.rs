@@ -8,8 +8,8 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use softtune::config::RunConfig;
-use softtune::tui::steps::Step;
 use softtune::tui::steps::device::GpuInfo;
+use softtune::tui::steps::{Report, Step};
 use softtune::tui::{Action, App, Machine, Theme};
 
 const SCRATCH: &str = "target/wizard-tests";
@@ -201,6 +201,15 @@ fn unsupported_architecture_is_an_error_on_the_model_step() {
     insta::assert_snapshot!("model_unsupported", s);
 }
 
+/// The model step's report after the model `dir` is entered (Tab leaves the field).
+fn model_step(dir: &Path) -> Report {
+    let mut a = app(base("no-tok-out"));
+    goto(&mut a, Step::Model);
+    set(&mut a, "model.id", dir.to_str().unwrap());
+    press(&mut a, KeyCode::Tab);
+    Step::Model.check(&a)
+}
+
 /// A local folder gets nothing downloaded, so a missing tokenizer stops the model step; one
 /// with GPT-2's slow tokenizer files passes it, unless they cannot be built.
 #[test]
@@ -211,11 +220,7 @@ fn a_local_model_without_a_tokenizer_is_an_error_on_the_model_step() {
         std::fs::copy(Path::new("tests/fixtures/gpt2").join(f), dir.join(f)).unwrap();
     }
     let _ = std::fs::remove_file(dir.join("vocab.json"));
-    let mut a = app(base("no-tok-out"));
-    goto(&mut a, Step::Model);
-    set(&mut a, "model.id", dir.to_str().unwrap());
-    press(&mut a, KeyCode::Tab);
-    let r = Step::Model.check(&a);
+    let r = model_step(&dir);
     assert!(
         r.errors.iter().any(|(k, e)| *k == "model.id"
             && e.contains("no tokenizer.json, no vocab.json with merges.txt")),
@@ -230,11 +235,7 @@ fn a_local_model_without_a_tokenizer_is_an_error_on_the_model_step() {
         )
         .unwrap();
     }
-    let mut a = app(base("no-tok-out"));
-    goto(&mut a, Step::Model);
-    set(&mut a, "model.id", dir.to_str().unwrap());
-    press(&mut a, KeyCode::Tab);
-    let r = Step::Model.check(&a);
+    let r = model_step(&dir);
     assert!(r.errors.is_empty(), "{:?}", r.errors);
 
     // Slow tokenizer files that cannot be built (a refused class) stop the step too, naming
@@ -244,11 +245,7 @@ fn a_local_model_without_a_tokenizer_is_an_error_on_the_model_step() {
         r#"{"tokenizer_class": "Qwen2Tokenizer"}"#,
     )
     .unwrap();
-    let mut a = app(base("no-tok-out"));
-    goto(&mut a, Step::Model);
-    set(&mut a, "model.id", dir.to_str().unwrap());
-    press(&mut a, KeyCode::Tab);
-    let r = Step::Model.check(&a);
+    let r = model_step(&dir);
     assert!(
         r.errors
             .iter()
