@@ -118,19 +118,20 @@ pub fn cache_key(tokenizer: &Path, eos: u32, files: &[DataFile]) -> Result<Strin
 /// across worker threads; order is preserved.
 pub fn tokenize_files(tok: &Tokenizer, files: &[DataFile], eos: u32) -> Result<Vec<u32>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // Large files are cut at paragraph boundaries so every core has work.
-    let mut pieces: Vec<(usize, String)> = Vec::new();
-    for (i, f) in files.iter().enumerate() {
+    // Large files are cut at paragraph boundaries so every core has work; the pieces after
+    // the first continue their file.
+    let mut pieces: Vec<(String, bool)> = Vec::new();
+    for f in files {
         let text = read_text(&f.path)?;
         let parts = if tok.paragraph_cuts_are_exact() {
             split_paragraphs(&text, 256 * 1024)
         } else {
             vec![text.as_str()]
         };
-        for part in parts {
-            pieces.push((i, part.to_string()));
+        for (n, part) in parts.into_iter().enumerate() {
+            pieces.push((part.to_string(), n > 0));
         }
-        pieces.push((i, String::new())); // marks the end of file i
+        pieces.push((String::new(), false)); // marks the end of the file
     }
     let chunk = pieces.len().div_ceil(threads).max(1);
     let results: Vec<Result<Vec<Vec<u32>>>> = std::thread::scope(|s| {
@@ -140,9 +141,11 @@ pub fn tokenize_files(tok: &Tokenizer, files: &[DataFile], eos: u32) -> Result<V
                 s.spawn(move || {
                     group
                         .iter()
-                        .map(|(_, text)| {
+                        .map(|(text, continues)| {
                             if text.is_empty() {
                                 Ok(vec![eos])
+                            } else if *continues {
+                                tok.encode_continuation(text)
                             } else {
                                 tok.encode(text)
                             }
@@ -336,6 +339,47 @@ mod tests {
         let whole = tok.encode(&text).unwrap();
         let cut: Vec<u32> = pieces.iter().flat_map(|p| tok.encode(p).unwrap()).collect();
         assert_eq!(whole, cut);
+    }
+
+    /// Llama-style tokenizers (Metaspace, the prefix once, byte fallback) cut exactly too: the
+    /// pieces after the first are tokenized without the prefix. Those whose cuts would not be
+    /// exact (the prefix before every chunk, a token that strips whitespace, a normalizer)
+    /// tokenize whole files.
+    #[test]
+    fn llama_paragraph_cuts_tokenize_like_the_whole_text() {
+        let spm = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spm_tokenizer");
+        let mut text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer_corpus.txt"),
+        )
+        .unwrap();
+        text.push_str("\n\n  indented</s>\n\n</s>After\n\n\n<s> End ");
+        let pieces = split_paragraphs(&text, 5_000);
+        assert!(pieces.len() > 20, "{} pieces", pieces.len());
+        for (folder, exact) in [
+            ("llama", true),
+            ("noprefix", true),
+            ("converted/tokenizer.json", true),
+            ("legacy", false),
+            ("declared", false),
+            ("bare", false),
+            ("unigram", false),
+        ] {
+            let file = if folder.ends_with(".json") {
+                spm.join(folder)
+            } else {
+                spm.join(folder).join("tokenizer.model")
+            };
+            let tok = Tokenizer::from_file(&file).unwrap();
+            assert_eq!(tok.paragraph_cuts_are_exact(), exact, "{folder}");
+            if exact {
+                let whole = tok.encode(&text).unwrap();
+                let mut cut = tok.encode(pieces[0]).unwrap();
+                for p in &pieces[1..] {
+                    cut.extend(tok.encode_continuation(p).unwrap());
+                }
+                assert_eq!(whole, cut, "{folder}");
+            }
+        }
     }
 
     /// A dataset saved by Windows Notepad, as "UTF-8 with BOM" or as "Unicode" (UTF-16 with

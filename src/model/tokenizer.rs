@@ -11,6 +11,9 @@ use super::{slow_bpe, spm, tokenizer_files};
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// What tokenizes the text after a paragraph cut, when cutting there is exact (see
+    /// [`Tokenizer::paragraph_cuts_are_exact`]).
+    continuation: Option<tokenizers::Tokenizer>,
     pub path: PathBuf,
 }
 
@@ -29,6 +32,7 @@ impl Tokenizer {
                 .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?
         };
         Ok(Self {
+            continuation: continuation_of(&inner),
             inner,
             path: path.to_path_buf(),
         })
@@ -67,16 +71,24 @@ impl Tokenizer {
             .map_err(|e| anyhow!("{}: decoding failed: {e}", self.path.display()))
     }
 
-    /// Whether cutting a text at paragraph boundaries (see `data::dataset::split_paragraphs`)
-    /// tokenizes exactly like the whole text: true for GPT-2-style byte-level BPE (regex on,
-    /// no prefix space, no normalizer). Others are tokenized one file at a time.
+    /// Whether cutting a text at paragraph boundaries (see `data::dataset::split_paragraphs`:
+    /// after a newline) and tokenizing the first piece with [`Tokenizer::encode`], the others
+    /// with [`Tokenizer::encode_continuation`], gives the ids of the whole text. True for
+    /// GPT-2-style byte-level BPE (regex on, no prefix space, no normalizer) and for Llama-style
+    /// BPE whose newline never merges (see `continuation_of`). Others tokenize one file at a
+    /// time.
     pub fn paragraph_cuts_are_exact(&self) -> bool {
-        use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-        let byte_level = matches!(
-            self.inner.get_pre_tokenizer(),
-            Some(PreTokenizerWrapper::ByteLevel(b)) if b.use_regex && !b.add_prefix_space
-        );
-        byte_level && self.inner.get_normalizer().is_none()
+        self.continuation.is_some()
+    }
+
+    /// Token ids of `text` that continues a text cut at a paragraph boundary (no word-boundary
+    /// prefix before it); [`Tokenizer::encode`] where cuts are not exact.
+    pub fn encode_continuation(&self, text: &str) -> Result<Vec<u32>> {
+        let tok = self.continuation.as_ref().unwrap_or(&self.inner);
+        let enc = tok
+            .encode(text, false)
+            .map_err(|e| anyhow!("{}: tokenization failed: {e}", self.path.display()))?;
+        Ok(enc.get_ids().to_vec())
     }
 
     /// One past the largest id the tokenizer can produce (added tokens included).
@@ -123,5 +135,58 @@ impl Tokenizer {
             );
         }
         Ok(())
+    }
+}
+
+/// The tokenizer for the text after a cut just after a newline, where tokenizing the two
+/// sides apart gives the ids of the whole:
+/// - GPT-2's byte-level BPE (regex on, no prefix space, no normalizer): the tokenizer itself;
+/// - a BPE behind one Metaspace pre-tokenizer (no split, the prefix once or never, no
+///   normalizer), with byte fallback and no piece holding a newline, so no merge crosses a
+///   newline, and added tokens that neither strip whitespace nor hold a newline: the same
+///   tokenizer without the prefix (the whole text had it only at its start).
+fn continuation_of(inner: &tokenizers::Tokenizer) -> Option<tokenizers::Tokenizer> {
+    use tokenizers::ModelWrapper;
+    use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+    use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+    if inner.get_normalizer().is_some() {
+        return None;
+    }
+    match inner.get_pre_tokenizer() {
+        Some(PreTokenizerWrapper::ByteLevel(b)) if b.use_regex && !b.add_prefix_space => {
+            Some(inner.clone())
+        }
+        Some(PreTokenizerWrapper::Metaspace(m))
+            if !m.get_split()
+                && matches!(
+                    m.get_prepend_scheme(),
+                    PrependScheme::First | PrependScheme::Never
+                ) =>
+        {
+            let ModelWrapper::BPE(bpe) = inner.get_model() else {
+                return None;
+            };
+            let newline_merges = inner.get_vocab(false).keys().any(|t| t.contains('\n'));
+            let added_ok = inner
+                .get_added_tokens_decoder()
+                .values()
+                .all(|t| !t.lstrip && !t.rstrip && !t.single_word && !t.content.contains('\n'));
+            if !bpe.byte_fallback
+                || bpe.dropout.is_some()
+                || bpe.ignore_merges
+                || newline_merges
+                || !added_ok
+            {
+                return None;
+            }
+            let mut tok = inner.clone();
+            tok.with_pre_tokenizer(Some(Metaspace::new(
+                m.get_replacement(),
+                PrependScheme::Never,
+                false,
+            )));
+            Some(tok)
+        }
+        _ => None,
     }
 }
