@@ -1,7 +1,9 @@
 //! Tokenization throughput of the dataset pipeline (parallel, paragraph-split), as used by
 //! `softtune train`:
 //!
-//!     cargo run --release --example tokenize_bench -- TOKENIZER.json [MEGABYTES]
+//!     cargo run --release --example tokenize_bench -- TOKENIZER_FILE [MEGABYTES]
+//!
+//! TOKENIZER_FILE: a tokenizer.json, GPT-2's vocab.json or a sentencepiece tokenizer.model.
 //!
 //! Builds a text of MEGABYTES (default 10) by repeating the bundled demo dataset, then
 //! tokenizes it once whole-file-at-a-time on one thread and once through the pipeline.
