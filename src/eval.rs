@@ -104,7 +104,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport> {
     let tokens = if args.text.extension().is_some_and(|e| e == "u32") {
         data::read_token_file(&args.text, config.vocab_size)?
     } else {
-        tokenizer.encode(&data::read_text(&args.text)?)?
+        data::dataset::tokenize_text(&tokenizer, &data::read_text(&args.text)?)?
     };
     let blocks = data::blocks(&tokens, block, args.max_blocks)?;
     if blocks.is_empty() {

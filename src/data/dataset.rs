@@ -117,21 +117,40 @@ pub fn cache_key(tokenizer: &Path, eos: u32, files: &[DataFile]) -> Result<Strin
 /// Tokenizes every file (no BOS), each followed by `eos`, concatenated. Files are split
 /// across worker threads; order is preserved.
 pub fn tokenize_files(tok: &Tokenizer, files: &[DataFile], eos: u32) -> Result<Vec<u32>> {
+    let texts = files
+        .iter()
+        .map(|f| read_text(&f.path))
+        .collect::<Result<Vec<_>>>()?;
+    tokenize_texts(tok, &texts, Some(eos))
+}
+
+/// Token ids of one text (no BOS or EOS), as [`Tokenizer::encode`] gives them, on every core
+/// where the tokenizer can be cut at paragraphs.
+pub fn tokenize_text(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    tokenize_texts(tok, &[text], None)
+}
+
+/// The ids of `texts`, concatenated, each followed by `eos` when there is one.
+fn tokenize_texts<T: AsRef<str> + Sync>(
+    tok: &Tokenizer,
+    texts: &[T],
+    eos: Option<u32>,
+) -> Result<Vec<u32>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // Large files are cut at paragraph boundaries so every core has work; the pieces after
-    // the first continue their file.
-    let mut pieces: Vec<(String, bool)> = Vec::new();
-    for f in files {
-        let text = read_text(&f.path)?;
+    // Large texts are cut at paragraph boundaries so every core has work; the pieces after
+    // the first continue their text. `None` marks the end of a text.
+    let mut pieces: Vec<Option<(&str, bool)>> = Vec::new();
+    for text in texts {
+        let text = text.as_ref();
         let parts = if tok.paragraph_cuts_are_exact() {
-            split_paragraphs(&text, 256 * 1024)
+            split_paragraphs(text, 256 * 1024)
         } else {
-            vec![text.as_str()]
+            vec![text]
         };
         for (n, part) in parts.into_iter().enumerate() {
-            pieces.push((part.to_string(), n > 0));
+            pieces.push(Some((part, n > 0)));
         }
-        pieces.push((String::new(), false)); // marks the end of the file
+        pieces.push(None);
     }
     let chunk = pieces.len().div_ceil(threads).max(1);
     let results: Vec<Result<Vec<Vec<u32>>>> = std::thread::scope(|s| {
@@ -141,14 +160,11 @@ pub fn tokenize_files(tok: &Tokenizer, files: &[DataFile], eos: u32) -> Result<V
                 s.spawn(move || {
                     group
                         .iter()
-                        .map(|(text, continues)| {
-                            if text.is_empty() {
-                                Ok(vec![eos])
-                            } else if *continues {
-                                tok.encode_continuation(text)
-                            } else {
-                                tok.encode(text)
-                            }
+                        .map(|piece| match piece {
+                            None => Ok(eos.into_iter().collect()),
+                            Some(("", _)) => Ok(Vec::new()),
+                            Some((text, true)) => tok.encode_continuation(text),
+                            Some((text, false)) => tok.encode(text),
                         })
                         .collect::<Result<Vec<_>>>()
                 })
@@ -341,9 +357,11 @@ mod tests {
         assert_eq!(whole, cut);
     }
 
-    /// Llama-style tokenizers (Metaspace, the prefix once, byte fallback) cut exactly too: the
-    /// pieces after the first are tokenized without the prefix. Those whose cuts would not be
-    /// exact (the prefix before every chunk, a token that strips whitespace, a normalizer)
+    /// Llama-style tokenizers (byte fallback, no newline in any piece) cut exactly too, in
+    /// sentencepiece's Metaspace form (the prefix once, never, or before every chunk) and in
+    /// Llama-2's `tokenizer.json` form (a `Prepend` normalizer, no pre-tokenizer): the pieces
+    /// after the first are tokenized behind a newline. Those whose cuts would not be exact (a
+    /// token that strips whitespace, a normalizer that could join across a newline, Unigram)
     /// tokenize whole files.
     #[test]
     fn llama_paragraph_cuts_tokenize_like_the_whole_text() {
@@ -352,32 +370,65 @@ mod tests {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer_corpus.txt"),
         )
         .unwrap();
-        text.push_str("\n\n  indented</s>\n\n</s>After\n\n\n<s> End ");
+        text.push_str("\n\n  indented</s>\n\n</s>After\n\n\n<s> End \n\n<s>\n\nX</s>");
         let pieces = split_paragraphs(&text, 5_000);
         assert!(pieces.len() > 20, "{} pieces", pieces.len());
-        for (folder, exact) in [
-            ("llama", true),
-            ("noprefix", true),
-            ("converted/tokenizer.json", true),
-            ("legacy", false),
-            ("declared", false),
-            ("bare", false),
-            ("unigram", false),
+
+        // Llama-2's tokenizer.json: the word-boundary prefix comes from a normalizer, before
+        // the text and after every added token; spaces become `▁` by a `Replace`.
+        let dir = tempfile::tempdir().unwrap();
+        let mut llama2: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(spm.join("converted/tokenizer.json")).unwrap())
+                .unwrap();
+        llama2["normalizer"] = serde_json::json!({"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "▁"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
+        ]});
+        llama2["pre_tokenizer"] = serde_json::Value::Null;
+        let llama2_file = dir.path().join("llama2.json");
+        std::fs::write(&llama2_file, llama2.to_string()).unwrap();
+        // The same with a normalizer that is not known to keep newlines apart.
+        llama2["normalizer"]["normalizers"][1]["pattern"] = serde_json::json!({"Regex": "\\s"});
+        let regex_file = dir.path().join("regex.json");
+        std::fs::write(&regex_file, llama2.to_string()).unwrap();
+
+        for (file, exact) in [
+            (spm.join("llama/tokenizer.model"), true),
+            (spm.join("noprefix/tokenizer.model"), true),
+            (spm.join("legacy/tokenizer.model"), true),
+            (spm.join("converted/tokenizer.json"), true),
+            (llama2_file, true),
+            (regex_file, false),
+            (spm.join("declared/tokenizer.model"), false),
+            (spm.join("bare/tokenizer.model"), false),
+            (spm.join("unigram/tokenizer.model"), false),
         ] {
-            let file = if folder.ends_with(".json") {
-                spm.join(folder)
-            } else {
-                spm.join(folder).join("tokenizer.model")
-            };
             let tok = Tokenizer::from_file(&file).unwrap();
-            assert_eq!(tok.paragraph_cuts_are_exact(), exact, "{folder}");
+            let name = file.display();
+            assert_eq!(tok.paragraph_cuts_are_exact(), exact, "{name}");
             if exact {
                 let whole = tok.encode(&text).unwrap();
                 let mut cut = tok.encode(pieces[0]).unwrap();
                 for p in &pieces[1..] {
                     cut.extend(tok.encode_continuation(p).unwrap());
                 }
-                assert_eq!(whole, cut, "{folder}");
+                assert_eq!(whole, cut, "{name}");
+                // Where a word-boundary prefix is added, tokenizing the pieces as texts of
+                // their own would not give those ids.
+                let naive: Vec<u32> = pieces.iter().flat_map(|p| tok.encode(p).unwrap()).collect();
+                assert_eq!(
+                    whole == naive,
+                    file.starts_with(spm.join("noprefix")),
+                    "{name}"
+                );
+                // The pipeline cuts texts over 256 KB the same way, on every core.
+                let long = text.repeat(3);
+                assert!(split_paragraphs(&long, 256 * 1024).len() > 1);
+                assert_eq!(
+                    tokenize_text(&tok, &long).unwrap(),
+                    tok.encode(&long).unwrap(),
+                    "{name}"
+                );
             }
         }
     }

@@ -11,9 +11,9 @@ use super::{slow_bpe, spm, tokenizer_files};
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
-    /// What tokenizes the text after a paragraph cut, when cutting there is exact (see
+    /// How the text after a paragraph cut is tokenized, when cutting there is exact (see
     /// [`Tokenizer::paragraph_cuts_are_exact`]).
-    continuation: Option<tokenizers::Tokenizer>,
+    continuation: Option<Continuation>,
     pub path: PathBuf,
 }
 
@@ -72,23 +72,32 @@ impl Tokenizer {
     }
 
     /// Whether cutting a text at paragraph boundaries (see `data::dataset::split_paragraphs`:
-    /// after a newline) and tokenizing the first piece with [`Tokenizer::encode`], the others
-    /// with [`Tokenizer::encode_continuation`], gives the ids of the whole text. True for
-    /// GPT-2-style byte-level BPE (regex on, no prefix space, no normalizer) and for Llama-style
-    /// BPE whose newline never merges (see `continuation_of`). Others tokenize one file at a
-    /// time.
+    /// just after a newline) and tokenizing the first piece with [`Tokenizer::encode`], the
+    /// others with [`Tokenizer::encode_continuation`], gives the ids of the whole text. True
+    /// for GPT-2-style byte-level BPE (regex on, no prefix space, no normalizer) and for
+    /// Llama-style BPE whose newline never merges, in both the sentencepiece-converted
+    /// (Metaspace) and the Llama-2 (`Prepend` normalizer) form (see `continuation_of`). Others
+    /// tokenize one file at a time.
     pub fn paragraph_cuts_are_exact(&self) -> bool {
         self.continuation.is_some()
     }
 
-    /// Token ids of `text` that continues a text cut at a paragraph boundary (no word-boundary
-    /// prefix before it); [`Tokenizer::encode`] where cuts are not exact.
+    /// Token ids of `text` that continues a text cut just after a newline;
+    /// [`Tokenizer::encode`] where cuts are not exact.
     pub fn encode_continuation(&self, text: &str) -> Result<Vec<u32>> {
-        let tok = self.continuation.as_ref().unwrap_or(&self.inner);
-        let enc = tok
-            .encode(text, false)
-            .map_err(|e| anyhow!("{}: tokenization failed: {e}", self.path.display()))?;
-        Ok(enc.get_ids().to_vec())
+        match &self.continuation {
+            None | Some(Continuation::AsIs) => self.encode(text),
+            Some(Continuation::AfterNewline { newline }) => {
+                let ids = self.encode(&format!("\n{text}"))?;
+                match ids.strip_prefix(newline.as_slice()) {
+                    Some(rest) => Ok(rest.to_vec()),
+                    None => bail!(
+                        "{}: the text after a paragraph break did not tokenize as a continuation; this is a softtune bug, please report it with the tokenizer file",
+                        self.path.display()
+                    ),
+                }
+            }
+        }
     }
 
     /// One past the largest id the tokenizer can produce (added tokens included).
@@ -138,55 +147,79 @@ impl Tokenizer {
     }
 }
 
-/// The tokenizer for the text after a cut just after a newline, where tokenizing the two
-/// sides apart gives the ids of the whole:
-/// - GPT-2's byte-level BPE (regex on, no prefix space, no normalizer): the tokenizer itself;
-/// - a BPE behind one Metaspace pre-tokenizer (no split, the prefix once or never, no
-///   normalizer), with byte fallback and no piece holding a newline, so no merge crosses a
-///   newline, and added tokens that neither strip whitespace nor hold a newline: the same
-///   tokenizer without the prefix (the whole text had it only at its start).
-fn continuation_of(inner: &tokenizers::Tokenizer) -> Option<tokenizers::Tokenizer> {
+/// How the text after a cut just after a newline is tokenized so that the two sides give
+/// the ids of the whole.
+enum Continuation {
+    /// As a text of its own: GPT-2's byte-level BPE, whose regex pre-tokenizer splits there in
+    /// both cases.
+    AsIs,
+    /// Behind a newline, whose ids (`newline`, those of `"\n"` alone) are then dropped. The
+    /// newline puts the text where it stood in the whole: not at the start of its chunk, so
+    /// no word-boundary prefix (`▁`) goes before it. That needs a newline no merge crosses.
+    AfterNewline { newline: Vec<u32> },
+}
+
+/// How to tokenize the text after a cut just after a newline (see [`Continuation`]), where
+/// tokenizing the two sides apart gives the ids of the whole:
+/// - GPT-2's byte-level BPE (regex on, no prefix space, no normalizer): as it is;
+/// - a BPE with no pre-tokenizer or one Metaspace (no split, the prefix at any scheme), no
+///   normalizer or only `Prepend` and plain-string `Replace` ones without a newline (Llama-2's
+///   `tokenizer.json`), with byte fallback and no piece holding a newline (other than a
+///   newline alone), so no merge crosses a newline, and added tokens that neither strip
+///   whitespace nor hold a newline: behind a newline.
+fn continuation_of(inner: &tokenizers::Tokenizer) -> Option<Continuation> {
     use tokenizers::ModelWrapper;
+    use tokenizers::normalizers::NormalizerWrapper;
     use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-    use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
-    if inner.get_normalizer().is_some() {
+
+    fn newline_free(n: &NormalizerWrapper) -> bool {
+        match n {
+            NormalizerWrapper::Prepend(p) => !p.prepend.contains('\n'),
+            NormalizerWrapper::Replace(r) => {
+                // `Replace`'s pattern is private; its serialized form,
+                // `{"pattern": {"String": " "}, "content": "▁"}`, names it.
+                let json = serde_json::to_value(r).unwrap_or_default();
+                let pattern = json["pattern"]["String"].as_str();
+                matches!(pattern, Some(p) if !p.is_empty() && !p.contains('\n'))
+                    && !r.content.contains('\n')
+            }
+            NormalizerWrapper::Sequence(seq) => seq.as_ref().iter().all(newline_free),
+            _ => false,
+        }
+    }
+
+    match inner.get_pre_tokenizer() {
+        Some(PreTokenizerWrapper::ByteLevel(b))
+            if b.use_regex && !b.add_prefix_space && inner.get_normalizer().is_none() =>
+        {
+            return Some(Continuation::AsIs);
+        }
+        None => {}
+        Some(PreTokenizerWrapper::Metaspace(m)) if !m.get_split() => {}
+        _ => return None,
+    }
+    if !inner.get_normalizer().is_none_or(newline_free) {
         return None;
     }
-    match inner.get_pre_tokenizer() {
-        Some(PreTokenizerWrapper::ByteLevel(b)) if b.use_regex && !b.add_prefix_space => {
-            Some(inner.clone())
-        }
-        Some(PreTokenizerWrapper::Metaspace(m))
-            if !m.get_split()
-                && matches!(
-                    m.get_prepend_scheme(),
-                    PrependScheme::First | PrependScheme::Never
-                ) =>
-        {
-            let ModelWrapper::BPE(bpe) = inner.get_model() else {
-                return None;
-            };
-            let newline_merges = inner.get_vocab(false).keys().any(|t| t.contains('\n'));
-            let added_ok = inner
-                .get_added_tokens_decoder()
-                .values()
-                .all(|t| !t.lstrip && !t.rstrip && !t.single_word && !t.content.contains('\n'));
-            if !bpe.byte_fallback
-                || bpe.dropout.is_some()
-                || bpe.ignore_merges
-                || newline_merges
-                || !added_ok
-            {
-                return None;
-            }
-            let mut tok = inner.clone();
-            tok.with_pre_tokenizer(Some(Metaspace::new(
-                m.get_replacement(),
-                PrependScheme::Never,
-                false,
-            )));
-            Some(tok)
-        }
-        _ => None,
+    let ModelWrapper::BPE(bpe) = inner.get_model() else {
+        return None;
+    };
+    let newline_merges = inner
+        .get_vocab(false)
+        .keys()
+        .any(|t| t.contains('\n') && t != "\n");
+    let added_ok = inner
+        .get_added_tokens_decoder()
+        .values()
+        .all(|t| !t.lstrip && !t.rstrip && !t.single_word && !t.content.contains('\n'));
+    if !bpe.byte_fallback
+        || bpe.dropout.is_some()
+        || bpe.ignore_merges
+        || newline_merges
+        || !added_ok
+    {
+        return None;
     }
+    let newline = inner.encode("\n", false).ok()?.get_ids().to_vec();
+    (!newline.is_empty()).then_some(Continuation::AfterNewline { newline })
 }
