@@ -363,3 +363,80 @@ fn parity_command_checks_every_fixture() {
     assert_ne!(code, 0);
     assert!(out.contains("FAIL"), "{out}");
 }
+
+/// An EPUB book evaluates like the text it holds: its paragraphs (one `<p>` each, the
+/// chapters split over two documents) give the loss of the same paragraphs in a text file,
+/// a blank line between them. A DRM-protected book is a one-line error naming it.
+#[test]
+fn eval_on_an_epub_book_matches_its_text() {
+    use std::io::Write;
+    let corpus = std::fs::read_to_string(fixtures().join("tokenizer_corpus.txt")).unwrap();
+    let paragraphs: Vec<String> = corpus
+        .split("\n\n")
+        .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|p| !p.is_empty())
+        .take(40)
+        .collect();
+    let escape = |p: &str| {
+        p.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let chapter = |ps: &[String]| {
+        let body: String = ps
+            .iter()
+            .map(|p| format!("<p>{}</p>\n", escape(p)))
+            .collect();
+        format!(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<html xmlns=\"http://www.w3.org/1999/xhtml\"><head><title>x</title></head><body>\n{body}</body></html>"
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, encryption: Option<&str>| {
+        let path = dir.path().join(name);
+        let mut zw = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        let opts = zip::write::SimpleFileOptions::default();
+        let mut files = vec![
+            ("META-INF/container.xml".to_string(), "<container><rootfiles><rootfile full-path=\"content.opf\"/></rootfiles></container>".to_string()),
+            ("content.opf".to_string(), "<package><manifest><item id=\"b\" href=\"b.xhtml\" media-type=\"application/xhtml+xml\"/><item id=\"a\" href=\"a.xhtml\" media-type=\"application/xhtml+xml\"/></manifest><spine><itemref idref=\"a\"/><itemref idref=\"b\"/></spine></package>".to_string()),
+            ("a.xhtml".to_string(), chapter(&paragraphs[..20])),
+            ("b.xhtml".to_string(), chapter(&paragraphs[20..])),
+        ];
+        if let Some(algorithm) = encryption {
+            files.push(("META-INF/encryption.xml".to_string(), format!("<encryption><EncryptedData><EncryptionMethod Algorithm=\"{algorithm}\"/><CipherData><CipherReference URI=\"b.xhtml\"/></CipherData></EncryptedData></encryption>")));
+        }
+        for (name, text) in files {
+            zw.start_file(name, opts).unwrap();
+            zw.write_all(text.as_bytes()).unwrap();
+        }
+        zw.finish().unwrap();
+        path
+    };
+    let book = write("book.epub", None);
+    let text = dir.path().join("book.txt");
+    std::fs::write(&text, paragraphs.join("\n\n")).unwrap();
+    let loss = |file: &Path| {
+        let (code, out, err) = eval(
+            fixtures().join("gpt2").to_str().unwrap(),
+            file.to_str().unwrap(),
+            &["--block-size", "32", "--max-blocks", "8"],
+        );
+        assert_eq!(code, 0, "{err}");
+        out.lines()
+            .find(|l| l.contains("without prompt: loss"))
+            .unwrap_or_else(|| panic!("no loss line in {out}"))
+            .to_string()
+    };
+    assert_eq!(loss(&book), loss(&text));
+
+    let drm = write(
+        "drm.epub",
+        Some("http://www.w3.org/2001/04/xmlenc#aes128-cbc"),
+    );
+    let (code, _, err) = eval(
+        fixtures().join("gpt2").to_str().unwrap(),
+        drm.to_str().unwrap(),
+        &["--block-size", "32"],
+    );
+    assert_one_line_error(code, &err, &["drm.epub", "DRM", "b.xhtml"]);
+}

@@ -21,7 +21,7 @@ pub struct DataFile {
 }
 
 /// Files of a dataset: `path` itself, or the files under it whose name matches `glob`
-/// (recursively), sorted by path.
+/// (recursively, ignoring case, hidden files and folders left out), sorted by path.
 pub fn scan(path: &Path, glob: &str) -> Result<Vec<DataFile>> {
     let pattern = glob::Pattern::new(glob)
         .map_err(|e| anyhow!("dataset glob \"{glob}\" is not a valid pattern: {e}"))?;
@@ -33,6 +33,15 @@ pub fn scan(path: &Path, glob: &str) -> Result<Vec<DataFile>> {
     } else {
         walk(path, &pattern, &mut paths)?;
         if paths.is_empty() {
+            let mut books = Vec::new();
+            walk(path, &glob::Pattern::new("*.epub")?, &mut books)?;
+            if !books.is_empty() {
+                bail!(
+                    "dataset folder {} has no files matching \"{glob}\" but {} EPUB book(s); set the glob to \"*.epub\" to learn from them",
+                    path.display(),
+                    books.len()
+                );
+            }
             bail!(
                 "dataset folder {} has no files matching \"{glob}\"; add .txt files or change the glob",
                 path.display()
@@ -72,7 +81,14 @@ fn walk(dir: &Path, pattern: &glob::Pattern, out: &mut Vec<PathBuf>) -> Result<(
         let ft = e.file_type()?;
         if ft.is_dir() {
             walk(&p, pattern, out)?;
-        } else if pattern.matches(&name.to_string_lossy()) {
+        } else if pattern.matches_with(
+            &name.to_string_lossy(),
+            // "*.txt" takes "NOTES.TXT" too, as Windows and macOS file dialogs do.
+            glob::MatchOptions {
+                case_sensitive: false,
+                ..glob::MatchOptions::new()
+            },
+        ) {
             out.push(p);
         }
     }
@@ -104,6 +120,9 @@ pub fn cache_key(tokenizer: &Path, eos: u32, files: &[DataFile]) -> Result<Strin
         }
     }
     h.update(eos.to_le_bytes());
+    if files.iter().any(|f| super::epub::is_epub(&f.path)) {
+        h.update(super::epub::TEXT_VERSION.as_bytes());
+    }
     for f in files {
         h.update(f.path.to_string_lossy().as_bytes());
         h.update([0]);
@@ -295,6 +314,24 @@ pub fn make_rows(ids: &[u32], len: usize, eval_fraction: f64, seed: u64) -> Resu
 mod tests {
     use super::*;
     use std::path::Path;
+
+    /// A folder of EPUB books under the default `*.txt` glob is an error that says how to
+    /// read them.
+    #[test]
+    fn epub_books_are_found_by_their_glob() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("series")).unwrap();
+        std::fs::write(dir.path().join("series/One.EPUB"), b"zip").unwrap();
+        std::fs::write(dir.path().join("notes.md"), b"md").unwrap();
+        let e = format!("{:#}", scan(dir.path(), "*.txt").unwrap_err());
+        assert!(e.contains("1 EPUB book") && e.contains("\"*.epub\""), "{e}");
+        let found = scan(dir.path(), "*.epub").unwrap();
+        assert_eq!(found.len(), 1);
+        assert!(found[0].path.ends_with("series/One.EPUB"));
+        std::fs::remove_file(dir.path().join("series/One.EPUB")).unwrap();
+        let e = format!("{:#}", scan(dir.path(), "*.txt").unwrap_err());
+        assert!(!e.contains("EPUB") && e.contains("add .txt files"), "{e}");
+    }
 
     /// The token cache follows every file a slow tokenizer is built from; tokenizer.json's
     /// key is its own contents only.

@@ -2,14 +2,19 @@
 //! for evaluation.
 
 pub mod dataset;
+pub mod epub;
 
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-/// Reads a text file ([`decode_text`]), normalising CRLF (and lone CR) to LF. A file that
-/// does not decode is an error naming the file and the byte offset.
+/// Reads a text file ([`decode_text`]), normalising CRLF (and lone CR) to LF, or the text of
+/// an EPUB book ([`epub`]). A file that does not decode is an error naming the file and the
+/// byte offset.
 pub fn read_text(path: &Path) -> Result<String> {
+    if epub::is_epub(path) {
+        return epub::read_text(path).map(normalize_newlines);
+    }
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let text = decode_text(&bytes).map_err(|why| anyhow!("{}: {why}", path.display()))?;
     Ok(normalize_newlines(text))

@@ -10,15 +10,15 @@ pub const FIELDS: &[FieldDef] = &[
     FieldDef {
         key: "dataset.path",
         label: "Text file or folder",
-        help: "The text to learn from: a UTF-8 file, or a folder searched recursively (e.g. data/novels)",
+        help: "The text to learn from: a UTF-8 file or EPUB book, or a folder searched recursively (e.g. data/novels)",
         choices: &[],
         lines: 1,
     },
     FieldDef {
         key: "dataset.glob",
         label: "File pattern",
-        help: "Which files of a folder are read (default *.txt; e.g. *.md)",
-        choices: &["*.txt", "*.md", "*"],
+        help: "Which files of a folder are read (default *.txt; e.g. *.md, *.epub)",
+        choices: &["*.txt", "*.epub", "*.md", "*"],
         lines: 1,
     },
 ];
@@ -41,19 +41,15 @@ pub struct DatasetInfo {
 /// Size of the text sample kept for estimates.
 pub const SAMPLE_BYTES: usize = 64 * 1024;
 
-/// Scans the dataset and reads every file once: errors name an unreadable file or one that
-/// is not text ([`crate::data::decode_text`]).
+/// Scans the dataset and reads every file once as training reads it
+/// ([`crate::data::read_text`]): errors name an unreadable file, one that is not text, or a
+/// damaged or DRM-protected EPUB book.
 pub fn analyse(path: &str, glob: &str) -> Result<DatasetInfo, String> {
     let files = crate::data::dataset::scan(Path::new(path), glob).map_err(|e| format!("{e:#}"))?;
     let mut sample = String::new();
     let mut total = 0u64;
     for f in &files {
-        let bytes = std::fs::read(&f.path)
-            .map_err(|e| format!("{}: cannot read ({e})", f.path.display()))?;
-        let text = match crate::data::decode_text(&bytes) {
-            Err(why) => return Err(format!("{}: {why}", f.path.display())),
-            Ok(text) => text,
-        };
+        let text = crate::data::read_text(&f.path).map_err(|e| format!("{e:#}"))?;
         total += text.len() as u64;
         if sample.len() < SAMPLE_BYTES {
             let room = SAMPLE_BYTES - sample.len();
