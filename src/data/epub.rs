@@ -460,9 +460,9 @@ impl Text {
         for c in s.chars() {
             match c {
                 '\u{AD}' => {}
-                '\n' if pre => self.newlines = (self.newlines + 1).min(2),
-                ' ' | '\t' | '\n' | '\r' | '\u{C}' | '\u{A0}' if !pre => self.space = true,
                 '\u{A0}' => self.space = true,
+                '\n' if pre => self.newlines = (self.newlines + 1).min(2),
+                ' ' | '\t' | '\n' | '\r' | '\u{C}' if !pre => self.space = true,
                 c => {
                     if !self.text.is_empty() {
                         if self.newlines > 0 {
