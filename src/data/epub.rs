@@ -301,7 +301,7 @@ const SKIPPED: [&str; 8] = [
 ];
 
 /// Elements that start and end a paragraph.
-const BLOCKS: [&str; 33] = [
+const BLOCKS: &[&str] = &[
     "address",
     "article",
     "aside",
@@ -327,6 +327,7 @@ const BLOCKS: [&str; 33] = [
     "h5",
     "h6",
     "header",
+    "hgroup",
     "hr",
     "li",
     "main",
@@ -335,10 +336,11 @@ const BLOCKS: [&str; 33] = [
     "p",
     "pre",
     "section",
+    "summary",
+    "table",
+    "tr",
+    "ul",
 ];
-
-/// Further block elements: tables' rows and lists.
-const MORE_BLOCKS: [&str; 5] = ["table", "tr", "ul", "summary", "hgroup"];
 
 /// `epub:type` values whose element is left out.
 const SKIPPED_TYPES: [&str; 6] = [
@@ -418,7 +420,7 @@ fn xhtml_text(xhtml: &str) -> Result<String, String> {
 }
 
 fn is_block(name: &str) -> bool {
-    BLOCKS.contains(&name) || MORE_BLOCKS.contains(&name)
+    BLOCKS.contains(&name)
 }
 
 fn skipped_type(e: &BytesStart) -> bool {
