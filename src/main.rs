@@ -66,7 +66,8 @@ enum Command {
         /// A local model folder or a Hugging Face id.
         #[arg(long)]
         model: String,
-        /// UTF-8 text file to score, or a .u32 token file (a run's heldout.u32).
+        /// Text to score: a text file, an EPUB book, a .docx or .odt document, or a .u32
+        /// token file (a run's heldout.u32).
         #[arg(long)]
         text: PathBuf,
         /// Soft prompt: a KoboldAI .zip, a PEFT adapter folder, or an npz .mtjsp.
@@ -89,6 +90,19 @@ enum Command {
         precision: Precision,
         #[command(flatten)]
         hub: HubArgs,
+    },
+    /// Print the text softtune reads from dataset files, as training reads them: to check
+    /// what a book or document becomes, or to save it as plain text.
+    ///
+    /// Text files, EPUB books, Word (.docx) and OpenDocument (.odt) documents; the files of
+    /// a folder in training's order, a blank line between them. Each file's name and size go
+    /// to standard error.
+    Text {
+        /// A file, or a folder searched recursively.
+        path: PathBuf,
+        /// Which files of a folder are read, as the run configuration's `dataset.glob`.
+        #[arg(long, default_value = "*.txt")]
+        glob: String,
     },
     /// Train a soft prompt from a run configuration (TOML) or a saved profile.
     ///
@@ -199,10 +213,13 @@ fn main() -> ExitCode {
     let Some(command) = cli.command else {
         return wizard(cli.profile, cli.theme);
     };
-    if matches!(command, Command::Runs | Command::Attach { plain: true, .. })
-        || matches!(command, Command::Attach { .. }) && !softtune::tui::on_terminal()
+    if matches!(
+        command,
+        Command::Runs | Command::Attach { plain: true, .. } | Command::Text { .. }
+    ) || matches!(command, Command::Attach { .. }) && !softtune::tui::on_terminal()
     {
-        // `softtune runs | head`: end quietly when the reader goes away, like other tools.
+        // `softtune runs | head`, `softtune text book.epub | less`: end quietly when the
+        // reader goes away, like other tools.
         #[cfg(unix)]
         // SAFETY: restores the default action of SIGPIPE; no other thread runs yet.
         unsafe {
@@ -235,6 +252,7 @@ fn main() -> ExitCode {
             hub: hub.options(),
         })
         .map(|r| r.print()),
+        Command::Text { path, glob } => print_text(&path, &glob),
         Command::Train {
             config,
             profile,
@@ -308,6 +326,29 @@ fn run_parity(
     } else {
         anyhow::bail!("parity failed on {device}")
     }
+}
+
+fn print_text(path: &std::path::Path, glob: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let files = softtune::data::dataset::scan(path, glob)?;
+    let mut out = std::io::stdout().lock();
+    let mut chars = 0;
+    for (i, f) in files.iter().enumerate() {
+        let text = softtune::data::read_text(&f.path)?;
+        if i > 0 {
+            out.write_all(b"\n\n")?;
+        }
+        out.write_all(text.trim_end_matches('\n').as_bytes())?;
+        let n = text.chars().count();
+        chars += n;
+        eprintln!("{}: {n} characters", f.path.display());
+    }
+    out.write_all(b"\n")?;
+    out.flush()?;
+    if files.len() > 1 {
+        eprintln!("{} files, {chars} characters", files.len());
+    }
+    Ok(())
 }
 
 fn list_profiles() -> anyhow::Result<()> {

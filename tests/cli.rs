@@ -440,3 +440,40 @@ fn eval_on_an_epub_book_matches_its_text() {
     );
     assert_one_line_error(code, &err, &["drm.epub", "DRM", "b.xhtml"]);
 }
+
+/// `softtune text` prints what training reads: a Word document, an OpenDocument text and
+/// the text they were made from read alike (`tests/fixtures/docx/make_docx.py`), the files
+/// of a folder in training's order a blank line apart, each file's size on standard error.
+/// A file that is not text is a one-line error naming it and what it is.
+#[test]
+fn text_prints_what_training_reads() {
+    let dir = fixtures().join("docx");
+    let expected = std::fs::read_to_string(dir.join("book.txt")).unwrap();
+    let docx = dir.join("book.docx");
+    let (code, out, err) = softtune(&["text", docx.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("{expected}\n"));
+    assert!(
+        err.contains("book.docx: ") && err.contains(" characters") && err.lines().count() == 1,
+        "{err}"
+    );
+    let (code, out, err) = softtune(&["text", dir.to_str().unwrap(), "--glob", "BOOK.*"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("{expected}\n\n{expected}\n\n{expected}\n"));
+    let order: Vec<&str> = err.lines().map(|l| l.split(':').next().unwrap()).collect();
+    assert!(
+        order[0].ends_with("book.docx")
+            && order[1].ends_with("book.odt")
+            && order[2].ends_with("book.txt")
+            && err.contains("3 files"),
+        "{err}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let pdf = tmp.path().join("novel.txt");
+    std::fs::write(&pdf, b"%PDF-1.5\n%\xb5\xb5\n").unwrap();
+    let (code, _, err) = softtune(&["text", pdf.to_str().unwrap()]);
+    assert_one_line_error(code, &err, &["novel.txt", "a PDF", "pdftotext"]);
+    let (code, _, err) = softtune(&["text", tmp.path().to_str().unwrap(), "--glob", "*.epub"]);
+    assert_one_line_error(code, &err, &["no files matching \"*.epub\""]);
+}

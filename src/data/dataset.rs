@@ -33,19 +33,7 @@ pub fn scan(path: &Path, glob: &str) -> Result<Vec<DataFile>> {
     } else {
         walk(path, &pattern, &mut paths)?;
         if paths.is_empty() {
-            let mut books = Vec::new();
-            walk(path, &glob::Pattern::new("*.epub")?, &mut books)?;
-            if !books.is_empty() {
-                bail!(
-                    "dataset folder {} has no files matching \"{glob}\" but {} EPUB book(s); set the glob to \"*.epub\" to learn from them",
-                    path.display(),
-                    books.len()
-                );
-            }
-            bail!(
-                "dataset folder {} has no files matching \"{glob}\"; add .txt files or change the glob",
-                path.display()
-            );
+            bail!("{}", nothing_matches(path, glob)?);
         }
     }
     paths.sort();
@@ -66,6 +54,33 @@ pub fn scan(path: &Path, glob: &str) -> Result<Vec<DataFile>> {
             })
         })
         .collect()
+}
+
+/// Why a dataset folder has no files for `glob`, and what to do: when it holds documents of
+/// a kind softtune reads (EPUB books, Word documents), the glob that takes them.
+fn nothing_matches(dir: &Path, glob: &str) -> Result<String> {
+    let mut all = Vec::new();
+    walk(dir, &glob::Pattern::new("*")?, &mut all)?;
+    let found: Vec<(usize, &super::Document)> = super::DOCUMENTS
+        .iter()
+        .map(|d| (all.iter().filter(|p| (d.is)(p)).count(), d))
+        .filter(|(n, _)| *n > 0)
+        .collect();
+    if found.is_empty() {
+        return Ok(format!(
+            "dataset folder {} has no files matching \"{glob}\"; add .txt files or change the glob",
+            dir.display()
+        ));
+    }
+    let list = |f: &dyn Fn(&(usize, &super::Document)) -> String, sep: &str| {
+        found.iter().map(f).collect::<Vec<_>>().join(sep)
+    };
+    Ok(format!(
+        "dataset folder {} has no files matching \"{glob}\" but {}; set the glob to {} to learn from them",
+        dir.display(),
+        list(&|(n, d)| format!("{n} {}(s)", d.what), " and "),
+        list(&|(_, d)| format!("\"{}\"", d.glob), " or "),
+    ))
 }
 
 fn walk(dir: &Path, pattern: &glob::Pattern, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -120,8 +135,10 @@ pub fn cache_key(tokenizer: &Path, eos: u32, files: &[DataFile]) -> Result<Strin
         }
     }
     h.update(eos.to_le_bytes());
-    if files.iter().any(|f| super::epub::is_epub(&f.path)) {
-        h.update(super::epub::TEXT_VERSION.as_bytes());
+    for document in &super::DOCUMENTS {
+        if files.iter().any(|f| (document.is)(&f.path)) {
+            h.update(document.version.as_bytes());
+        }
     }
     for f in files {
         h.update(f.path.to_string_lossy().as_bytes());
@@ -315,20 +332,33 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    /// A folder of EPUB books under the default `*.txt` glob is an error that says how to
-    /// read them.
+    /// A folder of EPUB books or Word documents under the default `*.txt` glob is an error
+    /// that says how to read them.
     #[test]
-    fn epub_books_are_found_by_their_glob() {
+    fn documents_are_found_by_their_glob() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("series")).unwrap();
         std::fs::write(dir.path().join("series/One.EPUB"), b"zip").unwrap();
         std::fs::write(dir.path().join("notes.md"), b"md").unwrap();
         let e = format!("{:#}", scan(dir.path(), "*.txt").unwrap_err());
-        assert!(e.contains("1 EPUB book") && e.contains("\"*.epub\""), "{e}");
+        assert!(
+            e.contains("but 1 EPUB book(s); set the glob to \"*.epub\""),
+            "{e}"
+        );
         let found = scan(dir.path(), "*.epub").unwrap();
         assert_eq!(found.len(), 1);
         assert!(found[0].path.ends_with("series/One.EPUB"));
+        std::fs::write(dir.path().join("draft 1.docx"), b"zip").unwrap();
+        std::fs::write(dir.path().join("series/draft 2.docx"), b"zip").unwrap();
+        let e = format!("{:#}", scan(dir.path(), "*.txt").unwrap_err());
+        assert!(
+            e.contains("but 1 EPUB book(s) and 2 Word document(s); set the glob to \"*.epub\" or \"*.docx\""),
+            "{e}"
+        );
+        assert_eq!(scan(dir.path(), "*.docx").unwrap().len(), 2);
         std::fs::remove_file(dir.path().join("series/One.EPUB")).unwrap();
+        std::fs::remove_file(dir.path().join("draft 1.docx")).unwrap();
+        std::fs::remove_file(dir.path().join("series/draft 2.docx")).unwrap();
         let e = format!("{:#}", scan(dir.path(), "*.txt").unwrap_err());
         assert!(!e.contains("EPUB") && e.contains("add .txt files"), "{e}");
     }

@@ -17,14 +17,14 @@
 //! other than the font obfuscation EPUB allows) is an error, as is a damaged one; every
 //! error names the book and, where there is one, the document inside it.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, bail};
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::reader::Reader;
+
+use super::archive::{Archive, Kind, attribute, first_attribute, resolve, xml_error};
 
 /// Bumped when the text made from a book changes, so token caches made by an older
 /// extraction are not reused (it enters the dataset's cache key).
@@ -38,24 +38,18 @@ pub fn is_epub(path: &Path) -> bool {
 
 /// The text of the book at `path` (see the module documentation).
 pub fn read_text(path: &Path) -> Result<String> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let mut book = Book {
-        zip: zip::ZipArchive::new(file).map_err(|e| {
-            anyhow!(
-                "{}: not a readable EPUB (it is not a zip archive: {e}); download or export the book again",
-                path.display()
-            )
-        })?,
-        path,
-    };
+    let mut book = Book(Archive::open(path, KIND)?);
     book.text()
 }
 
-struct Book<'a> {
-    zip: zip::ZipArchive<std::fs::File>,
-    path: &'a Path,
-}
+const KIND: Kind = Kind {
+    name: "EPUB",
+    noun: "the book",
+    redo: "download or export the book again",
+    ole: "",
+};
+
+struct Book<'a>(Archive<'a>);
 
 /// Encryption algorithms EPUB uses to obfuscate embedded fonts; anything else encrypted is
 /// DRM.
@@ -66,28 +60,30 @@ const FONT_OBFUSCATION: [&str; 2] = [
 
 impl Book<'_> {
     fn text(&mut self) -> Result<String> {
-        let container = self.document("META-INF/container.xml")?;
+        let book = &mut self.0;
+        let container = book.document("META-INF/container.xml")?;
         let package = first_attribute(&container, "rootfile", "full-path")
-            .map_err(|e| self.damaged("META-INF/container.xml", e))?
+            .map_err(|e| book.damaged("META-INF/container.xml", e))?
             .ok_or_else(|| {
-                self.damaged(
+                book.damaged(
                     "META-INF/container.xml",
                     "it names no package document (no <rootfile full-path=\"…\">)".into(),
                 )
             })?;
         let encrypted = self.encrypted()?;
-        let opf = self.document(&package)?;
-        let spine = spine(&opf, &package).map_err(|e| self.damaged(&package, e))?;
+        let book = &mut self.0;
+        let opf = book.document(&package)?;
+        let spine = spine(&opf, &package).map_err(|e| book.damaged(&package, e))?;
         let mut out = String::new();
         for href in spine {
             if encrypted.contains(&href) {
                 bail!(
                     "{}: the book is protected by DRM ({href} is encrypted); softtune reads DRM-free EPUBs only",
-                    self.path.display()
+                    book.path.display()
                 );
             }
-            let xhtml = self.document(&href)?;
-            let text = xhtml_text(&xhtml).map_err(|e| self.damaged(&href, e))?;
+            let xhtml = book.document(&href)?;
+            let text = xhtml_text(&xhtml).map_err(|e| book.damaged(&href, e))?;
             if !text.is_empty() {
                 if !out.is_empty() {
                     out.push_str("\n\n");
@@ -98,7 +94,7 @@ impl Book<'_> {
         if out.is_empty() {
             bail!(
                 "{}: the book has no text in its reading order (only images?); softtune learns from text",
-                self.path.display()
+                book.path.display()
             );
         }
         Ok(out)
@@ -108,10 +104,11 @@ impl Book<'_> {
     /// fonts (none when the file is absent).
     fn encrypted(&mut self) -> Result<HashSet<String>> {
         const NAME: &str = "META-INF/encryption.xml";
-        if self.zip.index_for_name(NAME).is_none() {
+        let book = &mut self.0;
+        if !book.has(NAME) {
             return Ok(HashSet::new());
         }
-        let xml = self.document(NAME)?;
+        let xml = book.document(NAME)?;
         let mut reader = Reader::from_str(&xml);
         let mut out = HashSet::new();
         let mut algorithm = String::new();
@@ -133,74 +130,10 @@ impl Book<'_> {
                 },
                 Ok(Event::Eof) => return Ok(out),
                 Ok(_) => {}
-                Err(e) => return Err(self.damaged(NAME, xml_error(&reader, e))),
+                Err(e) => return Err(book.damaged(NAME, xml_error(&reader, e))),
             }
         }
     }
-
-    /// The zip entry `name` as text (UTF-8 or UTF-16 with a byte-order mark).
-    fn document(&mut self, name: &str) -> Result<String> {
-        let mut entry = self.zip.by_name(name).map_err(|e| match e {
-            zip::result::ZipError::FileNotFound => anyhow!(
-                "{}: not a readable EPUB: it has no {name}; download or export the book again",
-                self.path.display()
-            ),
-            e => anyhow!(
-                "{}: cannot read {name} in the book: {e}",
-                self.path.display()
-            ),
-        })?;
-        let mut bytes = Vec::new();
-        entry.read_to_end(&mut bytes).map_err(|e| {
-            anyhow!(
-                "{}: cannot read {name} in the book: {e}",
-                self.path.display()
-            )
-        })?;
-        super::decode_text(&bytes)
-            .map_err(|why| anyhow!("{}: {name} in the book is {why}", self.path.display()))
-    }
-
-    fn damaged(&self, name: &str, why: String) -> anyhow::Error {
-        anyhow!(
-            "{}: not a readable EPUB: {name} in the book: {why}; download or export the book again",
-            self.path.display()
-        )
-    }
-}
-
-/// `value` of attribute `key` (local name) of `e`, unescaped.
-fn attribute(e: &BytesStart, key: &str) -> Option<String> {
-    e.attributes()
-        .flatten()
-        .find(|a| a.key.local_name().as_ref() == key)
-        .and_then(|a| {
-            a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                .ok()
-                .map(Cow::into_owned)
-        })
-}
-
-/// The attribute `key` of the first element named `element` in `xml`.
-fn first_attribute(xml: &str, element: &str, key: &str) -> Result<Option<String>, String> {
-    let mut reader = Reader::from_str(xml);
-    loop {
-        match reader.read_event() {
-            Ok(Event::Start(e) | Event::Empty(e)) if e.local_name().as_ref() == element => {
-                return Ok(attribute(&e, key));
-            }
-            Ok(Event::Eof) => return Ok(None),
-            Ok(_) => {}
-            Err(e) => return Err(xml_error(&reader, e)),
-        }
-    }
-}
-
-fn xml_error(reader: &Reader<&[u8]>, e: quick_xml::Error) -> String {
-    format!(
-        "not well-formed XML at byte {}: {e}",
-        reader.error_position()
-    )
 }
 
 /// The zip paths of the spine's documents in reading order (`linear="no"` left out), read
@@ -251,48 +184,6 @@ fn spine(opf: &str, package: &str) -> Result<Vec<String>, String> {
         }
     }
     Ok(out)
-}
-
-/// The zip path of `href` (a URL relative to the folder `base`): percent-escapes decoded,
-/// any `#fragment` dropped, `.` and `..` segments resolved.
-fn resolve(base: &str, href: &str) -> String {
-    let href = href.split('#').next().unwrap_or_default();
-    let href = percent_decode(href);
-    let mut parts: Vec<&str> = if href.starts_with('/') {
-        Vec::new()
-    } else {
-        base.split('/').filter(|s| !s.is_empty()).collect()
-    };
-    for seg in href.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            s => parts.push(s),
-        }
-    }
-    parts.join("/")
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
 }
 
 /// Elements whose content is not part of the text.
@@ -489,6 +380,7 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+    use crate::data::archive::percent_decode;
 
     const CONTAINER: &str = r#"<?xml version="1.0"?>
 <container version="1.0" xmlns="urn:oasis:names:tc:opendocument:xmlns:container">

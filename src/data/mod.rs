@@ -1,19 +1,67 @@
 //! Text → tokens → rows: reading text files, the dataset pipeline ([`dataset`]) and blocks
 //! for evaluation.
 
+mod archive;
 pub mod dataset;
+pub mod docx;
 pub mod epub;
+pub mod odt;
+mod paragraphs;
 
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 
+/// A kind of document read from its package rather than as a text file, known by its
+/// file name's extension.
+pub struct Document {
+    /// What one is called, as in "3 EPUB book(s)".
+    pub what: &'static str,
+    /// The dataset glob that takes them.
+    pub glob: &'static str,
+    pub is: fn(&Path) -> bool,
+    /// The version of the text extraction (enters the token cache's key).
+    pub version: &'static str,
+    read: fn(&Path) -> Result<String>,
+}
+
+/// The documents softtune reads besides text files.
+pub const DOCUMENTS: [Document; 3] = [
+    Document {
+        what: "EPUB book",
+        glob: "*.epub",
+        is: epub::is_epub,
+        version: epub::TEXT_VERSION,
+        read: epub::read_text,
+    },
+    Document {
+        what: "Word document",
+        glob: "*.docx",
+        is: docx::is_docx,
+        version: docx::TEXT_VERSION,
+        read: docx::read_text,
+    },
+    Document {
+        what: "OpenDocument text",
+        glob: "*.odt",
+        is: odt::is_odt,
+        version: odt::TEXT_VERSION,
+        read: odt::read_text,
+    },
+];
+
+/// The kind of document `path` names, if it is not a text file.
+pub fn document_of(path: &Path) -> Option<&'static Document> {
+    DOCUMENTS.iter().find(|d| (d.is)(path))
+}
+
 /// Reads a text file ([`decode_text`]), normalising CRLF (and lone CR) to LF, or the text of
-/// an EPUB book ([`epub`]). A file that does not decode is an error naming the file and the
-/// byte offset.
+/// an EPUB book ([`epub`]), a Word document ([`docx`]) or an OpenDocument text ([`odt`]). A
+/// file that does not decode is an error naming the file and the byte offset; one in another
+/// format (a PDF, say) is an error naming it and what to do.
 pub fn read_text(path: &Path) -> Result<String> {
-    if epub::is_epub(path) {
-        return epub::read_text(path).map(normalize_newlines);
+    if let Some(document) = document_of(path) {
+        return (document.read)(path).map(normalize_newlines);
     }
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let text = decode_text(&bytes).map_err(|why| anyhow!("{}: {why}", path.display()))?;
@@ -23,8 +71,13 @@ pub fn read_text(path: &Path) -> Result<String> {
 /// A text file's bytes as text: UTF-8, without the byte-order mark some editors put first
 /// (Windows Notepad's "UTF-8 with BOM"), or UTF-16 when a UTF-16 byte-order mark opens it
 /// (Notepad's "Unicode"). Otherwise the error says where the file stops being UTF-8, or
-/// UTF-16, and what to do.
+/// UTF-16, and what to do; a file in a format that is not text (PDF, RTF, Word 97–2003, a
+/// zip archive, a Kindle book), and UTF-16 without a byte-order mark (NUL characters), is
+/// an error saying what it is and how to get its text.
 pub fn decode_text(bytes: &[u8]) -> std::result::Result<String, String> {
+    if let Some(why) = foreign(bytes) {
+        return Err(why.to_string());
+    }
     if let Some(rest) = bytes.strip_prefix(b"\xEF\xBB\xBF") {
         return utf8(rest, 3);
     }
@@ -37,14 +90,48 @@ pub fn decode_text(bytes: &[u8]) -> std::result::Result<String, String> {
     utf8(bytes, 0)
 }
 
+/// What a file that is not text is, by its first bytes, and what to do.
+fn foreign(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(b"%PDF-") {
+        Some(
+            "a PDF document, not text; extract its text (`pdftotext FILE.pdf FILE.txt`) and check it for page headers and broken lines, or use the book's EPUB",
+        )
+    } else if bytes.starts_with(b"{\\rtf") {
+        Some(
+            "rich text (RTF, as WordPad and TextEdit save it), not plain text; save it as .docx, or as plain text (TextEdit: Format › Make Plain Text)",
+        )
+    } else if bytes.starts_with(&archive::OLE_MAGIC) {
+        Some(
+            "a Word 97–2003 (.doc) or other older Office file, not text; open it and save it as .docx or as plain text",
+        )
+    } else if bytes.starts_with(b"PK\x03\x04") {
+        Some(
+            "a zip archive, not text; unzip it, or, if it is a Word, OpenDocument or EPUB file, name it .docx, .odt or .epub",
+        )
+    } else if bytes.get(60..68) == Some(b"BOOKMOBI") {
+        Some(
+            "a Kindle book (MOBI/AZW), not text; convert it to EPUB (Calibre: `ebook-convert BOOK.azw3 BOOK.epub`; DRM-protected books cannot be read)",
+        )
+    } else {
+        None
+    }
+}
+
 /// `bytes` as UTF-8; `skipped` bytes came before them in the file.
 fn utf8(bytes: &[u8], skipped: usize) -> std::result::Result<String, String> {
-    std::str::from_utf8(bytes).map(str::to_string).map_err(|e| {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
         format!(
             "not valid UTF-8 at byte offset {}; save it as UTF-8 (from Latin-1: `iconv -f LATIN1 -t UTF-8`)",
             skipped + e.valid_up_to()
         )
-    })
+    })?;
+    if let Some(at) = text.find('\0') {
+        return Err(format!(
+            "not text: a NUL character at byte offset {}; if it is UTF-16 without a byte-order mark, save it as UTF-8 (`iconv -f UTF-16LE -t UTF-8`)",
+            skipped + at
+        ));
+    }
+    Ok(text.to_string())
 }
 
 /// `bytes` (after a 2-byte byte-order mark) as UTF-16 code units read by `unit`.
@@ -183,5 +270,46 @@ mod tests {
         std::fs::write(&bad, b"caf\xe9").unwrap();
         let e = read_text(&bad).unwrap_err().to_string();
         assert!(e.starts_with(&bad.display().to_string()), "{e}");
+    }
+
+    /// Files that are not text (a PDF under `glob = "*"`, an RTF named .txt, UTF-16
+    /// without its byte-order mark) say what they are and how to get their text, instead of
+    /// being trained on as garbage or failing as "not UTF-8".
+    #[test]
+    fn files_in_other_formats_say_what_they_are() {
+        let mut mobi = vec![0u8; 80];
+        mobi[60..68].copy_from_slice(b"BOOKMOBI");
+        let mut ole = archive::OLE_MAGIC.to_vec();
+        ole.extend([0; 8]);
+        let cases: [(&[u8], &str); 5] = [
+            (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n", "pdftotext"),
+            (b"{\\rtf1\\ansi\\deff0 {\\fonttbl}}", "RTF"),
+            (&ole, "Word 97"),
+            (b"PK\x03\x04\x14\x00", "zip archive"),
+            (&mobi, "Kindle"),
+        ];
+        for (bytes, what) in cases {
+            let e = decode_text(bytes).unwrap_err();
+            assert!(e.contains(what), "{what}: {e}");
+        }
+        // "Hi" in UTF-16LE without a byte-order mark is valid UTF-8 with NULs.
+        let e = decode_text(b"H\0i\0").unwrap_err();
+        assert!(
+            e.contains("NUL character at byte offset 1") && e.contains("UTF-16"),
+            "{e}"
+        );
+        // A mark of a format later in a text is text.
+        assert_eq!(
+            decode_text(b"see %PDF- and {\\rtf").unwrap(),
+            "see %PDF- and {\\rtf"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let pdf = dir.path().join("novel.txt");
+        std::fs::write(&pdf, b"%PDF-1.4\n").unwrap();
+        let e = read_text(&pdf).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&pdf.display().to_string()) && e.contains("a PDF"),
+            "{e}"
+        );
     }
 }

@@ -10,15 +10,15 @@ pub const FIELDS: &[FieldDef] = &[
     FieldDef {
         key: "dataset.path",
         label: "Text file or folder",
-        help: "The text to learn from: a UTF-8 file or EPUB book, or a folder searched recursively (e.g. data/novels)",
+        help: "The text to learn from: a file (UTF-8 text, EPUB, .docx, .odt) or a folder searched recursively",
         choices: &[],
         lines: 1,
     },
     FieldDef {
         key: "dataset.glob",
         label: "File pattern",
-        help: "Which files of a folder are read (default *.txt; e.g. *.md, *.epub)",
-        choices: &["*.txt", "*.epub", "*.md", "*"],
+        help: "Which files of a folder are read (default *.txt; e.g. *.md, *.epub, *.docx, *.odt)",
+        choices: &["*.txt", "*.epub", "*.docx", "*.odt", "*.md", "*"],
         lines: 1,
     },
 ];
@@ -43,7 +43,7 @@ pub const SAMPLE_BYTES: usize = 64 * 1024;
 
 /// Scans the dataset and reads every file once as training reads it
 /// ([`crate::data::read_text`]): errors name an unreadable file, one that is not text, or a
-/// damaged or DRM-protected EPUB book.
+/// damaged or protected EPUB book or document.
 pub fn analyse(path: &str, glob: &str) -> Result<DatasetInfo, String> {
     let files = crate::data::dataset::scan(Path::new(path), glob).map_err(|e| format!("{e:#}"))?;
     let mut sample = String::new();
