@@ -641,3 +641,42 @@ fn xglm_kobold_prompts_sit_before_the_embedding_scale() {
     let gpt2 = ModelConfig::from_file(&fixtures().join("gpt2/config.json")).unwrap();
     assert_eq!(gpt2.kobold_scale(), None);
 }
+
+/// A folder of a Word document and an OpenDocument text, with a `.docx` starter file, plans
+/// the rows and the starter a folder of the text they were made from does
+/// (`tests/fixtures/docx/make_docx.py`): the documents reach training as their text, each
+/// followed by EOS like a text file.
+#[test]
+fn documents_train_as_their_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = fixtures().join("docx");
+    let plan_of = |name: &str, files: &[(&str, &str)], glob: &str| {
+        let data = dir.path().join(name);
+        std::fs::create_dir_all(&data).unwrap();
+        for (from, to) in files {
+            std::fs::copy(fixture.join(from), data.join(to)).unwrap();
+        }
+        let mut cfg = config(dir.path(), "llama", "");
+        cfg.dataset.path = Some(data.clone());
+        cfg.dataset.glob = Some(glob.into());
+        cfg.prompt.file = Some(fixture.join("book.docx"));
+        cfg.training.tokens_per_sequence = Some(48);
+        let valid = cfg.validate().unwrap();
+        let expected = std::fs::read_to_string(fixture.join("book.txt")).unwrap();
+        assert_eq!(valid.starter.as_deref(), Some(expected.as_str()));
+        train::plan(&valid, &dir.path().join(format!("{name}-run"))).unwrap()
+    };
+    let documents = plan_of(
+        "documents",
+        &[("book.docx", "a.docx"), ("book.odt", "b.odt")],
+        "[ab].*",
+    );
+    let texts = plan_of(
+        "texts",
+        &[("book.txt", "a.txt"), ("book.txt", "b.txt")],
+        "*.txt",
+    );
+    assert!(documents.rows.train.len() > 20);
+    assert_eq!(documents.rows.train, texts.rows.train);
+    assert_eq!(documents.rows.eval, texts.rows.eval);
+}

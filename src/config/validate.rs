@@ -195,19 +195,11 @@ impl RunConfig {
                 None
             }
             (Some(t), None) => Some(t.clone()),
-            (None, Some(f)) => match std::fs::read(f) {
-                Ok(bytes) => match crate::data::decode_text(&bytes) {
-                    Ok(s) => Some(crate::data::normalize_newlines(s)),
-                    Err(why) => {
-                        errs.add(anyhow!("`prompt.file` = {}: {why}", f.display()));
-                        None
-                    }
-                },
+            // Read as a dataset file is: text, or an EPUB book or document.
+            (None, Some(f)) => match crate::data::read_text(f) {
+                Ok(s) => Some(s),
                 Err(e) => {
-                    errs.add(anyhow!(
-                        "`prompt.file` = {}: cannot read ({e})",
-                        f.display()
-                    ));
+                    errs.add(anyhow!("`prompt.file` = {e:#}"));
                     None
                 }
             },

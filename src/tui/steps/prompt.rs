@@ -1,5 +1,7 @@
 //! Step 2: the starter prompt the soft tokens are initialised from.
 
+use std::path::Path;
+
 use super::{FieldDef, Report};
 use crate::tui::app::App;
 
@@ -38,18 +40,12 @@ pub fn check(app: &App) -> Report {
             None
         }
         (false, true) => Some(text.to_string()),
-        (true, false) => match std::fs::read(file) {
+        (true, false) => match crate::data::read_text(Path::new(file)) {
+            Ok(s) => Some(s),
             Err(e) => {
-                r.error("prompt.file", format!("cannot read {file} ({e})"));
+                r.error("prompt.file", format!("{e:#}"));
                 None
             }
-            Ok(bytes) => match crate::data::decode_text(&bytes) {
-                Ok(s) => Some(s),
-                Err(why) => {
-                    r.error("prompt.file", format!("{file}: {why}"));
-                    None
-                }
-            },
         },
         (true, true) => None,
     };
