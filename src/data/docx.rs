@@ -4,7 +4,7 @@
 //!
 //! What is kept and what is left out (decided for training on a writer's prose):
 //! - the main document's paragraphs (headings, list items and table cells included), as
-//!   [`Paragraphs`] builds them: spaces and tabs inside a line as written, indentation and
+//!   `Paragraphs` builds them: spaces and tabs inside a line as written, indentation and
 //!   trailing blanks dropped; a line break (`<w:br/>`, `<w:cr/>`) is a newline, a page or
 //!   column break a paragraph break, a non-breaking hyphen a hyphen;
 //! - tracked changes as if accepted: insertions kept, deletions and moved-away text left out,

@@ -5,7 +5,7 @@
 //! Kept and left out as for Word documents ([`super::docx`]), with OpenDocument's rules for
 //! spaces: runs of whitespace in the XML collapse to one space, `<text:s text:c="N"/>`
 //! stands for N spaces, `<text:tab/>` for a tab, `<text:line-break/>` for a newline; spaces
-//! and tabs at the start and end of a line are dropped ([`Paragraphs`]). Left out: notes
+//! and tabs at the start and end of a line are dropped (`Paragraphs`). Left out: notes
 //! (footnotes and endnotes), comments, deleted text of tracked changes (insertions are kept),
 //! frames (images, text boxes) and shapes, hidden text, tables of contents and indexes,
 //! page numbers, ruby annotations.
