@@ -140,6 +140,18 @@ pub fn cache_key(tokenizer: &Path, eos: u32, files: &[DataFile]) -> Result<Strin
             h.update(document.version.as_bytes());
         }
     }
+    // Text files whose text the Gutenberg cleaning may change (books' extraction versions
+    // cover it for them).
+    for (i, f) in files.iter().enumerate() {
+        if super::document_of(&f.path).is_none() {
+            let bytes = std::fs::read(&f.path)
+                .with_context(|| format!("{}: cannot read", f.path.display()))?;
+            if super::gutenberg::mentions(&bytes) {
+                h.update(super::gutenberg::VERSION.as_bytes());
+                h.update((i as u64).to_le_bytes());
+            }
+        }
+    }
     for f in files {
         h.update(f.path.to_string_lossy().as_bytes());
         h.update([0]);
@@ -374,6 +386,7 @@ mod tests {
             size: 5,
             mtime: 7,
         }];
+        std::fs::write(d.join("data.txt"), b"hello").unwrap();
         let model = d.join("tokenizer.model");
         std::fs::write(&model, b"spm").unwrap();
         let json = d.join("tokenizer.json");
@@ -403,6 +416,28 @@ mod tests {
             before,
             "GPT-2's merges"
         );
+    }
+
+    /// A text file that mentions Project Gutenberg (whose header and license reading drops)
+    /// has another cache key than one of the same name, size and time that does not.
+    #[test]
+    fn cache_key_follows_the_gutenberg_cleaning() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let json = d.join("tokenizer.json");
+        std::fs::write(&json, b"{}").unwrap();
+        let files = [DataFile {
+            path: d.join("book.txt"),
+            size: 21,
+            mtime: 7,
+        }];
+        let key = |text: &str| {
+            std::fs::write(&files[0].path, text).unwrap();
+            cache_key(&json, 2, &files).unwrap()
+        };
+        let plain = key("a book of short words");
+        assert_eq!(key("another book of words"), plain);
+        assert_ne!(key("a Project Gutenberg #"), plain);
     }
 
     #[test]

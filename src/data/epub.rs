@@ -28,7 +28,7 @@ use super::archive::{Archive, Kind, attribute, first_attribute, resolve, xml_err
 
 /// Bumped when the text made from a book changes, so token caches made by an older
 /// extraction are not reused (it enters the dataset's cache key).
-pub const TEXT_VERSION: &str = "epub-text-1";
+pub const TEXT_VERSION: &str = "epub-text-2";
 
 /// Whether `path` names an EPUB book (by its extension).
 pub fn is_epub(path: &Path) -> bool {

@@ -5,6 +5,7 @@ mod archive;
 pub mod dataset;
 pub mod docx;
 pub mod epub;
+pub mod gutenberg;
 pub mod odt;
 mod paragraphs;
 
@@ -59,13 +60,18 @@ pub fn document_of(path: &Path) -> Option<&'static Document> {
 /// an EPUB book ([`epub`]), a Word document ([`docx`]) or an OpenDocument text ([`odt`]). A
 /// file that does not decode is an error naming the file and the byte offset; one in another
 /// format (a PDF, say) is an error naming it and what to do.
+///
+/// A book from Project Gutenberg loses the header and license around its text
+/// ([`gutenberg`]).
 pub fn read_text(path: &Path) -> Result<String> {
-    if let Some(document) = document_of(path) {
-        return (document.read)(path).map(normalize_newlines);
-    }
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let text = decode_text(&bytes).map_err(|why| anyhow!("{}: {why}", path.display()))?;
-    Ok(normalize_newlines(text))
+    let text = if let Some(document) = document_of(path) {
+        (document.read)(path)?
+    } else {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        decode_text(&bytes).map_err(|why| anyhow!("{}: {why}", path.display()))?
+    };
+    Ok(gutenberg::strip(normalize_newlines(text)))
 }
 
 /// A text file's bytes as text: UTF-8, without the byte-order mark some editors put first
