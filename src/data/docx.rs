@@ -203,8 +203,10 @@ fn body_text(xml: &str) -> Result<String, String> {
                     hidden = false;
                 }
                 // A deleted paragraph mark: accepting the deletion joins the paragraph to
-                // the next one.
+                // the next one. (Only in a paragraph that is read: the properties are the
+                // only skipped elements open.)
                 if matches!(name.as_str(), "del" | "moveFrom")
+                    && skipped == 2
                     && open.len() >= 2
                     && open[open.len() - 1] == "rPr"
                     && open[open.len() - 2] == "pPr"
