@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
-use quick_xml::events::{BytesStart, Event};
+use quick_xml::events::{BytesRef, BytesStart, Event};
 use quick_xml::reader::Reader;
 
 /// What kind of package a file is, for its error messages.
@@ -128,6 +128,18 @@ pub(super) fn first_attribute(
     }
 }
 
+/// The text an entity or character reference of an XML document stands for (`&amp;`,
+/// `&#8212;`); a named entity other than XML's five is an error.
+pub(super) fn entity(r: &BytesRef) -> Result<String, String> {
+    if let Ok(Some(c)) = r.resolve_char_ref() {
+        return Ok(c.to_string());
+    }
+    let name = r.to_string();
+    quick_xml::escape::resolve_xml_entity(&name)
+        .map(str::to_string)
+        .ok_or_else(|| format!("an unknown entity &{name};"))
+}
+
 pub(super) fn xml_error(reader: &Reader<&[u8]>, e: quick_xml::Error) -> String {
     format!(
         "not well-formed XML at byte {}: {e}",
@@ -175,4 +187,24 @@ pub(super) fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8(out).unwrap_or_else(|_| s.to_string())
+}
+
+/// Writes a zip package of `files` (name, text) at `path`, `mimetype` first and stored as
+/// EPUB and OpenDocument want it.
+#[cfg(test)]
+pub(super) fn write_zip(path: &Path, mimetype: Option<&str>, files: &[(&str, &str)]) {
+    use std::io::Write;
+    let mut zw = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    if let Some(mimetype) = mimetype {
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        zw.start_file("mimetype", stored).unwrap();
+        zw.write_all(mimetype.as_bytes()).unwrap();
+    }
+    for (name, text) in files {
+        zw.start_file(*name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zw.write_all(text.as_bytes()).unwrap();
+    }
+    zw.finish().unwrap();
 }

@@ -18,13 +18,14 @@
 //! Word 97–2003 file named `.docx`, a damaged package and a document without text are
 //! errors naming the file and, where there is one, the part inside it.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use anyhow::{Result, bail};
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::reader::Reader;
 
-use super::archive::{Archive, Kind, attribute, resolve, xml_error};
+use super::archive::{Archive, Kind, attribute, entity, resolve, xml_error};
 use super::paragraphs::Paragraphs;
 
 /// Bumped when the text made from a document changes, so token caches made by an older
@@ -177,6 +178,23 @@ fn body_text(xml: &str) -> Result<String, String> {
     let mut root_checked = false;
     loop {
         let event = reader.read_event().map_err(|e| xml_error(&reader, e))?;
+        let characters = match &event {
+            Event::Text(t) => Some(t.xml10_content()),
+            Event::GeneralRef(r) => Some(Cow::Owned(entity(r)?)),
+            _ => None,
+        };
+        if let Some(text) = characters {
+            take_text(
+                &open,
+                skipped,
+                hidden,
+                simple_generated,
+                &mut fields,
+                &mut out,
+                &text,
+            );
+            continue;
+        }
         let start = matches!(event, Event::Start(_));
         match event {
             Event::Start(e) | Event::Empty(e) => {
@@ -283,37 +301,6 @@ fn body_text(xml: &str) -> Result<String, String> {
                     }
                 }
             }
-            Event::Text(t) => {
-                let text = t.xml10_content();
-                take_text(
-                    &open,
-                    skipped,
-                    hidden,
-                    simple_generated,
-                    &mut fields,
-                    &mut out,
-                    &text,
-                );
-            }
-            Event::GeneralRef(r) => {
-                let name = r.to_string();
-                let resolved = match r.resolve_char_ref() {
-                    Ok(Some(c)) => c.to_string(),
-                    _ => match quick_xml::escape::resolve_xml_entity(&name) {
-                        Some(s) => s.to_string(),
-                        None => return Err(format!("an unknown entity &{name};")),
-                    },
-                };
-                take_text(
-                    &open,
-                    skipped,
-                    hidden,
-                    simple_generated,
-                    &mut fields,
-                    &mut out,
-                    &resolved,
-                );
-            }
             Event::Eof => break,
             _ => {}
         }
@@ -365,8 +352,6 @@ fn take_text(
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-
     use super::*;
 
     const W: &str = r#"xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main" xmlns:mc="http://schemas.openxmlformats.org/markup-compatibility/2006" xmlns:wps="http://schemas.microsoft.com/office/word/2010/wordprocessingShape" xmlns:m="http://schemas.openxmlformats.org/officeDocument/2006/math""#;
@@ -382,13 +367,7 @@ mod tests {
 <Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument" Target="/word/main%20doc.xml"/></Relationships>"#;
 
     fn write_docx(path: &Path, files: &[(&str, &str)]) {
-        let mut zw = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
-        for (name, text) in files {
-            zw.start_file(*name, zip::write::SimpleFileOptions::default())
-                .unwrap();
-            zw.write_all(text.as_bytes()).unwrap();
-        }
-        zw.finish().unwrap();
+        crate::data::archive::write_zip(path, None, files);
     }
 
     fn text_of(body: &str) -> String {

@@ -377,8 +377,6 @@ impl Text {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-
     use super::*;
     use crate::data::archive::percent_decode;
 
@@ -434,17 +432,7 @@ kept</pre>
     const EXPECTED: &str = "Chapter One\n\nIt was a dark and stormy night—the rain fell in torrents, except at occasional intervals.\n\n“Who’s there?” said Zoë & Ann.\nNobody answered.\n\nNested\n\ntail\n\n  two  spaces\nkept\n\nSecond 漢 chapter &unknownentity; end.";
 
     fn write_epub(path: &Path, files: &[(&str, &str)]) {
-        let mut zw = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
-        let stored = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
-        zw.start_file("mimetype", stored).unwrap();
-        zw.write_all(b"application/epub+zip").unwrap();
-        let deflated = zip::write::SimpleFileOptions::default();
-        for (name, text) in files {
-            zw.start_file(*name, deflated).unwrap();
-            zw.write_all(text.as_bytes()).unwrap();
-        }
-        zw.finish().unwrap();
+        crate::data::archive::write_zip(path, Some("application/epub+zip"), files);
     }
 
     fn book<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {

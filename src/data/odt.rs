@@ -20,7 +20,7 @@ use anyhow::{Result, bail};
 use quick_xml::events::Event;
 use quick_xml::reader::Reader;
 
-use super::archive::{Archive, Kind, attribute, xml_error};
+use super::archive::{Archive, Kind, attribute, entity, xml_error};
 use super::paragraphs::Paragraphs;
 
 /// Bumped when the text made from a document changes, so token caches made by an older
@@ -203,14 +203,7 @@ fn body_text(xml: &str) -> Result<String, String> {
                 push_collapsed(&mut out, &t.xml10_content());
             }
             Event::GeneralRef(r) if body.is_some() && skipped == 0 && paragraphs > 0 => {
-                let name = r.to_string();
-                match r.resolve_char_ref() {
-                    Ok(Some(c)) => push_collapsed(&mut out, c.encode_utf8(&mut [0; 4])),
-                    _ => match quick_xml::escape::resolve_xml_entity(&name) {
-                        Some(s) => push_collapsed(&mut out, s),
-                        None => return Err(format!("an unknown entity &{name};")),
-                    },
-                }
+                push_collapsed(&mut out, &entity(&r)?);
             }
             Event::Eof => break,
             _ => {}
@@ -242,8 +235,6 @@ fn push_collapsed(out: &mut Paragraphs, s: &str) {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-
     use super::*;
 
     fn content(body: &str) -> String {
@@ -262,18 +253,8 @@ mod tests {
     }
 
     fn write_odt(path: &Path, files: &[(&str, &str)]) {
-        let mut zw = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
-        let stored = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
-        zw.start_file("mimetype", stored).unwrap();
-        zw.write_all(b"application/vnd.oasis.opendocument.text")
-            .unwrap();
-        for (name, text) in files {
-            zw.start_file(*name, zip::write::SimpleFileOptions::default())
-                .unwrap();
-            zw.write_all(text.as_bytes()).unwrap();
-        }
-        zw.finish().unwrap();
+        let mimetype = "application/vnd.oasis.opendocument.text";
+        crate::data::archive::write_zip(path, Some(mimetype), files);
     }
 
     #[test]
