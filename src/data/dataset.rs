@@ -63,7 +63,7 @@ fn nothing_matches(dir: &Path, glob: &str) -> Result<String> {
     walk(dir, &glob::Pattern::new("*")?, &mut all)?;
     let found: Vec<(usize, &super::Document)> = super::DOCUMENTS
         .iter()
-        .map(|d| (all.iter().filter(|p| (d.is)(p)).count(), d))
+        .map(|d| (all.iter().filter(|p| d.is(p)).count(), d))
         .filter(|(n, _)| *n > 0)
         .collect();
     if found.is_empty() {
@@ -79,7 +79,7 @@ fn nothing_matches(dir: &Path, glob: &str) -> Result<String> {
         "dataset folder {} has no files matching \"{glob}\" but {}; set the glob to {} to learn from them",
         dir.display(),
         list(&|(n, d)| format!("{n} {}(s)", d.what), " and "),
-        list(&|(_, d)| format!("\"{}\"", d.glob), " or "),
+        list(&|(_, d)| format!("\"*.{}\"", d.extension), " or "),
     ))
 }
 
@@ -136,7 +136,7 @@ pub fn cache_key(tokenizer: &Path, eos: u32, files: &[DataFile]) -> Result<Strin
     }
     h.update(eos.to_le_bytes());
     for document in &super::DOCUMENTS {
-        if files.iter().any(|f| (document.is)(&f.path)) {
+        if files.iter().any(|f| document.is(&f.path)) {
             h.update(document.version.as_bytes());
         }
     }

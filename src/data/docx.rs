@@ -32,12 +32,6 @@ use super::paragraphs::Paragraphs;
 /// extraction are not reused (it enters the dataset's cache key).
 pub const TEXT_VERSION: &str = "docx-text-1";
 
-/// Whether `path` names a Word document (by its extension).
-pub fn is_docx(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("docx"))
-}
-
 const KIND: Kind = Kind {
     name: "Word document",
     noun: "the document",
@@ -418,7 +412,10 @@ mod tests {
             &path,
             &[("_rels/.rels", RELS), ("word/main doc.xml", &main)],
         );
-        assert!(is_docx(&path));
+        assert_eq!(
+            crate::data::document_of(&path).map(|d| d.extension),
+            Some("docx")
+        );
         assert_eq!(read_text(&path).unwrap(), "Hello.");
         // Through the dataset reader too.
         assert_eq!(crate::data::read_text(&path).unwrap(), "Hello.");

@@ -30,12 +30,6 @@ use super::archive::{Archive, Kind, attribute, first_attribute, resolve, xml_err
 /// extraction are not reused (it enters the dataset's cache key).
 pub const TEXT_VERSION: &str = "epub-text-2";
 
-/// Whether `path` names an EPUB book (by its extension).
-pub fn is_epub(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("epub"))
-}
-
 /// The text of the book at `path` (see the module documentation).
 pub fn read_text(path: &Path) -> Result<String> {
     let mut book = Book(Archive::open(path, KIND)?);
@@ -452,7 +446,10 @@ kept</pre>
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("Book.EPUB");
         write_epub(&path, &book(&[]));
-        assert!(is_epub(&path));
+        assert_eq!(
+            crate::data::document_of(&path).map(|d| d.extension),
+            Some("epub")
+        );
         assert_eq!(read_text(&path).unwrap(), EXPECTED);
         // Through the dataset reader too.
         assert_eq!(crate::data::read_text(&path).unwrap(), EXPECTED);

@@ -18,34 +18,39 @@ use anyhow::{Context, Result, anyhow, bail};
 pub struct Document {
     /// What one is called, as in "3 EPUB book(s)".
     pub what: &'static str,
-    /// The dataset glob that takes them.
-    pub glob: &'static str,
-    pub is: fn(&Path) -> bool,
+    /// The file name's extension (any case), and the dataset glob `*.{extension}` that
+    /// takes them.
+    pub extension: &'static str,
     /// The version of the text extraction (enters the token cache's key).
     pub version: &'static str,
     read: fn(&Path) -> Result<String>,
+}
+
+impl Document {
+    /// Whether `path` names a document of this kind.
+    pub fn is(&self, path: &Path) -> bool {
+        path.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case(self.extension))
+    }
 }
 
 /// The documents softtune reads besides text files.
 pub const DOCUMENTS: [Document; 3] = [
     Document {
         what: "EPUB book",
-        glob: "*.epub",
-        is: epub::is_epub,
+        extension: "epub",
         version: epub::TEXT_VERSION,
         read: epub::read_text,
     },
     Document {
         what: "Word document",
-        glob: "*.docx",
-        is: docx::is_docx,
+        extension: "docx",
         version: docx::TEXT_VERSION,
         read: docx::read_text,
     },
     Document {
         what: "OpenDocument text",
-        glob: "*.odt",
-        is: odt::is_odt,
+        extension: "odt",
         version: odt::TEXT_VERSION,
         read: odt::read_text,
     },
@@ -53,7 +58,7 @@ pub const DOCUMENTS: [Document; 3] = [
 
 /// The kind of document `path` names, if it is not a text file.
 pub fn document_of(path: &Path) -> Option<&'static Document> {
-    DOCUMENTS.iter().find(|d| (d.is)(path))
+    DOCUMENTS.iter().find(|d| d.is(path))
 }
 
 /// Reads a text file ([`decode_text`]), normalising CRLF (and lone CR) to LF, or the text of

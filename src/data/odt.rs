@@ -27,12 +27,6 @@ use super::paragraphs::Paragraphs;
 /// extraction are not reused (it enters the dataset's cache key).
 pub const TEXT_VERSION: &str = "odt-text-1";
 
-/// Whether `path` names an OpenDocument text (by its extension).
-pub fn is_odt(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("odt"))
-}
-
 const KIND: Kind = Kind {
     name: "OpenDocument text",
     noun: "the document",
@@ -338,7 +332,10 @@ mod tests {
                 ("content.xml", &content("<text:p>Hi.</text:p>")),
             ],
         );
-        assert!(is_odt(&path));
+        assert_eq!(
+            crate::data::document_of(&path).map(|d| d.extension),
+            Some("odt")
+        );
         assert_eq!(crate::data::read_text(&path).unwrap(), "Hi.");
     }
 
