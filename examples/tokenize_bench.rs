@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
     let single = tok.encode(&text)?;
     let one = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let mut piped = tokenize_files(&tok, &[file], 0)?;
+    let mut piped = tokenize_files(&tok, &[file], 0, false)?.0;
     let par = t.elapsed().as_secs_f64();
     piped.pop(); // the EOS after the file
     println!(

@@ -96,13 +96,17 @@ enum Command {
     ///
     /// Text files, EPUB books, Word (.docx) and OpenDocument (.odt) documents; the files of
     /// a folder in training's order, a blank line between them. Each file's name and size go
-    /// to standard error.
+    /// to standard error, with the width of a hard-wrapped file's lines.
     Text {
         /// A file, or a folder searched recursively.
         path: PathBuf,
         /// Which files of a folder are read, as the run configuration's `dataset.glob`.
         #[arg(long, default_value = "*.txt")]
         glob: String,
+        /// Join the lines of hard-wrapped files into paragraphs, as the run configuration's
+        /// `dataset.unwrap = true`.
+        #[arg(long)]
+        unwrap: bool,
     },
     /// Train a soft prompt from a run configuration (TOML) or a saved profile.
     ///
@@ -252,7 +256,7 @@ fn main() -> ExitCode {
             hub: hub.options(),
         })
         .map(|r| r.print()),
-        Command::Text { path, glob } => print_text(&path, &glob),
+        Command::Text { path, glob, unwrap } => print_text(&path, &glob, unwrap),
         Command::Train {
             config,
             profile,
@@ -328,25 +332,38 @@ fn run_parity(
     }
 }
 
-fn print_text(path: &std::path::Path, glob: &str) -> anyhow::Result<()> {
+fn print_text(path: &std::path::Path, glob: &str, unwrap: bool) -> anyhow::Result<()> {
     use std::io::Write;
     let files = softtune::data::dataset::scan(path, glob)?;
     let mut out = std::io::stdout().lock();
     let mut chars = 0;
+    let mut wrapped = 0;
     for (i, f) in files.iter().enumerate() {
-        let text = softtune::data::read_text(&f.path)?;
+        let read = softtune::data::read_dataset_text(&f.path, unwrap)?;
+        let text = read.text;
         if i > 0 {
             out.write_all(b"\n\n")?;
         }
         out.write_all(text.trim_end_matches('\n').as_bytes())?;
         let n = text.chars().count();
         chars += n;
-        eprintln!("{}: {n} characters", f.path.display());
+        let how = match read.wrapped {
+            Some(width) if unwrap => format!(" (hard-wrapped at {width}: lines joined)"),
+            Some(width) => format!(" (hard-wrapped at {width} characters)"),
+            None => String::new(),
+        };
+        wrapped += usize::from(read.wrapped.is_some());
+        eprintln!("{}: {n} characters{how}", f.path.display());
     }
     out.write_all(b"\n")?;
     out.flush()?;
     if files.len() > 1 {
         eprintln!("{} files, {chars} characters", files.len());
+    }
+    if wrapped > 0 && !unwrap {
+        eprintln!(
+            "{wrapped} file(s) hard-wrapped: --unwrap (dataset.unwrap = true) joins their lines into paragraphs"
+        );
     }
     Ok(())
 }
@@ -441,11 +458,16 @@ fn launch_train(
     let path = config_path(config, profile)?;
     println!("configuration: {}", path.display());
     let l = softtune::runs::launch::launch(&path, run_dir.as_deref())?;
-    match l.planned {
-        Some((steps, rows)) => println!(
-            "run {} started in the background (worker pid {}): {steps} steps over {rows} training sequences",
-            l.id, l.pid
-        ),
+    match &l.planned {
+        Some(p) => {
+            for note in &p.notes {
+                println!("note: dataset: {note}");
+            }
+            println!(
+                "run {} started in the background (worker pid {}): {} steps over {} training sequences",
+                l.id, l.pid, p.steps, p.rows
+            )
+        }
         None => println!(
             "run {} started in the background (worker pid {}); the worker downloads the model first",
             l.id, l.pid

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -476,4 +478,28 @@ fn text_prints_what_training_reads() {
     assert_one_line_error(code, &err, &["novel.txt", "a PDF", "pdftotext"]);
     let (code, _, err) = softtune(&["text", tmp.path().to_str().unwrap(), "--glob", "*.epub"]);
     assert_one_line_error(code, &err, &["no files matching \"*.epub\""]);
+}
+
+/// `softtune text` names a hard-wrapped file and its width, and `--unwrap` prints its
+/// paragraphs whole, as `dataset.unwrap = true` trains them.
+#[test]
+fn text_unwraps_hard_wrapped_files() {
+    let book = std::fs::read_to_string(fixtures().join("docx/book.txt")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("book.txt");
+    std::fs::write(&file, common::hard_wrap(&book, 72)).unwrap();
+    let (code, out, err) = softtune(&["text", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("{}\n", common::hard_wrap(&book, 72)));
+    assert!(
+        err.contains("(hard-wrapped at 72 characters)") && err.contains("--unwrap"),
+        "{err}"
+    );
+    let (code, out, err) = softtune(&["text", "--unwrap", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("{book}\n"));
+    assert!(
+        err.contains("(hard-wrapped at 72: lines joined)") && err.lines().count() == 1,
+        "{err}"
+    );
 }

@@ -12,7 +12,7 @@ use softtune::train::events::{Event, EventSink, VecSink, read_events};
 use softtune::train::{self, Outcome, Plan};
 
 mod common;
-use common::{dataset, fixtures};
+use common::{dataset, fixtures, hard_wrap};
 
 fn config(dir: &Path, model: &str, extra: &str) -> RunConfig {
     let data = dataset(dir, 60_000);
@@ -679,4 +679,54 @@ fn documents_train_as_their_text() {
     assert!(documents.rows.train.len() > 20);
     assert_eq!(documents.rows.train, texts.rows.train);
     assert_eq!(documents.rows.eval, texts.rows.eval);
+}
+
+/// A hard-wrapped book (its paragraphs broken at 70 columns) trains as the book with whole
+/// paragraphs when `dataset.unwrap` is on. With it off, the plan trains on the wrapped text
+/// and its note names the file and the setting. The setting enters the token cache's key
+/// and the run's fingerprint.
+#[test]
+fn wrapped_books_train_unwrapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let book = std::fs::read_to_string(fixtures().join("docx/book.txt")).unwrap();
+    let plan_of = |name: &str, text: &str, unwrap: Option<bool>| {
+        let data = dir.path().join(name);
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("book.txt"), text).unwrap();
+        let mut cfg = config(dir.path(), "llama", "");
+        cfg.dataset.path = Some(data);
+        cfg.dataset.unwrap = unwrap;
+        cfg.training.tokens_per_sequence = Some(48);
+        let valid = cfg.validate().unwrap();
+        train::plan(&valid, &dir.path().join(format!("{name}-run"))).unwrap()
+    };
+    let wrapped = hard_wrap(&book, 70);
+    assert!(wrapped.lines().count() > book.lines().count() + 100);
+    let plain = plan_of("plain", &book, None);
+    assert!(plain.notes.is_empty(), "{:?}", plain.notes);
+    assert!(plain.rows.train.len() > 20);
+
+    let joined = plan_of("joined", &wrapped, Some(true));
+    assert_eq!(joined.rows.train, plain.rows.train);
+    assert_eq!(joined.rows.eval, plain.rows.eval);
+    assert_eq!(joined.notes.len(), 1, "{:?}", joined.notes);
+    assert!(
+        joined.notes[0].contains("1 file is hard-wrapped at about 70 characters (book.txt)")
+            && joined.notes[0].contains("joined"),
+        "{}",
+        joined.notes[0]
+    );
+
+    let kept = plan_of("kept", &wrapped, Some(false));
+    assert_ne!(kept.rows.train, plain.rows.train);
+    assert_ne!(kept.fingerprint, joined.fingerprint);
+    let note = &kept.notes[0];
+    assert!(
+        note.contains("(book.txt)") && note.contains("`dataset.unwrap = true`"),
+        "{note}"
+    );
+    // Planned again from the token cache: no file is read, so nothing is found.
+    let again = plan_of("kept", &wrapped, Some(false));
+    assert!(again.cache_hit && again.notes.is_empty());
+    assert_eq!(again.fingerprint, kept.fingerprint);
 }

@@ -12,6 +12,8 @@ use softtune::tui::steps::device::GpuInfo;
 use softtune::tui::steps::{Report, Step};
 use softtune::tui::{Action, App, Machine, Theme};
 
+mod common;
+
 const SCRATCH: &str = "target/wizard-tests";
 
 fn machine() -> Machine {
@@ -144,6 +146,52 @@ fn dataset_names_the_non_utf8_file() {
     type_str(&mut a, &format!("{SCRATCH}/latin1"));
     press(&mut a, KeyCode::Tab);
     insta::assert_snapshot!("dataset_not_utf8", screen(&a, 80, 24));
+}
+
+/// A hard-wrapped book is named in a warning on the dataset step until "Join wrapped
+/// lines" is yes; the answer must be yes or no, and reaches the configuration.
+#[test]
+fn dataset_step_finds_hard_wrapped_books() {
+    let dir = Path::new(SCRATCH).join("wrapped");
+    std::fs::create_dir_all(&dir).unwrap();
+    let book = std::fs::read_to_string("tests/fixtures/docx/book.txt").unwrap();
+    std::fs::write(dir.join("novel.txt"), common::hard_wrap(&book, 70)).unwrap();
+    std::fs::write(dir.join("notes.txt"), &book).unwrap();
+    let mut a = app(base("wrapped-out"));
+    set(&mut a, "dataset.path", &format!("{SCRATCH}/wrapped"));
+    press(&mut a, KeyCode::Tab);
+    let r = a.report(Step::Dataset);
+    let warning = r.warnings.iter().find(|w| w.contains("hard-wrapped"));
+    assert!(
+        warning.is_some_and(|w| w.contains("1 file is hard-wrapped (novel.txt)")
+            && w.contains("about 70 characters")
+            && w.ends_with("set Join wrapped lines to yes")),
+        "{:?}",
+        r.warnings
+    );
+    assert_eq!(a.to_config().dataset.unwrap, None);
+
+    set(&mut a, "dataset.unwrap", "maybe");
+    let r = a.report(Step::Dataset);
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert_eq!(r.errors[0].0, "dataset.unwrap");
+    assert!(r.errors[0].1.contains("yes or no"), "{:?}", r.errors);
+
+    set(&mut a, "dataset.unwrap", "yes");
+    let r = a.report(Step::Dataset);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert!(!r.warnings.iter().any(|w| w.contains("hard-wrapped")));
+    assert!(
+        r.info
+            .iter()
+            .any(|i| i.contains("novel.txt") && i.contains("joined into paragraphs")),
+        "{:?}",
+        r.info
+    );
+    assert_eq!(a.to_config().dataset.unwrap, Some(true));
+    // The answer is kept in a profile and shown again.
+    let b = app(a.to_config());
+    assert_eq!(b.value("dataset.unwrap"), "yes");
 }
 
 #[test]

@@ -25,6 +25,10 @@ pub struct DatasetSection {
     /// File-name pattern inside a folder (default `*.txt`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub glob: Option<String>,
+    /// Join the lines of hard-wrapped files (plain-text books broken every ~70 characters)
+    /// back into paragraphs (default false; see [`crate::data::unwrap`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unwrap: Option<bool>,
 }
 
 /// Step 2: the starter prompt the soft tokens are initialised from.

@@ -44,6 +44,8 @@ pub enum OptimizerKind {
 pub struct ValidConfig {
     pub dataset: PathBuf,
     pub glob: String,
+    /// Join the wrapped lines of hard-wrapped files.
+    pub unwrap: bool,
     pub starter: Option<String>,
     pub init: InitKind,
     pub soft_tokens: usize,
@@ -355,6 +357,7 @@ impl RunConfig {
         Ok(ValidConfig {
             dataset,
             glob,
+            unwrap: self.dataset.unwrap.unwrap_or(false),
             starter,
             init,
             soft_tokens,

@@ -8,7 +8,7 @@ use std::time::UNIX_EPOCH;
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 
-use super::read_text;
+use super::read_dataset_text;
 use crate::model::tokenizer::Tokenizer;
 use crate::rng::SplitMix64;
 
@@ -112,8 +112,14 @@ fn walk(dir: &Path, pattern: &glob::Pattern, out: &mut Vec<PathBuf>) -> Result<(
 
 /// Cache key: the contents of the tokenizer's file and of the files beside it that shape it
 /// (GPT-2's merges, the settings of slow tokenizers: see [`Tokenizer::companion_files`]), EOS
-/// id and the file list with sizes and mtimes. For `tokenizer.json` only its own contents.
-pub fn cache_key(tokenizer: &Path, eos: u32, files: &[DataFile]) -> Result<String> {
+/// id, the file list with sizes and mtimes, the versions of the text extraction that apply,
+/// and whether hard-wrapped lines are joined. For `tokenizer.json` only its own contents.
+pub fn cache_key(
+    tokenizer: &Path,
+    eos: u32,
+    files: &[DataFile],
+    unwrap_lines: bool,
+) -> Result<String> {
     let mut h = Sha256::new();
     h.update(
         std::fs::read(tokenizer)
@@ -152,6 +158,9 @@ pub fn cache_key(tokenizer: &Path, eos: u32, files: &[DataFile]) -> Result<Strin
             }
         }
     }
+    if unwrap_lines {
+        h.update(super::unwrap::VERSION.as_bytes());
+    }
     for f in files {
         h.update(f.path.to_string_lossy().as_bytes());
         h.update([0]);
@@ -162,14 +171,28 @@ pub fn cache_key(tokenizer: &Path, eos: u32, files: &[DataFile]) -> Result<Strin
     Ok(d.iter().take(12).map(|b| format!("{b:02x}")).collect())
 }
 
-/// Tokenizes every file (no BOS), each followed by `eos`, concatenated. Files are split
-/// across worker threads; order is preserved.
-pub fn tokenize_files(tok: &Tokenizer, files: &[DataFile], eos: u32) -> Result<Vec<u32>> {
-    let texts = files
-        .iter()
-        .map(|f| read_text(&f.path))
-        .collect::<Result<Vec<_>>>()?;
-    tokenize_texts(tok, &texts, Some(eos))
+/// A dataset file that is hard-wrapped, and the width of its lines.
+pub type Wrapped = (PathBuf, usize);
+
+/// Tokenizes every file's text ([`read_dataset_text`]; no BOS), each followed by `eos`,
+/// concatenated, with the files found hard-wrapped. Files are split across worker threads;
+/// order is preserved.
+pub fn tokenize_files(
+    tok: &Tokenizer,
+    files: &[DataFile],
+    eos: u32,
+    unwrap_lines: bool,
+) -> Result<(Vec<u32>, Vec<Wrapped>)> {
+    let mut texts = Vec::with_capacity(files.len());
+    let mut wrapped = Vec::new();
+    for f in files {
+        let read = read_dataset_text(&f.path, unwrap_lines)?;
+        if let Some(width) = read.wrapped {
+            wrapped.push((f.path.clone(), width));
+        }
+        texts.push(read.text);
+    }
+    Ok((tokenize_texts(tok, &texts, Some(eos))?, wrapped))
 }
 
 /// Token ids of one text (no BOS or EOS), as [`Tokenizer::encode`] gives them, on every core
@@ -267,14 +290,64 @@ pub fn split_paragraphs(text: &str, target: usize) -> Vec<&str> {
     out
 }
 
-/// Loads cached ids or tokenizes and writes the cache (atomically).
+/// What to tell the user of the hard-wrapped files found: that their lines are joined
+/// (`joined`), or that their line breaks would be learnt (the caller says how to join them).
+/// `None` when no file is hard-wrapped.
+pub fn wrapped_note(wrapped: &[Wrapped], joined: bool) -> Option<String> {
+    let lo = wrapped.iter().map(|w| w.1).min()?;
+    let hi = wrapped.iter().map(|w| w.1).max().unwrap_or(lo);
+    let width = if lo == hi {
+        format!("{lo}")
+    } else {
+        format!("{lo}–{hi}")
+    };
+    const NAMED: usize = 3;
+    let mut names: Vec<String> = wrapped
+        .iter()
+        .take(NAMED)
+        .map(|(p, _)| {
+            p.file_name()
+                .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into())
+        })
+        .collect();
+    if wrapped.len() > NAMED {
+        names.push(format!("{} more", wrapped.len() - NAMED));
+    }
+    let names = names.join(", ");
+    let files = match wrapped.len() {
+        1 => "1 file is".to_string(),
+        n => format!("{n} files are"),
+    };
+    Some(if joined {
+        format!(
+            "{files} hard-wrapped at about {width} characters ({names}): their lines are joined into paragraphs"
+        )
+    } else {
+        format!(
+            "{files} hard-wrapped ({names}): lines of about {width} characters break inside paragraphs, and the prompt would learn to break lines so"
+        )
+    })
+}
+
+/// The dataset's token ids, as [`load_or_tokenize`] found or made them.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub ids: Vec<u32>,
+    /// Whether they came from the cache (then no file was read).
+    pub cache_hit: bool,
+    /// The files found hard-wrapped when they were read (none on a cache hit).
+    pub wrapped: Vec<Wrapped>,
+}
+
+/// Loads cached ids or tokenizes ([`tokenize_files`]) and writes the cache (atomically).
 pub fn load_or_tokenize(
     tok: &Tokenizer,
     files: &[DataFile],
     eos: u32,
+    unwrap_lines: bool,
     cache_dir: &Path,
-) -> Result<(Vec<u32>, bool)> {
-    let key = cache_key(&tok.path, eos, files)?;
+) -> Result<Tokens> {
+    let key = cache_key(&tok.path, eos, files, unwrap_lines)?;
     let path = cache_dir.join(format!("tokens-{key}.u32"));
     if let Ok(bytes) = std::fs::read(&path)
         && bytes.len() % 4 == 0
@@ -283,13 +356,21 @@ pub fn load_or_tokenize(
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        return Ok((ids, true));
+        return Ok(Tokens {
+            ids,
+            cache_hit: true,
+            wrapped: Vec::new(),
+        });
     }
-    let ids = tokenize_files(tok, files, eos)?;
+    let (ids, wrapped) = tokenize_files(tok, files, eos, unwrap_lines)?;
     std::fs::create_dir_all(cache_dir)
         .with_context(|| format!("{}: cannot create the run folder", cache_dir.display()))?;
     super::write_token_file(&path, &ids)?;
-    Ok((ids, false))
+    Ok(Tokens {
+        ids,
+        cache_hit: false,
+        wrapped,
+    })
 }
 
 /// Rows of `len` tokens and the held-out split.
@@ -391,8 +472,8 @@ mod tests {
         std::fs::write(&model, b"spm").unwrap();
         let json = d.join("tokenizer.json");
         std::fs::write(&json, b"{}").unwrap();
-        let spm_key = |eos| cache_key(&model, eos, &files).unwrap();
-        let json_key = cache_key(&json, 2, &files).unwrap();
+        let spm_key = |eos| cache_key(&model, eos, &files, false).unwrap();
+        let json_key = cache_key(&json, 2, &files, false).unwrap();
 
         let bare = spm_key(2);
         assert_ne!(bare, spm_key(3), "the EOS id");
@@ -404,15 +485,15 @@ mod tests {
         std::fs::write(d.join("added_tokens.json"), br#"{"[PAD]": 3}"#).unwrap();
         assert_ne!(spm_key(2), legacy);
         // tokenizer.json is the whole tokenizer: the settings files do not enter its key.
-        assert_eq!(cache_key(&json, 2, &files).unwrap(), json_key);
+        assert_eq!(cache_key(&json, 2, &files, false).unwrap(), json_key);
 
         let vocab = d.join("vocab.json");
         std::fs::write(&vocab, b"{}").unwrap();
         std::fs::write(d.join("merges.txt"), b"#version: 0.2\n").unwrap();
-        let before = cache_key(&vocab, 2, &files).unwrap();
+        let before = cache_key(&vocab, 2, &files, false).unwrap();
         std::fs::write(d.join("merges.txt"), b"#version: 0.2\na b\n").unwrap();
         assert_ne!(
-            cache_key(&vocab, 2, &files).unwrap(),
+            cache_key(&vocab, 2, &files, false).unwrap(),
             before,
             "GPT-2's merges"
         );
@@ -433,11 +514,14 @@ mod tests {
         }];
         let key = |text: &str| {
             std::fs::write(&files[0].path, text).unwrap();
-            cache_key(&json, 2, &files).unwrap()
+            cache_key(&json, 2, &files, false).unwrap()
         };
         let plain = key("a book of short words");
         assert_eq!(key("another book of words"), plain);
         assert_ne!(key("a Project Gutenberg #"), plain);
+        // Joining hard-wrapped lines changes the text: another key.
+        key("a book of short words");
+        assert_ne!(cache_key(&json, 2, &files, true).unwrap(), plain);
     }
 
     #[test]
@@ -558,7 +642,7 @@ mod tests {
             std::fs::create_dir(&sub).unwrap();
             std::fs::write(sub.join("book.txt"), bytes).unwrap();
             let found = scan(&sub, "*.txt").unwrap();
-            tokens.push(tokenize_files(&tok, &found, 0).unwrap());
+            tokens.push(tokenize_files(&tok, &found, 0, false).unwrap().0);
         }
         assert!(tokens[0].len() > 10);
         assert_eq!(tokens[1], tokens[0], "UTF-8 with a byte-order mark");

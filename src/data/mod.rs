@@ -8,6 +8,7 @@ pub mod epub;
 pub mod gutenberg;
 pub mod odt;
 mod paragraphs;
+pub mod unwrap;
 
 use std::path::Path;
 
@@ -77,6 +78,29 @@ pub fn read_text(path: &Path) -> Result<String> {
         decode_text(&bytes).map_err(|why| anyhow!("{}: {why}", path.display()))?
     };
     Ok(gutenberg::strip(normalize_newlines(text)))
+}
+
+/// A dataset file's text as training reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileText {
+    /// The text: [`read_text`]'s, with its wrapped lines joined when the file is
+    /// hard-wrapped and `unwrap` was asked for.
+    pub text: String,
+    /// The width the file's text is hard-wrapped at ([`unwrap::detect`]), whether or not
+    /// its lines were joined.
+    pub wrapped: Option<usize>,
+}
+
+/// Reads a dataset file ([`read_text`]) and, when `unwrap_lines` is on and the file is
+/// hard-wrapped, joins its wrapped lines ([`unwrap`]).
+pub fn read_dataset_text(path: &Path, unwrap_lines: bool) -> Result<FileText> {
+    let text = read_text(path)?;
+    let wrapped = unwrap::detect(&text);
+    let text = match wrapped {
+        Some(width) if unwrap_lines => unwrap::join(&text, width),
+        _ => text,
+    };
+    Ok(FileText { text, wrapped })
 }
 
 /// A text file's bytes as text: UTF-8, without the byte-order mark some editors put first

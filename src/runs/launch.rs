@@ -14,6 +14,7 @@ use crate::config::{RunConfig, ValidConfig};
 use crate::model::source::{self, HubOptions};
 use crate::train;
 use crate::train::checkpoint::Checkpoint;
+use crate::train::events::{Event, EventSink, JsonlSink};
 
 /// A started run.
 #[derive(Debug, Clone)]
@@ -23,9 +24,9 @@ pub struct Launched {
     pub dir: PathBuf,
     /// The worker's process id.
     pub pid: u32,
-    /// (optimizer steps, training sequences) when the run was planned here; `None` when
-    /// the worker downloads the model first and plans then.
-    pub planned: Option<(usize, usize)>,
+    /// The plan's figures when the run was planned here; `None` when the worker downloads
+    /// the model first and plans then.
+    pub planned: Option<Planned>,
     /// Where the KoboldAI export will be written.
     pub kobold: PathBuf,
 }
@@ -52,7 +53,7 @@ pub fn launch(config: &Path, run_dir: Option<&Path>) -> Result<Launched> {
         write_config(dir, &folder.id, &config.display().to_string(), None, &cfg)?;
         let mut st = RunState::new(&folder.id, now_secs());
         st.source = Some(config.display().to_string());
-        st.total_steps = planned.map(|(steps, _)| steps);
+        st.total_steps = planned.as_ref().map(|p| p.steps);
         st.write(dir)?;
         let pid = spawn_worker(dir)?;
         Ok(Launched {
@@ -95,14 +96,37 @@ fn check_before_planning(valid: &ValidConfig) -> Result<bool> {
     Ok(plan_here)
 }
 
-/// Plans the run into `dir` when [`check_before_planning`] said so: (optimizer steps,
-/// training sequences).
-fn plan_if(plan_here: bool, valid: &ValidConfig, dir: &Path) -> Result<Option<(usize, usize)>> {
+/// What planning a run in the launching process found.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Training sequences.
+    pub rows: usize,
+    /// The plan's notes on the dataset ([`train::Plan::notes`]), also written to the run's
+    /// event log: the worker, planning again from the token cache, does not find them.
+    pub notes: Vec<String>,
+}
+
+/// Plans the run into `dir` when [`check_before_planning`] said so.
+fn plan_if(plan_here: bool, valid: &ValidConfig, dir: &Path) -> Result<Option<Planned>> {
     if !plan_here {
         return Ok(None);
     }
     let plan = train::plan(valid, dir)?;
-    Ok(Some((plan.total_steps, plan.rows.train.len())))
+    if !plan.notes.is_empty() {
+        let mut log = JsonlSink::open(&dir.join(super::EVENTS_FILE))?;
+        for note in &plan.notes {
+            log.emit(&Event::Log {
+                message: format!("dataset: {note}"),
+            });
+        }
+    }
+    Ok(Some(Planned {
+        steps: plan.total_steps,
+        rows: plan.rows.train.len(),
+        notes: plan.notes,
+    }))
 }
 
 /// Writes the run folder's `config.toml`: the configuration the worker trains.
@@ -211,7 +235,7 @@ pub fn resume(info: &RunInfo) -> Result<Resumed> {
     st.paused = false;
     st.updated = now_secs();
     st.step = from_step.unwrap_or(0);
-    if let Some((steps, _)) = planned {
+    if let Some(Planned { steps, .. }) = planned {
         st.total_steps = Some(steps);
     }
     st.write(dir)?;
@@ -219,7 +243,7 @@ pub fn resume(info: &RunInfo) -> Result<Resumed> {
         Ok(pid) => Ok(Resumed {
             pid,
             from_step,
-            total_steps: planned.map(|(steps, _)| steps),
+            total_steps: planned.as_ref().map(|p| p.steps),
         }),
         Err(e) => {
             // Leave the run as it was, so `runs` does not show a worker that never came.

@@ -67,6 +67,9 @@ pub struct Plan {
     pub run_dir: PathBuf,
     pub fingerprint: String,
     pub cache_hit: bool,
+    /// What reading the dataset found that the user should know (hard-wrapped files),
+    /// said before training; empty when the tokens came from the cache.
+    pub notes: Vec<String>,
 }
 
 impl Plan {
@@ -146,8 +149,8 @@ pub fn plan(cfg: &ValidConfig, run_dir: &Path) -> Result<Plan> {
     let data_files = dataset::scan(&cfg.dataset, &cfg.glob)?;
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("{}: cannot create the run folder", run_dir.display()))?;
-    let (ids, cache_hit) = dataset::load_or_tokenize(&tokenizer, &data_files, eos, run_dir)?;
-    let rows = dataset::make_rows(&ids, len, cfg.eval_fraction, cfg.seed)?;
+    let tokens = dataset::load_or_tokenize(&tokenizer, &data_files, eos, cfg.unwrap, run_dir)?;
+    let rows = dataset::make_rows(&tokens.ids, len, cfg.eval_fraction, cfg.seed)?;
     let per_step = cfg.batch_size * cfg.grad_accumulation;
     if rows.train.len() < per_step {
         bail!(
@@ -160,7 +163,7 @@ pub fn plan(cfg: &ValidConfig, run_dir: &Path) -> Result<Plan> {
     }
     let total_steps = ((cfg.epochs * rows.train.len() as f64) as usize / per_step).max(1);
     let mut h = Sha256::new();
-    h.update(dataset::cache_key(&tok_path, eos, &data_files)?.as_bytes());
+    h.update(dataset::cache_key(&tok_path, eos, &data_files, cfg.unwrap)?.as_bytes());
     h.update(
         format!(
             "{}|{}|{soft_tokens}|{len}|{}|{}|{}|{}|{total_steps}",
@@ -205,7 +208,19 @@ pub fn plan(cfg: &ValidConfig, run_dir: &Path) -> Result<Plan> {
         start,
         run_dir: run_dir.to_path_buf(),
         fingerprint,
-        cache_hit,
+        cache_hit: tokens.cache_hit,
+        notes: dataset::wrapped_note(&tokens.wrapped, cfg.unwrap)
+            .map(|note| {
+                if cfg.unwrap {
+                    note
+                } else {
+                    format!(
+                        "{note}; set `dataset.unwrap = true` to join them (`softtune text --unwrap` shows the result)"
+                    )
+                }
+            })
+            .into_iter()
+            .collect(),
     })
 }
 
@@ -516,6 +531,11 @@ where
     if plan.cache_hit {
         sink.emit(&Event::Log {
             message: "dataset tokens read from the cache".into(),
+        });
+    }
+    for note in &plan.notes {
+        sink.emit(&Event::Log {
+            message: format!("dataset: {note}"),
         });
     }
     if cfg.device.is_gpu() {

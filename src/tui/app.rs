@@ -101,6 +101,11 @@ fn value_of(cfg: &RunConfig, key: &str) -> String {
     match key {
         "dataset.path" => opt_path(&cfg.dataset.path),
         "dataset.glob" => opt_str(cfg.dataset.glob.as_deref()),
+        "dataset.unwrap" => match cfg.dataset.unwrap {
+            Some(true) => "yes".into(),
+            Some(false) => "no".into(),
+            None => String::new(),
+        },
         "prompt.text" => opt_str(cfg.prompt.text.as_deref()),
         "prompt.file" => opt_path(&cfg.prompt.file),
         "prompt.init" => opt_str(cfg.prompt.init.as_deref()),
@@ -320,6 +325,9 @@ impl App {
         let f = |k: &str| t(k).and_then(|v| v.parse::<f64>().ok());
         c.dataset.path = p("dataset.path");
         c.dataset.glob = t("dataset.glob");
+        c.dataset.unwrap = dataset::parse_yes_no(self.value("dataset.unwrap"))
+            .ok()
+            .flatten();
         c.prompt.text = s("prompt.text");
         c.prompt.file = p("prompt.file");
         c.prompt.init = t("prompt.init");

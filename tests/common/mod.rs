@@ -21,6 +21,26 @@ pub fn dataset(dir: &Path, bytes: usize) -> PathBuf {
     d
 }
 
+/// `text` hard-wrapped at `width` columns, as a plain-text book is: each line broken
+/// greedily (words go on a line while they fit); blank lines stay.
+pub fn hard_wrap(text: &str, width: usize) -> String {
+    let mut out = Vec::new();
+    for paragraph in text.split('\n') {
+        let mut line = String::new();
+        for word in paragraph.split(' ') {
+            if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+                out.push(std::mem::take(&mut line));
+            }
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+        out.push(line);
+    }
+    out.join("\n")
+}
+
 /// A writable copy of the files of the folder `src` (not its subfolders).
 pub fn copy_folder(src: &Path) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use super::{FieldDef, Report};
+use crate::data::dataset::{Wrapped, wrapped_note};
 use crate::inspect::human_bytes;
 use crate::tui::app::App;
 
@@ -21,6 +22,13 @@ pub const FIELDS: &[FieldDef] = &[
         choices: &["*.txt", "*.epub", "*.docx", "*.odt", "*.md", "*"],
         lines: 1,
     },
+    FieldDef {
+        key: "dataset.unwrap",
+        label: "Join wrapped lines",
+        help: "yes: join the lines of hard-wrapped books (broken every ~70 characters) into paragraphs",
+        choices: &["yes", "no"],
+        lines: 1,
+    },
 ];
 
 /// Under this many bytes the guide warns that results will be poor.
@@ -36,6 +44,8 @@ pub struct DatasetInfo {
     /// The first [`SAMPLE_BYTES`] or so of text (whole files, then a cut at a line end),
     /// for measuring the model tokenizer's bytes per token.
     pub sample: String,
+    /// The files that are hard-wrapped ([`crate::data::unwrap`]), with their width.
+    pub wrapped: Vec<Wrapped>,
 }
 
 /// Size of the text sample kept for estimates.
@@ -48,8 +58,12 @@ pub fn analyse(path: &str, glob: &str) -> Result<DatasetInfo, String> {
     let files = crate::data::dataset::scan(Path::new(path), glob).map_err(|e| format!("{e:#}"))?;
     let mut sample = String::new();
     let mut total = 0u64;
+    let mut wrapped = Vec::new();
     for f in &files {
         let text = crate::data::read_text(&f.path).map_err(|e| format!("{e:#}"))?;
+        if let Some(width) = crate::data::unwrap::detect(&text) {
+            wrapped.push((f.path.clone(), width));
+        }
         total += text.len() as u64;
         if sample.len() < SAMPLE_BYTES {
             let room = SAMPLE_BYTES - sample.len();
@@ -67,6 +81,7 @@ pub fn analyse(path: &str, glob: &str) -> Result<DatasetInfo, String> {
         files: files.len(),
         bytes: total,
         sample,
+        wrapped,
     })
 }
 
@@ -79,6 +94,13 @@ pub fn check(app: &App) -> Report {
     {
         r.error("dataset.glob", format!("not a valid pattern ({e})"));
     }
+    let unwrap = match parse_yes_no(app.value("dataset.unwrap")) {
+        Ok(v) => v,
+        Err(e) => {
+            r.error("dataset.unwrap", e);
+            None
+        }
+    };
     if path.is_empty() {
         r.error("dataset.path", "required: name a text file or a folder");
         return r;
@@ -95,9 +117,26 @@ pub fn check(app: &App) -> Report {
             if d.bytes < SMALL_DATASET {
                 r.warn("under 8 MB of text: the guide recommends at least ~8 MB of well-written, thematically unified text");
             }
+            let joined = unwrap == Some(true);
+            match wrapped_note(&d.wrapped, joined) {
+                Some(note) if joined => r.info(note),
+                Some(note) => r.warn(format!("{note}: set Join wrapped lines to yes")),
+                None if joined => r.info("no file is hard-wrapped: there are no lines to join"),
+                None => {}
+            }
         }
     }
     r
+}
+
+/// A yes/no field: `None` when empty; `yes`, `no`, `true`, `false` (any case).
+pub(crate) fn parse_yes_no(v: &str) -> Result<Option<bool>, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "" => Ok(None),
+        "yes" | "true" => Ok(Some(true)),
+        "no" | "false" => Ok(Some(false)),
+        _ => Err(format!("\"{}\": answer yes or no", v.trim())),
+    }
 }
 
 #[cfg(test)]
@@ -120,5 +159,6 @@ mod tests {
         assert_eq!(info.files, 2);
         assert_eq!(info.bytes, (text.len() + "plain\n".len()) as u64);
         assert_eq!(info.sample, format!("{text}plain\n"));
+        assert!(info.wrapped.is_empty());
     }
 }
