@@ -333,6 +333,8 @@ pub fn wrapped_note(wrapped: &[Wrapped], joined: bool) -> Option<String> {
 #[derive(Debug, Clone)]
 pub struct Tokens {
     pub ids: Vec<u32>,
+    /// Their [`cache_key`].
+    pub key: String,
     /// Whether they came from the cache (then no file was read).
     pub cache_hit: bool,
     /// The files found hard-wrapped when they were read (none on a cache hit).
@@ -358,6 +360,7 @@ pub fn load_or_tokenize(
             .collect();
         return Ok(Tokens {
             ids,
+            key,
             cache_hit: true,
             wrapped: Vec::new(),
         });
@@ -368,6 +371,7 @@ pub fn load_or_tokenize(
     super::write_token_file(&path, &ids)?;
     Ok(Tokens {
         ids,
+        key,
         cache_hit: false,
         wrapped,
     })

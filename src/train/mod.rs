@@ -163,7 +163,7 @@ pub fn plan(cfg: &ValidConfig, run_dir: &Path) -> Result<Plan> {
     }
     let total_steps = ((cfg.epochs * rows.train.len() as f64) as usize / per_step).max(1);
     let mut h = Sha256::new();
-    h.update(dataset::cache_key(&tok_path, eos, &data_files, cfg.unwrap)?.as_bytes());
+    h.update(tokens.key.as_bytes());
     h.update(
         format!(
             "{}|{}|{soft_tokens}|{len}|{}|{}|{}|{}|{total_steps}",

@@ -52,18 +52,20 @@ pub struct DatasetInfo {
 pub const SAMPLE_BYTES: usize = 64 * 1024;
 
 /// Scans the dataset and reads every file once as training reads it
-/// ([`crate::data::read_text`]): errors name an unreadable file, one that is not text, or a
-/// damaged or protected EPUB book or document.
+/// ([`crate::data::read_dataset_text`], which also finds hard-wrapped files): errors name
+/// an unreadable file, one that is not text, or a damaged or protected EPUB book or
+/// document.
 pub fn analyse(path: &str, glob: &str) -> Result<DatasetInfo, String> {
     let files = crate::data::dataset::scan(Path::new(path), glob).map_err(|e| format!("{e:#}"))?;
     let mut sample = String::new();
     let mut total = 0u64;
     let mut wrapped = Vec::new();
     for f in &files {
-        let text = crate::data::read_text(&f.path).map_err(|e| format!("{e:#}"))?;
-        if let Some(width) = crate::data::unwrap::detect(&text) {
+        let read = crate::data::read_dataset_text(&f.path, false).map_err(|e| format!("{e:#}"))?;
+        if let Some(width) = read.wrapped {
             wrapped.push((f.path.clone(), width));
         }
+        let text = read.text;
         total += text.len() as u64;
         if sample.len() < SAMPLE_BYTES {
             let room = SAMPLE_BYTES - sample.len();
