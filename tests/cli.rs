@@ -478,6 +478,13 @@ fn text_prints_what_training_reads() {
     assert_one_line_error(code, &err, &["novel.txt", "a PDF", "pdftotext"]);
     let (code, _, err) = softtune(&["text", tmp.path().to_str().unwrap(), "--glob", "*.epub"]);
     assert_one_line_error(code, &err, &["no files matching \"*.epub\""]);
+
+    // A work downloaded from the Archive of Our Own as HTML: its chapters only.
+    let html = fixtures().join("html");
+    let expected = std::fs::read_to_string(html.join("ao3-work.txt")).unwrap();
+    let (code, out, err) = softtune(&["text", html.join("ao3-work.html").to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("{expected}\n"));
 }
 
 /// `softtune text` names a hard-wrapped file and its width, and `--unwrap` prints its

@@ -642,19 +642,43 @@ fn xglm_kobold_prompts_sit_before_the_embedding_scale() {
     assert_eq!(gpt2.kobold_scale(), None);
 }
 
-/// A folder of a Word document and an OpenDocument text, with a `.docx` starter file, plans
-/// the rows and the starter a folder of the text they were made from does
-/// (`tests/fixtures/docx/make_docx.py`): the documents reach training as their text, each
-/// followed by EOS like a text file.
+/// A folder of a Word document, an OpenDocument text and a work downloaded from the Archive
+/// of Our Own as HTML, with a `.docx` starter file, plans the rows and the starter a folder
+/// of the text they were made from does (`tests/fixtures/docx/make_docx.py`): the documents
+/// reach training as their text (the AO3 page without its preface, notes and afterword),
+/// each followed by EOS like a text file.
 #[test]
 fn documents_train_as_their_text() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = fixtures().join("docx");
+    let expected = std::fs::read_to_string(fixture.join("book.txt")).unwrap();
+    let chapter: String = expected
+        .split("\n\n")
+        .map(|p| format!("<p>{}</p>\n", p.replace('\n', "<br>\n")))
+        .collect();
+    let page = format!(
+        r#"<!DOCTYPE html><html><head><meta charset="UTF-8"><title>Book</title></head><body>
+<div id="preface"><h2 class="toc-heading">Preface</h2><p class="message"><b>Book</b><br/>
+Posted originally on the <a href="http://archiveofourown.org/">Archive of Our Own</a> at
+<a href="http://archiveofourown.org/works/1">http://archiveofourown.org/works/1</a>.</p>
+<div class="meta"><dl class="tags"><dt>Rating:</dt><dd>Not Rated</dd></dl><h1>Book</h1>
+<p>Summary</p><blockquote class="userstuff"><p>Terms.</p></blockquote></div></div>
+<div id="chapters" class="userstuff"><div class="userstuff">
+{chapter}</div></div>
+<div id="afterword"><h2 class="toc-heading">Afterword</h2><p class="message">Please drop by the Archive and comment to let the creator know if you enjoyed their work!</p></div>
+</body></html>"#
+    );
+    std::fs::write(dir.path().join("book.html"), page).unwrap();
     let plan_of = |name: &str, files: &[(&str, &str)], glob: &str| {
         let data = dir.path().join(name);
         std::fs::create_dir_all(&data).unwrap();
         for (from, to) in files {
-            std::fs::copy(fixture.join(from), data.join(to)).unwrap();
+            let from = if from.ends_with(".html") {
+                dir.path().join(from)
+            } else {
+                fixture.join(from)
+            };
+            std::fs::copy(from, data.join(to)).unwrap();
         }
         let mut cfg = config(dir.path(), "llama", "");
         cfg.dataset.path = Some(data.clone());
@@ -662,18 +686,25 @@ fn documents_train_as_their_text() {
         cfg.prompt.file = Some(fixture.join("book.docx"));
         cfg.training.tokens_per_sequence = Some(48);
         let valid = cfg.validate().unwrap();
-        let expected = std::fs::read_to_string(fixture.join("book.txt")).unwrap();
         assert_eq!(valid.starter.as_deref(), Some(expected.as_str()));
         train::plan(&valid, &dir.path().join(format!("{name}-run"))).unwrap()
     };
     let documents = plan_of(
         "documents",
-        &[("book.docx", "a.docx"), ("book.odt", "b.odt")],
-        "[ab].*",
+        &[
+            ("book.docx", "a.docx"),
+            ("book.odt", "b.odt"),
+            ("book.html", "c.html"),
+        ],
+        "[abc].*",
     );
     let texts = plan_of(
         "texts",
-        &[("book.txt", "a.txt"), ("book.txt", "b.txt")],
+        &[
+            ("book.txt", "a.txt"),
+            ("book.txt", "b.txt"),
+            ("book.txt", "c.txt"),
+        ],
         "*.txt",
     );
     assert!(documents.rows.train.len() > 20);

@@ -57,7 +57,7 @@ pub fn scan(path: &Path, glob: &str) -> Result<Vec<DataFile>> {
 }
 
 /// Why a dataset folder has no files for `glob`, and what to do: when it holds documents of
-/// a kind softtune reads (EPUB books, Word documents), the glob that takes them.
+/// a kind softtune reads (EPUB books, Word documents, HTML pages), the glob that takes them.
 fn nothing_matches(dir: &Path, glob: &str) -> Result<String> {
     let mut all = Vec::new();
     walk(dir, &glob::Pattern::new("*")?, &mut all)?;
@@ -79,7 +79,7 @@ fn nothing_matches(dir: &Path, glob: &str) -> Result<String> {
         "dataset folder {} has no files matching \"{glob}\" but {}; set the glob to {} to learn from them",
         dir.display(),
         list(&|(n, d)| format!("{n} {}(s)", d.what), " and "),
-        list(&|(_, d)| format!("\"*.{}\"", d.extension), " or "),
+        list(&|(_, d)| format!("\"{}\"", d.glob), " or "),
     ))
 }
 
@@ -453,6 +453,19 @@ mod tests {
             "{e}"
         );
         assert_eq!(scan(dir.path(), "*.docx").unwrap().len(), 2);
+        // Saved web pages, .html or .htm: one glob takes both.
+        std::fs::create_dir(dir.path().join("ao3")).unwrap();
+        std::fs::write(dir.path().join("ao3/Work_1.html"), b"<p>").unwrap();
+        std::fs::write(dir.path().join("ao3/CH2.HTM"), b"<p>").unwrap();
+        let e = format!("{:#}", scan(dir.path(), "*.txt").unwrap_err());
+        assert!(
+            e.contains(
+                "and 2 HTML page(s); set the glob to \"*.epub\" or \"*.docx\" or \"*.htm*\""
+            ),
+            "{e}"
+        );
+        assert_eq!(scan(dir.path(), "*.htm*").unwrap().len(), 2);
+        std::fs::remove_dir_all(dir.path().join("ao3")).unwrap();
         std::fs::remove_file(dir.path().join("series/One.EPUB")).unwrap();
         std::fs::remove_file(dir.path().join("draft 1.docx")).unwrap();
         std::fs::remove_file(dir.path().join("series/draft 2.docx")).unwrap();

@@ -413,8 +413,8 @@ mod tests {
             &[("_rels/.rels", RELS), ("word/main doc.xml", &main)],
         );
         assert_eq!(
-            crate::data::document_of(&path).map(|d| d.extension),
-            Some("docx")
+            crate::data::document_of(&path).map(|d| d.glob),
+            Some("*.docx")
         );
         assert_eq!(read_text(&path).unwrap(), "Hello.");
         // Through the dataset reader too.

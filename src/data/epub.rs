@@ -1,17 +1,9 @@
 //! EPUB books as dataset text: the documents of the book's reading order (the package's
-//! spine), each XHTML document's visible text, a blank line between paragraphs.
-//!
-//! What is kept and what is left out (decided for training on an author's prose):
-//! - every spine document in reading order, except those marked `linear="no"` (notes,
-//!   answer keys: content the reading system shows out of the main flow);
-//! - block elements (`p`, `div`, headings, list items, …) become paragraphs separated by a
-//!   blank line, `<br>` a line break; whitespace collapses as a browser collapses it, except
-//!   inside `<pre>`;
-//! - left out: `<head>`, scripts, styles, SVG, ruby annotations (`<rt>`, `<rp>`), and
-//!   elements whose `epub:type` marks a note reference, a footnote or endnote, or a page
-//!   break marker (so no stray "12" lands mid-sentence);
-//! - a no-break space becomes a space; soft hyphens (U+00AD, hyphenation hints) are dropped;
-//! - HTML's named character references (`&mdash;`, `&nbsp;`, …) are resolved.
+//! spine), each XHTML document's visible text ([`super::html`]: block elements become
+//! paragraphs, notes and page-break markers are left out), a blank line between documents.
+//! Spine documents marked `linear="no"` (notes, answer keys: content the reading system
+//! shows out of the main flow) are left out, and so are an Archive of Our Own work's
+//! preface, notes and afterword ([`super::ao3`]).
 //!
 //! A DRM-protected book (its documents listed as encrypted in `META-INF/encryption.xml`,
 //! other than the font obfuscation EPUB allows) is an error, as is a damaged one; every
@@ -24,11 +16,13 @@ use anyhow::{Result, bail};
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::reader::Reader;
 
+use super::ao3;
 use super::archive::{Archive, Kind, attribute, first_attribute, resolve, xml_error};
+use super::html::{Attrs, Visible};
 
 /// Bumped when the text made from a book changes, so token caches made by an older
 /// extraction are not reused (it enters the dataset's cache key).
-pub const TEXT_VERSION: &str = "epub-text-2";
+pub const TEXT_VERSION: &str = "epub-text-3+ao3-1";
 
 /// The text of the book at `path` (see the module documentation).
 pub fn read_text(path: &Path) -> Result<String> {
@@ -68,7 +62,7 @@ impl Book<'_> {
         let book = &mut self.0;
         let opf = book.document(&package)?;
         let spine = spine(&opf, &package).map_err(|e| book.damaged(&package, e))?;
-        let mut out = String::new();
+        let mut documents = Vec::with_capacity(spine.len());
         for href in spine {
             if encrypted.contains(&href) {
                 bail!(
@@ -77,7 +71,13 @@ impl Book<'_> {
                 );
             }
             let xhtml = book.document(&href)?;
-            let text = xhtml_text(&xhtml).map_err(|e| book.damaged(&href, e))?;
+            documents.push((href, xhtml));
+        }
+        // An AO3 work's preface is in its first document only; its notes are in all.
+        let ao3 = ao3::is_work_package(&opf) || documents.iter().any(|(_, d)| ao3::is_work(d));
+        let mut out = String::new();
+        for (href, xhtml) in documents {
+            let text = xhtml_text(&xhtml, ao3).map_err(|e| book.damaged(&href, e))?;
             if !text.is_empty() {
                 if !out.is_empty() {
                     out.push_str("\n\n");
@@ -180,193 +180,71 @@ fn spine(opf: &str, package: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// Elements whose content is not part of the text.
-const SKIPPED: [&str; 8] = [
-    "head", "script", "style", "svg", "math", "rt", "rp", "template",
-];
-
-/// Elements that start and end a paragraph.
-const BLOCKS: &[&str] = &[
-    "address",
-    "article",
-    "aside",
-    "blockquote",
-    "body",
-    "caption",
-    "center",
-    "dd",
-    "details",
-    "dialog",
-    "div",
-    "dl",
-    "dt",
-    "fieldset",
-    "figcaption",
-    "figure",
-    "footer",
-    "form",
-    "h1",
-    "h2",
-    "h3",
-    "h4",
-    "h5",
-    "h6",
-    "header",
-    "hgroup",
-    "hr",
-    "li",
-    "main",
-    "nav",
-    "ol",
-    "p",
-    "pre",
-    "section",
-    "summary",
-    "table",
-    "tr",
-    "ul",
-];
-
-/// `epub:type` values whose element is left out.
-const SKIPPED_TYPES: [&str; 6] = [
-    "noteref",
-    "footnote",
-    "endnote",
-    "rearnote",
-    "pagebreak",
-    "annoref",
-];
-
-/// The visible text of an XHTML document (see the module documentation).
-fn xhtml_text(xhtml: &str) -> Result<String, String> {
+/// The visible text of an XHTML document (see [`super::html`]); `ao3`: the book is an
+/// Archive of Our Own download ([`super::ao3`]).
+fn xhtml_text(xhtml: &str, ao3: bool) -> Result<String, String> {
     let mut reader = Reader::from_str(xhtml);
     let config = reader.config_mut();
     // Books are often hand-made: tolerate a stray `&` and mismatched end tags.
     config.allow_dangling_amp = true;
     config.check_end_names = false;
     config.allow_unmatched_ends = true;
-    let mut out = Text::default();
-    // Open elements: (name, whether it is skipped, whether it is `<pre>`).
-    let mut open: Vec<(String, bool, bool)> = Vec::new();
-    let skipping = |open: &[(String, bool, bool)]| open.iter().any(|o| o.1);
+    let mut out = Visible::new(ao3);
     loop {
         let event = reader.read_event().map_err(|e| xml_error(&reader, e))?;
         match event {
-            Event::Start(e) => {
-                let name = e.local_name().as_ref().to_ascii_lowercase();
-                let skip = SKIPPED.contains(&name.as_str()) || skipped_type(&e);
-                if !skip && !skipping(&open) {
-                    out.element(&name);
-                }
-                let pre = name == "pre";
-                open.push((name, skip, pre));
-            }
+            Event::Start(e) => start(&mut out, &e),
             Event::Empty(e) => {
-                let name = e.local_name().as_ref().to_ascii_lowercase();
-                if !skipping(&open) && !skipped_type(&e) {
-                    out.element(&name);
-                }
+                start(&mut out, &e);
+                out.end(e.local_name().as_ref());
             }
-            Event::End(e) => {
-                let name = e.local_name().as_ref().to_ascii_lowercase();
-                if let Some(at) = open.iter().rposition(|o| o.0 == name) {
-                    open.truncate(at);
-                    if !skipping(&open) && is_block(&name) {
-                        out.paragraph();
-                    }
-                }
-            }
-            Event::Text(t) if !skipping(&open) => {
-                let pre = open.iter().any(|o| o.2);
-                out.push(&t.xml10_content(), pre);
-            }
-            Event::CData(t) if !skipping(&open) => {
-                let pre = open.iter().any(|o| o.2);
-                out.push(&t, pre);
-            }
-            Event::GeneralRef(r) if !skipping(&open) => {
-                let pre = open.iter().any(|o| o.2);
+            Event::End(e) => out.end(e.local_name().as_ref()),
+            Event::Text(t) => out.text(&t.xml10_content()),
+            Event::CData(t) => out.text(&t),
+            Event::GeneralRef(r) => {
                 let name = r.to_string();
                 match r.resolve_char_ref() {
-                    Ok(Some(c)) => out.push(c.encode_utf8(&mut [0; 4]), pre),
+                    Ok(Some(c)) => out.text(c.encode_utf8(&mut [0; 4])),
                     Ok(None) => match quick_xml::escape::resolve_html5_entity(&name) {
-                        Some(s) => out.push(s, pre),
+                        Some(s) => out.text(s),
                         // An entity the document's own DTD would define: kept as written.
-                        None => out.push(&format!("&{name};"), pre),
+                        None => out.text(&format!("&{name};")),
                     },
-                    Err(_) => out.push(&format!("&{name};"), pre),
+                    Err(_) => out.text(&format!("&{name};")),
                 }
             }
             Event::Eof => break,
             _ => {}
         }
     }
-    Ok(out.text)
+    Ok(out.finish())
 }
 
-fn is_block(name: &str) -> bool {
-    BLOCKS.contains(&name)
-}
-
-fn skipped_type(e: &BytesStart) -> bool {
-    e.attributes().flatten().any(|a| {
-        a.key.local_name().as_ref() == "type"
-            && a.key.prefix().is_some_and(|p| p.as_ref() == "epub")
-            && a.value
-                .split_ascii_whitespace()
-                .any(|t| SKIPPED_TYPES.contains(&t))
-    })
-}
-
-/// The text being built: breaks wait until the next visible character, so none leads or
-/// trails and runs of them collapse.
-#[derive(Default)]
-struct Text {
-    text: String,
-    /// Newlines owed before the next character (0, 1 for a line break, 2 for a paragraph).
-    newlines: usize,
-    space: bool,
-}
-
-impl Text {
-    fn element(&mut self, name: &str) {
-        if name == "br" {
-            self.newlines = (self.newlines + 1).min(2);
-        } else if is_block(name) {
-            self.paragraph();
-        } else if matches!(name, "td" | "th") {
-            self.space = true;
+/// An element's start, with the attributes that decide whether its content is read.
+fn start(out: &mut Visible, e: &BytesStart) {
+    let (mut id, mut class, mut epub_type) = (None, None, None);
+    for a in e.attributes().flatten() {
+        let value = a
+            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+            .ok()
+            .map(|v| v.into_owned());
+        let prefix = a.key.prefix();
+        let prefix = prefix.as_ref().map(|p| p.as_ref());
+        match (prefix, a.key.local_name().as_ref()) {
+            (None, "id") => id = value,
+            (None, "class") => class = value,
+            (Some("epub"), "type") => epub_type = value,
+            _ => {}
         }
     }
-
-    fn paragraph(&mut self) {
-        self.newlines = 2;
-    }
-
-    fn push(&mut self, s: &str, pre: bool) {
-        for c in s.chars() {
-            match c {
-                '\u{AD}' => {}
-                '\u{A0}' => self.space = true,
-                '\n' if pre => self.newlines = (self.newlines + 1).min(2),
-                ' ' | '\t' | '\n' | '\r' | '\u{C}' if !pre => self.space = true,
-                c => {
-                    if !self.text.is_empty() {
-                        if self.newlines > 0 {
-                            for _ in 0..self.newlines {
-                                self.text.push('\n');
-                            }
-                        } else if self.space {
-                            self.text.push(' ');
-                        }
-                    }
-                    self.newlines = 0;
-                    self.space = false;
-                    self.text.push(c);
-                }
-            }
-        }
-    }
+    out.start(
+        e.local_name().as_ref(),
+        &Attrs {
+            id: id.as_deref(),
+            class: class.as_deref(),
+            epub_type: epub_type.as_deref(),
+        },
+    );
 }
 
 #[cfg(test)]
@@ -447,8 +325,8 @@ kept</pre>
         let path = dir.path().join("Book.EPUB");
         write_epub(&path, &book(&[]));
         assert_eq!(
-            crate::data::document_of(&path).map(|d| d.extension),
-            Some("epub")
+            crate::data::document_of(&path).map(|d| d.glob),
+            Some("*.epub")
         );
         assert_eq!(read_text(&path).unwrap(), EXPECTED);
         // Through the dataset reader too.
@@ -545,6 +423,67 @@ kept</pre>
         std::fs::write(&path, "plain text").unwrap();
         let e = format!("{:#}", read_text(&path).unwrap_err());
         assert!(e.contains("notzip.epub") && e.contains("not a zip"), "{e}");
+    }
+
+    /// An AO3 work as Calibre makes its EPUB: AO3's classes renamed, the work split into
+    /// documents (the preface with its id; chapters whose notes are known by their labels;
+    /// an afterword that lost its id), AO3 named as publisher.
+    #[test]
+    fn ao3_books_keep_only_the_chapters() {
+        let opf = r#"<package xmlns="http://www.idpf.org/2007/opf" version="2.0">
+  <metadata xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:publisher>Archive of Our Own</dc:publisher></metadata>
+  <manifest>
+    <item id="a" href="index_split_000.html" media-type="application/xhtml+xml"/>
+    <item id="b" href="index_split_001.html" media-type="application/xhtml+xml"/>
+    <item id="c" href="index_split_002.html" media-type="application/xhtml+xml"/>
+  </manifest>
+  <spine><itemref idref="a"/><itemref idref="b"/><itemref idref="c"/></spine>
+</package>"#;
+        let preface = r#"<html xmlns="http://www.w3.org/1999/xhtml"><body class="calibre">
+<div id="preface" class="calibre1"><h2 class="toc-heading" id="calibre_toc_1">Preface</h2>
+<p class="message"><b class="calibre2">Tides</b><br class="calibre1"/>Posted originally on the
+<a href="https://archiveofourown.org/">Archive of Our Own</a> at <a href="https://archiveofourown.org/works/3">https://archiveofourown.org/works/3</a>.</p>
+<div class="calibre1"><dl class="tags"><dt class="calibre3">Rating:</dt><dd class="calibre4">Teen And Up Audiences</dd></dl>
+<h1 class="calibre5">Tides</h1><p class="calibre6">Summary</p><blockquote class="calibre7"><p>Salt.</p></blockquote></div></div>
+</body></html>"#;
+        let chapter = r#"<html xmlns="http://www.w3.org/1999/xhtml"><body class="calibre">
+<div id="chapters" class="calibre8"><div class="calibre9"><h2 class="heading" id="calibre_toc_2">Chapter 1: Ebb</h2>
+<p class="calibre6">Chapter Notes</p><blockquote class="calibre7"><p>Thanks for reading!</p></blockquote>
+<div class="calibre10">See the end of the chapter for <a href="index_split_001.html#endnotes1">more notes</a></div></div>
+<div class="calibre8"><p class="calibre11">The tide went out and did not come back.</p></div>
+<div class="calibre9" id="endnotes1"><p class="calibre6">Chapter End Notes</p><blockquote class="calibre7"><p>More soon.</p></blockquote></div>
+</div></body></html>"#;
+        let afterword = r#"<html xmlns="http://www.w3.org/1999/xhtml"><body class="calibre">
+<div class="calibre1"><h2 class="toc-heading" id="calibre_toc_3">Afterword</h2>
+<div class="calibre9"><div class="calibre1"><p class="calibre6">End Notes</p><blockquote class="calibre7"><p>Bye!</p></blockquote></div></div>
+<p class="message">Please <a href="https://archiveofourown.org/works/3/comments/new">drop by the Archive and comment</a> to let the creator know if you enjoyed their work!</p>
+</div></body></html>"#;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Tides.epub");
+        let mut files = vec![
+            ("META-INF/container.xml", CONTAINER),
+            ("OEBPS/content.opf", opf),
+            ("OEBPS/index_split_000.html", preface),
+            ("OEBPS/index_split_001.html", chapter),
+            ("OEBPS/index_split_002.html", afterword),
+        ];
+        write_epub(&path, &files);
+        let expected = "Chapter 1: Ebb\n\nThe tide went out and did not come back.";
+        assert_eq!(read_text(&path).unwrap(), expected);
+        // Known by its preface alone, without the publisher.
+        let other = opf.replace("Archive of Our Own", "Calibre");
+        files[1].1 = &other;
+        write_epub(&path, &files);
+        assert_eq!(read_text(&path).unwrap(), expected);
+        // A book that is not AO3's keeps its notes and labels.
+        files[2].1 =
+            r#"<html xmlns="http://www.w3.org/1999/xhtml"><body><p>Foreword.</p></body></html>"#;
+        write_epub(&path, &files);
+        let text = read_text(&path).unwrap();
+        assert!(
+            text.contains("Chapter Notes\n\nThanks for reading!") && text.contains("Afterword"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Text → tokens → rows: reading text files, the dataset pipeline ([`dataset`]) and blocks
 //! for evaluation.
 
+pub mod ao3;
 mod archive;
 pub mod dataset;
 pub mod docx;
 pub mod epub;
 pub mod gutenberg;
+pub mod html;
 pub mod odt;
 mod paragraphs;
 pub mod unwrap;
@@ -19,9 +21,10 @@ use anyhow::{Context, Result, anyhow, bail};
 pub struct Document {
     /// What one is called, as in "3 EPUB book(s)".
     pub what: &'static str,
-    /// The file name's extension (any case), and the dataset glob `*.{extension}` that
-    /// takes them.
-    pub extension: &'static str,
+    /// The file name's extensions (any case).
+    pub extensions: &'static [&'static str],
+    /// The dataset glob that takes them.
+    pub glob: &'static str,
     /// The version of the text extraction (enters the token cache's key).
     pub version: &'static str,
     read: fn(&Path) -> Result<String>,
@@ -31,29 +34,39 @@ impl Document {
     /// Whether `path` names a document of this kind.
     pub fn is(&self, path: &Path) -> bool {
         path.extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case(self.extension))
+            .is_some_and(|e| self.extensions.iter().any(|x| e.eq_ignore_ascii_case(x)))
     }
 }
 
 /// The documents softtune reads besides text files.
-pub const DOCUMENTS: [Document; 3] = [
+pub const DOCUMENTS: [Document; 4] = [
     Document {
         what: "EPUB book",
-        extension: "epub",
+        extensions: &["epub"],
+        glob: "*.epub",
         version: epub::TEXT_VERSION,
         read: epub::read_text,
     },
     Document {
         what: "Word document",
-        extension: "docx",
+        extensions: &["docx"],
+        glob: "*.docx",
         version: docx::TEXT_VERSION,
         read: docx::read_text,
     },
     Document {
         what: "OpenDocument text",
-        extension: "odt",
+        extensions: &["odt"],
+        glob: "*.odt",
         version: odt::TEXT_VERSION,
         read: odt::read_text,
+    },
+    Document {
+        what: "HTML page",
+        extensions: &["html", "htm"],
+        glob: "*.htm*",
+        version: html::TEXT_VERSION,
+        read: html::read_text,
     },
 ];
 
@@ -63,7 +76,8 @@ pub fn document_of(path: &Path) -> Option<&'static Document> {
 }
 
 /// Reads a text file ([`decode_text`]), normalising CRLF (and lone CR) to LF, or the text of
-/// an EPUB book ([`epub`]), a Word document ([`docx`]) or an OpenDocument text ([`odt`]). A
+/// an EPUB book ([`epub`]), a Word document ([`docx`]), an OpenDocument text ([`odt`]) or an
+/// HTML page ([`html`]). A
 /// file that does not decode is an error naming the file and the byte offset; one in another
 /// format (a PDF, say) is an error naming it and what to do.
 ///
@@ -126,7 +140,7 @@ pub fn decode_text(bytes: &[u8]) -> std::result::Result<String, String> {
 }
 
 /// What a file that is not text is, by its first bytes, and what to do.
-fn foreign(bytes: &[u8]) -> Option<&'static str> {
+pub(super) fn foreign(bytes: &[u8]) -> Option<&'static str> {
     if bytes.starts_with(b"%PDF-") {
         Some(
             "a PDF document, not text; extract its text (`pdftotext FILE.pdf FILE.txt`) and check it for page headers and broken lines, or use the book's EPUB",

@@ -333,8 +333,8 @@ mod tests {
             ],
         );
         assert_eq!(
-            crate::data::document_of(&path).map(|d| d.extension),
-            Some("odt")
+            crate::data::document_of(&path).map(|d| d.glob),
+            Some("*.odt")
         );
         assert_eq!(crate::data::read_text(&path).unwrap(), "Hi.");
     }

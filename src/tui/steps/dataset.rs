@@ -11,15 +11,15 @@ pub const FIELDS: &[FieldDef] = &[
     FieldDef {
         key: "dataset.path",
         label: "Text file or folder",
-        help: "The text to learn from: a file (UTF-8 text, EPUB, .docx, .odt) or a folder searched recursively",
+        help: "The text to learn from: a file (UTF-8 text, EPUB, .docx, .odt, HTML) or a folder searched recursively",
         choices: &[],
         lines: 1,
     },
     FieldDef {
         key: "dataset.glob",
         label: "File pattern",
-        help: "Which files of a folder are read (default *.txt; e.g. *.md, *.epub, *.docx, *.odt)",
-        choices: &["*.txt", "*.epub", "*.docx", "*.odt", "*.md", "*"],
+        help: "Which files of a folder are read (default *.txt; e.g. *.md, *.epub, *.docx, *.odt, *.htm*)",
+        choices: &["*.txt", "*.epub", "*.docx", "*.odt", "*.htm*", "*.md", "*"],
         lines: 1,
     },
     FieldDef {
