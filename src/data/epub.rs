@@ -2,8 +2,10 @@
 //! spine), each XHTML document's visible text ([`super::html`]: block elements become
 //! paragraphs, notes and page-break markers are left out), a blank line between documents.
 //! Spine documents marked `linear="no"` (notes, answer keys: content the reading system
-//! shows out of the main flow) are left out, and so are an Archive of Our Own work's
-//! preface, notes and afterword ([`super::ao3`]).
+//! shows out of the main flow) are left out, as are the table of contents (EPUB 3's
+//! navigation document when the spine lists it, and any element whose `epub:type` is a
+//! table of contents, landmarks or a list of pages, illustrations or tables) and an
+//! Archive of Our Own work's preface, notes and afterword ([`super::ao3`]).
 //!
 //! A DRM-protected book (its documents listed as encrypted in `META-INF/encryption.xml`,
 //! other than the font obfuscation EPUB allows) is an error, as is a damaged one; every
@@ -130,8 +132,8 @@ impl Book<'_> {
     }
 }
 
-/// The zip paths of the spine's documents in reading order (`linear="no"` left out), read
-/// from the package document at `package`.
+/// The zip paths of the spine's documents in reading order (`linear="no"` and the
+/// navigation document left out), read from the package document at `package`.
 fn spine(opf: &str, package: &str) -> Result<Vec<String>, String> {
     let mut reader = Reader::from_str(opf);
     let mut manifest: HashMap<String, (String, String)> = HashMap::new();
@@ -143,7 +145,11 @@ fn spine(opf: &str, package: &str) -> Result<Vec<String>, String> {
                 "item" => {
                     if let (Some(id), Some(href)) = (attribute(&e, "id"), attribute(&e, "href")) {
                         let media = attribute(&e, "media-type").unwrap_or_default();
-                        manifest.insert(id, (href, media));
+                        // EPUB 3's navigation document (the table of contents), which
+                        // some books also list in the spine.
+                        let nav = attribute(&e, "properties")
+                            .is_some_and(|p| p.split_ascii_whitespace().any(|p| p == "nav"));
+                        manifest.insert(id, (href, if nav { "nav".into() } else { media }));
                     }
                 }
                 "spine" => in_spine = true,
@@ -258,7 +264,8 @@ mod tests {
 </container>"#;
 
     /// A package whose manifest lists the documents in another order than the spine, one in
-    /// a subfolder with an escaped name, a non-linear note and a cover image.
+    /// a subfolder with an escaped name, a non-linear note, a cover image and the navigation
+    /// document (first in the spine).
     const OPF: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <package xmlns="http://www.idpf.org/2007/opf" version="3.0" unique-identifier="id">
   <metadata xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:title>T</dc:title></metadata>
@@ -268,8 +275,10 @@ mod tests {
     <item id="cover" href="Images/cover.jpg" media-type="image/jpeg"/>
     <item id="c1" href="Text/../Text/ch1.xhtml" media-type="application/xhtml+xml"/>
     <item id="css" href="style.css" media-type="text/css"/>
+    <item id="toc" href="Text/toc.xhtml" media-type="application/xhtml+xml" properties="nav"/>
   </manifest>
   <spine>
+    <itemref idref="toc"/>
     <itemref idref="c1"/>
     <itemref idref="notes" linear="no"/>
     <itemref idref="c2"/>
@@ -281,6 +290,7 @@ mod tests {
 <html xmlns="http://www.w3.org/1999/xhtml" xmlns:epub="http://www.idpf.org/2007/ops">
 <head><title>Chapter One</title><style>p { margin: 0 }</style></head>
 <body>
+  <section epub:type="landmarks toc"><h2>Contents</h2><p><a href="ch1.xhtml">Chapter One</a></p></section>
   <h1 class="chapter">Chapter
      One</h1>
   <p>It was a <em>dark</em>&#160;and stormy night&mdash;the rain fell in
@@ -298,6 +308,10 @@ kept</pre>
     const CH2: &str = r#"<html xmlns="http://www.w3.org/1999/xhtml"><body>
 <p>Second <ruby>漢<rt>kan</rt></ruby> chapter &unknownentity; end.</p></body></html>"#;
 
+    /// The navigation document, listed in the spine: a heading outside its `<nav>`.
+    const TOC: &str = r#"<html xmlns="http://www.w3.org/1999/xhtml" xmlns:epub="http://www.idpf.org/2007/ops"><body>
+<h1>Contents</h1><nav epub:type="toc"><ol><li><a href="ch1.xhtml">Chapter One</a></li></ol></nav></body></html>"#;
+
     const NOTES: &str =
         r#"<html xmlns="http://www.w3.org/1999/xhtml"><body><p>A footnote.</p></body></html>"#;
 
@@ -314,6 +328,7 @@ kept</pre>
             ("OEBPS/Text/ch1.xhtml", CH1),
             ("OEBPS/Text/chapter 2.xhtml", CH2),
             ("OEBPS/Text/notes.xhtml", NOTES),
+            ("OEBPS/Text/toc.xhtml", TOC),
         ];
         files.extend_from_slice(extra);
         files

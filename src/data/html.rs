@@ -9,7 +9,8 @@
 //!   inside `<pre>`;
 //! - left out: `<head>`, scripts, styles, SVG, MathML, ruby annotations (`<rt>`, `<rp>`),
 //!   `<noscript>`, and elements whose `epub:type` marks a note reference, a footnote or
-//!   endnote, or a page break marker (so no stray "12" lands mid-sentence);
+//!   endnote, a page break marker (so no stray "12" lands mid-sentence) or a table of
+//!   contents;
 //! - a no-break space becomes a space; soft hyphens (U+00AD, hyphenation hints) are dropped;
 //!   character references (`&mdash;`, `&#8212;`) are resolved;
 //! - a work downloaded from the Archive of Our Own loses its preface, notes and afterword
@@ -173,14 +174,23 @@ const BLOCKS: &[&str] = &[
     "ul",
 ];
 
-/// `epub:type` values whose element is left out.
-const SKIPPED_TYPES: [&str; 6] = [
+/// `epub:type` values whose element is left out: notes and their references, page-break
+/// markers, and navigation (tables of contents, landmarks, lists of pages, illustrations,
+/// tables, audio and video).
+const SKIPPED_TYPES: [&str; 13] = [
     "noteref",
     "footnote",
     "endnote",
     "rearnote",
     "pagebreak",
     "annoref",
+    "toc",
+    "landmarks",
+    "page-list",
+    "loi",
+    "lot",
+    "loa",
+    "lov",
 ];
 
 fn is_block(name: &str) -> bool {
