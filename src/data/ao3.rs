@@ -19,7 +19,7 @@
 //!
 //! Chapter headings ("Chapter 3: Moonlight") stay, as a book's chapter titles do.
 //!
-//! A change to what is left out bumps the `ao3-N` part of the HTML and EPUB text versions
+//! A change to what is left out bumps the HTML and EPUB text versions
 //! (`html::TEXT_VERSION`, `epub::TEXT_VERSION`), so token caches are made anew.
 
 /// Whether an HTML or XHTML document's source is (part of) an AO3 download: it has AO3's

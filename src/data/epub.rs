@@ -4,8 +4,10 @@
 //! Spine documents marked `linear="no"` (notes, answer keys: content the reading system
 //! shows out of the main flow) are left out, as are the table of contents (EPUB 3's
 //! navigation document when the spine lists it, and any element whose `epub:type` is a
-//! table of contents, landmarks or a list of pages, illustrations or tables) and an
-//! Archive of Our Own work's preface, notes and afterword ([`super::ao3`]).
+//! table of contents, landmarks or a list of pages, illustrations or tables), an Archive
+//! of Our Own work's preface, notes and afterword ([`super::ao3`]), and the title page,
+//! table of contents, update log and chapter notes of a story saved by FanFicFare
+//! ([`super::fanficfare`]).
 //!
 //! A DRM-protected book (its documents listed as encrypted in `META-INF/encryption.xml`,
 //! other than the font obfuscation EPUB allows) is an error, as is a damaged one; every
@@ -24,7 +26,7 @@ use super::html::{Attrs, Visible};
 
 /// Bumped when the text made from a book changes, so token caches made by an older
 /// extraction are not reused (it enters the dataset's cache key).
-pub const TEXT_VERSION: &str = "epub-text-3+ao3-1";
+pub const TEXT_VERSION: &str = "epub-text-4";
 
 /// The text of the book at `path` (see the module documentation).
 pub fn read_text(path: &Path) -> Result<String> {
@@ -498,6 +500,69 @@ kept</pre>
         assert!(
             text.contains("Chapter Notes\n\nThanks for reading!") && text.contains("Afterword"),
             "{text}"
+        );
+    }
+
+    /// A story as FanFicFare saves it: title page, table of contents, chapters with their
+    /// authors' notes in FanFicFare's blocks, an update log.
+    #[test]
+    fn fanficfare_books_keep_only_the_chapters() {
+        let opf = r#"<package xmlns="http://www.idpf.org/2007/opf" version="2.0" unique-identifier="fanficfare-uid">
+  <metadata xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:contributor>FanFicFare [https://github.com/JimmXinu/FanFicFare]</dc:contributor></metadata>
+  <manifest>
+    <item id="title_page" href="OEBPS/title_page.xhtml" media-type="application/xhtml+xml"/>
+    <item id="toc_page" href="OEBPS/toc_page.xhtml" media-type="application/xhtml+xml"/>
+    <item id="file0001" href="OEBPS/file0001.xhtml" media-type="application/xhtml+xml"/>
+    <item id="file0002" href="OEBPS/file0002.xhtml" media-type="application/xhtml+xml"/>
+    <item id="log_page" href="OEBPS/log_page.xhtml" media-type="application/xhtml+xml"/>
+  </manifest>
+  <spine><itemref idref="title_page"/><itemref idref="toc_page"/><itemref idref="file0001"/><itemref idref="file0002"/><itemref idref="log_page"/></spine>
+</package>"#;
+        let page = |class: &str, body: &str| {
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<html xmlns=\"http://www.w3.org/1999/xhtml\"><head><title>T</title></head>\n<body class=\"{class}\">\n{body}\n</body></html>"
+            )
+        };
+        let title = page(
+            "fff_titlepage",
+            "<h3><a href=\"https://www.fanfiction.net/s/1/1/\">Ashes</a> by <a href=\"#\">quill</a></h3>\n<div>\n<b>Status:</b> Completed<br />\n<b>Words:</b> 2,000<br />\n<b>Summary:</b> What the fire left.<br />\n</div>",
+        );
+        let toc = page(
+            "fff_tocpage",
+            "<div>\n<h3>Table of Contents</h3>\n<a href=\"file0001.xhtml\">1. Embers</a><br />\n<a href=\"file0002.xhtml\">2. Smoke</a><br />\n</div>",
+        );
+        let one = page(
+            "fff_chapter",
+            "<h3 class=\"fff_chapter_title\">1. Embers</h3>\n<div class=\"fff_chapter_notes fff_head_notes\"><b>Author's Note:</b><blockquote>First fic, be nice!</blockquote></div>\n<div><p>The embers glowed until morning.</p></div>\n<div class=\"fff_chapter_notes fff_foot_notes\"><b>Chapter End Notes:</b><blockquote>Review!</blockquote></div>",
+        );
+        let two = page(
+            "fff_chapter",
+            "<h3 class=\"fff_chapter_title\">2. Smoke</h3>\n<div><p>Then only smoke.</p></div>",
+        );
+        let log = page(
+            "fff_logpage",
+            "<h3>Update Log</h3>\n<p class='log_entry'>\n<b>Updated:</b> <span id=\"dateUpdated\">2026-01-01</span>\n</p>\n<hr/>",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Ashes-ffnet_1.epub");
+        write_epub(
+            &path,
+            &[
+                (
+                    "META-INF/container.xml",
+                    &CONTAINER.replace("OEBPS/content.opf", "content.opf"),
+                ),
+                ("content.opf", opf),
+                ("OEBPS/title_page.xhtml", &title),
+                ("OEBPS/toc_page.xhtml", &toc),
+                ("OEBPS/file0001.xhtml", &one),
+                ("OEBPS/file0002.xhtml", &two),
+                ("OEBPS/log_page.xhtml", &log),
+            ],
+        );
+        assert_eq!(
+            read_text(&path).unwrap(),
+            "1. Embers\n\nThe embers glowed until morning.\n\n2. Smoke\n\nThen only smoke."
         );
     }
 

@@ -14,7 +14,8 @@
 //! - a no-break space becomes a space; soft hyphens (U+00AD, hyphenation hints) are dropped;
 //!   character references (`&mdash;`, `&#8212;`) are resolved;
 //! - a work downloaded from the Archive of Our Own loses its preface, notes and afterword
-//!   ([`super::ao3`]);
+//!   ([`super::ao3`]); a story saved by FanFicFare its title page, table of contents,
+//!   update log and chapter notes ([`super::fanficfare`]);
 //! - pages are parsed as browsers parse them (html5ever, through `scraper`): unclosed
 //!   paragraphs, stray end tags and unquoted attributes read as they display.
 //!
@@ -28,11 +29,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use ego_tree::iter::Edge;
 use scraper::{Html, Node};
 
-use super::ao3;
+use super::{ao3, fanficfare};
 
 /// Bumped when the text made from a page changes, so token caches made by an older
 /// extraction are not reused (it enters the dataset's cache key).
-pub const TEXT_VERSION: &str = "html-text-1+ao3-1";
+pub const TEXT_VERSION: &str = "html-text-2";
 
 /// The text of the page at `path` (see the module documentation).
 pub fn read_text(path: &Path) -> Result<String> {
@@ -238,6 +239,7 @@ impl Visible {
                 t.split_ascii_whitespace()
                     .any(|t| SKIPPED_TYPES.contains(&t))
             })
+            || fanficfare::skipped(attrs.class)
             || (self.ao3 && ao3::skipped(attrs.id, attrs.class));
         if std::mem::take(&mut self.after_label) {
             skip |= name == "blockquote";

@@ -6,6 +6,7 @@ mod archive;
 pub mod dataset;
 pub mod docx;
 pub mod epub;
+pub mod fanficfare;
 pub mod gutenberg;
 pub mod html;
 pub mod odt;
