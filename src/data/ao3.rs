@@ -61,7 +61,7 @@ pub enum Line {
 
 /// Longer blocks are prose (AO3's own lines are shorter), so a chapter's text is never
 /// compared.
-pub const LONGEST: usize = 160;
+const LONGEST: usize = 160;
 
 const LABELS: [&str; 6] = [
     "summary",

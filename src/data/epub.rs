@@ -139,6 +139,7 @@ impl Book<'_> {
 fn spine(opf: &str, package: &str) -> Result<Vec<String>, String> {
     let mut reader = Reader::from_str(opf);
     let mut manifest: HashMap<String, (String, String)> = HashMap::new();
+    let mut navigation: HashSet<String> = HashSet::new();
     let mut order: Vec<String> = Vec::new();
     let mut in_spine = false;
     loop {
@@ -149,9 +150,12 @@ fn spine(opf: &str, package: &str) -> Result<Vec<String>, String> {
                         let media = attribute(&e, "media-type").unwrap_or_default();
                         // EPUB 3's navigation document (the table of contents), which
                         // some books also list in the spine.
-                        let nav = attribute(&e, "properties")
-                            .is_some_and(|p| p.split_ascii_whitespace().any(|p| p == "nav"));
-                        manifest.insert(id, (href, if nav { "nav".into() } else { media }));
+                        if attribute(&e, "properties")
+                            .is_some_and(|p| p.split_ascii_whitespace().any(|p| p == "nav"))
+                        {
+                            navigation.insert(id.clone());
+                        }
+                        manifest.insert(id, (href, media));
                     }
                 }
                 "spine" => in_spine = true,
@@ -181,7 +185,9 @@ fn spine(opf: &str, package: &str) -> Result<Vec<String>, String> {
             .get(&id)
             .ok_or_else(|| format!("the spine names \"{id}\", which the manifest lacks"))?;
         // EPUB 3 allows other content (SVG) in the spine; it holds no prose to learn from.
-        if matches!(media.as_str(), "application/xhtml+xml" | "text/html" | "") {
+        if matches!(media.as_str(), "application/xhtml+xml" | "text/html" | "")
+            && !navigation.contains(&id)
+        {
             out.push(resolve(base, href));
         }
     }

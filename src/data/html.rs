@@ -269,16 +269,13 @@ impl Visible {
             return;
         }
         if let Some(mark) = mark {
-            let since = self.text.since(mark);
-            if since.len() <= ao3::LONGEST + 4 {
-                match ao3::line(since) {
-                    ao3::Line::Prose => {}
-                    ao3::Line::Label => {
-                        self.text.rewind(mark);
-                        self.after_label = true;
-                    }
-                    ao3::Line::Boilerplate => self.text.rewind(mark),
+            match ao3::line(self.text.since(mark)) {
+                ao3::Line::Prose => {}
+                ao3::Line::Label => {
+                    self.text.rewind(mark);
+                    self.after_label = true;
                 }
+                ao3::Line::Boilerplate => self.text.rewind(mark),
             }
         }
         if is_block(&name) {
