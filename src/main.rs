@@ -66,8 +66,8 @@ enum Command {
         /// A local model folder or a Hugging Face id.
         #[arg(long)]
         model: String,
-        /// Text to score: a text file, an EPUB book, a .docx or .odt document, an HTML page,
-        /// or a .u32 token file (a run's heldout.u32).
+        /// Text to score: a text file, an EPUB book, a .docx, .odt or .rtf document, an HTML
+        /// page, or a .u32 token file (a run's heldout.u32).
         #[arg(long)]
         text: PathBuf,
         /// Soft prompt: a KoboldAI .zip, a PEFT adapter folder, or an npz .mtjsp.
@@ -94,8 +94,8 @@ enum Command {
     /// Print the text softtune reads from dataset files, as training reads them: to check
     /// what a book or document becomes, or to save it as plain text.
     ///
-    /// Text files, EPUB books, Word (.docx) and OpenDocument (.odt) documents, HTML pages
-    /// (.html, .htm); the files of a folder in training's order, a blank line between them. Each file's name and size go
+    /// Text files, EPUB books, Word (.docx), OpenDocument (.odt) and RTF documents, HTML
+    /// pages (.html, .htm); the files of a folder in training's order, a blank line between them. Each file's name and size go
     /// to standard error, with the width of a hard-wrapped file's lines.
     Text {
         /// A file, or a folder searched recursively.

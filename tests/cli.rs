@@ -479,6 +479,23 @@ fn text_prints_what_training_reads() {
     let (code, _, err) = softtune(&["text", tmp.path().to_str().unwrap(), "--glob", "*.epub"]);
     assert_one_line_error(code, &err, &["no files matching \"*.epub\""]);
 
+    // RTF: a story saved by pandoc reads as its text; RTF named .txt, and an RTF file cut
+    // short, are errors naming the file and what to do.
+    let rtf = fixtures().join("rtf");
+    let story = std::fs::read_to_string(rtf.join("story.txt")).unwrap();
+    let (code, out, err) = softtune(&["text", rtf.join("story.rtf").to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("{story}\n"));
+    let named_txt = tmp.path().join("story.txt");
+    std::fs::copy(rtf.join("story.rtf"), &named_txt).unwrap();
+    let (code, _, err) = softtune(&["text", named_txt.to_str().unwrap()]);
+    assert_one_line_error(code, &err, &["story.txt", "RTF", "name it .rtf"]);
+    let cut = tmp.path().join("cut.rtf");
+    let bytes = std::fs::read(rtf.join("story.rtf")).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let (code, _, err) = softtune(&["text", cut.to_str().unwrap()]);
+    assert_one_line_error(code, &err, &["cut.rtf", "cut short"]);
+
     // A work downloaded from the Archive of Our Own as HTML: its chapters only.
     let html = fixtures().join("html");
     let expected = std::fs::read_to_string(html.join("ao3-work.txt")).unwrap();

@@ -642,9 +642,10 @@ fn xglm_kobold_prompts_sit_before_the_embedding_scale() {
     assert_eq!(gpt2.kobold_scale(), None);
 }
 
-/// A folder of a Word document, an OpenDocument text and a work downloaded from the Archive
-/// of Our Own as HTML, with a `.docx` starter file, plans the rows and the starter a folder
-/// of the text they were made from does (`tests/fixtures/docx/make_docx.py`): the documents
+/// A folder of a Word document, an OpenDocument text, a work downloaded from the Archive of
+/// Our Own as HTML and the Word document converted to RTF by pandoc, with a `.docx` starter
+/// file, plans the rows and the starter a folder of the text they were made from does
+/// (`tests/fixtures/docx/make_docx.py`, `tests/fixtures/rtf/make_rtf.py`): the documents
 /// reach training as their text (the AO3 page without its preface, notes and afterword),
 /// each followed by EOS like a text file.
 #[test]
@@ -695,8 +696,9 @@ Posted originally on the <a href="http://archiveofourown.org/">Archive of Our Ow
             ("book.docx", "a.docx"),
             ("book.odt", "b.odt"),
             ("book.html", "c.html"),
+            ("../rtf/book.rtf", "d.rtf"),
         ],
-        "[abc].*",
+        "[abcd].*",
     );
     let texts = plan_of(
         "texts",
@@ -704,6 +706,7 @@ Posted originally on the <a href="http://archiveofourown.org/">Archive of Our Ow
             ("book.txt", "a.txt"),
             ("book.txt", "b.txt"),
             ("book.txt", "c.txt"),
+            ("book.txt", "d.txt"),
         ],
         "*.txt",
     );

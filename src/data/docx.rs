@@ -143,7 +143,9 @@ impl Field {
     }
 }
 
-fn generated(instruction: &str) -> bool {
+/// Whether a field with this instruction (`TOC \o "1-3"`, `HYPERLINK "…"`) generates its
+/// result (one of [`GENERATED_FIELDS`]), rather than showing the writer's text.
+pub(super) fn generated(instruction: &str) -> bool {
     instruction
         .split_whitespace()
         .next()

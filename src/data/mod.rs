@@ -11,6 +11,7 @@ pub mod gutenberg;
 pub mod html;
 pub mod odt;
 mod paragraphs;
+pub mod rtf;
 pub mod unwrap;
 
 use std::path::Path;
@@ -40,7 +41,7 @@ impl Document {
 }
 
 /// The documents softtune reads besides text files.
-pub const DOCUMENTS: [Document; 4] = [
+pub const DOCUMENTS: [Document; 5] = [
     Document {
         what: "EPUB book",
         extensions: &["epub"],
@@ -69,6 +70,13 @@ pub const DOCUMENTS: [Document; 4] = [
         version: html::TEXT_VERSION,
         read: html::read_text,
     },
+    Document {
+        what: "RTF document",
+        extensions: &["rtf"],
+        glob: "*.rtf",
+        version: rtf::TEXT_VERSION,
+        read: rtf::read_text,
+    },
 ];
 
 /// The kind of document `path` names, if it is not a text file.
@@ -77,8 +85,8 @@ pub fn document_of(path: &Path) -> Option<&'static Document> {
 }
 
 /// Reads a text file ([`decode_text`]), normalising CRLF (and lone CR) to LF, or the text of
-/// an EPUB book ([`epub`]), a Word document ([`docx`]), an OpenDocument text ([`odt`]) or an
-/// HTML page ([`html`]). A
+/// an EPUB book ([`epub`]), a Word document ([`docx`]), an OpenDocument text ([`odt`]), an
+/// HTML page ([`html`]) or an RTF document ([`rtf`]). A
 /// file that does not decode is an error naming the file and the byte offset; one in another
 /// format (a PDF, say) is an error naming it and what to do.
 ///
@@ -148,7 +156,7 @@ pub(super) fn foreign(bytes: &[u8]) -> Option<&'static str> {
         )
     } else if bytes.starts_with(b"{\\rtf") {
         Some(
-            "rich text (RTF, as WordPad and TextEdit save it), not plain text; save it as .docx, or as plain text (TextEdit: Format › Make Plain Text)",
+            "rich text (RTF, as WordPad and TextEdit save it), not plain text; name it .rtf and softtune reads its text",
         )
     } else if bytes.starts_with(&archive::OLE_MAGIC) {
         Some(

@@ -11,15 +11,17 @@ pub const FIELDS: &[FieldDef] = &[
     FieldDef {
         key: "dataset.path",
         label: "Text file or folder",
-        help: "The text to learn from: a file (UTF-8 text, EPUB, .docx, .odt, HTML) or a folder searched recursively",
+        help: "The text to learn from: a file (text, EPUB, .docx, .odt, RTF, HTML) or a folder searched recursively",
         choices: &[],
         lines: 1,
     },
     FieldDef {
         key: "dataset.glob",
         label: "File pattern",
-        help: "Which files of a folder are read (default *.txt; e.g. *.md, *.epub, *.docx, *.odt, *.htm*)",
-        choices: &["*.txt", "*.epub", "*.docx", "*.odt", "*.htm*", "*.md", "*"],
+        help: "Which files of a folder are read (default *.txt; e.g. *.md, *.epub, *.docx, *.odt, *.rtf, *.htm*)",
+        choices: &[
+            "*.txt", "*.epub", "*.docx", "*.odt", "*.rtf", "*.htm*", "*.md", "*",
+        ],
         lines: 1,
     },
     FieldDef {
