@@ -490,6 +490,16 @@ fn text_prints_what_training_reads() {
     std::fs::copy(rtf.join("story.rtf"), &named_txt).unwrap();
     let (code, _, err) = softtune(&["text", named_txt.to_str().unwrap()]);
     assert_one_line_error(code, &err, &["story.txt", "RTF", "name it .rtf"]);
+    // A Scrivener project, named by its folder: its manuscript, as one document.
+    let scrivener = fixtures().join("scrivener");
+    let novel = std::fs::read_to_string(scrivener.join("Novel.txt")).unwrap();
+    let (code, out, err) = softtune(&["text", scrivener.join("Novel.scriv").to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("{novel}\n"));
+    assert!(
+        err.contains("Novel.scrivx: ") && err.lines().count() == 1,
+        "{err}"
+    );
     let cut = tmp.path().join("cut.rtf");
     let bytes = std::fs::read(rtf.join("story.rtf")).unwrap();
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();

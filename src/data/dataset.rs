@@ -30,6 +30,10 @@ pub fn scan(path: &Path, glob: &str) -> Result<Vec<DataFile>> {
     let mut paths = Vec::new();
     if meta.is_file() {
         paths.push(path.to_path_buf());
+    } else if super::scrivener::is_package(path) {
+        // A Scrivener project's folder is one document (a package on macOS), whatever the
+        // glob: its manuscript, read through its .scrivx file.
+        paths.push(super::scrivener::project_file(path)?);
     } else {
         walk(path, &pattern, &mut paths)?;
         if paths.is_empty() {
@@ -40,16 +44,28 @@ pub fn scan(path: &Path, glob: &str) -> Result<Vec<DataFile>> {
     paths
         .into_iter()
         .map(|p| {
-            let m =
-                std::fs::metadata(&p).with_context(|| format!("{}: cannot read", p.display()))?;
-            let mtime = m
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs());
+            // A Scrivener project's text is in many files: its size is theirs, its time the
+            // newest, so editing a scene makes a new token cache.
+            let sources = if super::scrivener::is_project_file(&p) {
+                super::scrivener::source_files(&p)
+            } else {
+                vec![p.clone()]
+            };
+            let (mut size, mut mtime) = (0, 0);
+            for source in &sources {
+                let m = std::fs::metadata(source)
+                    .with_context(|| format!("{}: cannot read", source.display()))?;
+                size += m.len();
+                mtime = mtime.max(
+                    m.modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_secs()),
+                );
+            }
             Ok(DataFile {
                 path: p,
-                size: m.len(),
+                size,
                 mtime,
             })
         })
@@ -94,20 +110,36 @@ fn walk(dir: &Path, pattern: &glob::Pattern, out: &mut Vec<PathBuf>) -> Result<(
             continue;
         }
         let ft = e.file_type()?;
-        if ft.is_dir() {
+        if ft.is_dir() && super::scrivener::is_package(&p) {
+            // A Scrivener project is one document, its .scrivx file: the RTF files inside
+            // (research, trash and notes among them) are not read one by one.
+            if let Ok(scrivx) = super::scrivener::project_file(&p)
+                && matches(pattern, &scrivx)
+            {
+                out.push(scrivx);
+            }
+        } else if ft.is_dir() {
             walk(&p, pattern, out)?;
-        } else if pattern.matches_with(
-            &name.to_string_lossy(),
-            // "*.txt" takes "NOTES.TXT" too, as Windows and macOS file dialogs do.
-            glob::MatchOptions {
-                case_sensitive: false,
-                ..glob::MatchOptions::new()
-            },
-        ) {
+        } else if matches(pattern, &p) {
             out.push(p);
         }
     }
     Ok(())
+}
+
+/// Whether the file name of `path` matches `pattern`.
+fn matches(pattern: &glob::Pattern, path: &Path) -> bool {
+    pattern.matches_with(
+        &path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        // "*.txt" takes "NOTES.TXT" too, as Windows and macOS file dialogs do.
+        glob::MatchOptions {
+            case_sensitive: false,
+            ..glob::MatchOptions::new()
+        },
+    )
 }
 
 /// Cache key: the contents of the tokenizer's file and of the files beside it that shape it
@@ -475,6 +507,60 @@ mod tests {
 
     /// The token cache follows every file a slow tokenizer is built from; tokenizer.json's
     /// key is its own contents only.
+    /// A Scrivener project is one document: its folder reads as its .scrivx whatever the
+    /// glob; in a folder of projects the RTF and .txt files inside them are not taken one by
+    /// one, and the hint names the glob that takes the projects. Its size counts the Draft's
+    /// files, and editing a scene changes its time (so the token cache is made anew).
+    #[test]
+    fn scrivener_projects_are_one_document() {
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/scrivener/Novel.scriv");
+        let dir = tempfile::tempdir().unwrap();
+        let package = dir.path().join("books/Novel.scriv");
+        copy_tree(&fixture, &package);
+        let scrivx = package.join("Novel.scrivx");
+
+        let found = scan(&package, "*.txt").unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].path, scrivx);
+        assert!(found[0].size > std::fs::metadata(&scrivx).unwrap().len() + 1000);
+
+        let e = format!("{:#}", scan(dir.path(), "*.txt").unwrap_err());
+        assert!(
+            e.contains("but 1 Scrivener project(s); set the glob to \"*.scrivx\""),
+            "{e}"
+        );
+        let e = format!("{:#}", scan(dir.path(), "*.rtf").unwrap_err());
+        assert!(e.contains("1 Scrivener project(s)"), "{e}");
+        let found = scan(dir.path(), "*.scrivx").unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].path, scrivx);
+
+        // A scene edited later than the rest: the project's time is the scene's.
+        let scene = package.join("Files/Data/5A1C2E3F-0000-4000-8000-000000000008/content.rtf");
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&scene)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        let edited = scan(&package, "*.txt").unwrap();
+        assert!(edited[0].mtime > found[0].mtime, "{edited:?} {found:?}");
+    }
+
+    fn copy_tree(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy_tree(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
     #[test]
     fn cache_key_follows_the_tokenizer_settings_files() {
         let dir = tempfile::tempdir().unwrap();

@@ -12,6 +12,7 @@ pub mod html;
 pub mod odt;
 mod paragraphs;
 pub mod rtf;
+pub mod scrivener;
 pub mod unwrap;
 
 use std::path::Path;
@@ -41,7 +42,7 @@ impl Document {
 }
 
 /// The documents softtune reads besides text files.
-pub const DOCUMENTS: [Document; 5] = [
+pub const DOCUMENTS: [Document; 6] = [
     Document {
         what: "EPUB book",
         extensions: &["epub"],
@@ -77,6 +78,13 @@ pub const DOCUMENTS: [Document; 5] = [
         version: rtf::TEXT_VERSION,
         read: rtf::read_text,
     },
+    Document {
+        what: "Scrivener project",
+        extensions: &["scrivx"],
+        glob: "*.scrivx",
+        version: scrivener::TEXT_VERSION,
+        read: scrivener::read_text,
+    },
 ];
 
 /// The kind of document `path` names, if it is not a text file.
@@ -86,7 +94,8 @@ pub fn document_of(path: &Path) -> Option<&'static Document> {
 
 /// Reads a text file ([`decode_text`]), normalising CRLF (and lone CR) to LF, or the text of
 /// an EPUB book ([`epub`]), a Word document ([`docx`]), an OpenDocument text ([`odt`]), an
-/// HTML page ([`html`]) or an RTF document ([`rtf`]). A
+/// HTML page ([`html`]), an RTF document ([`rtf`]) or a Scrivener project's manuscript
+/// ([`scrivener`], by its `.scrivx` file). A
 /// file that does not decode is an error naming the file and the byte offset; one in another
 /// format (a PDF, say) is an error naming it and what to do.
 ///
