@@ -12,8 +12,11 @@
 //!   line between them; the project ends with the model's EOS token like any other file;
 //! - left out: items not included in compile (their own text; what they hold is judged item
 //!   by item), items with no text yet, binder titles (labels such as "Scene 3", not prose),
-//!   PDFs, images and web pages, Research, Trash and every other top-level folder, and
-//!   each document's notes and synopsis (`notes.rtf`, `synopsis.txt`).
+//!   PDFs, images and web pages, Research, Trash and every other top-level folder (a
+//!   project's other books or old drafts among them: compile those, or export them, to
+//!   train on them), each document's notes, synopsis and comments (`notes.rtf`,
+//!   `synopsis.txt`, `content.comments`), and the markup Scrivener writes into the text as
+//!   plain characters (style markers such as `<$Scr_Ps::0>`, placeholders such as `<$n>`).
 //!
 //! A `.scrivx` that is not a Scrivener binder, a Draft without text, and a document whose
 //! RTF is damaged are errors naming the file (and, for a document, its binder title).
@@ -80,9 +83,21 @@ struct Item {
     /// Earlier versions' identifier (`Files/Docs/<ID>.rtf`).
     id: Option<String>,
     title: String,
-    /// `<IncludeInCompile>`: absent means yes.
-    include: bool,
+    /// `<IncludeInCompile>`'s value, when it has one.
+    include: Option<bool>,
+    /// How many elements the item's `<MetaData>` holds.
+    metadata: usize,
     children: Vec<Item>,
+}
+
+impl Item {
+    /// Whether the item is included in compile. Scrivener writes `<IncludeInCompile>Yes`
+    /// for an included item and, when the box is unchecked, drops the element (or, in some
+    /// versions, writes `No`); an item with no metadata at all (the Draft itself, binders
+    /// written by other tools) counts as included.
+    fn included(&self) -> bool {
+        self.include.unwrap_or(self.metadata == 0)
+    }
 }
 
 /// The top-level items of a `.scrivx` binder.
@@ -107,12 +122,21 @@ fn binder(xml: &str) -> std::result::Result<Vec<Item>, String> {
                 match open.last().map(String::as_str) {
                     Some("Title") if parent_is_item => item.title.push_str(&text),
                     Some("IncludeInCompile") => {
-                        item.include = !text.trim().eq_ignore_ascii_case("no")
+                        item.include = Some(!text.trim().eq_ignore_ascii_case("no"))
                     }
                     _ => {}
                 }
             }
             continue;
+        }
+        // An element of an item's metadata.
+        if let Event::Start(_) | Event::Empty(_) = &event
+            && let [.., parent, last] = open.as_slice()
+            && parent == "BinderItem"
+            && last == "MetaData"
+            && let Some(item) = items.last_mut()
+        {
+            item.metadata += 1;
         }
         match event {
             Event::Start(e) => {
@@ -185,7 +209,6 @@ fn item(e: &quick_xml::events::BytesStart) -> Item {
         kind: attribute(e, "Type").unwrap_or_default(),
         uuid: attribute(e, "UUID"),
         id: attribute(e, "ID"),
-        include: true,
         ..Item::default()
     }
 }
@@ -222,7 +245,7 @@ fn draft(scrivx: &Path) -> Result<Vec<Document>> {
 
 fn collect(project: &Path, item: &Item, out: &mut Vec<Document>) {
     let text_kind = matches!(item.kind.as_str(), "DraftFolder" | "Folder" | "Text");
-    if text_kind && item.include {
+    if text_kind && item.included() {
         let path = match (&item.uuid, &item.id) {
             (Some(uuid), _) => Some(project.join("Files/Data").join(uuid).join("content.rtf")),
             (None, Some(id)) => Some(project.join("Files/Docs").join(format!("{id}.rtf"))),
@@ -270,6 +293,7 @@ pub fn read_text(scrivx: &Path) -> Result<String> {
                 doc.title
             )
         })?;
+        let text = without_markers(&text);
         if !text.is_empty() {
             parts.push(text);
         }
@@ -281,6 +305,36 @@ pub fn read_text(scrivx: &Path) -> Result<String> {
         );
     }
     Ok(parts.join("\n\n"))
+}
+
+/// `text` without Scrivener's markup written into documents as plain characters: style
+/// markers (`<$Scr_Ps::0>`, `<!$Scr_Cs::1>`, `<$ScrKeepWithNext>`) and compile placeholders
+/// (`<$n>`, `<$author>`), which compile replaces or removes; a paragraph left empty goes too.
+fn without_markers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('<') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        let body = tail.strip_prefix("<$").or_else(|| tail.strip_prefix("<!$"));
+        let end = body.and_then(|b| {
+            b.find('>')
+                .filter(|&e| e > 0 && !b[..e].contains(|c: char| c.is_whitespace() || c == '<'))
+        });
+        match (body, end) {
+            (Some(b), Some(e)) => rest = &b[e + 1..],
+            _ => {
+                out.push('<');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out.split("\n\n")
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 #[cfg(test)]
@@ -310,6 +364,16 @@ mod tests {
         assert!(files.len() > 3 && files[1..].iter().all(|f| f.ends_with("content.rtf")));
     }
 
+    #[test]
+    fn markers_are_removed() {
+        assert_eq!(
+            without_markers(
+                "<$Scr_H::1><$Scr_Ps::0>Chapter <$n><!$Scr_Ps::0><!$Scr_H::1>\n\n<$ScrKeepWithNext>\n\nShe said a < b and <$ not a marker>, x<y>."
+            ),
+            "Chapter\n\nShe said a < b and <$ not a marker>, x<y>."
+        );
+    }
+
     fn project(dir: &Path, scrivx: &str, docs: &[(&str, &str)]) -> PathBuf {
         let package = dir.join("Old.scriv");
         for (path, rtf) in docs {
@@ -333,6 +397,7 @@ mod tests {
 <BinderItem ID="0" Type="DraftFolder"><Title>Draft</Title><Children>
 <BinderItem ID="4" Type="Text"><Title>One</Title><MetaData><IncludeInCompile>Yes</IncludeInCompile></MetaData></BinderItem>
 <BinderItem ID="5" Type="Text"><Title>Two</Title></BinderItem>
+<BinderItem ID="7" Type="Text"><Title>Cut</Title><MetaData><IncludeInCompile>No</IncludeInCompile></MetaData></BinderItem>
 </Children></BinderItem>
 <BinderItem ID="1" Type="ResearchFolder"><Title>Research</Title><Children><BinderItem ID="6" Type="Text"><Title>Notes</Title></BinderItem></Children></BinderItem>
 </Binder>
@@ -345,6 +410,7 @@ mod tests {
                 ("Files/Docs/4.rtf", r"{\rtf1\ansi First\par}"),
                 ("Files/Docs/5.rtf", r"{\rtf1\ansi Second\par}"),
                 ("Files/Docs/6.rtf", r"{\rtf1\ansi Research\par}"),
+                ("Files/Docs/7.rtf", r"{\rtf1\ansi Cut\par}"),
             ],
         );
         assert_eq!(read_text(&file).unwrap(), "First\n\nSecond");
