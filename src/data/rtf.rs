@@ -19,7 +19,8 @@
 //!   objects, shapes and text boxes, headers and footers, footnotes and endnotes, comments,
 //!   bookmarks and index entries, list numbers and bullets written for older readers
 //!   (`\listtext`, `\pntext`), hidden text (`\v`), symbol-font characters (`\fcharset2`),
-//!   and any other destination marked ignorable (`\*`), such as Scrivener's annotations.
+//!   Scrivener's inline annotations and footnotes (`{\Scrv_annot …}`), and any other
+//!   destination marked ignorable (`\*`).
 //!
 //! A file that is not RTF, one cut short (it ends inside an open group) and a document
 //! without text are errors naming the file.
@@ -65,7 +66,7 @@ pub(super) fn text_of(bytes: &[u8]) -> std::result::Result<String, String> {
 /// ignorable: tables, document information, pictures and objects, shapes and drawing
 /// objects, headers and footers, notes and their separators, comments, bookmarks, index
 /// and table-of-contents entries, list text and nested tables' text for older readers.
-const SKIPPED: [&str; 60] = [
+const SKIPPED: [&str; 61] = [
     "colortbl",
     "stylesheet",
     "listtable",
@@ -126,6 +127,9 @@ const SKIPPED: [&str; 60] = [
     "formfield",
     "datafield",
     "nonesttables",
+    // Scrivener's inline annotations and footnotes (`{\Scrv_annot …\end_Scrv_annot}`,
+    // `{\Scrv_fn=…}`): the control word is the letters, `Scrv`.
+    "Scrv",
 ];
 
 /// What the text of a group is.
@@ -709,7 +713,7 @@ Second line\
 \trowd \irow0\irowband0\ltrrow\ts11\trgaph108\trleft-108\cellx4680\cellx9468\pard\plain \ltrpar\ql \intbl {cell one\cell }{cell two\cell }{\row }
 \pard\plain {\*\pnseclvl1\pnucrm\pnstart1\pnindent720\pnhang {\pntxta .}}{\listtext\pard\plain \f3 \'b7\tab}Listed\par
 \pard\plain A\~b\_c\-d \{x\}\\ end.{\page }\pard\plain {\pict{\*\picprop}\pngblip\picw10\pich10 89504e470d0a1a0a}After.\par
-{\*\Scrv_annot \color={\*\Scrv_annot A note}}Last.}"#;
+{\*\Scrv_annot \color={\*\Scrv_annot A note}}Last{\Scrv_annot \color={\R=0.5\G=0.5\B=0.5} \text=An inline note \end_Scrv_annot}{\Scrv_fn=An inline footnote\end_Scrv_fn}.}"#;
         assert_eq!(
             text(rtf),
             "Chapter One\n\n“It’s late,” she said. Her notes are here. See the site on page\n\nПривет\n\ncell one\n\ncell two\n\nListed\n\nA b-cd {x}\\ end.\n\nAfter.\n\nLast."
