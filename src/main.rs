@@ -67,7 +67,7 @@ enum Command {
         #[arg(long)]
         model: String,
         /// Text to score: a text file, an EPUB book, a .docx, .odt or .rtf document, an HTML
-        /// page, or a .u32 token file (a run's heldout.u32).
+        /// page, a Scrivener project (.scriv), or a .u32 token file (a run's heldout.u32).
         #[arg(long)]
         text: PathBuf,
         /// Soft prompt: a KoboldAI .zip, a PEFT adapter folder, or an npz .mtjsp.

@@ -95,14 +95,16 @@ pub fn document_of(path: &Path) -> Option<&'static Document> {
 /// Reads a text file ([`decode_text`]), normalising CRLF (and lone CR) to LF, or the text of
 /// an EPUB book ([`epub`]), a Word document ([`docx`]), an OpenDocument text ([`odt`]), an
 /// HTML page ([`html`]), an RTF document ([`rtf`]) or a Scrivener project's manuscript
-/// ([`scrivener`], by its `.scrivx` file). A
+/// ([`scrivener`], by its `.scrivx` file or its `.scriv` folder). A
 /// file that does not decode is an error naming the file and the byte offset; one in another
 /// format (a PDF, say) is an error naming it and what to do.
 ///
 /// A book from Project Gutenberg loses the header and license around its text
 /// ([`gutenberg`]).
 pub fn read_text(path: &Path) -> Result<String> {
-    let text = if let Some(document) = document_of(path) {
+    let text = if scrivener::is_package(path) && path.is_dir() {
+        scrivener::read_text(path)?
+    } else if let Some(document) = document_of(path) {
         (document.read)(path)?
     } else {
         let bytes =

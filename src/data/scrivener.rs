@@ -357,8 +357,12 @@ mod tests {
         let expected = std::fs::read_to_string(fixture("Novel.txt")).unwrap();
         let scrivx = fixture("Novel.scriv/Novel.scrivx");
         assert_eq!(read_text(&scrivx).unwrap(), expected);
-        // The folder reads as its project file.
+        // The folder reads as its project file (here and as any dataset file is read).
         assert_eq!(read_text(&fixture("Novel.scriv")).unwrap(), expected);
+        assert_eq!(
+            crate::data::read_text(&fixture("Novel.scriv")).unwrap(),
+            expected
+        );
         let files = source_files(&scrivx);
         assert_eq!(files[0], scrivx);
         assert!(files.len() > 3 && files[1..].iter().all(|f| f.ends_with("content.rtf")));
