@@ -74,6 +74,9 @@ pub fn project_file(dir: &Path) -> Result<PathBuf> {
     }
 }
 
+/// How deep binder items may nest (real binders: a handful of levels).
+const MAX_DEPTH: usize = 256;
+
 /// One item of the binder.
 #[derive(Debug, Default)]
 struct Item {
@@ -150,6 +153,11 @@ fn binder(xml: &str) -> std::result::Result<Vec<Item>, String> {
                     }
                 }
                 if name == "BinderItem" {
+                    if items.len() >= MAX_DEPTH {
+                        return Err(format!(
+                            "its binder nests items more than {MAX_DEPTH} deep; is this a Scrivener project?"
+                        ));
+                    }
                     items.push(if in_binder(&open) {
                         item(&e)
                     } else {
@@ -449,6 +457,13 @@ mod tests {
             e.contains("Old.scrivx") && e.contains("not a Scrivener project"),
             "{e}"
         );
+        let deep = format!(
+            "<ScrivenerProject><Binder>{}</Binder></ScrivenerProject>",
+            "<BinderItem Type=\"Folder\"><Children>".repeat(300)
+        );
+        std::fs::write(&file, deep).unwrap();
+        let e = format!("{:#}", read_text(&file).unwrap_err());
+        assert!(e.contains("more than 256 deep"), "{e}");
         std::fs::write(
             &file,
             "<ScrivenerProject><Binder></Binder></ScrivenerProject>",
