@@ -107,8 +107,9 @@ impl Item {
 fn binder(xml: &str) -> std::result::Result<Vec<Item>, String> {
     let mut reader = Reader::from_str(xml);
     let mut top = Vec::new();
-    // Open items, innermost last.
-    let mut items: Vec<Item> = Vec::new();
+    // Open items, innermost last; `None` for a reference to an item (a collection's), not
+    // an item, which keeps the open items matched to their end tags.
+    let mut items: Vec<Option<Item>> = Vec::new();
     // Open elements (local names).
     let mut open: Vec<String> = Vec::new();
     let mut root_seen = false;
@@ -121,7 +122,7 @@ fn binder(xml: &str) -> std::result::Result<Vec<Item>, String> {
         };
         if let Some(text) = text {
             let parent_is_item = open.len() >= 2 && open[open.len() - 2] == "BinderItem";
-            if let Some(item) = items.last_mut() {
+            if let Some(Some(item)) = items.last_mut() {
                 match open.last().map(String::as_str) {
                     Some("Title") if parent_is_item => item.title.push_str(&text),
                     Some("IncludeInCompile") => {
@@ -137,7 +138,7 @@ fn binder(xml: &str) -> std::result::Result<Vec<Item>, String> {
             && let [.., parent, last] = open.as_slice()
             && parent == "BinderItem"
             && last == "MetaData"
-            && let Some(item) = items.last_mut()
+            && let Some(Some(item)) = items.last_mut()
         {
             item.metadata += 1;
         }
@@ -158,38 +159,21 @@ fn binder(xml: &str) -> std::result::Result<Vec<Item>, String> {
                             "its binder nests items more than {MAX_DEPTH} deep; is this a Scrivener project?"
                         ));
                     }
-                    items.push(if in_binder(&open) {
-                        item(&e)
-                    } else {
-                        // A reference (a collection's), not an item: a placeholder that
-                        // keeps the open items matched to their end tags.
-                        Item {
-                            kind: String::from("\0"),
-                            ..Item::default()
-                        }
-                    });
+                    items.push(in_binder(&open).then(|| item(&e)));
                 }
                 open.push(name);
             }
             Event::End(e) => {
                 let name = e.local_name().as_ref().to_string();
                 if name == "BinderItem"
-                    && let Some(item) = items.pop()
-                    && item.kind != "\0"
+                    && let Some(Some(item)) = items.pop()
                 {
-                    match items.last_mut() {
-                        Some(parent) => parent.children.push(item),
-                        None => top.push(item),
-                    }
+                    attach(&mut items, &mut top, item);
                 }
                 open.pop();
             }
             Event::Empty(e) if e.local_name().as_ref() == "BinderItem" && in_binder(&open) => {
-                let item = item(&e);
-                match items.last_mut() {
-                    Some(parent) => parent.children.push(item),
-                    None => top.push(item),
-                }
+                attach(&mut items, &mut top, item(&e));
             }
             Event::Eof => break,
             _ => {}
@@ -199,6 +183,16 @@ fn binder(xml: &str) -> std::result::Result<Vec<Item>, String> {
         return Err("not a Scrivener project: no <ScrivenerProject> element".into());
     }
     Ok(top)
+}
+
+/// Adds a closed `item` to the open item around it, or to the top level.
+fn attach(items: &mut [Option<Item>], top: &mut Vec<Item>, item: Item) {
+    match items.last_mut() {
+        Some(Some(parent)) => parent.children.push(item),
+        // Inside a reference: not part of the binder.
+        Some(None) => {}
+        None => top.push(item),
+    }
 }
 
 /// Whether an item opening inside the elements `open` is a binder item: one in the binder,
@@ -399,12 +393,14 @@ mod tests {
         file
     }
 
-    /// Scrivener 2 (and Windows 1.x) projects: numeric ids, `Files/Docs/<ID>.rtf`.
+    /// Scrivener 2 (and Windows 1.x) projects: numeric ids, `Files/Docs/<ID>.rtf`; an item
+    /// excluded from compile by `No`; references to items outside the binder are not items.
     #[test]
     fn scrivener_2_project() {
         let dir = tempfile::tempdir().unwrap();
         let scrivx = r#"<?xml version="1.0" encoding="UTF-8"?>
 <ScrivenerProject Version="1.0" Creator="SCRMAC-2.9-10014">
+<Collections><Collection Type="Search"><Title>Found</Title><BinderItems><BinderItem ID="6" Type="DraftFolder"><Title>A reference</Title></BinderItem></BinderItems></Collection></Collections>
 <Binder>
 <BinderItem ID="0" Type="DraftFolder"><Title>Draft</Title><Children>
 <BinderItem ID="4" Type="Text"><Title>One</Title><MetaData><IncludeInCompile>Yes</IncludeInCompile></MetaData></BinderItem>
