@@ -505,8 +505,6 @@ mod tests {
         assert!(!e.contains("EPUB") && e.contains("add .txt files"), "{e}");
     }
 
-    /// The token cache follows every file a slow tokenizer is built from; tokenizer.json's
-    /// key is its own contents only.
     /// A Scrivener project is one document: its folder reads as its .scrivx whatever the
     /// glob; in a folder of projects the RTF and .txt files inside them are not taken one by
     /// one, and the hint names the glob that takes the projects. Its size counts the Draft's
@@ -561,6 +559,8 @@ mod tests {
         }
     }
 
+    /// The token cache follows every file a slow tokenizer is built from; tokenizer.json's
+    /// key is its own contents only.
     #[test]
     fn cache_key_follows_the_tokenizer_settings_files() {
         let dir = tempfile::tempdir().unwrap();
