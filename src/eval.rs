@@ -104,7 +104,8 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport> {
     let tokens = if args.text.extension().is_some_and(|e| e == "u32") {
         data::read_token_file(&args.text, config.vocab_size)?
     } else {
-        data::dataset::tokenize_text(&tokenizer, &data::read_text(&args.text)?)?
+        let text = data::read_dataset_text(&args.text, false)?;
+        data::dataset::tokenize_eval_text(&tokenizer, &text, tokenizer.eos_id(&config))?
     };
     let blocks = data::blocks(&tokens, block, args.max_blocks)?;
     if blocks.is_empty() {

@@ -338,8 +338,10 @@ fn print_text(path: &std::path::Path, glob: &str, unwrap: bool) -> anyhow::Resul
     let mut out = std::io::stdout().lock();
     let mut chars = 0;
     let mut wrapped = 0;
+    let mut separated = Vec::new();
     for (i, f) in files.iter().enumerate() {
         let read = softtune::data::read_dataset_text(&f.path, unwrap)?;
+        let stories = read.separated.then(|| read.stories().len());
         let text = read.text;
         if i > 0 {
             out.write_all(b"\n\n")?;
@@ -353,7 +355,14 @@ fn print_text(path: &std::path::Path, glob: &str, unwrap: bool) -> anyhow::Resul
             None => String::new(),
         };
         wrapped += usize::from(read.wrapped.is_some());
-        eprintln!("{}: {n} characters{how}", f.path.display());
+        let stories = match stories {
+            Some(count) => {
+                separated.push((f.path.clone(), count));
+                format!(", {count} stories")
+            }
+            None => String::new(),
+        };
+        eprintln!("{}: {n} characters{stories}{how}", f.path.display());
     }
     out.write_all(b"\n")?;
     out.flush()?;
@@ -364,6 +373,9 @@ fn print_text(path: &std::path::Path, glob: &str, unwrap: bool) -> anyhow::Resul
         eprintln!(
             "{wrapped} file(s) hard-wrapped: --unwrap (dataset.unwrap = true) joins their lines into paragraphs"
         );
+    }
+    if let Some(note) = softtune::data::dataset::separated_note(&separated) {
+        eprintln!("{note}");
     }
     Ok(())
 }

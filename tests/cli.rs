@@ -514,6 +514,77 @@ fn text_prints_what_training_reads() {
     assert_eq!(out, format!("{expected}\n"));
 }
 
+/// A text file of stories separated by `<|endoftext|>` (a KoboldAI dataset): `softtune
+/// text` prints it as it is and counts its stories; `softtune eval` scores it with the
+/// model's EOS token between the stories, as training reads them (the fixture model is
+/// copied with an EOS id other than its tokenizer's `<|endoftext|>`).
+#[test]
+fn stories_are_counted_and_scored_with_eos_between() {
+    use softtune::model::tokenizer::Tokenizer;
+    let corpus = std::fs::read_to_string(fixtures().join("tokenizer_corpus.txt")).unwrap();
+    let stories: Vec<String> = corpus
+        .split("\n\n")
+        .filter(|p| !p.trim().is_empty())
+        .take(6)
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .map(|c| format!("{}\n", c.join("\n\n")))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("stories.txt");
+    std::fs::write(&text, stories.join("<|endoftext|>\n")).unwrap();
+    let (code, out, err) = softtune(&["text", text.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, stories.join("<|endoftext|>\n"));
+    assert!(
+        err.contains("stories.txt: ")
+            && err.contains(", 3 stories")
+            && err.contains("1 file (stories.txt) holds 3 stories separated by <|endoftext|>"),
+        "{err}"
+    );
+
+    let model = copy_model("llama");
+    let config = model.path().join("config.json");
+    let json = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        json.replace("\"eos_token_id\": 0,", "\"eos_token_id\": 2,"),
+    )
+    .unwrap();
+    let tok = Tokenizer::from_file(&model.path().join("tokenizer.json")).unwrap();
+    let mut ids = Vec::new();
+    for (i, story) in stories.iter().enumerate() {
+        if i > 0 {
+            ids.push(2);
+        }
+        ids.extend(tok.encode(story).unwrap());
+    }
+    let expected = dir.path().join("expected.u32");
+    softtune::data::write_token_file(&expected, &ids).unwrap();
+    let loss = |file: &Path| {
+        let (code, out, err) = eval(
+            model.path().to_str().unwrap(),
+            file.to_str().unwrap(),
+            &["--block-size", "16"],
+        );
+        assert_eq!(code, 0, "{err}");
+        out.lines()
+            .find(|l| l.contains("without prompt: loss"))
+            .unwrap_or_else(|| panic!("no loss line in {out}"))
+            .to_string()
+    };
+    assert!(ids.len() > 64, "{}", ids.len());
+    assert_eq!(loss(&text), loss(&expected));
+    // The separator read as text would have been the tokenizer's own `<|endoftext|>`.
+    let plain = dir.path().join("plain.u32");
+    softtune::data::write_token_file(
+        &plain,
+        &tok.encode(&stories.join("<|endoftext|>\n")).unwrap(),
+    )
+    .unwrap();
+    assert_ne!(loss(&text), loss(&plain));
+}
+
 /// `softtune text` names a hard-wrapped file and its width, and `--unwrap` prints its
 /// paragraphs whole, as `dataset.unwrap = true` trains them.
 #[test]

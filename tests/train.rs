@@ -764,3 +764,70 @@ fn wrapped_books_train_unwrapped() {
     assert!(again.cache_hit && again.notes.is_empty());
     assert_eq!(again.fingerprint, kept.fingerprint);
 }
+
+/// Stories kept in one text file, each ended by `<|endoftext|>` as KoboldAI datasets are,
+/// train exactly as the same stories in files of their own: each ends with the model's EOS
+/// token, not the tokenizer's `<|endoftext|>` token (the fixture model is copied with
+/// another EOS id, as Llama's `</s>` is), and the plan's note counts them.
+#[test]
+fn stories_separated_in_one_file_train_as_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixtures().join("llama").join(f), model.join(f)).unwrap();
+    }
+    let config_json = std::fs::read_to_string(model.join("config.json")).unwrap();
+    assert!(config_json.contains("\"eos_token_id\": 0,"));
+    std::fs::write(
+        model.join("config.json"),
+        config_json.replace("\"eos_token_id\": 0,", "\"eos_token_id\": 2,"),
+    )
+    .unwrap();
+    let book = std::fs::read_to_string(fixtures().join("docx/book.txt")).unwrap();
+    let paragraphs: Vec<&str> = book.split("\n\n").collect();
+    let third = paragraphs.len() / 3;
+    let stories: Vec<String> = paragraphs
+        .chunks(third)
+        .take(3)
+        .map(|p| format!("{}\n", p.join("\n\n")))
+        .collect();
+    let plan_of = |name: &str, files: &[(String, String)]| {
+        let data = dir.path().join(name);
+        std::fs::create_dir_all(&data).unwrap();
+        for (file, text) in files {
+            std::fs::write(data.join(file), text).unwrap();
+        }
+        let mut cfg = config(dir.path(), model.to_str().unwrap(), "");
+        cfg.dataset.path = Some(data);
+        cfg.training.tokens_per_sequence = Some(48);
+        let valid = cfg.validate().unwrap();
+        train::plan(&valid, &dir.path().join(format!("{name}-run"))).unwrap()
+    };
+    let apart = plan_of(
+        "apart",
+        &stories
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("{i}.txt"), s.clone()))
+            .collect::<Vec<_>>(),
+    );
+    assert!(apart.notes.is_empty(), "{:?}", apart.notes);
+    assert!(apart.rows.train.len() > 20);
+
+    let one = format!(
+        "<|endoftext|>\n{}<|endoftext|>\n\n{}<|endoftext|>  \r\n{}\n<|endoftext|>\n",
+        stories[0], stories[1], stories[2]
+    );
+    let together = plan_of("together", &[("stories.txt".into(), one)]);
+    assert_eq!(together.rows.train, apart.rows.train);
+    assert_eq!(together.rows.eval, apart.rows.eval);
+    // The tokenizer's own `<|endoftext|>` (id 0) is not trained on.
+    assert!(!together.rows.train.iter().flatten().any(|&id| id == 0));
+    assert_eq!(
+        together.notes,
+        [
+            "1 file (stories.txt) holds 3 stories separated by <|endoftext|>: each ends with the model's EOS token, as a file does"
+        ]
+    );
+}

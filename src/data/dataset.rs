@@ -179,13 +179,17 @@ pub fn cache_key(
         }
     }
     // Text files whose text the Gutenberg cleaning may change (books' extraction versions
-    // cover it for them).
+    // cover it for them), and those cut into stories.
     for (i, f) in files.iter().enumerate() {
-        if super::document_of(&f.path).is_none() {
+        if super::is_text_file(&f.path) {
             let bytes = std::fs::read(&f.path)
                 .with_context(|| format!("{}: cannot read", f.path.display()))?;
             if super::gutenberg::mentions(&bytes) {
                 h.update(super::gutenberg::VERSION.as_bytes());
+                h.update((i as u64).to_le_bytes());
+            }
+            if super::stories::mentions(&bytes) {
+                h.update(super::stories::VERSION.as_bytes());
                 h.update((i as u64).to_le_bytes());
             }
         }
@@ -206,25 +210,57 @@ pub fn cache_key(
 /// A dataset file that is hard-wrapped, and the width of its lines.
 pub type Wrapped = (PathBuf, usize);
 
-/// Tokenizes every file's text ([`read_dataset_text`]; no BOS), each followed by `eos`,
-/// concatenated, with the files found hard-wrapped. Files are split across worker threads;
-/// order is preserved.
+/// What reading the dataset's files found, besides their text.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Found {
+    /// The files that are hard-wrapped, with their width.
+    pub wrapped: Vec<Wrapped>,
+    /// The text files cut into stories at `<|endoftext|>` ([`super::stories`]), with their
+    /// number of stories.
+    pub separated: Vec<(PathBuf, usize)>,
+}
+
+/// Tokenizes every file's text ([`read_dataset_text`]; no BOS), each story of it (the whole
+/// text, or the stories a text file's `<|endoftext|>` separators cut it into) followed by
+/// `eos`, concatenated; with what reading the files found. Files are split across worker
+/// threads; order is preserved.
 pub fn tokenize_files(
     tok: &Tokenizer,
     files: &[DataFile],
     eos: u32,
     unwrap_lines: bool,
-) -> Result<(Vec<u32>, Vec<Wrapped>)> {
-    let mut texts = Vec::with_capacity(files.len());
-    let mut wrapped = Vec::new();
+) -> Result<(Vec<u32>, Found)> {
+    let mut read = Vec::with_capacity(files.len());
+    let mut found = Found::default();
     for f in files {
-        let read = read_dataset_text(&f.path, unwrap_lines)?;
-        if let Some(width) = read.wrapped {
-            wrapped.push((f.path.clone(), width));
+        let text = read_dataset_text(&f.path, unwrap_lines)?;
+        if let Some(width) = text.wrapped {
+            found.wrapped.push((f.path.clone(), width));
         }
-        texts.push(read.text);
+        if text.separated {
+            found.separated.push((f.path.clone(), text.stories().len()));
+        }
+        read.push(text);
     }
-    Ok((tokenize_texts(tok, &texts, Some(eos))?, wrapped))
+    let stories: Vec<&str> = read.iter().flat_map(|text| text.stories()).collect();
+    Ok((tokenize_texts(tok, &stories, Some(eos))?, found))
+}
+
+/// Token ids of a text file given to evaluation: its text, or its stories with `eos` between
+/// them when it is [`FileText::separated`](super::FileText::separated).
+pub fn tokenize_eval_text(
+    tok: &Tokenizer,
+    text: &super::FileText,
+    eos: Option<u32>,
+) -> Result<Vec<u32>> {
+    match eos {
+        Some(eos) if text.separated => {
+            let mut ids = tokenize_texts(tok, &text.stories(), Some(eos))?;
+            ids.pop();
+            Ok(ids)
+        }
+        _ => tokenize_text(tok, &text.text),
+    }
 }
 
 /// Token ids of one text (no BOS or EOS), as [`Tokenizer::encode`] gives them, on every core
@@ -333,19 +369,7 @@ pub fn wrapped_note(wrapped: &[Wrapped], joined: bool) -> Option<String> {
     } else {
         format!("{lo}–{hi}")
     };
-    const NAMED: usize = 3;
-    let mut names: Vec<String> = wrapped
-        .iter()
-        .take(NAMED)
-        .map(|(p, _)| {
-            p.file_name()
-                .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into())
-        })
-        .collect();
-    if wrapped.len() > NAMED {
-        names.push(format!("{} more", wrapped.len() - NAMED));
-    }
-    let names = names.join(", ");
+    let names = some_names(wrapped.iter().map(|w| w.0.as_path()));
     let files = match wrapped.len() {
         1 => "1 file is".to_string(),
         n => format!("{n} files are"),
@@ -361,6 +385,46 @@ pub fn wrapped_note(wrapped: &[Wrapped], joined: bool) -> Option<String> {
     })
 }
 
+/// What to tell the user of the text files cut into stories at `<|endoftext|>`
+/// ([`Found::separated`]); `None` when there are none.
+pub fn separated_note(separated: &[(PathBuf, usize)]) -> Option<String> {
+    if separated.is_empty() {
+        return None;
+    }
+    let stories: usize = separated.iter().map(|s| s.1).sum();
+    let names = some_names(separated.iter().map(|s| s.0.as_path()));
+    let files = match separated.len() {
+        1 => "1 file".to_string(),
+        n => format!("{n} files"),
+    };
+    let hold = if separated.len() == 1 {
+        "holds"
+    } else {
+        "hold"
+    };
+    Some(format!(
+        "{files} ({names}) {hold} {stories} stories separated by {}: each ends with the model's EOS token, as a file does",
+        super::stories::SEPARATOR
+    ))
+}
+
+/// The file names of the first three `paths`, and how many more there are.
+fn some_names<'a>(paths: impl ExactSizeIterator<Item = &'a Path>) -> String {
+    const NAMED: usize = 3;
+    let n = paths.len();
+    let mut names: Vec<String> = paths
+        .take(NAMED)
+        .map(|p| {
+            p.file_name()
+                .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into())
+        })
+        .collect();
+    if n > NAMED {
+        names.push(format!("{} more", n - NAMED));
+    }
+    names.join(", ")
+}
+
 /// The dataset's token ids, as [`load_or_tokenize`] found or made them.
 #[derive(Debug, Clone)]
 pub struct Tokens {
@@ -369,8 +433,8 @@ pub struct Tokens {
     pub key: String,
     /// Whether they came from the cache (then no file was read).
     pub cache_hit: bool,
-    /// The files found hard-wrapped when they were read (none on a cache hit).
-    pub wrapped: Vec<Wrapped>,
+    /// What reading the files found (nothing on a cache hit).
+    pub found: Found,
 }
 
 /// Loads cached ids or tokenizes ([`tokenize_files`]) and writes the cache (atomically).
@@ -394,10 +458,10 @@ pub fn load_or_tokenize(
             ids,
             key,
             cache_hit: true,
-            wrapped: Vec::new(),
+            found: Found::default(),
         });
     }
-    let (ids, wrapped) = tokenize_files(tok, files, eos, unwrap_lines)?;
+    let (ids, found) = tokenize_files(tok, files, eos, unwrap_lines)?;
     std::fs::create_dir_all(cache_dir)
         .with_context(|| format!("{}: cannot create the run folder", cache_dir.display()))?;
     super::write_token_file(&path, &ids)?;
@@ -405,7 +469,7 @@ pub fn load_or_tokenize(
         ids,
         key,
         cache_hit: false,
-        wrapped,
+        found,
     })
 }
 

@@ -13,6 +13,7 @@ pub mod odt;
 mod paragraphs;
 pub mod rtf;
 pub mod scrivener;
+pub mod stories;
 pub mod unwrap;
 
 use std::path::Path;
@@ -123,10 +124,32 @@ pub struct FileText {
     /// The width the file's text is hard-wrapped at ([`unwrap::detect`]), whether or not
     /// its lines were joined.
     pub wrapped: Option<usize>,
+    /// Whether the text is cut into stories at `<|endoftext|>` separators ([`stories`]): a
+    /// text file that holds one.
+    pub separated: bool,
+}
+
+impl FileText {
+    /// The stories training reads from the file, each to be followed by the model's EOS
+    /// token: the text cut at its separators ([`stories::split`]) when it has them, else
+    /// the whole text.
+    pub fn stories(&self) -> Vec<&str> {
+        if self.separated {
+            stories::split(&self.text)
+        } else {
+            vec![self.text.as_str()]
+        }
+    }
+}
+
+/// Whether `path` is read as a text file: not a book, document or Scrivener project.
+pub fn is_text_file(path: &Path) -> bool {
+    document_of(path).is_none() && !scrivener::is_package(path)
 }
 
 /// Reads a dataset file ([`read_text`]) and, when `unwrap_lines` is on and the file is
-/// hard-wrapped, joins its wrapped lines ([`unwrap`]).
+/// hard-wrapped, joins its wrapped lines ([`unwrap`]). A text file holding `<|endoftext|>`
+/// is [`FileText::separated`].
 pub fn read_dataset_text(path: &Path, unwrap_lines: bool) -> Result<FileText> {
     let text = read_text(path)?;
     let wrapped = unwrap::detect(&text);
@@ -134,7 +157,12 @@ pub fn read_dataset_text(path: &Path, unwrap_lines: bool) -> Result<FileText> {
         Some(width) if unwrap_lines => unwrap::join(&text, width),
         _ => text,
     };
-    Ok(FileText { text, wrapped })
+    let separated = is_text_file(path) && text.contains(stories::SEPARATOR);
+    Ok(FileText {
+        text,
+        wrapped,
+        separated,
+    })
 }
 
 /// A text file's bytes as text: UTF-8, without the byte-order mark some editors put first

@@ -209,7 +209,7 @@ pub fn plan(cfg: &ValidConfig, run_dir: &Path) -> Result<Plan> {
         run_dir: run_dir.to_path_buf(),
         fingerprint,
         cache_hit: tokens.cache_hit,
-        notes: dataset::wrapped_note(&tokens.wrapped, cfg.unwrap)
+        notes: dataset::wrapped_note(&tokens.found.wrapped, cfg.unwrap)
             .map(|note| {
                 if cfg.unwrap {
                     note
@@ -220,6 +220,7 @@ pub fn plan(cfg: &ValidConfig, run_dir: &Path) -> Result<Plan> {
                 }
             })
             .into_iter()
+            .chain(dataset::separated_note(&tokens.found.separated))
             .collect(),
     })
 }

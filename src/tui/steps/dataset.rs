@@ -1,9 +1,9 @@
 //! Step 1: the text to learn from.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{FieldDef, Report};
-use crate::data::dataset::{Wrapped, wrapped_note};
+use crate::data::dataset::{Wrapped, separated_note, wrapped_note};
 use crate::inspect::human_bytes;
 use crate::tui::app::App;
 
@@ -48,6 +48,9 @@ pub struct DatasetInfo {
     pub sample: String,
     /// The files that are hard-wrapped ([`crate::data::unwrap`]), with their width.
     pub wrapped: Vec<Wrapped>,
+    /// The text files cut into stories at `<|endoftext|>` ([`crate::data::stories`]), with
+    /// their number of stories.
+    pub separated: Vec<(PathBuf, usize)>,
 }
 
 /// Size of the text sample kept for estimates.
@@ -62,10 +65,14 @@ pub fn analyse(path: &str, glob: &str) -> Result<DatasetInfo, String> {
     let mut sample = String::new();
     let mut total = 0u64;
     let mut wrapped = Vec::new();
+    let mut separated = Vec::new();
     for f in &files {
         let read = crate::data::read_dataset_text(&f.path, false).map_err(|e| format!("{e:#}"))?;
         if let Some(width) = read.wrapped {
             wrapped.push((f.path.clone(), width));
+        }
+        if read.separated {
+            separated.push((f.path.clone(), read.stories().len()));
         }
         let text = read.text;
         total += text.len() as u64;
@@ -86,6 +93,7 @@ pub fn analyse(path: &str, glob: &str) -> Result<DatasetInfo, String> {
         bytes: total,
         sample,
         wrapped,
+        separated,
     })
 }
 
@@ -128,6 +136,9 @@ pub fn check(app: &App) -> Report {
                 None if joined => r.info("no file is hard-wrapped: there are no lines to join"),
                 None => {}
             }
+            if let Some(note) = separated_note(&d.separated) {
+                r.info(note);
+            }
         }
     }
     r
@@ -164,5 +175,33 @@ mod tests {
         assert_eq!(info.bytes, (text.len() + "plain\n".len()) as u64);
         assert_eq!(info.sample, format!("{text}plain\n"));
         assert!(info.wrapped.is_empty());
+        assert!(info.separated.is_empty());
+    }
+
+    /// Stories separated by `<|endoftext|>` are counted, in UTF-16 too; an HTML page's
+    /// `<|endoftext|>` is its text, not a separator.
+    #[test]
+    fn separated_stories_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let stories = "One.\n<|endoftext|>\nTwo.\n<|endoftext|>\nThree.\n";
+        let utf16: Vec<u8> = [0xFF, 0xFE]
+            .into_iter()
+            .chain(stories.encode_utf16().flat_map(u16::to_le_bytes))
+            .collect();
+        std::fs::write(dir.path().join("a.txt"), &utf16).unwrap();
+        std::fs::write(dir.path().join("b.txt"), "One.\n<|endoftext|>\nTwo.\n").unwrap();
+        std::fs::write(
+            dir.path().join("c.html"),
+            "<p>The token &lt;|endoftext|&gt; ends a text.</p>",
+        )
+        .unwrap();
+        let info = analyse(dir.path().to_str().unwrap(), "*").unwrap();
+        assert_eq!(info.files, 3);
+        let counts: Vec<usize> = info.separated.iter().map(|s| s.1).collect();
+        assert_eq!(counts, [3, 2]);
+        assert_eq!(
+            separated_note(&info.separated).unwrap(),
+            "2 files (a.txt, b.txt) hold 5 stories separated by <|endoftext|>: each ends with the model's EOS token, as a file does"
+        );
     }
 }
