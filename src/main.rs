@@ -339,9 +339,17 @@ fn print_text(path: &std::path::Path, glob: &str, unwrap: bool) -> anyhow::Resul
     let mut chars = 0;
     let mut wrapped = 0;
     let mut separated = Vec::new();
+    let mut repaired = Vec::new();
     for (i, f) in files.iter().enumerate() {
         let read = softtune::data::read_dataset_text(&f.path, unwrap)?;
         let stories = read.separated.then(|| read.stories().len());
+        let fixed = match &read.repaired {
+            Some(r) => {
+                repaired.push((f.path.clone(), r.clone()));
+                format!(", {} characters put back", r.characters)
+            }
+            None => String::new(),
+        };
         let text = read.text;
         if i > 0 {
             out.write_all(b"\n\n")?;
@@ -362,7 +370,7 @@ fn print_text(path: &std::path::Path, glob: &str, unwrap: bool) -> anyhow::Resul
             }
             None => String::new(),
         };
-        eprintln!("{}: {n} characters{stories}{how}", f.path.display());
+        eprintln!("{}: {n} characters{stories}{fixed}{how}", f.path.display());
     }
     out.write_all(b"\n")?;
     out.flush()?;
@@ -375,6 +383,9 @@ fn print_text(path: &std::path::Path, glob: &str, unwrap: bool) -> anyhow::Resul
         );
     }
     if let Some(note) = softtune::data::dataset::separated_note(&separated) {
+        eprintln!("{note}");
+    }
+    if let Some(note) = softtune::data::dataset::repaired_note(&repaired) {
         eprintln!("{note}");
     }
     Ok(())

@@ -512,6 +512,18 @@ fn text_prints_what_training_reads() {
     let (code, out, err) = softtune(&["text", html.join("ao3-work.html").to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, format!("{expected}\n"));
+
+    // Text decoded the wrong way before it was saved: its characters put back, and said so.
+    let mangled = tmp.path().join("mangled.txt");
+    std::fs::write(&mangled, "ï»¿â€œItâ€™s lateâ€\u{9d} â€” cafÃ©.\n").unwrap();
+    let (code, out, err) = softtune(&["text", mangled.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "“It’s late” — café.\n");
+    assert!(
+        err.contains("mangled.txt: 20 characters, 5 characters put back")
+            && err.contains("1 file (mangled.txt) had text decoded the wrong way before it was saved (\"â€œ\" for \"“\"): 5 characters put back"),
+        "{err}"
+    );
 }
 
 /// A text file of stories separated by `<|endoftext|>` (a KoboldAI dataset): `softtune

@@ -831,3 +831,54 @@ fn stories_separated_in_one_file_train_as_files() {
         ]
     );
 }
+
+/// A book saved after it was decoded the wrong way (UTF-8 read as Windows-1252: `’` reads
+/// `â€™`, `í` reads `Ã` and a soft hyphen), as a text file and as an HTML page, trains as
+/// the book; the plan's note names the files and how many characters were put back.
+#[test]
+fn mangled_text_trains_as_it_was_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let book = std::fs::read_to_string(fixtures().join("docx/book.txt")).unwrap();
+    let book = format!("“It’s late,” said Zoë — the café’s last customer… Sí, María.\n\n{book}");
+    let mangled = encoding_rs::WINDOWS_1252
+        .decode_without_bom_handling(book.as_bytes())
+        .0
+        .into_owned();
+    assert!(mangled.contains("â€™"));
+    let page: String = book
+        .split("\n\n")
+        .map(|p| format!("<p>{}</p>\n", p.replace('\n', "<br>\n")))
+        .collect();
+    let plan_of = |name: &str, files: &[(&str, &str)]| {
+        let data = dir.path().join(name);
+        std::fs::create_dir_all(&data).unwrap();
+        for (file, text) in files {
+            std::fs::write(data.join(file), text).unwrap();
+        }
+        let mut cfg = config(dir.path(), "llama", "");
+        cfg.dataset.path = Some(data);
+        cfg.dataset.glob = Some("*".into());
+        cfg.training.tokens_per_sequence = Some(48);
+        let valid = cfg.validate().unwrap();
+        train::plan(&valid, &dir.path().join(format!("{name}-run"))).unwrap()
+    };
+    let written = plan_of("written", &[("a.txt", &book), ("b.txt", &book)]);
+    assert!(written.notes.is_empty(), "{:?}", written.notes);
+    let html = encoding_rs::WINDOWS_1252
+        .decode_without_bom_handling(
+            format!("<html><head><meta charset=\"utf-8\"></head><body>{page}</body></html>")
+                .as_bytes(),
+        )
+        .0
+        .into_owned();
+    let mangled = plan_of("mangled", &[("a.txt", &mangled), ("b.html", &html)]);
+    assert_eq!(mangled.rows.train, written.rows.train);
+    assert_eq!(mangled.rows.eval, written.rows.eval);
+    let characters = 2 * book.chars().filter(|c| !c.is_ascii()).count();
+    assert_eq!(
+        mangled.notes,
+        [format!(
+            "2 files (a.txt, b.html) had text decoded the wrong way before it was saved (\"â€œ\" for \"“\"): {characters} characters put back"
+        )]
+    );
+}

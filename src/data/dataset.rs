@@ -179,19 +179,33 @@ pub fn cache_key(
         }
     }
     // Text files whose text the Gutenberg cleaning may change (books' extraction versions
-    // cover it for them), and those cut into stories.
+    // cover it for them), those cut into stories, and text files and HTML pages whose
+    // mangled characters are put back.
     for (i, f) in files.iter().enumerate() {
-        if super::is_text_file(&f.path) {
-            let bytes = std::fs::read(&f.path)
-                .with_context(|| format!("{}: cannot read", f.path.display()))?;
+        let text_file = super::is_text_file(&f.path);
+        let page = super::html::is_page(&f.path);
+        if !text_file && !page {
+            continue;
+        }
+        let bytes =
+            std::fs::read(&f.path).with_context(|| format!("{}: cannot read", f.path.display()))?;
+        let mut cleanings = Vec::new();
+        if text_file {
             if super::gutenberg::mentions(&bytes) {
-                h.update(super::gutenberg::VERSION.as_bytes());
-                h.update((i as u64).to_le_bytes());
+                cleanings.push(super::gutenberg::VERSION);
             }
             if super::stories::mentions(&bytes) {
-                h.update(super::stories::VERSION.as_bytes());
-                h.update((i as u64).to_le_bytes());
+                cleanings.push(super::stories::VERSION);
             }
+            if super::decode_text(&bytes).is_ok_and(|text| super::mojibake::shows_mangling(&text)) {
+                cleanings.push(super::mojibake::VERSION);
+            }
+        } else if super::html::shows_mangling(&bytes) {
+            cleanings.push(super::mojibake::VERSION);
+        }
+        for version in cleanings {
+            h.update(version.as_bytes());
+            h.update((i as u64).to_le_bytes());
         }
     }
     if unwrap_lines {
@@ -218,7 +232,13 @@ pub struct Found {
     /// The text files cut into stories at `<|endoftext|>` ([`super::stories`]), with their
     /// number of stories.
     pub separated: Vec<(PathBuf, usize)>,
+    /// The files whose characters decoded the wrong way were put back
+    /// ([`super::mojibake`]), with what was done.
+    pub repaired: Vec<Repaired>,
 }
+
+/// A file whose characters decoded the wrong way were put back, and what was done.
+pub type Repaired = (PathBuf, super::mojibake::Repaired);
 
 /// Tokenizes every file's text ([`read_dataset_text`]; no BOS), each story of it (the whole
 /// text, or the stories a text file's `<|endoftext|>` separators cut it into) followed by
@@ -239,6 +259,9 @@ pub fn tokenize_files(
         }
         if text.separated {
             found.separated.push((f.path.clone(), text.stories().len()));
+        }
+        if let Some(repaired) = &text.repaired {
+            found.repaired.push((f.path.clone(), repaired.clone()));
         }
         read.push(text);
     }
@@ -405,6 +428,32 @@ pub fn separated_note(separated: &[(PathBuf, usize)]) -> Option<String> {
     Some(format!(
         "{files} ({names}) {hold} {stories} stories separated by {}: each ends with the model's EOS token, as a file does",
         super::stories::SEPARATOR
+    ))
+}
+
+/// What to tell the user of the files whose characters decoded the wrong way were put back
+/// ([`Found::repaired`]); `None` when there are none.
+pub fn repaired_note(repaired: &[Repaired]) -> Option<String> {
+    if repaired.is_empty() {
+        return None;
+    }
+    let characters: usize = repaired.iter().map(|r| r.1.characters).sum();
+    let names = some_names(repaired.iter().map(|r| r.0.as_path()));
+    let files = match repaired.len() {
+        1 => "1 file".to_string(),
+        n => format!("{n} files"),
+    };
+    let example = repaired
+        .iter()
+        .find_map(|r| r.1.example.as_ref())
+        .map(|(from, to)| format!(" (\"{from}\" for \"{to}\")"))
+        .unwrap_or_default();
+    let put_back = match characters {
+        1 => "1 character".to_string(),
+        n => format!("{n} characters"),
+    };
+    Some(format!(
+        "{files} ({names}) had text decoded the wrong way before it was saved{example}: {put_back} put back"
     ))
 }
 
@@ -686,6 +735,23 @@ mod tests {
         let plain = key("a book of short words");
         assert_eq!(key("another book of words"), plain);
         assert_ne!(key("a Project Gutenberg #"), plain);
+        // Stories cut at separators, and characters decoded the wrong way put back.
+        assert_ne!(key("a <|endoftext|> b xyz"), plain);
+        assert_ne!(key("a cafÃ© of few words"), plain);
+        assert_eq!(key("a café of few words!"), plain);
+        // An HTML page's mangled characters too.
+        let page = [DataFile {
+            path: d.join("page.html"),
+            size: 21,
+            mtime: 7,
+        }];
+        let page_key = |text: &str| {
+            std::fs::write(&page[0].path, text).unwrap();
+            cache_key(&json, 2, &page, false).unwrap()
+        };
+        let correct = page_key("<p>a café of words</p>");
+        assert_eq!(page_key("<p>a cafe of words!</p>"), correct);
+        assert_ne!(page_key("<p>a cafÃ© of words</p>"), correct);
         // Joining hard-wrapped lines changes the text: another key.
         key("a book of short words");
         assert_ne!(cache_key(&json, 2, &files, true).unwrap(), plain);

@@ -35,10 +35,37 @@ use super::{ao3, fanficfare};
 /// extraction are not reused (it enters the dataset's cache key).
 pub const TEXT_VERSION: &str = "html-text-2";
 
+/// Whether the page whose bytes these are has characters decoded the wrong way that
+/// [`read_text`] puts back ([`super::mojibake`]); cheap enough for the cache key, which
+/// then takes the repair's version (so pages without them keep their caches).
+pub fn shows_mangling(bytes: &[u8]) -> bool {
+    decode(bytes).is_ok_and(|source| super::mojibake::shows_mangling(&source))
+}
+
+/// Whether `path` names an HTML page (`.html`, `.htm`).
+pub fn is_page(path: &Path) -> bool {
+    super::DOCUMENTS
+        .iter()
+        .any(|d| d.version == TEXT_VERSION && d.is(path))
+}
+
 /// The text of the page at `path` (see the module documentation).
 pub fn read_text(path: &Path) -> Result<String> {
+    Ok(read_text_repaired(path)?.0)
+}
+
+/// [`read_text`], and what putting back characters decoded the wrong way before the page
+/// was saved did ([`super::mojibake`]; done on the page's source, before no-break spaces
+/// and soft hyphens, which stood for pieces of mangled characters, are read as spaces or
+/// dropped).
+pub fn read_text_repaired(path: &Path) -> Result<(String, Option<super::mojibake::Repaired>)> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let source = decode(&bytes).map_err(|why| anyhow!("{}: {why}", path.display()))?;
+    let mut source = decode(&bytes).map_err(|why| anyhow!("{}: {why}", path.display()))?;
+    let mut repaired = None;
+    if let Some((fixed, report)) = super::mojibake::repair(&source) {
+        source = fixed;
+        repaired = Some(report);
+    }
     let text = page_text(&source);
     if text.is_empty() {
         bail!(
@@ -46,7 +73,7 @@ pub fn read_text(path: &Path) -> Result<String> {
             path.display()
         );
     }
-    Ok(text)
+    Ok((text, repaired))
 }
 
 /// The visible text of an HTML page's source.

@@ -9,6 +9,7 @@ pub mod epub;
 pub mod fanficfare;
 pub mod gutenberg;
 pub mod html;
+pub mod mojibake;
 pub mod odt;
 mod paragraphs;
 pub mod rtf;
@@ -100,19 +101,31 @@ pub fn document_of(path: &Path) -> Option<&'static Document> {
 /// file that does not decode is an error naming the file and the byte offset; one in another
 /// format (a PDF, say) is an error naming it and what to do.
 ///
-/// A book from Project Gutenberg loses the header and license around its text
-/// ([`gutenberg`]).
+/// The text of a text file or an HTML page that was decoded the wrong way before it was
+/// saved (`â€™` for `’`) has its characters put back ([`mojibake`]). A book from Project
+/// Gutenberg loses the header and license around its text ([`gutenberg`]).
 pub fn read_text(path: &Path) -> Result<String> {
-    let text = if scrivener::is_package(path) && path.is_dir() {
-        scrivener::read_text(path)?
+    Ok(read_text_repaired(path)?.0)
+}
+
+/// [`read_text`], and what [`mojibake::repair`] did to the text, if anything.
+fn read_text_repaired(path: &Path) -> Result<(String, Option<mojibake::Repaired>)> {
+    let (text, repaired) = if scrivener::is_package(path) && path.is_dir() {
+        (scrivener::read_text(path)?, None)
+    } else if html::is_page(path) {
+        html::read_text_repaired(path)?
     } else if let Some(document) = document_of(path) {
-        (document.read)(path)?
+        ((document.read)(path)?, None)
     } else {
         let bytes =
             std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        decode_text(&bytes).map_err(|why| anyhow!("{}: {why}", path.display()))?
+        let text = decode_text(&bytes).map_err(|why| anyhow!("{}: {why}", path.display()))?;
+        match mojibake::repair(&text) {
+            Some((fixed, report)) => (fixed, Some(report)),
+            None => (text, None),
+        }
     };
-    Ok(gutenberg::strip(normalize_newlines(text)))
+    Ok((gutenberg::strip(normalize_newlines(text)), repaired))
 }
 
 /// A dataset file's text as training reads it.
@@ -127,6 +140,9 @@ pub struct FileText {
     /// Whether the text is cut into stories at `<|endoftext|>` separators ([`stories`]): a
     /// text file that holds one.
     pub separated: bool,
+    /// What putting back characters decoded the wrong way did ([`mojibake`]), if the text
+    /// had any.
+    pub repaired: Option<mojibake::Repaired>,
 }
 
 impl FileText {
@@ -151,7 +167,7 @@ pub fn is_text_file(path: &Path) -> bool {
 /// hard-wrapped, joins its wrapped lines ([`unwrap`]). A text file holding `<|endoftext|>`
 /// is [`FileText::separated`].
 pub fn read_dataset_text(path: &Path, unwrap_lines: bool) -> Result<FileText> {
-    let text = read_text(path)?;
+    let (text, repaired) = read_text_repaired(path)?;
     let wrapped = unwrap::detect(&text);
     let text = match wrapped {
         Some(width) if unwrap_lines => unwrap::join(&text, width),
@@ -162,6 +178,7 @@ pub fn read_dataset_text(path: &Path, unwrap_lines: bool) -> Result<FileText> {
         text,
         wrapped,
         separated,
+        repaired,
     })
 }
 

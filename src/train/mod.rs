@@ -221,6 +221,7 @@ pub fn plan(cfg: &ValidConfig, run_dir: &Path) -> Result<Plan> {
             })
             .into_iter()
             .chain(dataset::separated_note(&tokens.found.separated))
+            .chain(dataset::repaired_note(&tokens.found.repaired))
             .collect(),
     })
 }

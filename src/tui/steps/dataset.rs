@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{FieldDef, Report};
-use crate::data::dataset::{Wrapped, separated_note, wrapped_note};
+use crate::data::dataset::{Repaired, Wrapped, repaired_note, separated_note, wrapped_note};
 use crate::inspect::human_bytes;
 use crate::tui::app::App;
 
@@ -51,6 +51,9 @@ pub struct DatasetInfo {
     /// The text files cut into stories at `<|endoftext|>` ([`crate::data::stories`]), with
     /// their number of stories.
     pub separated: Vec<(PathBuf, usize)>,
+    /// The files whose characters decoded the wrong way were put back
+    /// ([`crate::data::mojibake`]).
+    pub repaired: Vec<Repaired>,
 }
 
 /// Size of the text sample kept for estimates.
@@ -66,6 +69,7 @@ pub fn analyse(path: &str, glob: &str) -> Result<DatasetInfo, String> {
     let mut total = 0u64;
     let mut wrapped = Vec::new();
     let mut separated = Vec::new();
+    let mut repaired = Vec::new();
     for f in &files {
         let read = crate::data::read_dataset_text(&f.path, false).map_err(|e| format!("{e:#}"))?;
         if let Some(width) = read.wrapped {
@@ -73,6 +77,9 @@ pub fn analyse(path: &str, glob: &str) -> Result<DatasetInfo, String> {
         }
         if read.separated {
             separated.push((f.path.clone(), read.stories().len()));
+        }
+        if let Some(r) = &read.repaired {
+            repaired.push((f.path.clone(), r.clone()));
         }
         let text = read.text;
         total += text.len() as u64;
@@ -94,6 +101,7 @@ pub fn analyse(path: &str, glob: &str) -> Result<DatasetInfo, String> {
         sample,
         wrapped,
         separated,
+        repaired,
     })
 }
 
@@ -139,6 +147,9 @@ pub fn check(app: &App) -> Report {
             if let Some(note) = separated_note(&d.separated) {
                 r.info(note);
             }
+            if let Some(note) = repaired_note(&d.repaired) {
+                r.info(note);
+            }
         }
     }
     r
@@ -175,7 +186,22 @@ mod tests {
         assert_eq!(info.bytes, (text.len() + "plain\n".len()) as u64);
         assert_eq!(info.sample, format!("{text}plain\n"));
         assert!(info.wrapped.is_empty());
-        assert!(info.separated.is_empty());
+        assert!(info.separated.is_empty() && info.repaired.is_empty());
+    }
+
+    /// Files whose text was decoded the wrong way before they were saved are named, with
+    /// the characters put back; the size counts the text as it is read.
+    #[test]
+    fn mangled_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), "Itâ€™s late.\n").unwrap();
+        std::fs::write(dir.path().join("b.txt"), "It’s late.\n").unwrap();
+        let info = analyse(dir.path().to_str().unwrap(), "*.txt").unwrap();
+        assert_eq!(info.bytes, 2 * "It’s late.\n".len() as u64);
+        assert_eq!(
+            repaired_note(&info.repaired).unwrap(),
+            "1 file (a.txt) had text decoded the wrong way before it was saved (\"â€™\" for \"’\"): 1 character put back"
+        );
     }
 
     /// Stories separated by `<|endoftext|>` are counted, in UTF-16 too; an HTML page's
@@ -197,6 +223,7 @@ mod tests {
         .unwrap();
         let info = analyse(dir.path().to_str().unwrap(), "*").unwrap();
         assert_eq!(info.files, 3);
+        assert!(info.repaired.is_empty());
         let counts: Vec<usize> = info.separated.iter().map(|s| s.1).collect();
         assert_eq!(counts, [3, 2]);
         assert_eq!(
