@@ -337,17 +337,17 @@ fn print_text(path: &std::path::Path, glob: &str, unwrap: bool) -> anyhow::Resul
     let files = softtune::data::dataset::scan(path, glob)?;
     let mut out = std::io::stdout().lock();
     let mut chars = 0;
-    let mut wrapped = 0;
-    let mut separated = Vec::new();
-    let mut repaired = Vec::new();
+    let mut found = softtune::data::dataset::Found::default();
     for (i, f) in files.iter().enumerate() {
         let read = softtune::data::read_dataset_text(&f.path, unwrap)?;
-        let stories = read.separated.then(|| read.stories().len());
+        found.add(&f.path, &read);
+        let stories = if read.separated {
+            format!(", {} stories", read.stories().len())
+        } else {
+            String::new()
+        };
         let fixed = match &read.repaired {
-            Some(r) => {
-                repaired.push((f.path.clone(), r.clone()));
-                format!(", {} characters put back", r.characters)
-            }
+            Some(r) => format!(", {} characters put back", r.characters),
             None => String::new(),
         };
         let text = read.text;
@@ -362,14 +362,6 @@ fn print_text(path: &std::path::Path, glob: &str, unwrap: bool) -> anyhow::Resul
             Some(width) => format!(" (hard-wrapped at {width} characters)"),
             None => String::new(),
         };
-        wrapped += usize::from(read.wrapped.is_some());
-        let stories = match stories {
-            Some(count) => {
-                separated.push((f.path.clone(), count));
-                format!(", {count} stories")
-            }
-            None => String::new(),
-        };
         eprintln!("{}: {n} characters{stories}{fixed}{how}", f.path.display());
     }
     out.write_all(b"\n")?;
@@ -377,15 +369,16 @@ fn print_text(path: &std::path::Path, glob: &str, unwrap: bool) -> anyhow::Resul
     if files.len() > 1 {
         eprintln!("{} files, {chars} characters", files.len());
     }
+    let wrapped = found.wrapped.len();
     if wrapped > 0 && !unwrap {
         eprintln!(
             "{wrapped} file(s) hard-wrapped: --unwrap (dataset.unwrap = true) joins their lines into paragraphs"
         );
     }
-    if let Some(note) = softtune::data::dataset::separated_note(&separated) {
+    if let Some(note) = softtune::data::dataset::separated_note(&found.separated) {
         eprintln!("{note}");
     }
-    if let Some(note) = softtune::data::dataset::repaired_note(&repaired) {
+    if let Some(note) = softtune::data::dataset::repaired_note(&found.repaired) {
         eprintln!("{note}");
     }
     Ok(())

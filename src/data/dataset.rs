@@ -8,7 +8,7 @@ use std::time::UNIX_EPOCH;
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 
-use super::read_dataset_text;
+use super::{FileText, read_dataset_text};
 use crate::model::tokenizer::Tokenizer;
 use crate::rng::SplitMix64;
 
@@ -240,6 +240,22 @@ pub struct Found {
 /// A file whose characters decoded the wrong way were put back, and what was done.
 pub type Repaired = (PathBuf, super::mojibake::Repaired);
 
+impl Found {
+    /// Records what reading the file at `path` found in its `text`.
+    pub fn add(&mut self, path: &Path, text: &FileText) {
+        if let Some(width) = text.wrapped {
+            self.wrapped.push((path.to_path_buf(), width));
+        }
+        if text.separated {
+            self.separated
+                .push((path.to_path_buf(), text.stories().len()));
+        }
+        if let Some(repaired) = &text.repaired {
+            self.repaired.push((path.to_path_buf(), repaired.clone()));
+        }
+    }
+}
+
 /// Tokenizes every file's text ([`read_dataset_text`]; no BOS), each story of it (the whole
 /// text, or the stories a text file's `<|endoftext|>` separators cut it into) followed by
 /// `eos`, concatenated; with what reading the files found. Files are split across worker
@@ -254,15 +270,7 @@ pub fn tokenize_files(
     let mut found = Found::default();
     for f in files {
         let text = read_dataset_text(&f.path, unwrap_lines)?;
-        if let Some(width) = text.wrapped {
-            found.wrapped.push((f.path.clone(), width));
-        }
-        if text.separated {
-            found.separated.push((f.path.clone(), text.stories().len()));
-        }
-        if let Some(repaired) = &text.repaired {
-            found.repaired.push((f.path.clone(), repaired.clone()));
-        }
+        found.add(&f.path, &text);
         read.push(text);
     }
     let stories: Vec<&str> = read.iter().flat_map(|text| text.stories()).collect();
@@ -270,12 +278,8 @@ pub fn tokenize_files(
 }
 
 /// Token ids of a text file given to evaluation: its text, or its stories with `eos` between
-/// them when it is [`FileText::separated`](super::FileText::separated).
-pub fn tokenize_eval_text(
-    tok: &Tokenizer,
-    text: &super::FileText,
-    eos: Option<u32>,
-) -> Result<Vec<u32>> {
+/// them when it is [`FileText::separated`].
+pub fn tokenize_eval_text(tok: &Tokenizer, text: &FileText, eos: Option<u32>) -> Result<Vec<u32>> {
     match eos {
         Some(eos) if text.separated => {
             let mut ids = tokenize_texts(tok, &text.stories(), Some(eos))?;

@@ -1,9 +1,9 @@
 //! Step 1: the text to learn from.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::{FieldDef, Report};
-use crate::data::dataset::{Repaired, Wrapped, repaired_note, separated_note, wrapped_note};
+use crate::data::dataset::{Found, repaired_note, separated_note, wrapped_note};
 use crate::inspect::human_bytes;
 use crate::tui::app::App;
 
@@ -46,14 +46,8 @@ pub struct DatasetInfo {
     /// The first [`SAMPLE_BYTES`] or so of text (whole files, then a cut at a line end),
     /// for measuring the model tokenizer's bytes per token.
     pub sample: String,
-    /// The files that are hard-wrapped ([`crate::data::unwrap`]), with their width.
-    pub wrapped: Vec<Wrapped>,
-    /// The text files cut into stories at `<|endoftext|>` ([`crate::data::stories`]), with
-    /// their number of stories.
-    pub separated: Vec<(PathBuf, usize)>,
-    /// The files whose characters decoded the wrong way were put back
-    /// ([`crate::data::mojibake`]).
-    pub repaired: Vec<Repaired>,
+    /// What reading the files found: hard-wrapped files, stories, repaired characters.
+    pub found: Found,
 }
 
 /// Size of the text sample kept for estimates.
@@ -67,20 +61,10 @@ pub fn analyse(path: &str, glob: &str) -> Result<DatasetInfo, String> {
     let files = crate::data::dataset::scan(Path::new(path), glob).map_err(|e| format!("{e:#}"))?;
     let mut sample = String::new();
     let mut total = 0u64;
-    let mut wrapped = Vec::new();
-    let mut separated = Vec::new();
-    let mut repaired = Vec::new();
+    let mut found = Found::default();
     for f in &files {
         let read = crate::data::read_dataset_text(&f.path, false).map_err(|e| format!("{e:#}"))?;
-        if let Some(width) = read.wrapped {
-            wrapped.push((f.path.clone(), width));
-        }
-        if read.separated {
-            separated.push((f.path.clone(), read.stories().len()));
-        }
-        if let Some(r) = &read.repaired {
-            repaired.push((f.path.clone(), r.clone()));
-        }
+        found.add(&f.path, &read);
         let text = read.text;
         total += text.len() as u64;
         if sample.len() < SAMPLE_BYTES {
@@ -99,9 +83,7 @@ pub fn analyse(path: &str, glob: &str) -> Result<DatasetInfo, String> {
         files: files.len(),
         bytes: total,
         sample,
-        wrapped,
-        separated,
-        repaired,
+        found,
     })
 }
 
@@ -138,16 +120,16 @@ pub fn check(app: &App) -> Report {
                 r.warn("under 8 MB of text: the guide recommends at least ~8 MB of well-written, thematically unified text");
             }
             let joined = unwrap == Some(true);
-            match wrapped_note(&d.wrapped, joined) {
+            match wrapped_note(&d.found.wrapped, joined) {
                 Some(note) if joined => r.info(note),
                 Some(note) => r.warn(format!("{note}: set Join wrapped lines to yes")),
                 None if joined => r.info("no file is hard-wrapped: there are no lines to join"),
                 None => {}
             }
-            if let Some(note) = separated_note(&d.separated) {
+            if let Some(note) = separated_note(&d.found.separated) {
                 r.info(note);
             }
-            if let Some(note) = repaired_note(&d.repaired) {
+            if let Some(note) = repaired_note(&d.found.repaired) {
                 r.info(note);
             }
         }
@@ -185,8 +167,7 @@ mod tests {
         assert_eq!(info.files, 2);
         assert_eq!(info.bytes, (text.len() + "plain\n".len()) as u64);
         assert_eq!(info.sample, format!("{text}plain\n"));
-        assert!(info.wrapped.is_empty());
-        assert!(info.separated.is_empty() && info.repaired.is_empty());
+        assert_eq!(info.found, Found::default());
     }
 
     /// Files whose text was decoded the wrong way before they were saved are named, with
@@ -199,7 +180,7 @@ mod tests {
         let info = analyse(dir.path().to_str().unwrap(), "*.txt").unwrap();
         assert_eq!(info.bytes, 2 * "It’s late.\n".len() as u64);
         assert_eq!(
-            repaired_note(&info.repaired).unwrap(),
+            repaired_note(&info.found.repaired).unwrap(),
             "1 file (a.txt) had text decoded the wrong way before it was saved (\"â€™\" for \"’\"): 1 character put back"
         );
     }
@@ -223,11 +204,11 @@ mod tests {
         .unwrap();
         let info = analyse(dir.path().to_str().unwrap(), "*").unwrap();
         assert_eq!(info.files, 3);
-        assert!(info.repaired.is_empty());
-        let counts: Vec<usize> = info.separated.iter().map(|s| s.1).collect();
+        assert!(info.found.repaired.is_empty());
+        let counts: Vec<usize> = info.found.separated.iter().map(|s| s.1).collect();
         assert_eq!(counts, [3, 2]);
         assert_eq!(
-            separated_note(&info.separated).unwrap(),
+            separated_note(&info.found.separated).unwrap(),
             "2 files (a.txt, b.txt) hold 5 stories separated by <|endoftext|>: each ends with the model's EOS token, as a file does"
         );
     }
