@@ -42,11 +42,12 @@ pub fn shows_mangling(bytes: &[u8]) -> bool {
     decode(bytes).is_ok_and(|source| super::mojibake::shows_mangling(&source))
 }
 
-/// Whether `path` names an HTML page (`.html`, `.htm`).
+/// The file name extensions of HTML pages.
+pub const EXTENSIONS: &[&str] = &["html", "htm"];
+
+/// Whether `path` names an HTML page (`.html`, `.htm`, any case).
 pub fn is_page(path: &Path) -> bool {
-    super::DOCUMENTS
-        .iter()
-        .any(|d| d.version == TEXT_VERSION && d.is(path))
+    super::has_extension(path, EXTENSIONS)
 }
 
 /// The text of the page at `path` (see the module documentation).
@@ -60,12 +61,8 @@ pub fn read_text(path: &Path) -> Result<String> {
 /// dropped).
 pub fn read_text_repaired(path: &Path) -> Result<(String, Option<super::mojibake::Repaired>)> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let mut source = decode(&bytes).map_err(|why| anyhow!("{}: {why}", path.display()))?;
-    let mut repaired = None;
-    if let Some((fixed, report)) = super::mojibake::repair(&source) {
-        source = fixed;
-        repaired = Some(report);
-    }
+    let source = decode(&bytes).map_err(|why| anyhow!("{}: {why}", path.display()))?;
+    let (source, repaired) = super::mojibake::repaired(source);
     let text = page_text(&source);
     if text.is_empty() {
         bail!(

@@ -38,9 +38,14 @@ pub struct Document {
 impl Document {
     /// Whether `path` names a document of this kind.
     pub fn is(&self, path: &Path) -> bool {
-        path.extension()
-            .is_some_and(|e| self.extensions.iter().any(|x| e.eq_ignore_ascii_case(x)))
+        has_extension(path, self.extensions)
     }
+}
+
+/// Whether `path`'s extension is one of `extensions` (any case).
+fn has_extension(path: &Path, extensions: &[&str]) -> bool {
+    path.extension()
+        .is_some_and(|e| extensions.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
 /// The documents softtune reads besides text files.
@@ -68,7 +73,7 @@ pub const DOCUMENTS: [Document; 6] = [
     },
     Document {
         what: "HTML page",
-        extensions: &["html", "htm"],
+        extensions: html::EXTENSIONS,
         glob: "*.htm*",
         version: html::TEXT_VERSION,
         read: html::read_text,
@@ -120,10 +125,7 @@ fn read_text_repaired(path: &Path) -> Result<(String, Option<mojibake::Repaired>
         let bytes =
             std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
         let text = decode_text(&bytes).map_err(|why| anyhow!("{}: {why}", path.display()))?;
-        match mojibake::repair(&text) {
-            Some((fixed, report)) => (fixed, Some(report)),
-            None => (text, None),
-        }
+        mojibake::repaired(text)
     };
     Ok((gutenberg::strip(normalize_newlines(text)), repaired))
 }

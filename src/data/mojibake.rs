@@ -82,6 +82,14 @@ pub fn repair(text: &str) -> Option<(String, Repaired)> {
     current.map(|fixed| (fixed, report))
 }
 
+/// `text` as [`repair`] leaves it, and what it did (`None`: the text is returned as it is).
+pub fn repaired(text: String) -> (String, Option<Repaired>) {
+    match repair(&text) {
+        Some((fixed, report)) => (fixed, Some(report)),
+        None => (text, None),
+    }
+}
+
 /// A mangled sequence in a text: its byte range and the character it stands for (`None`
 /// for a byte-order mark, which goes).
 struct Sequence {
