@@ -14,6 +14,7 @@ pub mod data;
 pub mod device;
 pub mod eval;
 pub mod export;
+pub mod generate;
 pub mod inspect;
 pub mod model;
 pub mod parity;

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use softtune::device::DeviceSpec;
 use softtune::eval::{self, EvalArgs};
+use softtune::generate::GenerateArgs;
 use softtune::inspect;
 use softtune::model::lm::Precision;
 use softtune::model::source::HubOptions;
@@ -107,6 +108,52 @@ enum Command {
         /// `dataset.unwrap = true`.
         #[arg(long)]
         unwrap: bool,
+    },
+    /// Continue a text with a soft prompt, and with --compare without it too: to try a
+    /// prompt from the terminal. Each continuation is printed as it is written; what runs
+    /// goes to standard error.
+    ///
+    /// Without a text (or --file) a new text starts, as after the end of a training file.
+    Generate {
+        /// A local model folder or a Hugging Face id.
+        #[arg(long)]
+        model: String,
+        /// Soft prompt: a KoboldAI .zip, a PEFT adapter folder, an .mtjsp or an mkultra .json.
+        #[arg(long)]
+        prompt: Option<PathBuf>,
+        /// The text to continue, printed before its continuation.
+        text: Option<String>,
+        /// Continue the text of this file instead (a text file, EPUB, .docx, …); only the
+        /// continuation is printed.
+        #[arg(long, conflicts_with = "text")]
+        file: Option<PathBuf>,
+        /// New tokens per continuation, at most (it ends earlier at the end-of-text token).
+        #[arg(long, default_value_t = 100)]
+        tokens: usize,
+        /// 0 always takes the most likely token; higher is more varied.
+        #[arg(long, default_value_t = 0.7)]
+        temperature: f64,
+        /// Draw only among the K most likely tokens (0: all).
+        #[arg(long, default_value_t = softtune::generate::DEFAULT_TOP_K)]
+        top_k: usize,
+        /// Seed of the draw (default: from the clock; printed, so a continuation can be
+        /// written again). Further samples take the following seeds.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Number of continuations.
+        #[arg(long, default_value_t = 1)]
+        samples: usize,
+        /// Also continue without the prompt, with the same seed, to compare.
+        #[arg(long, requires = "prompt")]
+        compare: bool,
+        /// cpu or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+        /// Precision of the frozen weights: auto (f32 on CPU, the checkpoint's bf16/f16 on GPU), f32, bf16, f16.
+        #[arg(long, default_value = "auto", value_parser = Precision::parse)]
+        precision: Precision,
+        #[command(flatten)]
+        hub: HubArgs,
     },
     /// Train a soft prompt from a run configuration (TOML) or a saved profile.
     ///
@@ -219,7 +266,10 @@ fn main() -> ExitCode {
     };
     if matches!(
         command,
-        Command::Runs | Command::Attach { plain: true, .. } | Command::Text { .. }
+        Command::Runs
+            | Command::Attach { plain: true, .. }
+            | Command::Text { .. }
+            | Command::Generate { .. }
     ) || matches!(command, Command::Attach { .. }) && !softtune::tui::on_terminal()
     {
         // `softtune runs | head`, `softtune text book.epub | less`: end quietly when the
@@ -256,6 +306,40 @@ fn main() -> ExitCode {
             hub: hub.options(),
         })
         .map(|r| r.print()),
+        Command::Generate {
+            model,
+            prompt,
+            text,
+            file,
+            tokens,
+            temperature,
+            top_k,
+            seed,
+            samples,
+            compare,
+            device,
+            precision,
+            hub,
+        } => softtune::generate::run(
+            &GenerateArgs {
+                model,
+                prompt,
+                text,
+                file,
+                tokens,
+                temperature,
+                top_k,
+                seed,
+                samples,
+                compare,
+                device,
+                precision,
+                hub: hub.options(),
+            },
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr(),
+        )
+        .map(|_| ()),
         Command::Text { path, glob, unwrap } => print_text(&path, &glob, unwrap),
         Command::Train {
             config,

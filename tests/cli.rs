@@ -620,3 +620,156 @@ fn text_unwraps_hard_wrapped_files() {
         "{err}"
     );
 }
+
+/// `softtune generate` writes transformers' greedy continuation of a text, with a PEFT
+/// adapter of the fixture's soft prompt and (with `--compare`) without it, each after the
+/// text; a seed writes the same sample again; bad arguments are one-line errors.
+#[test]
+fn generate_continues_a_text_like_transformers() {
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("generation.json")).unwrap())
+            .unwrap();
+    let case = reference["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["model"] == "llama" && c["case"] == "short")
+        .unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let model = fixtures().join("llama");
+    let tok =
+        softtune::model::tokenizer::Tokenizer::from_file(&model.join("tokenizer.json")).unwrap();
+    let input = ids(&case["input_ids"]);
+    let text = tok.decode(&input).unwrap();
+    // The command tokenizes the text: it must give the reference's ids back.
+    assert_eq!(tok.encode(&text).unwrap(), input);
+    let continuation = |key: &str| {
+        let mut all = input.clone();
+        all.extend(ids(&case[key]));
+        tok.decode(&all).unwrap()
+    };
+    let r = softtune::parity::Reference::read(&model.join("reference.safetensors")).unwrap();
+    let (shape, data) = r.get("soft_prompt").unwrap().clone();
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = dir.path().join("adapter");
+    let p = softtune::prompt::SoftPrompt::new(shape[0], shape[1], data).unwrap();
+    let meta = softtune::export::PeftMeta {
+        base_model_name_or_path: "llama".into(),
+        num_attention_heads: 4,
+        num_layers: 2,
+        prompt_tuning_init: "RANDOM".into(),
+        prompt_tuning_init_text: None,
+        tokenizer_name_or_path: None,
+    };
+    softtune::export::write_peft_adapter(&adapter, &p, &meta).unwrap();
+    let m = model.to_str().unwrap();
+    let a = adapter.to_str().unwrap();
+
+    let (code, out, err) = softtune(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        a,
+        "--temperature",
+        "0",
+        "--tokens",
+        "16",
+        &text,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("{}\n", continuation("with_prompt")));
+    assert!(
+        err.contains("(8 soft tokens)") && err.contains("16 new tokens in"),
+        "{err}"
+    );
+
+    let (code, out, err) = softtune(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        a,
+        "--temperature",
+        "0",
+        "--tokens",
+        "16",
+        "--compare",
+        "--seed",
+        "5",
+        &text,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        format!(
+            "--- with the prompt, seed 5 ---\n{}\n\n--- without a prompt, seed 5 ---\n{}\n",
+            continuation("with_prompt"),
+            continuation("without_prompt")
+        )
+    );
+
+    // Sampling: the seed writes the same continuation again; a new text starts without one.
+    let sample = |seed: &str| {
+        let (code, out, err) = softtune(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            a,
+            "--tokens",
+            "12",
+            "--seed",
+            seed,
+            "--samples",
+            "2",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            err.contains("a new text") && err.contains(&format!("seed {seed}")),
+            "{err}"
+        );
+        out
+    };
+    let first = sample("11");
+    assert!(
+        first.starts_with("--- sample 1 of 2, with the prompt, seed 11 ---\n"),
+        "{first}"
+    );
+    assert!(
+        first.contains("\n--- sample 2 of 2, with the prompt, seed 12 ---\n"),
+        "{first}"
+    );
+    assert_eq!(sample("11"), first);
+
+    // Bad arguments and files are one-line errors naming what to change.
+    let (code, _, err) = softtune(&["generate", "--model", m, "--temperature=-1", "x"]);
+    assert_one_line_error(code, &err, &["--temperature -1"]);
+    let (code, _, err) = softtune(&["generate", "--model", m, "--tokens", "0", "x"]);
+    assert_one_line_error(code, &err, &["--tokens"]);
+    let wrong = dir.path().join("narrow.zip");
+    let p = softtune::prompt::SoftPrompt::new(4, 32, vec![0.1; 128]).unwrap();
+    softtune::export::write_kobold_zip(&wrong, &p, &Default::default(), false).unwrap();
+    let (code, _, err) = softtune(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        wrong.to_str().unwrap(),
+        "x",
+    ]);
+    assert_one_line_error(code, &err, &["narrow.zip", "32", "64"]);
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let (code, _, err) = softtune(&["generate", "--model", m, "--file", empty.to_str().unwrap()]);
+    assert_one_line_error(code, &err, &["empty.txt", "no text"]);
+    let (code, _, err) = softtune(&["generate", "--model", m, "--compare", "x"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--prompt"), "{err}");
+}

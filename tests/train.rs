@@ -394,6 +394,37 @@ fn the_command_line_trains_headless() {
     );
     assert!(stdout.contains("finished at step"), "{stdout}");
     assert!(stdout.contains("with the trained prompt"), "{stdout}");
+    // The hint to try the prompt is a command that works on the exported zip.
+    let hint = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("try it: softtune "))
+        .unwrap_or_else(|| panic!("no generate hint in {stdout}"));
+    let args: Vec<&str> = hint
+        .split(" [")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert!(args.contains(&"--compare"), "{hint}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_softtune"))
+        .args(&args)
+        .args(["--tokens", "5", "--seed", "1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with("--- with the prompt, seed 1 ---\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\n--- without a prompt, seed 1 ---\n"),
+        "{text}"
+    );
     let run_dir = dir.path().join("out/cli-v1-run");
     let events = read_events(&run_dir.join("events.jsonl")).unwrap();
     assert!(matches!(events.last(), Some(Event::Finished { .. })));

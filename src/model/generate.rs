@@ -6,6 +6,7 @@
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::Tensor;
 
+use super::tokenizer::Tokenizer;
 use super::{CausalLm, Kernels};
 use crate::eval::ids_tensor;
 use crate::rng::SplitMix64;
@@ -61,7 +62,8 @@ pub fn pick(logits: &[f32], s: &Sampling, rng: &mut SplitMix64) -> Option<u32> {
 /// Continues `context` (token ids, at least one) by up to `s.max_new` tokens, with `prompt`
 /// (`[n, d_embed]`) prepended when given. Only ids below `vocab` are drawn (embedding rows
 /// past the tokenizer's vocabulary are padding). Generation ends early at any of `stop`,
-/// which is not included. The window slides so prompt + text never exceed `context_len`.
+/// which is not included. The window slides so prompt + text never exceed `context_len`:
+/// it keeps the last `context_len - soft tokens` tokens.
 pub fn generate<B: Kernels>(
     model: &CausalLm<B>,
     prompt: Option<&Tensor<B, 2>>,
@@ -70,6 +72,24 @@ pub fn generate<B: Kernels>(
     context_len: usize,
     stop: &[u32],
     s: &Sampling,
+) -> Result<Vec<u32>> {
+    generate_each(model, prompt, context, vocab, context_len, stop, s, |_| {
+        Ok(())
+    })
+}
+
+/// [`generate`], calling `each` with every new token as soon as it is drawn (to print a
+/// continuation as it grows); an error from `each` ends generation with that error.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_each<B: Kernels>(
+    model: &CausalLm<B>,
+    prompt: Option<&Tensor<B, 2>>,
+    context: &[u32],
+    vocab: usize,
+    context_len: usize,
+    stop: &[u32],
+    s: &Sampling,
+    mut each: impl FnMut(u32) -> Result<()>,
 ) -> Result<Vec<u32>> {
     if context.is_empty() {
         bail!("a sample needs at least one token of text to continue");
@@ -106,8 +126,91 @@ pub fn generate<B: Kernels>(
         }
         ids.push(next);
         out.push(next);
+        each(next)?;
     }
     Ok(out)
+}
+
+/// The text of a continuation, as its tokens come: each call to [`TextStream::push`] gives
+/// the text that became readable. Tokens are decoded after the end of the text they continue
+/// (its last [`TextStream::ANCHOR`] tokens), so a tokenizer that drops a word's leading space
+/// when decoding a fragment still reads naturally; a token that holds only part of a
+/// character's bytes waits for the rest, and a character whose first bytes end the context
+/// is given whole.
+pub struct TextStream<'a> {
+    tok: &'a Tokenizer,
+    anchor: Vec<u32>,
+    anchor_text: String,
+    ids: Vec<u32>,
+    shown: String,
+}
+
+impl<'a> TextStream<'a> {
+    /// Tokens of the continued text decoded before the continuation.
+    pub const ANCHOR: usize = 64;
+
+    pub fn new(tok: &'a Tokenizer, context: &[u32]) -> Result<Self> {
+        let anchor = context[context.len().saturating_sub(Self::ANCHOR)..].to_vec();
+        // Bytes of a character the context cut short are completed by the continuation.
+        let anchor_text = tok
+            .decode(&anchor)?
+            .trim_end_matches('\u{FFFD}')
+            .to_string();
+        Ok(Self {
+            tok,
+            anchor,
+            anchor_text,
+            ids: Vec::new(),
+            shown: String::new(),
+        })
+    }
+
+    /// The whole continuation `ids` of `context` as text.
+    pub fn text_of(tok: &Tokenizer, context: &[u32], ids: &[u32]) -> Result<String> {
+        let mut s = TextStream::new(tok, context)?;
+        s.ids = ids.to_vec();
+        s.text()
+    }
+
+    fn text(&self) -> Result<String> {
+        let mut all = self.anchor.clone();
+        all.extend_from_slice(&self.ids);
+        let whole = self.tok.decode(&all)?;
+        Ok(match whole.strip_prefix(&self.anchor_text) {
+            Some(rest) => rest.to_string(),
+            None => self.tok.decode(&self.ids)?,
+        })
+    }
+
+    /// Adds a token; returns the text that became readable (often empty while a character's
+    /// bytes are incomplete).
+    pub fn push(&mut self, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let text = self.text()?;
+        if text.ends_with('\u{FFFD}') {
+            return Ok(String::new());
+        }
+        Ok(self.show(text))
+    }
+
+    /// The text not given yet, once the continuation has ended.
+    pub fn finish(&mut self) -> Result<String> {
+        let text = self.text()?;
+        Ok(self.show(text))
+    }
+
+    /// What `text` adds to what was shown. Text that decoding changed after it was shown
+    /// (rare: a decoder cleaning up spaces across tokens) is not shown twice.
+    fn show(&mut self, text: String) -> String {
+        match text.strip_prefix(self.shown.as_str()) {
+            Some(new) => {
+                let new = new.to_string();
+                self.shown = text;
+                new
+            }
+            None => String::new(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -121,6 +224,35 @@ mod tests {
             top_k,
             seed: 7,
         }
+    }
+
+    #[test]
+    fn a_continuation_streams_whole_characters() {
+        let tok = Tokenizer::from_file(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/gpt2/tokenizer.json"),
+        )
+        .unwrap();
+        let context = tok.encode("Café au").unwrap();
+        let text = " lait crème brûlée, “Oui”";
+        let ids = tok.encode(text).unwrap();
+        let mut stream = TextStream::new(&tok, &context).unwrap();
+        let mut pieces: Vec<String> = ids.iter().map(|&id| stream.push(id).unwrap()).collect();
+        pieces.push(stream.finish().unwrap());
+        // Each of è, û, “ and ” takes several byte tokens: the first ones give nothing, the
+        // last the whole character.
+        assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pieces:?}");
+        assert!(
+            pieces.iter().filter(|p| p.is_empty()).count() >= 6,
+            "{pieces:?}"
+        );
+        assert!(pieces.contains(&"è".to_string()), "{pieces:?}");
+        assert_eq!(pieces.concat(), text);
+        assert_eq!(TextStream::text_of(&tok, &context, &ids).unwrap(), text);
+        // A context cut inside a character (its last byte token missing) still continues.
+        let cut = &context[..context.len() - 3];
+        let rest = &context[context.len() - 3..];
+        assert_eq!(TextStream::text_of(&tok, cut, rest).unwrap(), "é au");
     }
 
     #[test]

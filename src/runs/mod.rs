@@ -28,6 +28,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, anyhow, bail};
 
+use crate::device::DeviceSpec;
 use crate::train::{Outcome, Plan};
 use state::{RunState, Status};
 
@@ -347,11 +348,20 @@ pub fn request(info: &RunInfo, what: Request) -> Result<u32> {
 pub fn outcome_hints(plan: &Plan, out: &Outcome, run: Option<&str>) -> Vec<String> {
     let mut lines = Vec::new();
     if !out.stopped && out.eval_final.is_some() {
+        let device = match plan.cfg.device {
+            DeviceSpec::Cpu => String::new(),
+            gpu => format!(" --device {gpu}"),
+        };
         lines.push(format!(
-            "check the prompt: softtune eval --model {} --text {} --block-size {} --prompt {}",
+            "check the prompt: softtune eval --model {} --text {} --block-size {} --prompt {}{device}",
             plan.files.id,
             plan.heldout_path().display(),
             plan.rows.len,
+            plan.kobold_path().display()
+        ));
+        lines.push(format!(
+            "try it: softtune generate --model {} --prompt {} --compare{device} [\"a text to continue\"]",
+            plan.files.id,
             plan.kobold_path().display()
         ));
     }

@@ -7,7 +7,7 @@ use anyhow::Result;
 use super::Plan;
 use super::events::Event;
 use crate::eval::prompt_tensor;
-use crate::model::generate::{Sampling, generate};
+use crate::model::generate::{Sampling, TextStream, generate};
 use crate::model::{CausalLm, Kernels};
 
 /// Tokens of a held-out sequence used as the sample text when none is configured.
@@ -31,7 +31,7 @@ impl Sampler {
         if cfg.sample_every == 0 {
             return Ok(None);
         }
-        let context = match &cfg.sample_prompt {
+        let mut context = match &cfg.sample_prompt {
             Some(t) => plan.tokenizer.encode(t)?,
             None => plan
                 .rows
@@ -41,17 +41,22 @@ impl Sampler {
                 .map(|r| r[..r.len().min(DEFAULT_CONTEXT_TOKENS)].to_vec())
                 .unwrap_or_default(),
         };
+        let mut text = plan.tokenizer.decode(&context)?;
+        // A held-out passage cut inside a character: end the sample text before it.
+        while text.ends_with('\u{FFFD}') && !context.is_empty() {
+            context.pop();
+            text = plan.tokenizer.decode(&context)?;
+        }
         if context.is_empty() {
             return Ok(None);
         }
-        let text = plan.tokenizer.decode(&context)?;
         Ok(Some(Sampler {
             context,
             text,
             sampling: Sampling {
                 max_new: cfg.sample_tokens,
                 temperature: cfg.sample_temperature,
-                top_k: 40,
+                top_k: crate::generate::DEFAULT_TOP_K,
                 seed: cfg.seed ^ 0x5a3d_1e00,
             },
             vocab: plan.tokenizer.id_bound(),
@@ -64,18 +69,6 @@ impl Sampler {
     /// Whether a sample is due after optimizer step `step`.
     pub fn due(plan: &Plan, step: usize) -> bool {
         plan.cfg.sample_every > 0 && step.is_multiple_of(plan.cfg.sample_every)
-    }
-
-    /// Decodes `ids` as the continuation of the sample text (so a tokenizer that drops a
-    /// leading space when decoding a fragment still reads naturally).
-    fn continuation(&self, plan: &Plan, ids: &[u32]) -> Result<String> {
-        let mut all = self.context.clone();
-        all.extend_from_slice(ids);
-        let whole = plan.tokenizer.decode(&all)?;
-        Ok(match whole.strip_prefix(&self.text) {
-            Some(rest) => rest.to_string(),
-            None => plan.tokenizer.decode(ids)?,
-        })
     }
 
     /// The sample event for the prompt `prompt` (`[soft_tokens, d_embed]`, row-major).
@@ -100,12 +93,12 @@ impl Sampler {
             )
         };
         let with = run(Some(&p))?;
-        let with_prompt = self.continuation(plan, &with)?;
+        let with_prompt = TextStream::text_of(&plan.tokenizer, &self.context, &with)?;
         let without_prompt = match &self.without {
             Some(t) => t.clone(),
             None => {
                 let ids = run(None)?;
-                let t = self.continuation(plan, &ids)?;
+                let t = TextStream::text_of(&plan.tokenizer, &self.context, &ids)?;
                 self.without = Some(t.clone());
                 t
             }

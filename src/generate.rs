@@ -1,0 +1,319 @@
+//! `softtune generate`: continues a text with a soft prompt, and with `--compare` without it
+//! too (same seed), printing each continuation as it is written: the user's way to try a
+//! prompt from the terminal, on the server it was trained on, before loading it into a
+//! front-end.
+//!
+//! Generation is the dashboard's ([`crate::model::generate`]): the prompt's soft tokens, then
+//! the text's tokens (no BOS, as in training), each new token drawn from the last position's
+//! logits with the temperature and top-k given, ending at the model's EOS token. Without a
+//! text, the continuation starts after an EOS token: where training saw every file and story
+//! begin.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Result, bail};
+
+use crate::data;
+use crate::device::DeviceSpec;
+use crate::eval::prompt_tensor;
+use crate::model::generate::{Sampling, TextStream, generate_each};
+use crate::model::lm::Precision;
+use crate::model::source::{self, HubOptions};
+use crate::model::tokenizer::Tokenizer;
+use crate::model::weights::{Weights, dtype_name};
+use crate::model::{CausalLm, LoadOptions, ModelConfig};
+use crate::prompt;
+
+/// Top-k of the dashboard's samples, and `softtune generate`'s default.
+pub const DEFAULT_TOP_K: usize = 40;
+
+pub struct GenerateArgs {
+    pub model: String,
+    /// The soft prompt (a KoboldAI .zip, a PEFT adapter, …).
+    pub prompt: Option<PathBuf>,
+    /// The text to continue; it is printed before its continuation.
+    pub text: Option<String>,
+    /// A dataset file whose text is continued; only the continuation is printed.
+    pub file: Option<PathBuf>,
+    /// New tokens per continuation, at most.
+    pub tokens: usize,
+    pub temperature: f64,
+    pub top_k: usize,
+    /// Seed of the first sample (the next ones take the following seeds); default: from
+    /// the clock.
+    pub seed: Option<u64>,
+    /// Continuations to write.
+    pub samples: usize,
+    /// Also continue without the prompt, with the same seed.
+    pub compare: bool,
+    pub device: DeviceSpec,
+    pub precision: Precision,
+    pub hub: HubOptions,
+}
+
+/// What was written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    /// Each continuation's text: per sample, with the prompt (or the model alone when there
+    /// is no prompt), then without it when comparing.
+    pub texts: Vec<String>,
+    /// New tokens written in all.
+    pub tokens: usize,
+    pub seconds: f64,
+}
+
+/// Checks the arguments that need no file.
+fn check(args: &GenerateArgs) -> Result<()> {
+    if args.tokens == 0 {
+        bail!("--tokens must be at least 1");
+    }
+    if args.samples == 0 {
+        bail!("--samples must be at least 1");
+    }
+    if !args.temperature.is_finite() || args.temperature < 0.0 {
+        bail!(
+            "--temperature {}: use a number from 0 (always the most likely token) up; 0.7 is usual",
+            args.temperature
+        );
+    }
+    if args.text.is_some() && args.file.is_some() {
+        bail!("give the text to continue or --file, not both");
+    }
+    if args.compare && args.prompt.is_none() {
+        bail!("--compare compares a prompt's continuation with the model's alone: give --prompt");
+    }
+    Ok(())
+}
+
+/// The tokens to continue: the text's, the file's, or an EOS token (a new text).
+fn context(args: &GenerateArgs, tok: &Tokenizer, cfg: &ModelConfig) -> Result<Vec<u32>> {
+    let ids = match (&args.text, &args.file) {
+        (Some(text), _) => tok.encode(text)?,
+        (None, Some(file)) => {
+            let ids = tok.encode(&data::read_dataset_text(file, false)?.text)?;
+            if ids.is_empty() {
+                bail!(
+                    "{}: the file holds no text to continue; give another file, or no text to start a new one",
+                    file.display()
+                );
+            }
+            ids
+        }
+        (None, None) => Vec::new(),
+    };
+    if !ids.is_empty() {
+        return Ok(ids);
+    }
+    match tok.eos_id(cfg) {
+        Some(eos) => Ok(vec![eos]),
+        None => bail!(
+            "the model names no end-of-text token to start a new text after (eos_token_id in config.json); give a text to continue"
+        ),
+    }
+}
+
+/// Writes the continuations to `out` as they grow, and what is being done to `log`.
+pub fn run(args: &GenerateArgs, out: &mut dyn Write, log: &mut dyn Write) -> Result<Generated> {
+    check(args)?;
+    let files = source::resolve(&args.model, &args.hub)?;
+    let config = ModelConfig::from_file(&files.config)?;
+    let tokenizer = Tokenizer::from_file(&files.tokenizer_path()?)?;
+    tokenizer.check_fits(config.vocab_size)?;
+    let soft = match &args.prompt {
+        Some(p) => Some(prompt::load_for_model(p, &config)?),
+        None => None,
+    };
+    let n_soft = soft.as_ref().map_or(0, |p| p.rows);
+    let ctx = config.context_length();
+    if n_soft + 1 >= ctx {
+        bail!(
+            "the prompt has {n_soft} soft tokens, which leave no room in the model's context of {ctx} tokens"
+        );
+    }
+    let context = context(args, &tokenizer, &config)?;
+    let seed = args.seed.unwrap_or_else(clock_seed);
+    let weights = Weights::open(&files.weights)?;
+    let device = args.device;
+    let dtype = args
+        .precision
+        .resolve(device.is_gpu(), weights.stored_dtype());
+    let prompt_label = match (&args.prompt, &soft) {
+        (Some(p), Some(s)) => format!("prompt {} ({} soft tokens)", p.display(), s.rows),
+        _ => "no prompt".to_string(),
+    };
+    writeln!(
+        log,
+        "{} on {device} ({}), {prompt_label}; {} of text; up to {} new tokens, temperature {}, top-k {}, seed {seed}",
+        files.id,
+        dtype_name(dtype),
+        match (&args.text, &args.file) {
+            (None, None) => "a new text".to_string(),
+            _ => format!("{} tokens", context.len()),
+        },
+        args.tokens,
+        args.temperature,
+        args.top_k,
+    )?;
+    let echo = args.text.as_deref().unwrap_or("");
+    let stop: Vec<u32> = tokenizer.eos_id(&config).into_iter().collect();
+    let vocab = tokenizer.id_bound();
+    let many = args.samples > 1 || args.compare;
+    crate::with_backend!(device, |B, dev| {
+        let model = CausalLm::<B>::load(&config, &weights, &dev, LoadOptions { dtype })?;
+        drop(weights);
+        let p = soft
+            .as_ref()
+            .map(|s| prompt_tensor::<B>(&s.data, s.rows, s.dim, &dev));
+        let start = Instant::now();
+        let mut texts = Vec::new();
+        let mut tokens = 0;
+        for i in 0..args.samples {
+            let sampling = Sampling {
+                max_new: args.tokens,
+                temperature: args.temperature,
+                top_k: args.top_k,
+                seed: seed.wrapping_add(i as u64),
+            };
+            let runs: &[bool] = if args.compare {
+                &[true, false]
+            } else {
+                &[true]
+            };
+            for &with in runs {
+                if many {
+                    let which = match (args.samples > 1, with && p.is_some()) {
+                        (true, true) => {
+                            format!("sample {} of {}, with the prompt", i + 1, args.samples)
+                        }
+                        (true, false) if args.compare => {
+                            format!("sample {} of {}, without a prompt", i + 1, args.samples)
+                        }
+                        (true, false) => format!("sample {} of {}", i + 1, args.samples),
+                        (false, true) => "with the prompt".to_string(),
+                        (false, false) => "without a prompt".to_string(),
+                    };
+                    if !texts.is_empty() {
+                        writeln!(out)?;
+                    }
+                    writeln!(out, "--- {which}, seed {} ---", sampling.seed)?;
+                }
+                write!(out, "{echo}")?;
+                out.flush()?;
+                let mut stream = TextStream::new(&tokenizer, &context)?;
+                let ids = generate_each(
+                    &model,
+                    if with { p.as_ref() } else { None },
+                    &context,
+                    vocab,
+                    ctx,
+                    &stop,
+                    &sampling,
+                    |id| {
+                        let piece = stream.push(id)?;
+                        out.write_all(piece.as_bytes())?;
+                        out.flush()?;
+                        Ok(())
+                    },
+                )?;
+                let rest = stream.finish()?;
+                writeln!(out, "{rest}")?;
+                out.flush()?;
+                tokens += ids.len();
+                if ids.len() < args.tokens {
+                    writeln!(
+                        log,
+                        "(the model ended the text after {} new tokens)",
+                        ids.len()
+                    )?;
+                }
+                texts.push(TextStream::text_of(&tokenizer, &context, &ids)?);
+            }
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        writeln!(
+            log,
+            "{tokens} new tokens in {seconds:.1} s ({:.1} tokens/s); --seed {seed} writes the same again",
+            tokens as f64 / seconds.max(1e-9)
+        )?;
+        Ok(Generated {
+            texts,
+            tokens,
+            seconds,
+        })
+    })
+}
+
+/// A seed from the clock, small enough to type back.
+fn clock_seed() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    (nanos % 1_000_000) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> GenerateArgs {
+        GenerateArgs {
+            model: "unused".into(),
+            prompt: None,
+            text: None,
+            file: None,
+            tokens: 10,
+            temperature: 0.7,
+            top_k: 40,
+            seed: None,
+            samples: 1,
+            compare: false,
+            device: DeviceSpec::Cpu,
+            precision: Precision::Auto,
+            hub: HubOptions::default(),
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_named() {
+        let err = |a: GenerateArgs| check(&a).unwrap_err().to_string();
+        assert!(check(&args()).is_ok());
+        assert!(
+            err(GenerateArgs {
+                tokens: 0,
+                ..args()
+            })
+            .contains("--tokens")
+        );
+        assert!(
+            err(GenerateArgs {
+                samples: 0,
+                ..args()
+            })
+            .contains("--samples")
+        );
+        for t in [-0.1, f64::NAN, f64::INFINITY] {
+            assert!(
+                err(GenerateArgs {
+                    temperature: t,
+                    ..args()
+                })
+                .contains("--temperature")
+            );
+        }
+        let both = GenerateArgs {
+            text: Some("x".into()),
+            file: Some("f.txt".into()),
+            ..args()
+        };
+        assert!(err(both).contains("--file"));
+        assert!(
+            err(GenerateArgs {
+                compare: true,
+                ..args()
+            })
+            .contains("--prompt")
+        );
+    }
+}
