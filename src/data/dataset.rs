@@ -224,8 +224,9 @@ pub fn cache_key(
 /// A dataset file that is hard-wrapped, and the width of its lines.
 pub type Wrapped = (PathBuf, usize);
 
-/// What reading the dataset's files found, besides their text.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// What reading the dataset's files found, besides their text. Kept beside the token
+/// cache (`tokens-KEY.found.json`), so a run planned from the cache reports it too.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Found {
     /// The files that are hard-wrapped, with their width.
     pub wrapped: Vec<Wrapped>,
@@ -486,8 +487,14 @@ pub struct Tokens {
     pub key: String,
     /// Whether they came from the cache (then no file was read).
     pub cache_hit: bool,
-    /// What reading the files found (nothing on a cache hit).
+    /// What reading the files found; on a cache hit, what was found when the cache was
+    /// made (nothing for a cache made before softtune kept it).
     pub found: Found,
+}
+
+/// Where [`load_or_tokenize`] keeps what reading the files found, beside the cached ids.
+fn found_path(ids: &Path) -> PathBuf {
+    ids.with_extension("found.json")
 }
 
 /// Loads cached ids or tokenizes ([`tokenize_files`]) and writes the cache (atomically).
@@ -507,16 +514,25 @@ pub fn load_or_tokenize(
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
+        // A missing or unreadable record only loses the notes, never the run.
+        let found = std::fs::read(found_path(&path))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
         return Ok(Tokens {
             ids,
             key,
             cache_hit: true,
-            found: Found::default(),
+            found,
         });
     }
     let (ids, found) = tokenize_files(tok, files, eos, unwrap_lines)?;
     std::fs::create_dir_all(cache_dir)
         .with_context(|| format!("{}: cannot create the run folder", cache_dir.display()))?;
+    // The record first: a cache hit then always has it.
+    let record = serde_json::to_vec_pretty(&found)
+        .map_err(|e| anyhow!("cannot record what the dataset's files hold: {e}"))?;
+    crate::export::write_atomic(&found_path(&path), &record)?;
     super::write_token_file(&path, &ids)?;
     Ok(Tokens {
         ids,

@@ -37,7 +37,7 @@ fn byte_of(c: char) -> Option<u8> {
 }
 
 /// What [`repair`] did to a text.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Repaired {
     /// The characters put back (a character mangled twice counts once; a byte-order mark
     /// that goes, none).
