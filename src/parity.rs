@@ -164,6 +164,100 @@ pub fn check_fixture<B: TrainKernels>(
     Ok(out)
 }
 
+/// One greedy continuation of `generation.json` (made by `make_generation.py`) as softtune
+/// wrote it.
+#[derive(Debug, Clone)]
+pub struct Continuation {
+    /// `model case with_prompt|without_prompt`.
+    pub what: String,
+    /// Tokens that equal transformers' before the first that differs.
+    pub matching: usize,
+    /// transformers' tokens.
+    pub want: usize,
+    /// Whether softtune wrote exactly transformers' tokens.
+    pub pass: bool,
+}
+
+/// Greedy continuations, with and without each fixture's soft prompt, against
+/// transformers' in `root/generation.json` (every case whose model folder is under `root`).
+/// The picks match only where rounding cannot flip them: the file's smallest margin is
+/// above 1e-3, which float32 keeps and 16-bit weights do not.
+pub fn check_generation<B: Kernels>(
+    root: &Path,
+    device: &B::Device,
+    dtype: DType,
+) -> Result<Vec<Continuation>> {
+    use crate::model::generate::{Sampling, generate};
+    let path = root.join("generation.json");
+    let label = path.display().to_string();
+    let json: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&path).with_context(|| format!("{label}: cannot read"))?,
+    )
+    .with_context(|| format!("{label}: not JSON"))?;
+    let bad = || anyhow!("{label}: not a generation reference (see make_generation.py)");
+    let ids = |v: &serde_json::Value| -> Result<Vec<u32>> {
+        v.as_array()
+            .ok_or_else(bad)?
+            .iter()
+            .map(|x| x.as_u64().map(|x| x as u32).ok_or_else(bad))
+            .collect()
+    };
+    let new = json["new_tokens"].as_u64().ok_or_else(bad)? as usize;
+    let eos = json["eos"].as_u64().ok_or_else(bad)? as u32;
+    let mut out = Vec::new();
+    let mut loaded: Option<(String, CausalLm<B>, ModelConfig, Tensor<B, 2>)> = None;
+    for case in json["cases"].as_array().ok_or_else(bad)? {
+        let name = case["model"].as_str().ok_or_else(bad)?;
+        let dir = root.join(name);
+        if !dir.join("config.json").is_file() {
+            continue;
+        }
+        if loaded.as_ref().is_none_or(|(n, ..)| n != name) {
+            let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+            let weights = Weights::open(&crate::model::source::local_weights(&dir)?)?;
+            let model = CausalLm::<B>::load(&cfg, &weights, device, LoadOptions { dtype })?;
+            let r = Reference::read(&dir.join("reference.safetensors"))?;
+            let (shape, data) = r.get("soft_prompt")?.clone();
+            let prompt = Tensor::<B, 2>::from_data(
+                TensorData::new(data, [shape[0], shape[1]]),
+                (device, DType::F32),
+            );
+            loaded = Some((name.to_string(), model, cfg, prompt));
+        }
+        let Some((_, model, cfg, prompt)) = &loaded else {
+            unreachable!("loaded just above")
+        };
+        let text = ids(&case["input_ids"])?;
+        let greedy = Sampling {
+            max_new: new,
+            temperature: 0.0,
+            top_k: 0,
+            seed: 0,
+        };
+        let vocab = model.embed_rows();
+        for (p, key) in [(Some(prompt), "with_prompt"), (None, "without_prompt")] {
+            let want = ids(&case[key])?;
+            let got = generate(
+                model,
+                p,
+                &text,
+                vocab,
+                cfg.context_length(),
+                &[eos],
+                &greedy,
+            )?;
+            let matching = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+            out.push(Continuation {
+                what: format!("{name} {} {key}", case["case"].as_str().unwrap_or("?")),
+                matching,
+                want: want.len(),
+                pass: got == want,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// One comparison of a fast path against plain Burn: `(what, relative error)`.
 pub type KernelCheck = (String, f64);
 
@@ -605,6 +699,40 @@ pub fn run_all<B: TrainKernels>(root: &Path, device: &B::Device, dtype: DType) -
                 ok = false;
                 println!("{name:<18} error: {e:#}");
             }
+        }
+    }
+    if root.join("generation.json").is_file() {
+        if dtype == DType::F32 {
+            let start = std::time::Instant::now();
+            match check_generation::<B>(root, device, dtype) {
+                Ok(cases) => {
+                    let failed: Vec<String> = cases
+                        .iter()
+                        .filter(|c| !c.pass)
+                        .map(|c| format!("{} ({} of {} tokens)", c.what, c.matching, c.want))
+                        .collect();
+                    ok &= failed.is_empty() && !cases.is_empty();
+                    println!(
+                        "greedy continuations: {} of {} as transformers wrote them{}  ({:.1} s)",
+                        cases.len() - failed.len(),
+                        cases.len(),
+                        if failed.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; differ: {}", failed.join(", "))
+                        },
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+                Err(e) => {
+                    ok = false;
+                    println!("greedy continuations: error: {e:#}");
+                }
+            }
+        } else {
+            println!(
+                "greedy continuations: checked in float32 only (16-bit rounding flips close picks)"
+            );
         }
     }
     Ok(ok)

@@ -344,6 +344,10 @@ fn parity_command_checks_every_fixture() {
         48 + fixture_count,
         "{out}"
     );
+    assert!(
+        out.contains("greedy continuations: 20 of 20 as transformers wrote them"),
+        "{out}"
+    );
 
     // A fixture whose reference does not match its model fails the command.
     let dir = tempfile::tempdir().unwrap();
@@ -364,6 +368,35 @@ fn parity_command_checks_every_fixture() {
     let (code, out, _) = softtune(&["parity", "--fixtures", dir.path().to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(out.contains("FAIL"), "{out}");
+
+    // A continuation that is not transformers' fails it too, and is named.
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("llama");
+    std::fs::create_dir(&good).unwrap();
+    for f in ["config.json", "model.safetensors", "reference.safetensors"] {
+        std::fs::copy(fixtures().join("llama").join(f), good.join(f)).unwrap();
+    }
+    let mut generation: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("generation.json")).unwrap())
+            .unwrap();
+    let cases = generation["cases"].as_array_mut().unwrap();
+    let case = cases
+        .iter_mut()
+        .find(|c| c["model"] == "llama" && c["case"] == "short")
+        .unwrap();
+    let token = &mut case["with_prompt"][5];
+    *token = serde_json::json!(token.as_u64().unwrap() + 1);
+    std::fs::write(
+        dir.path().join("generation.json"),
+        serde_json::to_string(&generation).unwrap(),
+    )
+    .unwrap();
+    let (code, out, _) = softtune(&["parity", "--fixtures", dir.path().to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("greedy continuations: 3 of 4 as transformers wrote them; differ: llama short with_prompt (5 of 16 tokens)"),
+        "{out}"
+    );
 }
 
 /// An EPUB book evaluates like the text it holds: its paragraphs (one `<p>` each, the
