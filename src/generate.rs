@@ -24,15 +24,20 @@ use crate::model::source::{self, HubOptions};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::{Weights, dtype_name};
 use crate::model::{CausalLm, LoadOptions, ModelConfig};
-use crate::prompt;
+use crate::prompt::{self, SoftPrompt};
+use crate::train::checkpoint::Checkpoint;
 
 /// Top-k of the dashboard's samples, and `softtune generate`'s default.
 pub const DEFAULT_TOP_K: usize = 40;
 
 pub struct GenerateArgs {
-    pub model: String,
+    /// The model; `None` with `run`.
+    pub model: Option<String>,
     /// The soft prompt (a KoboldAI .zip, a PEFT adapter, …).
     pub prompt: Option<PathBuf>,
+    /// A detached run (id, unique prefix or folder; see [`crate::runs::find`]) whose model
+    /// and latest checkpoint's prompt are used, instead of `model` and `prompt`.
+    pub run: Option<String>,
     /// The text to continue; it is printed before its continuation.
     pub text: Option<String>,
     /// A dataset file whose text is continued; only the continuation is printed.
@@ -48,9 +53,78 @@ pub struct GenerateArgs {
     pub samples: usize,
     /// Also continue without the prompt, with the same seed.
     pub compare: bool,
-    pub device: DeviceSpec,
-    pub precision: Precision,
+    /// Default: the run's device with `run`, else the CPU.
+    pub device: Option<DeviceSpec>,
+    /// Default: the run's precision with `run`, else auto.
+    pub precision: Option<Precision>,
     pub hub: HubOptions,
+}
+
+/// The model and prompt to continue with: given, or a run's.
+struct Source {
+    model: String,
+    hub: HubOptions,
+    prompt: Option<SoftPrompt>,
+    /// How stderr names the prompt.
+    label: String,
+    device: DeviceSpec,
+    precision: Precision,
+}
+
+/// The model and prompt of `args`, or of the run it names: the run's model (and revision),
+/// device and precision, and the prompt of its latest checkpoint (float32, as trained).
+fn source(args: &GenerateArgs) -> Result<Source> {
+    let Some(run) = &args.run else {
+        let Some(model) = args.model.clone() else {
+            bail!("give --model MODEL (or --run RUN for a run's model and prompt)");
+        };
+        return Ok(Source {
+            model,
+            hub: args.hub.clone(),
+            prompt: None,
+            label: String::new(),
+            device: args.device.unwrap_or_default(),
+            precision: args.precision.unwrap_or(Precision::Auto),
+        });
+    };
+    if args.model.is_some() || args.prompt.is_some() {
+        bail!("--run takes the run's model and prompt: give --run, or --model and --prompt");
+    }
+    let info = crate::runs::find(Some(run))?;
+    let config = info.dir.join(crate::runs::CONFIG_FILE);
+    let cfg = crate::config::RunConfig::from_file(&config)?
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", config.display()))?;
+    let checkpoint = info
+        .state
+        .checkpoint
+        .as_ref()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| info.dir.join("checkpoint.safetensors"));
+    if !checkpoint.is_file() {
+        bail!(
+            "run {} has no checkpoint yet (it writes one every {} steps and is at step {}): try again later, or give --model and --prompt",
+            info.id,
+            cfg.save_every,
+            info.state.step
+        );
+    }
+    let c = Checkpoint::load(&checkpoint)?;
+    let mut hub = args.hub.clone();
+    if hub.revision.is_none() {
+        hub.revision = cfg.revision.clone();
+    }
+    Ok(Source {
+        model: cfg.model.clone(),
+        hub,
+        label: format!(
+            "run {} at step {} of {} ({} soft tokens)",
+            info.id, c.step, c.total_steps, c.rows
+        ),
+        prompt: Some(SoftPrompt::new(c.rows, c.dim, c.prompt)?),
+        device: args.device.unwrap_or(cfg.device),
+        precision: args.precision.unwrap_or(cfg.precision),
+    })
 }
 
 /// What was written.
@@ -81,8 +155,10 @@ fn check(args: &GenerateArgs) -> Result<()> {
     if args.text.is_some() && args.file.is_some() {
         bail!("give the text to continue or --file, not both");
     }
-    if args.compare && args.prompt.is_none() {
-        bail!("--compare compares a prompt's continuation with the model's alone: give --prompt");
+    if args.compare && args.prompt.is_none() && args.run.is_none() {
+        bail!(
+            "--compare compares a prompt's continuation with the model's alone: give --prompt (or --run)"
+        );
     }
     Ok(())
 }
@@ -117,13 +193,25 @@ fn context(args: &GenerateArgs, tok: &Tokenizer, cfg: &ModelConfig) -> Result<Ve
 /// Writes the continuations to `out` as they grow, and what is being done to `log`.
 pub fn run(args: &GenerateArgs, out: &mut dyn Write, log: &mut dyn Write) -> Result<Generated> {
     check(args)?;
-    let files = source::resolve(&args.model, &args.hub)?;
+    let src = source(args)?;
+    let files = source::resolve(&src.model, &src.hub)?;
     let config = ModelConfig::from_file(&files.config)?;
     let tokenizer = Tokenizer::from_file(&files.tokenizer_path()?)?;
     tokenizer.check_fits(config.vocab_size)?;
-    let soft = match &args.prompt {
-        Some(p) => Some(prompt::load_for_model(p, &config)?),
-        None => None,
+    let soft = match (&args.prompt, src.prompt) {
+        (Some(p), _) => Some(prompt::load_for_model(p, &config)?),
+        (None, Some(p)) => {
+            if p.dim != config.d_embed {
+                bail!(
+                    "the run's checkpoint holds a prompt {} wide, but {} embeds tokens {} wide",
+                    p.dim,
+                    files.id,
+                    config.d_embed
+                );
+            }
+            Some(p)
+        }
+        (None, None) => None,
     };
     let n_soft = soft.as_ref().map_or(0, |p| p.rows);
     let ctx = config.context_length();
@@ -135,12 +223,13 @@ pub fn run(args: &GenerateArgs, out: &mut dyn Write, log: &mut dyn Write) -> Res
     let context = context(args, &tokenizer, &config)?;
     let seed = args.seed.unwrap_or_else(clock_seed);
     let weights = Weights::open(&files.weights)?;
-    let device = args.device;
-    let dtype = args
+    let device = src.device;
+    let dtype = src
         .precision
         .resolve(device.is_gpu(), weights.stored_dtype());
     let prompt_label = match (&args.prompt, &soft) {
         (Some(p), Some(s)) => format!("prompt {} ({} soft tokens)", p.display(), s.rows),
+        (None, Some(_)) => src.label.clone(),
         _ => "no prompt".to_string(),
     };
     writeln!(
@@ -259,8 +348,9 @@ mod tests {
 
     fn args() -> GenerateArgs {
         GenerateArgs {
-            model: "unused".into(),
+            model: Some("unused".into()),
             prompt: None,
+            run: None,
             text: None,
             file: None,
             tokens: 10,
@@ -269,8 +359,8 @@ mod tests {
             seed: None,
             samples: 1,
             compare: false,
-            device: DeviceSpec::Cpu,
-            precision: Precision::Auto,
+            device: None,
+            precision: None,
             hub: HubOptions::default(),
         }
     }

@@ -116,11 +116,15 @@ enum Command {
     /// Without a text (or --file) a new text starts, as after the end of a training file.
     Generate {
         /// A local model folder or a Hugging Face id.
-        #[arg(long)]
-        model: String,
+        #[arg(long, required_unless_present = "run")]
+        model: Option<String>,
         /// Soft prompt: a KoboldAI .zip, a PEFT adapter folder, an .mtjsp or an mkultra .json.
         #[arg(long)]
         prompt: Option<PathBuf>,
+        /// A detached run (id, unique prefix or folder; see `softtune runs`): its model, device
+        /// and precision, and the prompt of its latest checkpoint, also while it trains.
+        #[arg(long, value_name = "RUN", conflicts_with_all = ["model", "prompt"])]
+        run: Option<String>,
         /// The text to continue, printed before its continuation.
         text: Option<String>,
         /// Continue the text of this file instead (a text file, EPUB, .docx, …); only the
@@ -144,14 +148,15 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         samples: usize,
         /// Also continue without the prompt, with the same seed, to compare.
-        #[arg(long, requires = "prompt")]
+        #[arg(long)]
         compare: bool,
-        /// cpu or cuda:N.
-        #[arg(long, default_value = "cpu")]
-        device: DeviceSpec,
-        /// Precision of the frozen weights: auto (f32 on CPU, the checkpoint's bf16/f16 on GPU), f32, bf16, f16.
-        #[arg(long, default_value = "auto", value_parser = Precision::parse)]
-        precision: Precision,
+        /// cpu or cuda:N (default: the run's with --run, else cpu).
+        #[arg(long)]
+        device: Option<DeviceSpec>,
+        /// Precision of the frozen weights: auto (f32 on CPU, the checkpoint's bf16/f16 on
+        /// GPU), f32, bf16, f16 (default: the run's with --run, else auto).
+        #[arg(long, value_parser = Precision::parse)]
+        precision: Option<Precision>,
         #[command(flatten)]
         hub: HubArgs,
     },
@@ -309,6 +314,7 @@ fn main() -> ExitCode {
         Command::Generate {
             model,
             prompt,
+            run,
             text,
             file,
             tokens,
@@ -324,6 +330,7 @@ fn main() -> ExitCode {
             &GenerateArgs {
                 model,
                 prompt,
+                run,
                 text,
                 file,
                 tokens,

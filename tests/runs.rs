@@ -364,6 +364,65 @@ fn a_detached_run_exports_what_a_foreground_run_does() {
     let a = dir.path().join("out-a/detached-v1.zip");
     let b = dir.path().join("out-b/detached-v1.zip");
     assert_eq!(bits(&a), bits(&b), "KoboldAI exports differ");
+
+    // The run's worker printed how to try its prompt, and that command continues a text
+    // with the run's checkpoint as the exported zip does with the same model.
+    let id = folder.file_name().unwrap().to_str().unwrap();
+    let log = std::fs::read_to_string(folder.join("worker.log")).unwrap();
+    assert!(
+        log.contains(&format!("try it: softtune generate --run {id} --compare")),
+        "{log}"
+    );
+    let greedy = [
+        "--temperature",
+        "0",
+        "--tokens",
+        "8",
+        "--seed",
+        "3",
+        "--compare",
+        "It was",
+    ];
+    let from_run = softtune(&data)
+        .args(["generate", "--run", &id[..id.len() - 2]])
+        .args(greedy)
+        .output()
+        .unwrap();
+    let (run_out, run_err) = text(&from_run);
+    assert!(from_run.status.success(), "{run_err}");
+    assert!(
+        run_err.contains(&format!("run {id} at step 52 of 52 (4 soft tokens)")),
+        "{run_err}"
+    );
+    let from_zip = softtune(&data)
+        .args([
+            "generate",
+            "--model",
+            fixtures().join("gpt2").to_str().unwrap(),
+        ])
+        .args(["--prompt", a.to_str().unwrap()])
+        .args(greedy)
+        .output()
+        .unwrap();
+    let (zip_out, zip_err) = text(&from_zip);
+    assert!(from_zip.status.success(), "{zip_err}");
+    assert_eq!(run_out, zip_out);
+    assert!(
+        run_out.starts_with("--- with the prompt, seed "),
+        "{run_out}"
+    );
+    let both = softtune(&data)
+        .args([
+            "generate",
+            "--run",
+            id,
+            "--prompt",
+            a.to_str().unwrap(),
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert!(!both.status.success());
     assert_eq!(
         bits(&dir.path().join("out-a/detached-v1-peft")),
         bits(&dir.path().join("out-b/detached-v1-peft")),

@@ -165,11 +165,11 @@ impl<'a> TextStream<'a> {
         })
     }
 
-    /// The whole continuation `ids` of `context` as text.
+    /// The whole continuation `ids` of `context` as text, as [`TextStream::finish`] ends it.
     pub fn text_of(tok: &Tokenizer, context: &[u32], ids: &[u32]) -> Result<String> {
         let mut s = TextStream::new(tok, context)?;
         s.ids = ids.to_vec();
-        s.text()
+        Ok(s.text()?.trim_end_matches('\u{FFFD}').to_string())
     }
 
     fn text(&self) -> Result<String> {
@@ -193,9 +193,10 @@ impl<'a> TextStream<'a> {
         Ok(self.show(text))
     }
 
-    /// The text not given yet, once the continuation has ended.
+    /// The text not given yet, once the continuation has ended (without the first bytes of
+    /// a character that generation stopped inside).
     pub fn finish(&mut self) -> Result<String> {
-        let text = self.text()?;
+        let text = self.text()?.trim_end_matches('\u{FFFD}').to_string();
         Ok(self.show(text))
     }
 
@@ -253,6 +254,15 @@ mod tests {
         let cut = &context[..context.len() - 3];
         let rest = &context[context.len() - 3..];
         assert_eq!(TextStream::text_of(&tok, cut, rest).unwrap(), "é au");
+        // A continuation that stops inside a character ends before it.
+        let mut stream = TextStream::new(&tok, &context).unwrap();
+        let stopped = &ids[..6]; // " lait cr" and the first byte of è
+        let shown: String = stopped.iter().map(|&id| stream.push(id).unwrap()).collect();
+        assert_eq!(shown + &stream.finish().unwrap(), " lait cr");
+        assert_eq!(
+            TextStream::text_of(&tok, &context, stopped).unwrap(),
+            " lait cr"
+        );
     }
 
     #[test]

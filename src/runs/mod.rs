@@ -359,11 +359,16 @@ pub fn outcome_hints(plan: &Plan, out: &Outcome, run: Option<&str>) -> Vec<Strin
             plan.rows.len,
             plan.kobold_path().display()
         ));
-        lines.push(format!(
-            "try it: softtune generate --model {} --prompt {} --compare{device} [\"a text to continue\"]",
-            plan.files.id,
-            plan.kobold_path().display()
-        ));
+        lines.push(match run {
+            Some(id) => format!(
+                "try it: softtune generate --run {id} --compare [\"a text to continue\"]"
+            ),
+            None => format!(
+                "try it: softtune generate --model {} --prompt {} --compare{device} [\"a text to continue\"]",
+                plan.files.id,
+                plan.kobold_path().display()
+            ),
+        });
     }
     if out.stopped {
         lines.push(match run {
