@@ -18,7 +18,7 @@ use anyhow::{Result, bail};
 use crate::data;
 use crate::device::DeviceSpec;
 use crate::eval::prompt_tensor;
-use crate::model::generate::{Sampling, TextStream, generate_each};
+use crate::model::generate::{Sampling, TextStream, generate};
 use crate::model::lm::Precision;
 use crate::model::source::{self, HubOptions};
 use crate::model::tokenizer::Tokenizer;
@@ -30,33 +30,54 @@ use crate::train::checkpoint::Checkpoint;
 /// Top-k of the dashboard's samples, and `softtune generate`'s default.
 pub const DEFAULT_TOP_K: usize = 40;
 
+/// What to continue, with what, and how: `softtune generate`'s options (their help is the
+/// command's).
+#[derive(clap::Args)]
 pub struct GenerateArgs {
-    /// The model; `None` with `run`.
+    /// A local model folder or a Hugging Face id.
+    #[arg(long, required_unless_present = "run")]
     pub model: Option<String>,
-    /// The soft prompt (a KoboldAI .zip, a PEFT adapter, …).
+    /// Soft prompt: a KoboldAI .zip, a PEFT adapter folder, an .mtjsp or an mkultra .json.
+    #[arg(long)]
     pub prompt: Option<PathBuf>,
-    /// A detached run (id, unique prefix or folder; see [`crate::runs::find`]) whose model
-    /// and latest checkpoint's prompt are used, instead of `model` and `prompt`.
+    /// A detached run (id, unique prefix or folder; see `softtune runs`): its model, device
+    /// and precision, and the prompt of its latest checkpoint, also while it trains.
+    #[arg(long, value_name = "RUN", conflicts_with_all = ["model", "prompt"])]
     pub run: Option<String>,
-    /// The text to continue; it is printed before its continuation.
+    /// The text to continue, printed before its continuation.
     pub text: Option<String>,
-    /// A dataset file whose text is continued; only the continuation is printed.
+    /// Continue the text of this file instead (a text file, EPUB, .docx, …); only the
+    /// continuation is printed.
+    #[arg(long, conflicts_with = "text")]
     pub file: Option<PathBuf>,
-    /// New tokens per continuation, at most.
+    /// New tokens per continuation, at most (it ends earlier at the end-of-text token).
+    #[arg(long, default_value_t = 100)]
     pub tokens: usize,
+    /// 0 always takes the most likely token; higher is more varied.
+    #[arg(long, default_value_t = 0.7)]
     pub temperature: f64,
+    /// Draw only among the K most likely tokens (0: all).
+    #[arg(long, default_value_t = DEFAULT_TOP_K)]
     pub top_k: usize,
-    /// Seed of the first sample (the next ones take the following seeds); default: from
-    /// the clock.
+    /// Seed of the draw (default: from the clock; printed, so a continuation can be
+    /// written again). Further samples take the following seeds.
+    #[arg(long)]
     pub seed: Option<u64>,
-    /// Continuations to write.
+    /// Number of continuations.
+    #[arg(long, default_value_t = 1)]
     pub samples: usize,
-    /// Also continue without the prompt, with the same seed.
+    /// Also continue without the prompt, with the same seed, to compare.
+    #[arg(long)]
     pub compare: bool,
-    /// Default: the run's device with `run`, else the CPU.
+    /// cpu or cuda:N (default: the run's with --run, else cpu).
+    #[arg(long)]
     pub device: Option<DeviceSpec>,
-    /// Default: the run's precision with `run`, else auto.
+    /// Precision of the frozen weights: auto (f32 on CPU, the checkpoint's bf16/f16 on
+    /// GPU), f32, bf16, f16 (default: the run's with --run, else auto).
+    #[arg(long, value_parser = Precision::parse)]
     pub precision: Option<Precision>,
+    /// Where the model comes from (the command line's hub options).
+    #[arg(skip)]
     pub hub: HubOptions,
 }
 
@@ -127,17 +148,6 @@ fn source(args: &GenerateArgs) -> Result<Source> {
     })
 }
 
-/// What was written.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Generated {
-    /// Each continuation's text: per sample, with the prompt (or the model alone when there
-    /// is no prompt), then without it when comparing.
-    pub texts: Vec<String>,
-    /// New tokens written in all.
-    pub tokens: usize,
-    pub seconds: f64,
-}
-
 /// Checks the arguments that need no file.
 fn check(args: &GenerateArgs) -> Result<()> {
     if args.tokens == 0 {
@@ -191,7 +201,7 @@ fn context(args: &GenerateArgs, tok: &Tokenizer, cfg: &ModelConfig) -> Result<Ve
 }
 
 /// Writes the continuations to `out` as they grow, and what is being done to `log`.
-pub fn run(args: &GenerateArgs, out: &mut dyn Write, log: &mut dyn Write) -> Result<Generated> {
+pub fn run(args: &GenerateArgs, out: &mut dyn Write, log: &mut dyn Write) -> Result<()> {
     check(args)?;
     let src = source(args)?;
     let files = source::resolve(&src.model, &src.hub)?;
@@ -256,7 +266,6 @@ pub fn run(args: &GenerateArgs, out: &mut dyn Write, log: &mut dyn Write) -> Res
             .as_ref()
             .map(|s| prompt_tensor::<B>(&s.data, s.rows, s.dim, &dev));
         let start = Instant::now();
-        let mut texts = Vec::new();
         let mut tokens = 0;
         for i in 0..args.samples {
             let sampling = Sampling {
@@ -272,26 +281,30 @@ pub fn run(args: &GenerateArgs, out: &mut dyn Write, log: &mut dyn Write) -> Res
             };
             for &with in runs {
                 if many {
-                    let which = match (args.samples > 1, with && p.is_some()) {
-                        (true, true) => {
-                            format!("sample {} of {}, with the prompt", i + 1, args.samples)
-                        }
-                        (true, false) if args.compare => {
-                            format!("sample {} of {}, without a prompt", i + 1, args.samples)
-                        }
-                        (true, false) => format!("sample {} of {}", i + 1, args.samples),
-                        (false, true) => "with the prompt".to_string(),
-                        (false, false) => "without a prompt".to_string(),
-                    };
-                    if !texts.is_empty() {
+                    let mut which = Vec::new();
+                    if args.samples > 1 {
+                        which.push(format!("sample {} of {}", i + 1, args.samples));
+                    }
+                    if p.is_some() {
+                        which.push(
+                            if with {
+                                "with the prompt"
+                            } else {
+                                "without a prompt"
+                            }
+                            .into(),
+                        );
+                    }
+                    which.push(format!("seed {}", sampling.seed));
+                    if i > 0 || !with {
                         writeln!(out)?;
                     }
-                    writeln!(out, "--- {which}, seed {} ---", sampling.seed)?;
+                    writeln!(out, "--- {} ---", which.join(", "))?;
                 }
                 write!(out, "{echo}")?;
                 out.flush()?;
                 let mut stream = TextStream::new(&tokenizer, &context)?;
-                let ids = generate_each(
+                let ids = generate(
                     &model,
                     if with { p.as_ref() } else { None },
                     &context,
@@ -317,7 +330,6 @@ pub fn run(args: &GenerateArgs, out: &mut dyn Write, log: &mut dyn Write) -> Res
                         ids.len()
                     )?;
                 }
-                texts.push(TextStream::text_of(&tokenizer, &context, &ids)?);
             }
         }
         let seconds = start.elapsed().as_secs_f64();
@@ -326,11 +338,7 @@ pub fn run(args: &GenerateArgs, out: &mut dyn Write, log: &mut dyn Write) -> Res
             "{tokens} new tokens in {seconds:.1} s ({:.1} tokens/s); --seed {seed} writes the same again",
             tokens as f64 / seconds.max(1e-9)
         )?;
-        Ok(Generated {
-            texts,
-            tokens,
-            seconds,
-        })
+        Ok(())
     })
 }
 

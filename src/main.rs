@@ -115,48 +115,8 @@ enum Command {
     ///
     /// Without a text (or --file) a new text starts, as after the end of a training file.
     Generate {
-        /// A local model folder or a Hugging Face id.
-        #[arg(long, required_unless_present = "run")]
-        model: Option<String>,
-        /// Soft prompt: a KoboldAI .zip, a PEFT adapter folder, an .mtjsp or an mkultra .json.
-        #[arg(long)]
-        prompt: Option<PathBuf>,
-        /// A detached run (id, unique prefix or folder; see `softtune runs`): its model, device
-        /// and precision, and the prompt of its latest checkpoint, also while it trains.
-        #[arg(long, value_name = "RUN", conflicts_with_all = ["model", "prompt"])]
-        run: Option<String>,
-        /// The text to continue, printed before its continuation.
-        text: Option<String>,
-        /// Continue the text of this file instead (a text file, EPUB, .docx, …); only the
-        /// continuation is printed.
-        #[arg(long, conflicts_with = "text")]
-        file: Option<PathBuf>,
-        /// New tokens per continuation, at most (it ends earlier at the end-of-text token).
-        #[arg(long, default_value_t = 100)]
-        tokens: usize,
-        /// 0 always takes the most likely token; higher is more varied.
-        #[arg(long, default_value_t = 0.7)]
-        temperature: f64,
-        /// Draw only among the K most likely tokens (0: all).
-        #[arg(long, default_value_t = softtune::generate::DEFAULT_TOP_K)]
-        top_k: usize,
-        /// Seed of the draw (default: from the clock; printed, so a continuation can be
-        /// written again). Further samples take the following seeds.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Number of continuations.
-        #[arg(long, default_value_t = 1)]
-        samples: usize,
-        /// Also continue without the prompt, with the same seed, to compare.
-        #[arg(long)]
-        compare: bool,
-        /// cpu or cuda:N (default: the run's with --run, else cpu).
-        #[arg(long)]
-        device: Option<DeviceSpec>,
-        /// Precision of the frozen weights: auto (f32 on CPU, the checkpoint's bf16/f16 on
-        /// GPU), f32, bf16, f16 (default: the run's with --run, else auto).
-        #[arg(long, value_parser = Precision::parse)]
-        precision: Option<Precision>,
+        #[command(flatten)]
+        args: GenerateArgs,
         #[command(flatten)]
         hub: HubArgs,
     },
@@ -311,42 +271,10 @@ fn main() -> ExitCode {
             hub: hub.options(),
         })
         .map(|r| r.print()),
-        Command::Generate {
-            model,
-            prompt,
-            run,
-            text,
-            file,
-            tokens,
-            temperature,
-            top_k,
-            seed,
-            samples,
-            compare,
-            device,
-            precision,
-            hub,
-        } => softtune::generate::run(
-            &GenerateArgs {
-                model,
-                prompt,
-                run,
-                text,
-                file,
-                tokens,
-                temperature,
-                top_k,
-                seed,
-                samples,
-                compare,
-                device,
-                precision,
-                hub: hub.options(),
-            },
-            &mut std::io::stdout().lock(),
-            &mut std::io::stderr(),
-        )
-        .map(|_| ()),
+        Command::Generate { mut args, hub } => {
+            args.hub = hub.options();
+            softtune::generate::run(&args, &mut std::io::stdout().lock(), &mut std::io::stderr())
+        }
         Command::Text { path, glob, unwrap } => print_text(&path, &glob, unwrap),
         Command::Train {
             config,

@@ -245,6 +245,7 @@ pub fn check_generation<B: Kernels>(
                 cfg.context_length(),
                 &[eos],
                 &greedy,
+                |_| Ok(()),
             )?;
             let matching = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
             out.push(Continuation {

@@ -714,18 +714,24 @@ fn generate_continues_a_text_like_transformers() {
     let m = model.to_str().unwrap();
     let a = adapter.to_str().unwrap();
 
-    let (code, out, err) = softtune(&[
-        "generate",
-        "--model",
-        m,
-        "--prompt",
-        a,
-        "--temperature",
-        "0",
-        "--tokens",
-        "16",
-        &text,
-    ]);
+    // Greedy: transformers' tokens.
+    let greedy = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            a,
+            "--temperature",
+            "0",
+            "--tokens",
+            "16",
+        ];
+        args.extend_from_slice(extra);
+        args.push(&text);
+        softtune(&args)
+    };
+    let (code, out, err) = greedy(&[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, format!("{}\n", continuation("with_prompt")));
     assert!(
@@ -733,21 +739,7 @@ fn generate_continues_a_text_like_transformers() {
         "{err}"
     );
 
-    let (code, out, err) = softtune(&[
-        "generate",
-        "--model",
-        m,
-        "--prompt",
-        a,
-        "--temperature",
-        "0",
-        "--tokens",
-        "16",
-        "--compare",
-        "--seed",
-        "5",
-        &text,
-    ]);
+    let (code, out, err) = greedy(&["--compare", "--seed", "5"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         out,

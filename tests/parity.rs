@@ -125,7 +125,7 @@ fn greedy_generation_follows_the_reference_logits() {
             if last[order[0]] - last[order[1]] < 1e-3 {
                 continue;
             }
-            let got = generate(&model, p, &row, v, 1 << 20, &[], &greedy).unwrap();
+            let got = generate(&model, p, &row, v, 1 << 20, &[], &greedy, |_| Ok(())).unwrap();
             assert_eq!(got, vec![order[0] as u32], "{name} {key}");
             checked += 1;
         }

@@ -60,28 +60,14 @@ pub fn pick(logits: &[f32], s: &Sampling, rng: &mut SplitMix64) -> Option<u32> {
 }
 
 /// Continues `context` (token ids, at least one) by up to `s.max_new` tokens, with `prompt`
-/// (`[n, d_embed]`) prepended when given. Only ids below `vocab` are drawn (embedding rows
-/// past the tokenizer's vocabulary are padding). Generation ends early at any of `stop`,
-/// which is not included. The window slides so prompt + text never exceed `context_len`:
-/// it keeps the last `context_len - soft tokens` tokens.
-pub fn generate<B: Kernels>(
-    model: &CausalLm<B>,
-    prompt: Option<&Tensor<B, 2>>,
-    context: &[u32],
-    vocab: usize,
-    context_len: usize,
-    stop: &[u32],
-    s: &Sampling,
-) -> Result<Vec<u32>> {
-    generate_each(model, prompt, context, vocab, context_len, stop, s, |_| {
-        Ok(())
-    })
-}
-
-/// [`generate`], calling `each` with every new token as soon as it is drawn (to print a
-/// continuation as it grows); an error from `each` ends generation with that error.
+/// (`[n, d_embed]`) prepended when given, calling `each` with every new token as soon as it
+/// is drawn (to print a continuation as it grows; an error from it ends generation with
+/// that error). Only ids below `vocab` are drawn (embedding rows past the tokenizer's
+/// vocabulary are padding). Generation ends early at any of `stop`, which is not included.
+/// The window slides so prompt + text never exceed `context_len`: it keeps the last
+/// `context_len - soft tokens` tokens.
 #[allow(clippy::too_many_arguments)]
-pub fn generate_each<B: Kernels>(
+pub fn generate<B: Kernels>(
     model: &CausalLm<B>,
     prompt: Option<&Tensor<B, 2>>,
     context: &[u32],

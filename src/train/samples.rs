@@ -90,6 +90,7 @@ impl Sampler {
                 self.context_len,
                 &self.stop,
                 &self.sampling,
+                |_| Ok(()),
             )
         };
         let with = run(Some(&p))?;
