@@ -85,9 +85,8 @@ pub struct GenerateArgs {
 struct Source {
     model: String,
     hub: HubOptions,
-    prompt: Option<SoftPrompt>,
-    /// How stderr names the prompt.
-    label: String,
+    /// A run's prompt, and how stderr names it.
+    prompt: Option<(SoftPrompt, String)>,
     device: DeviceSpec,
     precision: Precision,
 }
@@ -103,7 +102,6 @@ fn source(args: &GenerateArgs) -> Result<Source> {
             model,
             hub: args.hub.clone(),
             prompt: None,
-            label: String::new(),
             device: args.device.unwrap_or_default(),
             precision: args.precision.unwrap_or(Precision::Auto),
         });
@@ -138,11 +136,13 @@ fn source(args: &GenerateArgs) -> Result<Source> {
     Ok(Source {
         model: cfg.model.clone(),
         hub,
-        label: format!(
-            "run {} at step {} of {} ({} soft tokens)",
-            info.id, c.step, c.total_steps, c.rows
-        ),
-        prompt: Some(SoftPrompt::new(c.rows, c.dim, c.prompt)?),
+        prompt: Some((
+            SoftPrompt::new(c.rows, c.dim, c.prompt)?,
+            format!(
+                "run {} at step {} of {} ({} soft tokens)",
+                info.id, c.step, c.total_steps, c.rows
+            ),
+        )),
         device: args.device.unwrap_or(cfg.device),
         precision: args.precision.unwrap_or(cfg.precision),
     })
@@ -208,9 +208,13 @@ pub fn run(args: &GenerateArgs, out: &mut dyn Write, log: &mut dyn Write) -> Res
     let config = ModelConfig::from_file(&files.config)?;
     let tokenizer = Tokenizer::from_file(&files.tokenizer_path()?)?;
     tokenizer.check_fits(config.vocab_size)?;
-    let soft = match (&args.prompt, src.prompt) {
-        (Some(p), _) => Some(prompt::load_for_model(p, &config)?),
-        (None, Some(p)) => {
+    let (soft, prompt_label) = match (&args.prompt, src.prompt) {
+        (Some(path), _) => {
+            let p = prompt::load_for_model(path, &config)?;
+            let label = format!("prompt {} ({} soft tokens)", path.display(), p.rows);
+            (Some(p), label)
+        }
+        (None, Some((p, label))) => {
             if p.dim != config.d_embed {
                 bail!(
                     "the run's checkpoint holds a prompt {} wide, but {} embeds tokens {} wide",
@@ -219,9 +223,9 @@ pub fn run(args: &GenerateArgs, out: &mut dyn Write, log: &mut dyn Write) -> Res
                     config.d_embed
                 );
             }
-            Some(p)
+            (Some(p), label)
         }
-        (None, None) => None,
+        (None, None) => (None, "no prompt".to_string()),
     };
     let n_soft = soft.as_ref().map_or(0, |p| p.rows);
     let ctx = config.context_length();
@@ -237,11 +241,6 @@ pub fn run(args: &GenerateArgs, out: &mut dyn Write, log: &mut dyn Write) -> Res
     let dtype = src
         .precision
         .resolve(device.is_gpu(), weights.stored_dtype());
-    let prompt_label = match (&args.prompt, &soft) {
-        (Some(p), Some(s)) => format!("prompt {} ({} soft tokens)", p.display(), s.rows),
-        (None, Some(_)) => src.label.clone(),
-        _ => "no prompt".to_string(),
-    };
     writeln!(
         log,
         "{} on {device} ({}), {prompt_label}; {} of text; up to {} new tokens, temperature {}, top-k {}, seed {seed}",

@@ -155,7 +155,7 @@ impl<'a> TextStream<'a> {
     pub fn text_of(tok: &Tokenizer, context: &[u32], ids: &[u32]) -> Result<String> {
         let mut s = TextStream::new(tok, context)?;
         s.ids = ids.to_vec();
-        Ok(s.text()?.trim_end_matches('\u{FFFD}').to_string())
+        s.finish()
     }
 
     fn text(&self) -> Result<String> {
