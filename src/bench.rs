@@ -1,5 +1,6 @@
 //! `softtune bench`: full training steps (forward, backward to the soft prompt, optimizer) of
-//! a real model's shape with random weights (no download), on the CPU or a GPU.
+//! a real model's shape with random weights (no download), on the CPU or a GPU; with
+//! `--generate`, the speed of `softtune generate` instead ([`run_generate`]).
 //!
 //! Reports text tokens/s, ms/step, peak memory (process peak RSS on the CPU, device memory
 //! in use from NVML on a GPU) and MFU = 4 · parameters · tokens/s / the card's dense bf16
@@ -8,13 +9,15 @@
 use std::time::Instant;
 
 use anyhow::{Result, anyhow, bail};
+use burn::tensor::{Tensor, TensorData};
 use serde_json::json;
 
 use crate::config::OptimizerKind;
 use crate::device::DeviceSpec;
+use crate::model::generate::{Sampling, generate};
 use crate::model::lm::Precision;
 use crate::model::weights::dtype_name;
-use crate::model::{CausalLm, LoadOptions, ModelConfig, TrainKernels};
+use crate::model::{CausalLm, Kernels, LoadOptions, ModelConfig, TrainKernels};
 use crate::rng::SplitMix64;
 use crate::train::accumulate;
 use crate::train::optimizer::Optimizer;
@@ -242,33 +245,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
     };
     Ok(BenchResult {
         shape: args.shape.clone(),
-        device: match args.device {
-            DeviceSpec::Cuda(_) => {
-                let kind = crate::device::CudaKind::from_env()?;
-                // Matmuls on cuBLAS unless SOFTTUNE_CUDA_MATMUL=cubecl, attention on the flash
-                // kernels with SOFTTUNE_CUDA_ATTENTION=flash, the fused row kernels unless
-                // SOFTTUNE_CUDA_FUSED=off (a fallback is reported on stderr).
-                // "+cublas-sync" when the products were synchronised on the host
-                // (SOFTTUNE_CUBLAS_ORDER=sync, or the event order failed).
-                use crate::model::cublas::{self, Order};
-                let matmul = match (cublas::enabled(), cublas::order()) {
-                    (false, _) => "",
-                    (true, Order::Events) => "+cublas",
-                    (true, Order::Sync) => "+cublas-sync",
-                };
-                let flash = crate::model::cubecl::flash::enabled();
-                let fused = crate::model::cubecl::fused();
-                format!(
-                    "{}/{}{}{}{}",
-                    args.device,
-                    kind.name(),
-                    matmul,
-                    if flash { "+flash" } else { "" },
-                    if fused { "+fused" } else { "" }
-                )
-            }
-            DeviceSpec::Cpu => args.device.to_string(),
-        },
+        device: device_label(args.device)?,
         dtype: dtype_name(dtype).to_string(),
         params,
         batch: args.batch,
@@ -278,6 +255,37 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
         tokens_per_s,
         peak_bytes,
         mfu,
+    })
+}
+
+/// The device column: `cpu`, or the GPU with the CUDA backend and the kernels that ran.
+fn device_label(device: DeviceSpec) -> Result<String> {
+    Ok(match device {
+        DeviceSpec::Cuda(_) => {
+            let kind = crate::device::CudaKind::from_env()?;
+            // Matmuls on cuBLAS unless SOFTTUNE_CUDA_MATMUL=cubecl, attention on the flash
+            // kernels with SOFTTUNE_CUDA_ATTENTION=flash, the fused row kernels unless
+            // SOFTTUNE_CUDA_FUSED=off (a fallback is reported on stderr).
+            // "+cublas-sync" when the products were synchronised on the host
+            // (SOFTTUNE_CUBLAS_ORDER=sync, or the event order failed).
+            use crate::model::cublas::{self, Order};
+            let matmul = match (cublas::enabled(), cublas::order()) {
+                (false, _) => "",
+                (true, Order::Events) => "+cublas",
+                (true, Order::Sync) => "+cublas-sync",
+            };
+            let flash = crate::model::cubecl::flash::enabled();
+            let fused = crate::model::cubecl::fused();
+            format!(
+                "{}/{}{}{}{}",
+                device,
+                kind.name(),
+                matmul,
+                if flash { "+flash" } else { "" },
+                if fused { "+fused" } else { "" }
+            )
+        }
+        DeviceSpec::Cpu => device.to_string(),
     })
 }
 
@@ -339,4 +347,175 @@ where
         );
     }
     Ok((params, elapsed * 1000.0 / args.steps as f64))
+}
+
+/// A generation benchmark: `new` tokens after a text of `context` tokens and `soft` soft
+/// tokens, with the key/value cache and, for comparison, reading the whole window for every
+/// token (what generation does once the window slides, and did before it had a cache).
+#[derive(Debug, Clone)]
+pub struct GenerateResult {
+    pub shape: String,
+    pub device: String,
+    pub dtype: String,
+    pub params: usize,
+    pub context: usize,
+    pub soft: usize,
+    pub new: usize,
+    /// Reading the prompt and the text: until the first new token, ms.
+    pub read_ms: f64,
+    /// Each further token with the cache, ms.
+    pub ms_per_token: f64,
+    /// Each further token reading the whole window, ms.
+    pub whole_ms_per_token: f64,
+    pub peak_bytes: Option<u64>,
+}
+
+impl GenerateResult {
+    pub fn header() -> String {
+        format!(
+            "{:<15} {:<13} {:<9} {:>8} {:>8} {:>5} {:>4} {:>9} {:>9} {:>9} {:>12} {:>11}",
+            "shape",
+            "device",
+            "dtype",
+            "params",
+            "context",
+            "soft",
+            "new",
+            "read ms",
+            "ms/token",
+            "tokens/s",
+            "whole ms/tok",
+            "peak mem"
+        )
+    }
+
+    pub fn row(&self) -> String {
+        format!(
+            "{:<15} {:<13} {:<9} {:>8} {:>8} {:>5} {:>4} {:>9.1} {:>9.1} {:>9.1} {:>12.1} {:>11}",
+            self.shape,
+            self.device,
+            self.dtype,
+            crate::inspect::human_count(self.params),
+            self.context,
+            self.soft,
+            self.new,
+            self.read_ms,
+            self.ms_per_token,
+            1000.0 / self.ms_per_token,
+            self.whole_ms_per_token,
+            self.peak_bytes
+                .map_or("n/a".into(), |b| crate::inspect::human_bytes(b as usize)),
+        )
+    }
+}
+
+/// Times `new` greedy tokens (at least 2) after `args.seq` random text tokens and
+/// `args.soft` soft tokens, one text (`--batch` and `--steps` do not apply); `args.warmup`
+/// untimed generations of two tokens first.
+pub fn run_generate(args: &BenchArgs, new: usize) -> Result<GenerateResult> {
+    if new < 2 || args.seq < 2 || args.soft == 0 {
+        bail!("--generate and --seq must be at least 2, --soft at least 1");
+    }
+    let config = ModelConfig::from_json(&preset(&args.shape)?)?;
+    let window = args.soft + args.seq;
+    if window + new > config.context_length() {
+        bail!(
+            "--seq {} plus --soft {} plus --generate {new} exceeds {}'s context of {} tokens",
+            args.seq,
+            args.soft,
+            args.shape,
+            config.context_length()
+        );
+    }
+    let dtype = args
+        .precision
+        .resolve(args.device.is_gpu(), Some(burn::tensor::DType::BF16));
+    let (params, [read_ms, ms_per_token, whole_ms_per_token]) =
+        crate::with_backend!(args.device, |B, dev| {
+            time_generation::<B>(&config, args, new, &dev, dtype)?
+        });
+    Ok(GenerateResult {
+        shape: args.shape.clone(),
+        device: device_label(args.device)?,
+        dtype: dtype_name(dtype).to_string(),
+        params,
+        context: args.seq,
+        soft: args.soft,
+        new,
+        read_ms,
+        ms_per_token,
+        whole_ms_per_token,
+        peak_bytes: match args.device {
+            DeviceSpec::Cpu => peak_rss(),
+            DeviceSpec::Cuda(i) => gpu_used(i),
+        },
+    })
+}
+
+/// The parameter count, and in ms: reading the prompt and text, each further token with
+/// the cache, each further token reading the whole window.
+fn time_generation<B: Kernels>(
+    config: &ModelConfig,
+    args: &BenchArgs,
+    new: usize,
+    device: &B::Device,
+    dtype: burn::tensor::DType,
+) -> Result<(usize, [f64; 3])> {
+    let (model, params) = CausalLm::<B>::random(config, device, LoadOptions { dtype })?;
+    let mut rng = SplitMix64::new(42);
+    let (n, d) = (args.soft, config.d_embed);
+    let prompt: Vec<f32> = (0..n * d).map(|_| (rng.normal() * 0.02) as f32).collect();
+    let prompt = Tensor::<B, 2>::from_data(TensorData::new(prompt, [n, d]), device);
+    let context: Vec<u32> = (0..args.seq)
+        .map(|_| rng.below(config.vocab_size as u64) as u32)
+        .collect();
+    // Greedy: random weights never pick a stop token here (there are none).
+    let greedy = |max_new| Sampling {
+        max_new,
+        temperature: 0.0,
+        top_k: 0,
+        seed: 0,
+    };
+    let vocab = config.vocab_size;
+    // Token times from the start: with the whole model context, and with a window of just
+    // the prompt and the text, which slides at every new token.
+    let timed = |context_len: usize, label: &str| -> Result<Vec<f64>> {
+        let start = Instant::now();
+        let mut at = Vec::with_capacity(new);
+        generate(
+            &model,
+            Some(&prompt),
+            &context,
+            vocab,
+            context_len,
+            &[],
+            &greedy(new),
+            |_| {
+                at.push(start.elapsed().as_secs_f64() * 1000.0);
+                Ok(())
+            },
+        )?;
+        eprintln!(
+            "{}: {new} tokens {label} in {:.2} s",
+            args.shape,
+            start.elapsed().as_secs_f64()
+        );
+        Ok(at)
+    };
+    for _ in 0..args.warmup {
+        generate(
+            &model,
+            Some(&prompt),
+            &context,
+            vocab,
+            config.context_length(),
+            &[],
+            &greedy(2),
+            |_| Ok(()),
+        )?;
+    }
+    let per_token = |at: &[f64]| (at[at.len() - 1] - at[0]) / (at.len() - 1) as f64;
+    let cached = timed(config.context_length(), "with the cache")?;
+    let whole = timed(n + args.seq, "reading the whole window")?;
+    Ok((params, [cached[0], per_token(&cached), per_token(&whole)]))
 }

@@ -208,6 +208,11 @@ enum Command {
         /// auto (f32 on CPU, bf16 on GPU), f32, bf16, f16.
         #[arg(long, default_value = "auto", value_parser = Precision::parse)]
         precision: Precision,
+        /// Time `softtune generate` instead: this many new tokens after --seq tokens of
+        /// text and the --soft prompt, with the key/value cache and reading the whole
+        /// window for every token (one text; --batch and --steps do not apply).
+        #[arg(long, value_name = "TOKENS")]
+        generate: Option<usize>,
     },
     /// Check the model code against the PyTorch reference fixtures on a device (e.g. a GPU).
     Parity {
@@ -311,7 +316,10 @@ fn main() -> ExitCode {
             warmup,
             device,
             precision,
-        } => run_bench(&shape, batch, seq, soft, steps, warmup, device, precision),
+            generate,
+        } => run_bench(
+            &shape, batch, seq, soft, steps, warmup, device, precision, generate,
+        ),
         Command::Parity {
             fixtures,
             device,
@@ -739,16 +747,23 @@ fn run_bench(
     warmup: usize,
     device: DeviceSpec,
     precision: Precision,
+    generate: Option<usize>,
 ) -> anyhow::Result<()> {
-    use softtune::bench::{BenchArgs, BenchResult, PRESETS};
+    use softtune::bench::{BenchArgs, BenchResult, GenerateResult, PRESETS};
     let shapes: Vec<String> = if shapes == "all" {
         PRESETS.iter().map(|s| s.to_string()).collect()
     } else {
         shapes.split(',').map(|s| s.trim().to_string()).collect()
     };
-    println!("{}", BenchResult::header());
+    println!(
+        "{}",
+        match generate {
+            Some(_) => GenerateResult::header(),
+            None => BenchResult::header(),
+        }
+    );
     for shape in shapes {
-        let r = softtune::bench::run(&BenchArgs {
+        let args = BenchArgs {
             shape,
             batch,
             seq,
@@ -757,8 +772,12 @@ fn run_bench(
             warmup,
             device,
             precision,
-        })?;
-        println!("{}", r.row());
+        };
+        let row = match generate {
+            Some(new) => softtune::bench::run_generate(&args, new)?.row(),
+            None => softtune::bench::run(&args)?.row(),
+        };
+        println!("{row}");
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::model::config::Activation;
 use crate::model::kernels::{head_loss_and_grad, soft_capped};
-use crate::model::ops::{self, AttnOpts};
+use crate::model::ops::{self, AttnOpts, KvCache};
 use crate::model::weights::Weights;
 use crate::model::{CausalLm, Kernels, LoadOptions, ModelConfig, TrainKernels};
 
@@ -106,8 +106,9 @@ impl Checked {
     }
 }
 
-/// Relative errors of one fixture, with their bounds: logits, logits_with_prompt, loss,
-/// loss_with_prompt and grad_soft_prompt.
+/// Relative errors of one fixture, with their bounds: logits, logits_with_prompt, the
+/// latter read through a key/value cache ([`cached_logits`]), loss, loss_with_prompt and
+/// grad_soft_prompt.
 pub fn check_fixture<B: TrainKernels>(
     dir: &Path,
     device: &B::Device,
@@ -133,23 +134,28 @@ pub fn check_fixture<B: TrainKernels>(
     .require_grad();
 
     let mut out = Vec::new();
-    let mut cmp = |what: &'static str, got: Vec<f32>| -> Result<()> {
+    let mut cmp_to = |what: &'static str, key: &str, got: Vec<f32>| -> Result<()> {
         out.push(Checked {
             what,
-            err: rel_err(&got, &r.get(what)?.1),
+            err: rel_err(&got, &r.get(key)?.1),
             bound: tolerance_for(dtype, what, cfg.activation),
         });
         Ok(())
     };
-    cmp("logits", values(model.logits(ids.clone()).detach())?)?;
-    cmp(
-        "logits_with_prompt",
-        values(
-            model
-                .logits_with_prompt(prompt.clone(), ids.clone())
-                .detach(),
-        )?,
+    cmp_to(
+        "logits",
+        "logits",
+        values(model.logits(ids.clone()).detach())?,
     )?;
+    let with_prompt = model.logits_with_prompt(prompt.clone(), ids.clone());
+    cmp_to(
+        "logits_with_prompt",
+        "logits_with_prompt",
+        values(with_prompt.detach())?,
+    )?;
+    let cached = cached_logits(&model, prompt.clone().detach(), ids.clone())?;
+    cmp_to("cached_logits", "logits_with_prompt", values(cached)?)?;
+    let mut cmp = |what: &'static str, got: Vec<f32>| cmp_to(what, what, got);
     cmp("loss", values(model.loss(ids.clone()).detach())?)?;
     let loss = model.loss_with_prompt(prompt.clone(), ids);
     cmp("loss_with_prompt", values(loss.clone().detach())?)?;
@@ -162,6 +168,34 @@ pub fn check_fixture<B: TrainKernels>(
         .ok_or_else(|| anyhow!("the soft prompt received no gradient"))?;
     cmp("grad_soft_prompt", values(g)?)?;
     Ok(out)
+}
+
+/// Logits with the prompt, read as generation reads them: the prompt and the first half of
+/// the text at once, then two tokens, then one at a time, each after the positions before
+/// it through a key/value cache ([`KvCache`]).
+fn cached_logits<B: Kernels>(
+    model: &CausalLm<B>,
+    prompt: Tensor<B, 2>,
+    ids: Tensor<B, 2, Int>,
+) -> Result<Tensor<B, 3>> {
+    let (n, t) = (prompt.dims()[0], ids.dims()[1]);
+    let half = t / 2;
+    if !model.cache_holds(n + half, n + t) {
+        bail!(
+            "the fixture's text is not one a key/value cache can be checked on (LongRoPE switches factors within it)"
+        );
+    }
+    let mut cache = KvCache::default();
+    let first = model.prompt_inputs(prompt, ids.clone().narrow(1, 0, half));
+    let mut hidden = vec![model.hidden_cached(first, Some(&mut cache))];
+    let mut at = half;
+    while at < t {
+        let step = if at == half { 2.min(t - at) } else { 1 };
+        let x = model.embed_tokens(ids.clone().narrow(1, at, step));
+        hidden.push(model.hidden_cached(x, Some(&mut cache)));
+        at += step;
+    }
+    Ok(model.head(Tensor::cat(hidden, 1)))
 }
 
 /// One greedy continuation of `generation.json` (made by `make_generation.py`) as softtune
@@ -660,6 +694,7 @@ pub fn run_all<B: TrainKernels>(root: &Path, device: &B::Device, dtype: DType) -
     let names = [
         "logits",
         "logits_with_prompt",
+        "cached_logits",
         "loss",
         "loss_with_prompt",
         "grad_soft_prompt",

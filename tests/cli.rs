@@ -808,3 +808,41 @@ fn generate_continues_a_text_like_transformers() {
     assert_ne!(code, 0);
     assert!(err.contains("--prompt"), "{err}");
 }
+
+/// `softtune bench --generate`: one row of generation timings (with the key/value cache and
+/// reading the whole window) for a shape with random weights; impossible sizes are
+/// one-line errors.
+#[test]
+fn bench_times_generation() {
+    let (code, out, err) = softtune(&[
+        "bench",
+        "--shape",
+        "smollm-135m",
+        "--generate",
+        "3",
+        "--seq",
+        "8",
+        "--soft",
+        "2",
+        "--warmup",
+        "0",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].contains("ms/token") && lines[0].contains("whole ms/tok"));
+    let cols: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(&cols[..3], ["smollm-135m", "cpu", "float32"], "{out}");
+    assert_eq!(&cols[4..7], ["8", "2", "3"], "{out}");
+    // read ms, ms/token, tokens/s, whole ms/tok: positive, and tokens/s is 1000 / ms/token.
+    let num = |i: usize| cols[i].parse::<f64>().unwrap();
+    assert!((7..11).all(|i| num(i) > 0.0), "{out}");
+    assert!((num(9) * num(8) / 1000.0 - 1.0).abs() < 0.05, "{out}");
+    assert!(err.contains("3 tokens with the cache"), "{err}");
+    assert!(err.contains("3 tokens reading the whole window"), "{err}");
+
+    let (code, _, err) = softtune(&["bench", "--generate", "1"]);
+    assert_one_line_error(code, &err, &["--generate"]);
+    let (code, _, err) = softtune(&["bench", "--generate", "40", "--seq", "2020"]);
+    assert_one_line_error(code, &err, &["--generate 40", "2048"]);
+}

@@ -171,7 +171,7 @@ fn same_model_as_the_safetensors_fixture(bin: &Path, weights: &[PathBuf]) {
     .unwrap();
     let checks =
         check_fixture::<Autodiff<Flex>>(dir.path(), &Default::default(), DType::F32).unwrap();
-    assert_eq!(checks.len(), 5);
+    assert_eq!(checks.len(), 6);
     for c in checks {
         assert!(c.pass(), "{}: error {:.3e}", c.what, c.err);
     }

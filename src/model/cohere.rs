@@ -8,7 +8,7 @@ use anyhow::Result;
 use burn::tensor::{DType, Tensor, backend::Backend};
 
 use super::config::{ArchSpec, ModelConfig};
-use super::ops::{self, AttnOpts, LayerNorm, Linear, Loader, RotaryTables};
+use super::ops::{self, AttnOpts, Cache, LayerNorm, Linear, Loader, RotaryTables};
 
 /// `use_qk_norm`: a LayerNorm over each head's features, with a weight per head.
 struct HeadNorm<B: Backend> {
@@ -108,7 +108,8 @@ impl<B: Kernels> Cohere<B> {
     /// Final hidden states, already multiplied by `logit_scale`: `(s·h)·Wᵀ = s·(h·Wᵀ)`, so
     /// the tied head needs no scaled copy of the embedding (exact for the powers of two
     /// the released checkpoints use).
-    pub fn forward(&self, mut x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn forward(&self, mut x: Tensor<B, 3>, mut cache: Cache<'_, B>) -> Tensor<B, 3> {
+        let p0 = ops::first_position(&cache);
         let s = x.dims()[1];
         let hd = self.cfg.head_dim;
         let rot = self
@@ -116,9 +117,9 @@ impl<B: Kernels> Cohere<B> {
             .rotary
             .as_ref()
             .expect("cohere has rotary settings");
-        let tables = RotaryTables::<B>::new(rot, hd, s, &x.device(), x.dtype());
+        let tables = RotaryTables::<B>::new(rot, hd, p0..p0 + s, &x.device(), x.dtype());
         let scale = 1.0 / (hd as f64).sqrt();
-        for blk in &self.blocks {
+        for (i, blk) in self.blocks.iter().enumerate() {
             let hn = blk.ln.forward(x.clone());
             let (mut q, mut k) = (blk.q.forward(hn.clone()), blk.k.forward(hn.clone()));
             if let Some((q_norm, k_norm)) = &blk.qk_norm {
@@ -133,9 +134,8 @@ impl<B: Kernels> Cohere<B> {
                 window: None,
                 softcap: None,
             };
-            let attn = blk
-                .o
-                .forward(ops::merge_heads(ops::causal_attention(q, k, v, opts)));
+            let a = ops::attend(cache.as_deref_mut(), i, q, k, v, opts);
+            let attn = blk.o.forward(ops::merge_heads(a));
             let mlp = blk
                 .down
                 .forward(ops::gated(blk.gate_up.forward(hn), self.cfg.activation));

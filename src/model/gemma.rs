@@ -12,7 +12,7 @@ use anyhow::Result;
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::config::{ArchSpec, ModelConfig};
-use super::ops::{self, AttnOpts, Linear, Loader, RmsNorm, RotaryTables};
+use super::ops::{self, AttnOpts, Cache, Linear, Loader, RmsNorm, RotaryTables};
 
 /// Gemma 2 and 3's norms on the branches' outputs, before each residual add.
 struct PostNorms<B: Backend> {
@@ -123,20 +123,21 @@ impl<B: Kernels> Gemma<B> {
     }
 
     /// Scaled input embeddings `[b, s, hidden]` → final hidden states.
-    pub fn forward(&self, mut x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn forward(&self, mut x: Tensor<B, 3>, mut cache: Cache<'_, B>) -> Tensor<B, 3> {
+        let p0 = ops::first_position(&cache);
         let s = x.dims()[1];
         let (device, dtype) = (x.device(), x.dtype());
         let hd = self.cfg.head_dim;
         let global = self.cfg.rotary.as_ref().expect("gemma has rotary settings");
-        let global = RotaryTables::<B>::new(global, hd, s, &device, dtype);
+        let global = RotaryTables::<B>::new(global, hd, p0..p0 + s, &device, dtype);
         let local = match &self.cfg.spec {
             ArchSpec::Gemma {
                 local_rotary: Some(r),
                 ..
-            } => Some(RotaryTables::<B>::new(r, hd, s, &device, dtype)),
+            } => Some(RotaryTables::<B>::new(r, hd, p0..p0 + s, &device, dtype)),
             _ => None,
         };
-        for blk in &self.blocks {
+        for (i, blk) in self.blocks.iter().enumerate() {
             let tables = match (&local, blk.window) {
                 (Some(local), Some(_)) => local,
                 _ => &global,
@@ -155,9 +156,8 @@ impl<B: Kernels> Gemma<B> {
                 window: blk.window,
                 softcap: self.attn_softcap,
             };
-            let mut attn = blk
-                .o
-                .forward(ops::merge_heads(ops::causal_attention(q, k, v, opts)));
+            let a = ops::attend(cache.as_deref_mut(), i, q, k, v, opts);
+            let mut attn = blk.o.forward(ops::merge_heads(a));
             if let Some(n) = &blk.post {
                 attn = n.attention.forward(attn);
             }

@@ -1,11 +1,13 @@
-//! Short continuations of a text, with or without a soft prompt: the dashboard's sample
-//! generations. No key/value cache: each new token runs the model over the whole window,
-//! which is cheap at the lengths samples use (tens of tokens) and keeps one forward path
-//! for training, evaluation and generation.
+//! Continuations of a text, with or without a soft prompt: `softtune generate` and the
+//! dashboard's sample generations. A key/value cache ([`KvCache`]) keeps what the model
+//! read, so each new token runs the model over that token alone; once the text fills the
+//! model's context, the window slides and is read again whole for every token, as
+//! transformers' references were made.
 
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::Tensor;
 
+use super::ops::KvCache;
 use super::tokenizer::Tokenizer;
 use super::{CausalLm, Kernels};
 use crate::eval::ids_tensor;
@@ -65,7 +67,9 @@ pub fn pick(logits: &[f32], s: &Sampling, rng: &mut SplitMix64) -> Option<u32> {
 /// that error). Only ids below `vocab` are drawn (embedding rows past the tokenizer's
 /// vocabulary are padding). Generation ends early at any of `stop`, which is not included.
 /// The window slides so prompt + text never exceed `context_len`: it keeps the last
-/// `context_len - soft tokens` tokens.
+/// `context_len - soft tokens` tokens. The positions read before are kept in a key/value
+/// cache until the window slides (or LongRoPE changes its factors, see
+/// [`CausalLm::cache_holds`]).
 #[allow(clippy::too_many_arguments)]
 pub fn generate<B: Kernels>(
     model: &CausalLm<B>,
@@ -89,14 +93,23 @@ pub fn generate<B: Kernels>(
     let mut rng = SplitMix64::new(s.seed);
     let mut ids = context.to_vec();
     let mut out = Vec::with_capacity(s.max_new);
+    let mut cache = KvCache::default();
     for _ in 0..s.max_new {
         let from = ids.len().saturating_sub(context_len - n);
-        let t = ids_tensor::<B>(&[&ids[from..]], &device);
-        let x = match prompt {
-            Some(p) => model.prompt_inputs(p.clone(), t),
-            None => model.embed_tokens(t),
+        // The cache holds the prompt and `ids[..cache.len() - n]` at their positions; once
+        // the window slides every position moves, so the window is read again whole.
+        let reuse = from == 0 && !cache.is_empty() && model.cache_holds(cache.len(), n + ids.len());
+        let x = if reuse {
+            model.embed_tokens(ids_tensor::<B>(&[&ids[cache.len() - n..]], &device))
+        } else {
+            cache = KvCache::default();
+            let t = ids_tensor::<B>(&[&ids[from..]], &device);
+            match prompt {
+                Some(p) => model.prompt_inputs(p.clone(), t),
+                None => model.embed_tokens(t),
+            }
         };
-        let h = model.hidden(x);
+        let h = model.hidden_cached(x, Some(&mut cache));
         let len = h.dims()[1];
         let logits = model
             .head(h.narrow(1, len - 1, 1))

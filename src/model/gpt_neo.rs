@@ -6,7 +6,7 @@ use anyhow::Result;
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::config::{ArchSpec, ModelConfig};
-use super::ops::{self, AttnOpts, LayerNorm, Linear, Loader};
+use super::ops::{self, AttnOpts, Cache, LayerNorm, Linear, Loader};
 
 struct Block<B: Backend> {
     ln_1: LayerNorm<B>,
@@ -57,11 +57,12 @@ impl<B: Kernels> GptNeo<B> {
         })
     }
 
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, mut cache: Cache<'_, B>) -> Tensor<B, 3> {
         let s = x.dims()[1];
-        let mut x = x + self.wpe.clone().narrow(0, 0, s).unsqueeze::<3>();
+        let p0 = ops::first_position(&cache);
+        let mut x = x + self.wpe.clone().narrow(0, p0, s).unsqueeze::<3>();
         let heads = self.cfg.n_heads;
-        for blk in &self.blocks {
+        for (i, blk) in self.blocks.iter().enumerate() {
             let hn = blk.ln_1.forward(x.clone());
             let q = ops::split_heads(blk.q.forward(hn.clone()), heads);
             let k = ops::split_heads(blk.k.forward(hn.clone()), heads);
@@ -71,9 +72,8 @@ impl<B: Kernels> GptNeo<B> {
                 window: blk.window,
                 softcap: None,
             };
-            x = x + blk
-                .out
-                .forward(ops::merge_heads(ops::causal_attention(q, k, v, opts)));
+            let a = ops::attend(cache.as_deref_mut(), i, q, k, v, opts);
+            x = x + blk.out.forward(ops::merge_heads(a));
             let m = ops::activate(
                 blk.c_fc.forward(blk.ln_2.forward(x.clone())),
                 self.cfg.activation,

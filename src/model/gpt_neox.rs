@@ -7,7 +7,7 @@ use anyhow::Result;
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::config::{ArchSpec, ModelConfig};
-use super::ops::{self, AttnOpts, LayerNorm, Linear, Loader, RotaryTables};
+use super::ops::{self, AttnOpts, Cache, LayerNorm, Linear, Loader, RotaryTables};
 
 struct Block<B: Backend> {
     ln_1: LayerNorm<B>,
@@ -51,7 +51,8 @@ impl<B: Kernels> GptNeoX<B> {
         })
     }
 
-    pub fn forward(&self, mut x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn forward(&self, mut x: Tensor<B, 3>, mut cache: Cache<'_, B>) -> Tensor<B, 3> {
+        let p0 = ops::first_position(&cache);
         let [b, s, _] = x.dims();
         let (heads, hd) = (self.cfg.n_heads, self.cfg.head_dim);
         let rot = self
@@ -59,13 +60,13 @@ impl<B: Kernels> GptNeoX<B> {
             .rotary
             .as_ref()
             .expect("gpt_neox has rotary settings");
-        let tables = RotaryTables::<B>::new(rot, hd, s, &x.device(), x.dtype());
+        let tables = RotaryTables::<B>::new(rot, hd, p0..p0 + s, &x.device(), x.dtype());
         let opts = AttnOpts {
             scale: 1.0 / (hd as f64).sqrt(),
             window: None,
             softcap: None,
         };
-        for blk in &self.blocks {
+        for (i, blk) in self.blocks.iter().enumerate() {
             // [b, s, heads·3·hd] viewed as [b, s, heads, 3, hd]
             let qkv = blk
                 .qkv
@@ -79,9 +80,8 @@ impl<B: Kernels> GptNeoX<B> {
             };
             let q = tables.apply(part(0));
             let k = tables.apply(part(1));
-            let a = blk
-                .dense
-                .forward(ops::merge_heads(ops::causal_attention(q, k, part(2), opts)));
+            let a = ops::attend(cache.as_deref_mut(), i, q, k, part(2), opts);
+            let a = blk.dense.forward(ops::merge_heads(a));
             let mlp = |y: Tensor<B, 3>| {
                 blk.down.forward(ops::activate(
                     blk.up.forward(blk.ln_2.forward(y)),

@@ -7,7 +7,7 @@ use anyhow::Result;
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::config::ModelConfig;
-use super::ops::{self, AttnOpts, LayerNorm, Linear, Loader, RotaryTables};
+use super::ops::{self, AttnOpts, Cache, LayerNorm, Linear, Loader, RotaryTables};
 
 struct Block<B: Backend> {
     ln_1: LayerNorm<B>,
@@ -48,24 +48,25 @@ impl<B: Kernels> GptJ<B> {
         })
     }
 
-    pub fn forward(&self, mut x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn forward(&self, mut x: Tensor<B, 3>, mut cache: Cache<'_, B>) -> Tensor<B, 3> {
+        let p0 = ops::first_position(&cache);
         let s = x.dims()[1];
         let rot = self.cfg.rotary.as_ref().expect("gptj has rotary settings");
-        let tables = RotaryTables::<B>::new(rot, self.cfg.head_dim, s, &x.device(), x.dtype());
+        let (hd, dev) = (self.cfg.head_dim, x.device());
+        let tables = RotaryTables::<B>::new(rot, hd, p0..p0 + s, &dev, x.dtype());
         let heads = self.cfg.n_heads;
         let opts = AttnOpts {
             scale: 1.0 / (self.cfg.head_dim as f64).sqrt(),
             window: None,
             softcap: None,
         };
-        for blk in &self.blocks {
+        for (i, blk) in self.blocks.iter().enumerate() {
             let hn = blk.ln_1.forward(x.clone());
             let q = tables.apply(ops::split_heads(blk.q.forward(hn.clone()), heads));
             let k = tables.apply(ops::split_heads(blk.k.forward(hn.clone()), heads));
             let v = ops::split_heads(blk.v.forward(hn.clone()), heads);
-            let a = blk
-                .out
-                .forward(ops::merge_heads(ops::causal_attention(q, k, v, opts)));
+            let a = ops::attend(cache.as_deref_mut(), i, q, k, v, opts);
+            let a = blk.out.forward(ops::merge_heads(a));
             let m = blk
                 .fc_out
                 .forward(ops::activate(blk.fc_in.forward(hn), self.cfg.activation));

@@ -10,7 +10,7 @@ use anyhow::Result;
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::config::{Arch, ArchSpec, ModelConfig};
-use super::ops::{self, AttnOpts, Linear, Loader, RmsNorm, RotaryTables};
+use super::ops::{self, AttnOpts, Cache, Linear, Loader, RmsNorm, RotaryTables};
 
 /// The attention's input projections.
 enum Qkv<B: Backend> {
@@ -128,13 +128,15 @@ impl<B: Kernels> Llama<B> {
         })
     }
 
-    pub fn forward(&self, mut x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn forward(&self, mut x: Tensor<B, 3>, mut cache: Cache<'_, B>) -> Tensor<B, 3> {
+        let p0 = ops::first_position(&cache);
         let s = x.dims()[1];
         let rot = self.cfg.rotary.as_ref().expect("llama has rotary settings");
-        let tables = RotaryTables::<B>::new(rot, self.cfg.head_dim, s, &x.device(), x.dtype());
+        let (hd, dev) = (self.cfg.head_dim, x.device());
+        let tables = RotaryTables::<B>::new(rot, hd, p0..p0 + s, &dev, x.dtype());
         let scale = 1.0 / (self.cfg.head_dim as f64).sqrt();
         let head_dim = self.cfg.head_dim;
-        for blk in &self.blocks {
+        for (i, blk) in self.blocks.iter().enumerate() {
             let hn = blk.ln_1.forward(x.clone());
             let [mut q, mut k, v] = blk.qkv.forward(hn, self.cfg.n_heads * head_dim);
             if let Some((q_norm, k_norm)) = &blk.qk_norm {
@@ -149,9 +151,8 @@ impl<B: Kernels> Llama<B> {
                 window: blk.window,
                 softcap: None,
             };
-            x = x + blk
-                .o
-                .forward(ops::merge_heads(ops::causal_attention(q, k, v, opts)));
+            let a = ops::attend(cache.as_deref_mut(), i, q, k, v, opts);
+            x = x + blk.o.forward(ops::merge_heads(a));
             let hn = blk.ln_2.forward(x.clone());
             let hidden = ops::gated(blk.gate_up.forward(hn), self.cfg.activation);
             x = x + blk.down.forward(hidden);

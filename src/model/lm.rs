@@ -12,14 +12,14 @@ use anyhow::{Result, bail};
 use burn::tensor::{DType, Int, Tensor, backend::Backend};
 
 use super::cohere::Cohere;
-use super::config::{Arch, ModelConfig};
+use super::config::{Arch, ArchSpec, ModelConfig};
 use super::gemma::Gemma;
 use super::gpt_neo::GptNeo;
 use super::gpt_neox::GptNeoX;
 use super::gpt2::Gpt2;
 use super::gptj::GptJ;
 use super::llama::Llama;
-use super::ops::{self, Linear, Loader, Source};
+use super::ops::{self, Cache, Linear, Loader, Source};
 use super::opt::Opt;
 use super::weights::Weights;
 use super::xglm::Xglm;
@@ -235,18 +235,42 @@ impl<B: Kernels> CausalLm<B> {
 
     /// Input embeddings `[b, s, d_embed]` → final hidden states `[b, s, d_embed]`.
     pub fn hidden(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.hidden_cached(x, None)
+    }
+
+    /// [`Self::hidden`] of inputs that continue what `cache` holds (positions
+    /// `cache.len()..`), whose keys and values join it; without a cache, from position 0.
+    pub fn hidden_cached(&self, x: Tensor<B, 3>, mut cache: Cache<'_, B>) -> Tensor<B, 3> {
+        let s = x.dims()[1];
         let x = x.cast(self.dtype);
-        match &self.body {
-            Body::Gpt2(m) => m.forward(x),
-            Body::GptJ(m) => m.forward(x),
-            Body::GptNeoX(m) => m.forward(x),
-            Body::GptNeo(m) => m.forward(x),
-            Body::Opt(m) => m.forward(x),
-            Body::Llama(m) => m.forward(x),
-            Body::Gemma(m) => m.forward(x),
-            Body::Cohere(m) => m.forward(x),
-            Body::Xglm(m) => m.forward(x),
+        let c = cache.as_deref_mut();
+        let h = match &self.body {
+            Body::Gpt2(m) => m.forward(x, c),
+            Body::GptJ(m) => m.forward(x, c),
+            Body::GptNeoX(m) => m.forward(x, c),
+            Body::GptNeo(m) => m.forward(x, c),
+            Body::Opt(m) => m.forward(x, c),
+            Body::Llama(m) => m.forward(x, c),
+            Body::Gemma(m) => m.forward(x, c),
+            Body::Cohere(m) => m.forward(x, c),
+            Body::Xglm(m) => m.forward(x, c),
+        };
+        if let Some(c) = cache {
+            c.advance(s);
         }
+        h
+    }
+
+    /// Whether the keys a cache holds for `len` positions are still those of a sequence of
+    /// `total`: not when LongRoPE changes every position's rotation in between.
+    pub fn cache_holds(&self, len: usize, total: usize) -> bool {
+        let local = match &self.config.spec {
+            ArchSpec::Gemma { local_rotary, .. } => local_rotary.as_ref(),
+            _ => None,
+        };
+        (self.config.rotary.iter())
+            .chain(local)
+            .all(|r| ops::rotation_holds(r, len, total))
     }
 
     /// Hidden states → logits `[b, s, vocab]` (float32), soft-capped where the model says

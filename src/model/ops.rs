@@ -8,6 +8,7 @@
 //! when the frozen weights run in bf16/f16, then cast back to the compute dtype.
 
 use std::cell::{Cell, RefCell};
+use std::ops::Range;
 
 use anyhow::{Result, anyhow};
 use burn::tensor::{DType, Distribution, Int, Tensor, TensorData, activation, backend::Backend};
@@ -351,7 +352,7 @@ pub fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
     x.swap_dims(1, 2).reshape([b, s, h * hd])
 }
 
-/// Rotary position embedding for positions `0..s`, as `x·cos + (x·P)·sin` over whole heads.
+/// Rotary position embedding for positions `p0..p0 + s`, as `x·cos + (x·P)·sin` over whole heads.
 ///
 /// `P` is the signed permutation that pairs each rotating feature with its partner (the
 /// other half for the rotate-half style, the neighbour for the interleaved one); features
@@ -386,14 +387,9 @@ fn inv_freq(r: &Rotary, s: usize) -> Vec<f64> {
         RopeScaling::LongRope {
             ref short,
             ref long,
-            original_max_position_embeddings,
             ..
         } => {
-            let ext = if s > original_max_position_embeddings {
-                long
-            } else {
-                short
-            };
+            let ext = if long_factors(r, s) { long } else { short };
             base.into_iter().zip(ext).map(|(f, e)| f / e).collect()
         }
         RopeScaling::Llama3 {
@@ -422,11 +418,37 @@ fn inv_freq(r: &Rotary, s: usize) -> Vec<f64> {
     }
 }
 
+/// Whether LongRoPE rotates a sequence of `s` positions with its long factors (past the
+/// original context, as transformers switches).
+fn long_factors(r: &Rotary, s: usize) -> bool {
+    matches!(r.scaling, RopeScaling::LongRope { original_max_position_embeddings, .. }
+        if s > original_max_position_embeddings)
+}
+
+/// Whether keys rotated for a sequence of `before` positions are rotated the same way in
+/// one of `after` positions (not when LongRoPE switches to its long factors in between:
+/// every position's rotation then changes).
+pub fn rotation_holds(r: &Rotary, before: usize, after: usize) -> bool {
+    long_factors(r, before) == long_factors(r, after)
+}
+
 impl<B: Kernels> RotaryTables<B> {
-    /// Tables for heads of `head_dim` features at positions `0..s`.
-    pub fn new(r: &Rotary, head_dim: usize, s: usize, device: &B::Device, dtype: DType) -> Self {
+    /// Tables for heads of `head_dim` features at `positions` (`0..s` for a whole
+    /// sequence; the new ones after a [`KvCache`]'s). LongRoPE's factors follow the
+    /// sequence's length, `positions.end`.
+    pub fn new(
+        r: &Rotary,
+        head_dim: usize,
+        positions: Range<usize>,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Self {
         // transformers computes the angles in float32; so do we.
-        let freqs: Vec<f32> = inv_freq(r, s).into_iter().map(|f| f as f32).collect();
+        let freqs: Vec<f32> = inv_freq(r, positions.end)
+            .into_iter()
+            .map(|f| f as f32)
+            .collect();
+        let s = positions.len();
         // LongRoPE scales cos and sin of the rotating features.
         let amplitude = match r.scaling {
             RopeScaling::LongRope {
@@ -443,7 +465,7 @@ impl<B: Kernels> RotaryTables<B> {
         };
         let mut cos = Vec::with_capacity(s * hd);
         let mut sin = Vec::with_capacity(s * hd);
-        for p in 0..s {
+        for p in positions {
             for j in 0..hd {
                 if j < rot {
                     let angle = p as f32 * freqs[freq_of(j)];
@@ -552,14 +574,28 @@ pub fn causal_attention<B: Kernels>(
 
 /// Causal attention as plain Burn operations (under autodiff Burn keeps the scores and
 /// probabilities for the backward pass).
-///
-/// Grouped-query attention stacks the `h / kvh` query heads of each key head along the
-/// sequence (`[b, kvh, rep·s, hd]`) instead of copying keys and values `rep` times: fewer,
-/// larger matmuls and no widened copies to differentiate through.
 pub fn plain_attention<B: Kernels>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
+    opts: AttnOpts,
+) -> Tensor<B, 4> {
+    attention_after(q, k, v, 0, opts)
+}
+
+/// Attention of queries at positions `p0..p0 + s` (`q [b, h, s, hd]`) to keys and values
+/// at positions `0..p0 + s` (`[b, kvh, p0 + s, hd]`), causal (and windowed) by position:
+/// [`plain_attention`] when `p0` is 0, the new tokens' attention after a [`KvCache`]'s
+/// positions otherwise.
+///
+/// Grouped-query attention stacks the `h / kvh` query heads of each key head along the
+/// sequence (`[b, kvh, rep·s, hd]`) instead of copying keys and values `rep` times: fewer,
+/// larger matmuls and no widened copies to differentiate through.
+fn attention_after<B: Kernels>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    p0: usize,
     opts: AttnOpts,
 ) -> Tensor<B, 4> {
     let [b, h, s, hd] = q.dims();
@@ -568,9 +604,92 @@ pub fn plain_attention<B: Kernels>(
     let dtype = q.dtype();
     // Head kv·rep + r is query row r·s + i of group kv.
     let q = q.reshape([b, kvh, rep * s, hd]);
-    let scores = masked_scores(q, k.swap_dims(2, 3), 0, s, 0, opts);
+    let scores = masked_scores(q, k.swap_dims(2, 3), p0, s, 0, opts);
     let probs = activation::softmax(scores, 3);
     B::matmul(probs.cast(dtype), v).reshape([b, h, s, hd])
+}
+
+/// The keys and values of the positions a model has read, layer by layer, so that the
+/// next token of a generation runs the model over that token alone (positions
+/// `len()..`) instead of the whole text again. Inference only.
+pub struct KvCache<B: Backend> {
+    /// Per layer: keys and values `[b, kvh, len, hd]` after the rotary.
+    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    len: usize,
+}
+
+impl<B: Backend> Default for KvCache<B> {
+    fn default() -> Self {
+        Self {
+            layers: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<B: Kernels> KvCache<B> {
+    /// Positions read so far: the next input starts at this position.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Counts the `s` positions every layer has just added.
+    pub(super) fn advance(&mut self, s: usize) {
+        self.len += s;
+    }
+
+    /// Layer `layer`'s attention for the new positions: their keys and values join the
+    /// layer's cached ones, and their queries see both.
+    fn attend(
+        &mut self,
+        layer: usize,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        opts: AttnOpts,
+    ) -> Tensor<B, 4> {
+        if self.layers.len() <= layer {
+            self.layers.resize(layer + 1, None);
+        }
+        let (k, v) = match self.layers[layer].take() {
+            Some((ck, cv)) => (Tensor::cat(vec![ck, k], 2), Tensor::cat(vec![cv, v], 2)),
+            None => (k, v),
+        };
+        self.layers[layer] = Some((k.clone(), v.clone()));
+        match self.len {
+            0 => causal_attention(q, k, v, opts),
+            p0 => attention_after(q, k, v, p0, opts),
+        }
+    }
+}
+
+/// Where a model's layers are reading: a whole sequence from position 0, or the new
+/// positions after a [`KvCache`]'s.
+pub type Cache<'a, B> = Option<&'a mut KvCache<B>>;
+
+/// The first position of the input (0 without a cache).
+pub fn first_position<B: Kernels>(cache: &Cache<'_, B>) -> usize {
+    cache.as_ref().map_or(0, |c| c.len())
+}
+
+/// Layer `layer`'s causal attention ([`causal_attention`]), after the positions `cache`
+/// holds when there is one.
+pub fn attend<B: Kernels>(
+    cache: Cache<'_, B>,
+    layer: usize,
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    opts: AttnOpts,
+) -> Tensor<B, 4> {
+    match cache {
+        Some(c) => c.attend(layer, q, k, v, opts),
+        None => causal_attention(q, k, v, opts),
+    }
 }
 
 /// Mean next-token loss of the LM head `head` on hidden states `h [b, t, d]` against

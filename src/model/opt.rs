@@ -7,7 +7,7 @@ use anyhow::Result;
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::config::{Activation, ArchSpec, ModelConfig};
-use super::ops::{self, AttnOpts, LayerNorm, Linear, Loader};
+use super::ops::{self, AttnOpts, Cache, LayerNorm, Linear, Loader};
 
 /// transformers' `OPTLearnedPositionalEmbedding` offset.
 const POSITION_OFFSET: usize = 2;
@@ -26,6 +26,9 @@ pub(super) struct Block<B: Backend> {
     fc2: Linear<B>,
 }
 
+/// Where a layer reads: its model's cache (if any) and the layer's index.
+type Layer<'a, B> = (Cache<'a, B>, usize);
+
 impl<B: Kernels> Block<B> {
     /// The layer at `p` (`….layers.{i}`), width `h`, MLP width `ffn`.
     pub(super) fn load(ld: &Loader<B>, p: &str, h: usize, ffn: usize, eps: f64) -> Result<Self> {
@@ -41,12 +44,19 @@ impl<B: Kernels> Block<B> {
         })
     }
 
-    fn attn(&self, y: Tensor<B, 3>, heads: usize, opts: AttnOpts) -> Tensor<B, 3> {
+    fn attn(
+        &self,
+        y: Tensor<B, 3>,
+        heads: usize,
+        opts: AttnOpts,
+        at: Layer<'_, B>,
+    ) -> Tensor<B, 3> {
         let q = ops::split_heads(self.q.forward(y.clone()), heads);
         let k = ops::split_heads(self.k.forward(y.clone()), heads);
         let v = ops::split_heads(self.v.forward(y), heads);
+        let (cache, layer) = at;
         self.out
-            .forward(ops::merge_heads(ops::causal_attention(q, k, v, opts)))
+            .forward(ops::merge_heads(ops::attend(cache, layer, q, k, v, opts)))
     }
 
     fn mlp(&self, y: Tensor<B, 3>, act: Activation) -> Tensor<B, 3> {
@@ -62,12 +72,15 @@ impl<B: Kernels> Block<B> {
         heads: usize,
         opts: AttnOpts,
         act: Activation,
+        at: Layer<'_, B>,
     ) -> Tensor<B, 3> {
         if pre_ln {
-            let x = x.clone() + self.attn(self.attn_ln.forward(x), heads, opts);
+            let x = x.clone() + self.attn(self.attn_ln.forward(x), heads, opts, at);
             x.clone() + self.mlp(self.mlp_ln.forward(x), act)
         } else {
-            let x = self.attn_ln.forward(x.clone() + self.attn(x, heads, opts));
+            let x = self
+                .attn_ln
+                .forward(x.clone() + self.attn(x, heads, opts, at));
             self.mlp_ln.forward(x.clone() + self.mlp(x, act))
         }
     }
@@ -80,14 +93,16 @@ pub(super) fn run_layers<B: Kernels>(
     mut x: Tensor<B, 3>,
     pre_ln: bool,
     cfg: &ModelConfig,
+    mut cache: Cache<'_, B>,
 ) -> Tensor<B, 3> {
     let opts = AttnOpts {
         scale: 1.0 / (cfg.head_dim as f64).sqrt(),
         window: None,
         softcap: None,
     };
-    for blk in blocks {
-        x = blk.forward(x, pre_ln, cfg.n_heads, opts, cfg.activation);
+    for (i, blk) in blocks.iter().enumerate() {
+        let at = (cache.as_deref_mut(), i);
+        x = blk.forward(x, pre_ln, cfg.n_heads, opts, cfg.activation, at);
     }
     x
 }
@@ -145,8 +160,9 @@ impl<B: Kernels> Opt<B> {
         })
     }
 
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, cache: Cache<'_, B>) -> Tensor<B, 3> {
         let s = x.dims()[1];
+        let p0 = ops::first_position(&cache);
         let x = match &self.project_in {
             Some(p) => p.forward(x),
             None => x,
@@ -154,9 +170,9 @@ impl<B: Kernels> Opt<B> {
         let pos = self
             .positions
             .clone()
-            .narrow(0, POSITION_OFFSET, s)
+            .narrow(0, POSITION_OFFSET + p0, s)
             .unsqueeze::<3>();
-        let mut x = run_layers(&self.blocks, x + pos, self.pre_ln, &self.cfg);
+        let mut x = run_layers(&self.blocks, x + pos, self.pre_ln, &self.cfg, cache);
         if let Some(ln) = &self.final_ln {
             x = ln.forward(x);
         }

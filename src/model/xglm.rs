@@ -9,7 +9,7 @@ use anyhow::Result;
 use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 
 use super::config::ModelConfig;
-use super::ops::{LayerNorm, Loader};
+use super::ops::{self, Cache, LayerNorm, Loader};
 use super::opt::{Block, run_layers};
 
 /// transformers' `XGLMSinusoidalPositionalEmbedding` offset: position p reads row p + 2.
@@ -61,11 +61,12 @@ impl<B: Kernels> Xglm<B> {
         })
     }
 
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, cache: Cache<'_, B>) -> Tensor<B, 3> {
         let s = x.dims()[1];
-        let x = x + self.positions.clone().narrow(0, 0, s).unsqueeze::<3>();
+        let p0 = ops::first_position(&cache);
+        let x = x + self.positions.clone().narrow(0, p0, s).unsqueeze::<3>();
         self.final_ln
-            .forward(run_layers(&self.blocks, x, true, &self.cfg))
+            .forward(run_layers(&self.blocks, x, true, &self.cfg, cache))
     }
 }
 
