@@ -107,7 +107,7 @@ impl Checked {
 }
 
 /// Relative errors of one fixture, with their bounds: logits, logits_with_prompt, the
-/// latter read through a key/value cache ([`cached_logits`]), loss, loss_with_prompt and
+/// latter read through a key/value cache (`cached_logits`), loss, loss_with_prompt and
 /// grad_soft_prompt.
 pub fn check_fixture<B: TrainKernels>(
     dir: &Path,

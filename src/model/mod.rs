@@ -18,7 +18,8 @@
 //!   (llama, mistral, qwen2, qwen3, phi3), [`gemma`] (gemma, gemma2, gemma3), [`cohere`],
 //!   [`xglm`] (XGLM, fairseq dense).
 //! * [`lm`]: the loaded model, soft-prompt forward and the loss over text positions.
-//! * [`generate`]: short sampled continuations (the dashboard's sample generations).
+//! * [`generate`]: sampled continuations with a key/value cache (`softtune generate`, the
+//!   dashboard's sample generations).
 
 pub mod cohere;
 pub mod config;
