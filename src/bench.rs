@@ -469,32 +469,35 @@ fn time_generation<B: Kernels>(
     let context: Vec<u32> = (0..args.seq)
         .map(|_| rng.below(config.vocab_size as u64) as u32)
         .collect();
-    // Greedy: random weights never pick a stop token here (there are none).
-    let greedy = |max_new| Sampling {
-        max_new,
-        temperature: 0.0,
-        top_k: 0,
-        seed: 0,
+    // Greedy, with no stop tokens: always `max_new` tokens, each passed to `each`.
+    let run = |context_len: usize, max_new: usize, each: &mut dyn FnMut(u32) -> Result<()>| {
+        let greedy = Sampling {
+            max_new,
+            temperature: 0.0,
+            top_k: 0,
+            seed: 0,
+        };
+        let (vocab, prompt) = (config.vocab_size, Some(&prompt));
+        generate(
+            &model,
+            prompt,
+            &context,
+            vocab,
+            context_len,
+            &[],
+            &greedy,
+            each,
+        )
     };
-    let vocab = config.vocab_size;
     // Token times from the start: with the whole model context, and with a window of just
     // the prompt and the text, which slides at every new token.
     let timed = |context_len: usize, label: &str| -> Result<Vec<f64>> {
         let start = Instant::now();
         let mut at = Vec::with_capacity(new);
-        generate(
-            &model,
-            Some(&prompt),
-            &context,
-            vocab,
-            context_len,
-            &[],
-            &greedy(new),
-            |_| {
-                at.push(start.elapsed().as_secs_f64() * 1000.0);
-                Ok(())
-            },
-        )?;
+        run(context_len, new, &mut |_| {
+            at.push(start.elapsed().as_secs_f64() * 1000.0);
+            Ok(())
+        })?;
         eprintln!(
             "{}: {new} tokens {label} in {:.2} s",
             args.shape,
@@ -503,16 +506,7 @@ fn time_generation<B: Kernels>(
         Ok(at)
     };
     for _ in 0..args.warmup {
-        generate(
-            &model,
-            Some(&prompt),
-            &context,
-            vocab,
-            config.context_length(),
-            &[],
-            &greedy(2),
-            |_| Ok(()),
-        )?;
+        run(config.context_length(), 2, &mut |_| Ok(()))?;
     }
     let per_token = |at: &[f64]| (at[at.len() - 1] - at[0]) / (at.len() - 1) as f64;
     let cached = timed(config.context_length(), "with the cache")?;

@@ -627,7 +627,7 @@ impl<B: Backend> Default for KvCache<B> {
     }
 }
 
-impl<B: Kernels> KvCache<B> {
+impl<B: Backend> KvCache<B> {
     /// Positions read so far: the next input starts at this position.
     pub fn len(&self) -> usize {
         self.len
@@ -641,7 +641,9 @@ impl<B: Kernels> KvCache<B> {
     pub(super) fn advance(&mut self, s: usize) {
         self.len += s;
     }
+}
 
+impl<B: Kernels> KvCache<B> {
     /// Layer `layer`'s attention for the new positions: their keys and values join the
     /// layer's cached ones, and their queries see both.
     fn attend(
@@ -672,7 +674,7 @@ impl<B: Kernels> KvCache<B> {
 pub type Cache<'a, B> = Option<&'a mut KvCache<B>>;
 
 /// The first position of the input (0 without a cache).
-pub fn first_position<B: Kernels>(cache: &Cache<'_, B>) -> usize {
+pub fn first_position<B: Backend>(cache: &Cache<'_, B>) -> usize {
     cache.as_ref().map_or(0, |c| c.len())
 }
 
