@@ -352,7 +352,8 @@ pub fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
     x.swap_dims(1, 2).reshape([b, s, h * hd])
 }
 
-/// Rotary position embedding for positions `p0..p0 + s`, as `x·cos + (x·P)·sin` over whole heads.
+/// Rotary position embedding for a range of positions (from 0, or after a [`KvCache`]'s), as
+/// `x·cos + (x·P)·sin` over whole heads.
 ///
 /// `P` is the signed permutation that pairs each rotating feature with its partner (the
 /// other half for the rotate-half style, the neighbour for the interleaved one); features
