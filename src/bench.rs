@@ -471,12 +471,7 @@ fn time_generation<B: Kernels>(
         .collect();
     // Greedy, with no stop tokens: always `max_new` tokens, each passed to `each`.
     let run = |context_len: usize, max_new: usize, each: &mut dyn FnMut(u32) -> Result<()>| {
-        let greedy = Sampling {
-            max_new,
-            temperature: 0.0,
-            top_k: 0,
-            seed: 0,
-        };
+        let greedy = Sampling::greedy(max_new);
         let (vocab, prompt) = (config.vocab_size, Some(&prompt));
         generate(
             &model,

@@ -5,7 +5,8 @@
 //!
 //! Generation is the dashboard's ([`crate::model::generate`]): the prompt's soft tokens, then
 //! the text's tokens (no BOS, as in training), each new token drawn from the last position's
-//! logits with the temperature and top-k given, ending at the model's EOS token. Without a
+//! logits with the repetition penalty, temperature, top-k and top-p given (transformers'
+//! order, [`Sampling`]), ending at the model's EOS token. Without a
 //! text, the continuation starts after an EOS token: where training saw every file and story
 //! begin.
 
@@ -29,6 +30,10 @@ use crate::train::checkpoint::Checkpoint;
 
 /// Top-k of the dashboard's samples, and `softtune generate`'s default.
 pub const DEFAULT_TOP_K: usize = 40;
+
+/// Tokens of recent text the repetition penalty looks at, unless told (KoboldAI's
+/// `rep_pen_range` does the same job).
+pub const DEFAULT_REPETITION_RANGE: usize = 1024;
 
 /// What to continue, with what, and how: `softtune generate`'s options (their help is the
 /// command's).
@@ -59,6 +64,18 @@ pub struct GenerateArgs {
     /// Draw only among the K most likely tokens (0: all).
     #[arg(long, default_value_t = DEFAULT_TOP_K)]
     pub top_k: usize,
+    /// Then draw only among the most likely tokens whose probabilities first add up to P
+    /// (1: all; 0.9 is usual).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Make the tokens of the recent text less likely: their logits are divided by this
+    /// (1: off; 1.1 to 1.3 is usual, as KoboldAI's rep_pen). Small models loop without it.
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f64,
+    /// How many of the last tokens of the text and its continuation the penalty looks at
+    /// (0: all).
+    #[arg(long, default_value_t = DEFAULT_REPETITION_RANGE)]
+    pub repetition_range: usize,
     /// Seed of the draw (default: from the clock; printed, so a continuation can be
     /// written again). Further samples take the following seeds.
     #[arg(long)]
@@ -156,11 +173,13 @@ fn check(args: &GenerateArgs) -> Result<()> {
     if args.samples == 0 {
         bail!("--samples must be at least 1");
     }
-    if !args.temperature.is_finite() || args.temperature < 0.0 {
-        bail!(
-            "--temperature {}: use a number from 0 (always the most likely token) up; 0.7 is usual",
-            args.temperature
-        );
+    if let Some((setting, what)) = sampling(args, 0).problem() {
+        let (flag, value) = match setting {
+            "temperature" => ("--temperature", args.temperature),
+            "top_p" => ("--top-p", args.top_p),
+            _ => ("--repetition-penalty", args.repetition_penalty),
+        };
+        bail!("{flag} {value}: {what}");
     }
     if args.text.is_some() && args.file.is_some() {
         bail!("give the text to continue or --file, not both");
@@ -171,6 +190,36 @@ fn check(args: &GenerateArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// How `args` draws tokens, from `seed`.
+fn sampling(args: &GenerateArgs, seed: u64) -> Sampling {
+    Sampling {
+        max_new: args.tokens,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        repetition_penalty: args.repetition_penalty,
+        repetition_range: args.repetition_range,
+        seed,
+    }
+}
+
+/// `sampling`'s settings as the log line names them: those not at their defaults beyond
+/// the temperature and top-k.
+fn describe(s: &Sampling) -> String {
+    let mut out = format!("temperature {}, top-k {}", s.temperature, s.top_k);
+    if s.top_p < 1.0 {
+        out += &format!(", top-p {}", s.top_p);
+    }
+    if s.repetition_penalty != 1.0 {
+        out += &format!(", repetition penalty {} over ", s.repetition_penalty);
+        out += &match s.repetition_range {
+            0 => "the whole text".to_string(),
+            r => format!("the last {r} tokens"),
+        };
+    }
+    out
 }
 
 /// The tokens to continue: the text's, the file's, or an EOS token (a new text).
@@ -243,7 +292,7 @@ pub fn run(args: &GenerateArgs, out: &mut dyn Write, log: &mut dyn Write) -> Res
         .resolve(device.is_gpu(), weights.stored_dtype());
     writeln!(
         log,
-        "{} on {device} ({}), {prompt_label}; {} of text; up to {} new tokens, temperature {}, top-k {}, seed {seed}",
+        "{} on {device} ({}), {prompt_label}; {} of text; up to {} new tokens, {}, seed {seed}",
         files.id,
         dtype_name(dtype),
         match (&args.text, &args.file) {
@@ -251,8 +300,7 @@ pub fn run(args: &GenerateArgs, out: &mut dyn Write, log: &mut dyn Write) -> Res
             _ => format!("{} tokens", context.len()),
         },
         args.tokens,
-        args.temperature,
-        args.top_k,
+        describe(&sampling(args, seed)),
     )?;
     let echo = args.text.as_deref().unwrap_or("");
     let stop: Vec<u32> = tokenizer.eos_id(&config).into_iter().collect();
@@ -267,12 +315,7 @@ pub fn run(args: &GenerateArgs, out: &mut dyn Write, log: &mut dyn Write) -> Res
         let start = Instant::now();
         let mut tokens = 0;
         for i in 0..args.samples {
-            let sampling = Sampling {
-                max_new: args.tokens,
-                temperature: args.temperature,
-                top_k: args.top_k,
-                seed: seed.wrapping_add(i as u64),
-            };
+            let sampling = sampling(args, seed.wrapping_add(i as u64));
             let runs: &[bool] = if args.compare {
                 &[true, false]
             } else {
@@ -363,6 +406,9 @@ mod tests {
             tokens: 10,
             temperature: 0.7,
             top_k: 40,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            repetition_range: DEFAULT_REPETITION_RANGE,
             seed: None,
             samples: 1,
             compare: false,
@@ -399,6 +445,26 @@ mod tests {
                 .contains("--temperature")
             );
         }
+        for p in [0.0, 1.01, f64::NAN] {
+            assert!(err(GenerateArgs { top_p: p, ..args() }).starts_with("--top-p "));
+        }
+        for p in [0.0, -1.0, 20.0] {
+            assert!(
+                err(GenerateArgs {
+                    repetition_penalty: p,
+                    ..args()
+                })
+                .starts_with("--repetition-penalty ")
+            );
+        }
+        assert!(
+            check(&GenerateArgs {
+                top_p: 0.9,
+                repetition_penalty: 1.1,
+                ..args()
+            })
+            .is_ok()
+        );
         let both = GenerateArgs {
             text: Some("x".into()),
             file: Some("f.txt".into()),

@@ -262,32 +262,43 @@ pub fn check_generation<B: Kernels>(
             unreachable!("loaded just above")
         };
         let text = ids(&case["input_ids"])?;
-        let greedy = Sampling {
-            max_new: new,
-            temperature: 0.0,
-            top_k: 0,
-            seed: 0,
-        };
+        let greedy = Sampling::greedy(new);
+        // Greedy, then (where the file has them) greedy with the repetition penalty.
+        let mut runs = vec![(case, greedy, "")];
+        let penalised = &case["penalised"];
+        if !penalised.is_null() {
+            let s = Sampling {
+                repetition_penalty: penalised["repetition_penalty"].as_f64().ok_or_else(bad)?,
+                repetition_range: penalised["repetition_range"].as_u64().ok_or_else(bad)? as usize,
+                ..greedy
+            };
+            runs.push((penalised, s, " penalised"));
+        }
         let vocab = model.embed_rows();
-        for (p, key) in [(Some(prompt), "with_prompt"), (None, "without_prompt")] {
-            let want = ids(&case[key])?;
-            let got = generate(
-                model,
-                p,
-                &text,
-                vocab,
-                cfg.context_length(),
-                &[eos],
-                &greedy,
-                |_| Ok(()),
-            )?;
-            let matching = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
-            out.push(Continuation {
-                what: format!("{name} {} {key}", case["case"].as_str().unwrap_or("?")),
-                matching,
-                want: want.len(),
-                pass: got == want,
-            });
+        for (want_in, sampling, label) in runs {
+            for (p, key) in [(Some(prompt), "with_prompt"), (None, "without_prompt")] {
+                let want = ids(&want_in[key])?;
+                let got = generate(
+                    model,
+                    p,
+                    &text,
+                    vocab,
+                    cfg.context_length(),
+                    &[eos],
+                    &sampling,
+                    |_| Ok(()),
+                )?;
+                let matching = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+                out.push(Continuation {
+                    what: format!(
+                        "{name} {} {key}{label}",
+                        case["case"].as_str().unwrap_or("?")
+                    ),
+                    matching,
+                    want: want.len(),
+                    pass: got == want,
+                });
+            }
         }
     }
     Ok(out)

@@ -345,7 +345,7 @@ fn parity_command_checks_every_fixture() {
         "{out}"
     );
     assert!(
-        out.contains("greedy continuations: 20 of 20 as transformers wrote them"),
+        out.contains("greedy continuations: 40 of 40 as transformers wrote them"),
         "{out}"
     );
 
@@ -386,6 +386,8 @@ fn parity_command_checks_every_fixture() {
         .unwrap();
     let token = &mut case["with_prompt"][5];
     *token = serde_json::json!(token.as_u64().unwrap() + 1);
+    let token = &mut case["penalised"]["without_prompt"][3];
+    *token = serde_json::json!(token.as_u64().unwrap() + 1);
     std::fs::write(
         dir.path().join("generation.json"),
         serde_json::to_string(&generation).unwrap(),
@@ -394,7 +396,7 @@ fn parity_command_checks_every_fixture() {
     let (code, out, _) = softtune(&["parity", "--fixtures", dir.path().to_str().unwrap()]);
     assert_ne!(code, 0, "{out}");
     assert!(
-        out.contains("greedy continuations: 3 of 4 as transformers wrote them; differ: llama short with_prompt (5 of 16 tokens)"),
+        out.contains("greedy continuations: 6 of 8 as transformers wrote them; differ: llama short with_prompt (5 of 16 tokens), llama short without_prompt penalised (3 of 16 tokens)"),
         "{out}"
     );
 }
@@ -684,14 +686,15 @@ fn generate_continues_a_text_like_transformers() {
     assert_eq!(tok.encode(&text).unwrap(), input);
     // Written out as decoded, except the first bytes of a character generation stopped
     // inside (the reference with the prompt ends so).
-    let continuation = |key: &str| {
+    let continuation_of = |of: &serde_json::Value, key: &str| {
         let mut all = input.clone();
-        all.extend(ids(&case[key]));
+        all.extend(ids(&of[key]));
         tok.decode(&all)
             .unwrap()
             .trim_end_matches('\u{FFFD}')
             .to_string()
     };
+    let continuation = |key: &str| continuation_of(case, key);
     assert!(
         tok.decode(&ids(&case["with_prompt"]))
             .unwrap()
@@ -750,6 +753,32 @@ fn generate_continues_a_text_like_transformers() {
         )
     );
 
+    // With the repetition penalty over the whole text: transformers' penalised tokens.
+    let (code, out, err) = greedy(&[
+        "--compare",
+        "--seed",
+        "5",
+        "--repetition-penalty",
+        "1.3",
+        "--repetition-range",
+        "0",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let penalised = &case["penalised"];
+    assert_ne!(penalised["with_prompt"], case["with_prompt"]);
+    assert_eq!(
+        out,
+        format!(
+            "--- with the prompt, seed 5 ---\n{}\n\n--- without a prompt, seed 5 ---\n{}\n",
+            continuation_of(penalised, "with_prompt"),
+            continuation_of(penalised, "without_prompt")
+        )
+    );
+    assert!(
+        err.contains("temperature 0, top-k 40, repetition penalty 1.3 over the whole text, seed 5"),
+        "{err}"
+    );
+
     // Sampling: the seed writes the same continuation again; a new text starts without one.
     let sample = |seed: &str| {
         let (code, out, err) = softtune(&[
@@ -786,6 +815,8 @@ fn generate_continues_a_text_like_transformers() {
     // Bad arguments and files are one-line errors naming what to change.
     let (code, _, err) = softtune(&["generate", "--model", m, "--temperature=-1", "x"]);
     assert_one_line_error(code, &err, &["--temperature -1"]);
+    let (code, _, err) = softtune(&["generate", "--model", m, "--top-p", "0", "x"]);
+    assert_one_line_error(code, &err, &["--top-p 0", "at most 1"]);
     let (code, _, err) = softtune(&["generate", "--model", m, "--tokens", "0", "x"]);
     assert_one_line_error(code, &err, &["--tokens"]);
     let wrong = dir.path().join("narrow.zip");

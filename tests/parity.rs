@@ -91,12 +91,7 @@ fn greedy_generation_follows_the_reference_logits() {
     use softtune::model::{CausalLm, LoadOptions, ModelConfig};
 
     type B = Flex;
-    let greedy = Sampling {
-        max_new: 1,
-        temperature: 0.0,
-        top_k: 0,
-        seed: 0,
-    };
+    let greedy = Sampling::greedy(1);
     let mut checked = 0;
     for name in [
         "gpt2", "llama", "opt_proj", "gpt_neox", "qwen2", "gemma2", "xglm",
@@ -147,16 +142,30 @@ fn greedy_continuations_match_transformers() {
     for case in reference["cases"].as_array().unwrap() {
         // Rounding must not be able to flip a greedy pick.
         assert!(case["min_margin"].as_f64().unwrap() > 1e-3, "{case}");
+        assert!(
+            case["penalised"]["min_margin"].as_f64().unwrap() > 1e-3,
+            "{case}"
+        );
     }
+    // Ten cases, with and without the prompt, greedy and with the repetition penalty.
     let cases = check_generation::<Flex>(&fixture(""), &Default::default(), DType::F32).unwrap();
-    assert_eq!(cases.len(), 20);
+    assert_eq!(cases.len(), 40);
+    assert_eq!(
+        cases
+            .iter()
+            .filter(|c| c.what.ends_with("penalised"))
+            .count(),
+        20
+    );
     for c in cases {
         assert!(
             c.pass,
             "{}: {} of {} tokens match",
             c.what, c.matching, c.want
         );
-        assert!(c.want >= 15, "{}", c.what);
+        // Penalised, GPT-J's tiny model reaches its end-of-text token after 7 tokens.
+        let least = if c.what.ends_with("penalised") { 7 } else { 15 };
+        assert!(c.want >= least, "{}: {} tokens", c.what, c.want);
     }
 }
 

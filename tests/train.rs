@@ -241,6 +241,42 @@ fn samples_follow_the_configuration() {
         let n = plan.tokenizer.encode(without_prompt).unwrap().len();
         assert!(n <= 6, "at most 5 new tokens: {without_prompt:?}");
     }
+    // The repetition penalty reaches the samples: the tiny model's greedy text repeats
+    // itself, and penalised it does not write the same.
+    let greedy_text = |extra: &str, folder: &str| {
+        let mut cfg = config(
+            dir.path(),
+            "gpt2",
+            &format!(
+                "[samples]\nprompt = \"Once upon a time\"\nevery = 2\ntokens = 12\ntemperature = 0\n{extra}"
+            ),
+        );
+        let plan = plan_steps(&mut cfg, &dir.path().join(folder), 2);
+        let (_, events) = run(&plan, None);
+        let text = events
+            .into_iter()
+            .find_map(|e| match e {
+                Event::Sample { without_prompt, .. } => Some(without_prompt),
+                _ => None,
+            })
+            .unwrap();
+        let ids = plan.tokenizer.encode(&text).unwrap();
+        (text, ids)
+    };
+    let (plain, plain_ids) = greedy_text("", "run-plain");
+    let (penalised, _) = greedy_text(
+        "repetition_penalty = 1.5\nrepetition_range = 0\ntop_k = 5\ntop_p = 0.9",
+        "run-penalised",
+    );
+    assert_ne!(plain, penalised);
+    let mut distinct = plain_ids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert!(
+        distinct.len() < plain_ids.len(),
+        "greedy repeats: {plain:?}"
+    );
+
     let mut off = config(dir.path(), "gpt2", "[samples]\nevery = 0");
     let plan = plan_steps(&mut off, &dir.path().join("run-off"), 2);
     let (_, events) = run(&plan, None);
@@ -477,6 +513,20 @@ fn bad_inputs_are_clear_errors() {
         "{msg}"
     );
     assert!(msg.contains("training.lr"), "{msg}");
+
+    // Sampling settings out of range: each named, with what is usual.
+    let mut cfg = config(dir.path(), "gpt2", "");
+    cfg.samples.top_p = Some(0.0);
+    cfg.samples.repetition_penalty = Some(-1.0);
+    let msg = plan_err(&cfg, dir.path());
+    assert!(
+        msg.contains("`samples.top_p` = 0: use a number above 0 and at most 1"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("`samples.repetition_penalty` = -1: use a number above 0"),
+        "{msg}"
+    );
 
     // Too small for one sequence.
     let mut cfg = config(dir.path(), "gpt2", "");

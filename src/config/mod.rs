@@ -162,6 +162,19 @@ pub struct SamplesSection {
     /// Sampling temperature; 0 is greedy (default 0.7).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
+    /// Draw among the K most likely tokens (default 40; 0: all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    /// Then among the most likely tokens whose probabilities first add up to this
+    /// (default 1: all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    /// Divides the logits of the recent text's tokens (default 1: off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repetition_penalty: Option<f64>,
+    /// Tokens of recent text the penalty looks at (default 1024; 0: all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repetition_range: Option<usize>,
 }
 
 /// A whole run configuration (a profile file).

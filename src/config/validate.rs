@@ -10,6 +10,7 @@ use anyhow::{Result, anyhow};
 
 use super::{RunConfig, bad, check_range};
 use crate::device::DeviceSpec;
+use crate::model::generate::Sampling;
 use crate::model::lm::Precision;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +83,10 @@ pub struct ValidConfig {
     pub sample_every: usize,
     pub sample_tokens: usize,
     pub sample_temperature: f64,
+    pub sample_top_k: usize,
+    pub sample_top_p: f64,
+    pub sample_repetition_penalty: f64,
+    pub sample_repetition_range: usize,
 }
 
 /// Keeps letters, digits, `-`, `_` and `.`; everything else becomes `_`.
@@ -353,6 +358,31 @@ impl RunConfig {
             ));
         }
         let sample_temperature = errs.num("samples.temperature", sm.temperature, 0.7, 0.0, 10.0);
+        let sample_top_p = sm.top_p.unwrap_or(1.0);
+        let sample_repetition_penalty = sm.repetition_penalty.unwrap_or(1.0);
+        let greedy = Sampling::greedy(1);
+        for (key, value, probe) in [
+            (
+                "samples.top_p",
+                sample_top_p,
+                Sampling {
+                    top_p: sample_top_p,
+                    ..greedy
+                },
+            ),
+            (
+                "samples.repetition_penalty",
+                sample_repetition_penalty,
+                Sampling {
+                    repetition_penalty: sample_repetition_penalty,
+                    ..greedy
+                },
+            ),
+        ] {
+            if let Some((_, what)) = probe.problem() {
+                errs.add(bad(key, value, what));
+            }
+        }
         errs.finish()?;
         Ok(ValidConfig {
             dataset,
@@ -392,6 +422,12 @@ impl RunConfig {
             sample_every,
             sample_tokens,
             sample_temperature,
+            sample_top_k: sm.top_k.unwrap_or(crate::generate::DEFAULT_TOP_K),
+            sample_top_p,
+            sample_repetition_penalty,
+            sample_repetition_range: sm
+                .repetition_range
+                .unwrap_or(crate::generate::DEFAULT_REPETITION_RANGE),
         })
     }
 }

@@ -13,7 +13,8 @@ use super::{CausalLm, Kernels};
 use crate::eval::ids_tensor;
 use crate::rng::SplitMix64;
 
-/// How tokens are drawn.
+/// How tokens are drawn. Each position's logits go through transformers' processors, in
+/// their order: the repetition penalty, the temperature, top-k, then top-p.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sampling {
     /// New tokens at most (generation also ends at a stop token).
@@ -22,43 +23,149 @@ pub struct Sampling {
     pub temperature: f64,
     /// Draw only among the `top_k` most likely tokens (0: all).
     pub top_k: usize,
+    /// Nucleus sampling: draw only among the most likely tokens whose probabilities (after
+    /// the temperature and top-k) first add up to `top_p` (1: all).
+    pub top_p: f64,
+    /// The logits of tokens in the recent text are divided by this (multiplied when
+    /// negative), as transformers' `repetition_penalty` and KoboldAI's `rep_pen`; 1: off.
+    pub repetition_penalty: f64,
+    /// How many of the last tokens of the text and its continuation the penalty looks at
+    /// (0: all of them). The soft prompt is not tokens, so it is never penalised.
+    pub repetition_range: usize,
     pub seed: u64,
 }
 
-/// The token to emit from one position's logits: greedy at temperature 0, else a seeded draw
-/// from the softmax of the `top_k` best logits divided by the temperature. Ties go to the
-/// lowest id. Non-finite logits are never picked.
-pub fn pick(logits: &[f32], s: &Sampling, rng: &mut SplitMix64) -> Option<u32> {
+impl Sampling {
+    /// The most likely token each time, nothing penalised: transformers' greedy search.
+    pub fn greedy(max_new: usize) -> Self {
+        Self {
+            max_new,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            repetition_range: 0,
+            seed: 0,
+        }
+    }
+
+    /// The first setting out of range, as `(setting, what to do)`; the caller names it as
+    /// its user wrote it (a command-line flag or a profile key).
+    pub fn problem(&self) -> Option<(&'static str, &'static str)> {
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return Some((
+                "temperature",
+                "use a number from 0 (always the most likely token) up; 0.7 is usual",
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Some((
+                "top_p",
+                "use a number above 0 and at most 1 (1: all tokens); 0.9 is usual",
+            ));
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty <= 10.0) {
+            return Some((
+                "repetition_penalty",
+                "use a number above 0 and at most 10 (1: off); 1.1 to 1.3 is usual",
+            ));
+        }
+        None
+    }
+
+    /// The tokens of `ids` (a text and its continuation so far) the penalty looks at.
+    pub fn recent<'a>(&self, ids: &'a [u32]) -> &'a [u32] {
+        match self.repetition_range {
+            0 => ids,
+            r => &ids[ids.len().saturating_sub(r)..],
+        }
+    }
+}
+
+/// The tokens a draw may take from one position's logits and their probabilities, most
+/// likely first (ties to the lowest id): the logits of `recent` tokens penalised, then at
+/// temperature 0 the best token alone; else the softmax at the temperature, cut to the
+/// `top_k` best and then to the fewest whose probabilities reach `top_p`, renormalised.
+/// Non-finite logits are never candidates; no finite logit gives an empty list.
+pub fn candidates(logits: &[f32], s: &Sampling, recent: &[u32]) -> Vec<(u32, f64)> {
+    let penalty = s.repetition_penalty as f32;
+    let mut penalised = Vec::new();
+    if penalty != 1.0 {
+        penalised.extend(
+            recent
+                .iter()
+                .map(|&id| id as usize)
+                .filter(|&i| i < logits.len()),
+        );
+        penalised.sort_unstable();
+        penalised.dedup();
+    }
     let mut order: Vec<(usize, f32)> = logits
         .iter()
         .copied()
         .enumerate()
         .filter(|(_, x)| x.is_finite())
         .collect();
+    if !penalised.is_empty() {
+        for (id, x) in &mut order {
+            if penalised.binary_search(id).is_ok() {
+                *x = if *x < 0.0 { *x * penalty } else { *x / penalty };
+            }
+        }
+    }
     if order.is_empty() {
-        return None;
+        return Vec::new();
     }
     order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     if s.temperature <= 0.0 {
-        return Some(order[0].0 as u32);
+        return vec![(order[0].0 as u32, 1.0)];
     }
     if s.top_k > 0 {
         order.truncate(s.top_k);
     }
     let top = order[0].1 as f64;
-    let weights: Vec<f64> = order
+    let mut probs: Vec<(u32, f64)> = order
         .iter()
-        .map(|&(_, x)| ((x as f64 - top) / s.temperature).exp())
+        .map(|&(id, x)| (id as u32, ((x as f64 - top) / s.temperature).exp()))
         .collect();
-    let total: f64 = weights.iter().sum();
-    let mut r = rng.unit() * total;
-    for (&(id, _), w) in order.iter().zip(&weights) {
-        if r < *w {
-            return Some(id as u32);
-        }
-        r -= w;
+    let normalise = |probs: &mut Vec<(u32, f64)>| {
+        let total: f64 = probs.iter().map(|p| p.1).sum();
+        probs.iter_mut().for_each(|p| p.1 /= total);
+    };
+    normalise(&mut probs);
+    if s.top_p < 1.0 {
+        // Keep each token while the tokens before it hold less than `top_p`.
+        let mut before = 0.0;
+        let keep = probs
+            .iter()
+            .take_while(|p| {
+                let kept = before < s.top_p;
+                before += p.1;
+                kept
+            })
+            .count();
+        probs.truncate(keep.max(1));
+        normalise(&mut probs);
     }
-    Some(order[order.len() - 1].0 as u32)
+    probs
+}
+
+/// The token to emit from one position's logits: the best of [`candidates`] at temperature
+/// 0, else a seeded draw from them. `None` when no logit is finite.
+pub fn pick(logits: &[f32], s: &Sampling, recent: &[u32], rng: &mut SplitMix64) -> Option<u32> {
+    let probs = candidates(logits, s, recent);
+    let &(last, _) = probs.last()?;
+    if s.temperature <= 0.0 {
+        return Some(last);
+    }
+    let mut r = rng.unit();
+    for &(id, p) in &probs {
+        if r < p {
+            return Some(id);
+        }
+        r -= p;
+    }
+    Some(last)
 }
 
 /// Continues `context` (token ids, at least one) by up to `s.max_new` tokens, with `prompt`
@@ -117,7 +224,8 @@ pub fn generate<B: Kernels>(
             .convert::<f32>()
             .to_vec::<f32>()
             .map_err(|e| anyhow!("reading logits back failed: {e:?}"))?;
-        let Some(next) = pick(&logits[..vocab.min(logits.len())], s, &mut rng) else {
+        let recent = s.recent(&ids);
+        let Some(next) = pick(&logits[..vocab.min(logits.len())], s, recent, &mut rng) else {
             bail!("the model produced no finite logits while sampling");
         };
         if stop.contains(&next) {
@@ -219,10 +327,10 @@ mod tests {
 
     fn sampling(temperature: f64, top_k: usize) -> Sampling {
         Sampling {
-            max_new: 1,
             temperature,
             top_k,
             seed: 7,
+            ..Sampling::greedy(1)
         }
     }
 
@@ -268,8 +376,8 @@ mod tests {
     fn greedy_takes_the_best_and_skips_non_finite() {
         let mut rng = SplitMix64::new(1);
         let l = [0.5, f32::NAN, 2.0, 2.0, -1.0];
-        assert_eq!(pick(&l, &sampling(0.0, 0), &mut rng), Some(2));
-        assert_eq!(pick(&[f32::NAN], &sampling(0.7, 0), &mut rng), None);
+        assert_eq!(pick(&l, &sampling(0.0, 0), &[], &mut rng), Some(2));
+        assert_eq!(pick(&[f32::NAN], &sampling(0.7, 0), &[], &mut rng), None);
     }
 
     #[test]
@@ -278,7 +386,7 @@ mod tests {
         let mut rng = SplitMix64::new(3);
         let mut seen = [0usize; 5];
         for _ in 0..3000 {
-            seen[pick(&l, &sampling(1.0, 2), &mut rng).unwrap() as usize] += 1;
+            seen[pick(&l, &sampling(1.0, 2), &[], &mut rng).unwrap() as usize] += 1;
         }
         assert_eq!(seen[2] + seen[3] + seen[4], 0, "{seen:?}");
         // p(0) / p(1) = e^0.1 ≈ 1.105 at temperature 1.
@@ -287,8 +395,157 @@ mod tests {
         // A low temperature almost always takes the best.
         let mut best = 0;
         for _ in 0..1000 {
-            best += usize::from(pick(&l, &sampling(0.01, 0), &mut rng) == Some(0));
+            best += usize::from(pick(&l, &sampling(0.01, 0), &[], &mut rng) == Some(0));
         }
         assert!(best > 990, "{best}");
+    }
+
+    /// Each case of `tests/fixtures/sampling.json` (see `make_sampling.py`): the same tokens
+    /// as transformers' processors leave, in the same order, with the same probabilities.
+    #[test]
+    fn candidates_match_transformers() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sampling.json");
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let cases = json["cases"].as_array().unwrap();
+        assert_eq!(cases.len(), 10);
+        let floats = |v: &serde_json::Value| -> Vec<f64> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        };
+        let ids = |v: &serde_json::Value| -> Vec<u32> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect()
+        };
+        for (i, c) in cases.iter().enumerate() {
+            let s = Sampling {
+                temperature: c["temperature"].as_f64().unwrap(),
+                top_k: c["top_k"].as_u64().unwrap() as usize,
+                top_p: c["top_p"].as_f64().unwrap(),
+                repetition_penalty: c["repetition_penalty"].as_f64().unwrap(),
+                ..Sampling::greedy(1)
+            };
+            let logits: Vec<f32> = floats(&c["logits"]).iter().map(|&x| x as f32).collect();
+            let got = candidates(&logits, &s, &ids(&c["recent"]));
+            let want_ids = ids(&c["kept"]);
+            let got_ids: Vec<u32> = got.iter().map(|p| p.0).collect();
+            assert_eq!(got_ids, want_ids, "case {i}: {s:?}");
+            for ((_, p), q) in got.iter().zip(floats(&c["probs"])) {
+                assert!((p - q).abs() < 1e-6, "case {i}: {p} against {q}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_penalty_looks_at_the_recent_tokens_once_each() {
+        // Token 0 leads by a little; penalised it falls behind token 1, and a negative
+        // logit is pushed further down (multiplied).
+        let l = [2.0f32, 1.8, -1.0, -1.1];
+        let s = Sampling {
+            repetition_penalty: 1.2,
+            ..Sampling::greedy(1)
+        };
+        let mut rng = SplitMix64::new(1);
+        assert_eq!(pick(&l, &s, &[], &mut rng), Some(0));
+        assert_eq!(pick(&l, &s, &[0], &mut rng), Some(1));
+        // A token seen three times is penalised once: 2.0 / 1.2 = 1.67, still above 1.5.
+        let l2 = [2.0f32, 1.5];
+        assert_eq!(pick(&l2, &s, &[0, 0, 0], &mut rng), Some(0));
+        let at_one = Sampling {
+            temperature: 1.0,
+            ..s
+        };
+        let p = candidates(&l, &at_one, &[2]);
+        let p3 = p.iter().find(|x| x.0 == 3).unwrap().1;
+        let p2 = p.iter().find(|x| x.0 == 2).unwrap().1;
+        // -1.0 · 1.2 = -1.2 now ranks below -1.1.
+        assert!(p2 < p3, "{p:?}");
+        // Ids past the logits (padding rows) are ignored.
+        assert_eq!(candidates(&l, &s, &[99]), vec![(0, 1.0)]);
+        // The range: the last N tokens of the text, or all of it.
+        let ranged = Sampling {
+            repetition_range: 2,
+            ..s
+        };
+        assert_eq!(ranged.recent(&[5, 6, 7]), &[6, 7]);
+        assert_eq!(ranged.recent(&[7]), &[7]);
+        assert_eq!(s.recent(&[5, 6, 7]), &[5, 6, 7]);
+    }
+
+    #[test]
+    fn top_p_keeps_the_fewest_tokens_that_reach_it() {
+        // At temperature 1: probabilities ≈ 0.51, 0.31, 0.11, 0.04, 0.02.
+        let l = [2.0f32, 1.5, 0.5, -0.5, -1.0];
+        let s = |top_p| Sampling {
+            temperature: 1.0,
+            top_p,
+            ..Sampling::greedy(1)
+        };
+        let kept = |top_p| candidates(&l, &s(top_p), &[]).len();
+        assert_eq!(kept(1.0), 5);
+        assert_eq!(kept(0.9), 3);
+        assert_eq!(kept(0.5), 1);
+        assert_eq!(kept(0.52), 2);
+        assert_eq!(kept(1e-9), 1);
+        let p = candidates(&l, &s(0.9), &[]);
+        assert!((p.iter().map(|x| x.1).sum::<f64>() - 1.0).abs() < 1e-12);
+        let mut rng = SplitMix64::new(9);
+        for _ in 0..500 {
+            assert!(pick(&l, &s(0.9), &[], &mut rng).unwrap() < 3);
+        }
+    }
+
+    #[test]
+    fn settings_out_of_range_are_named() {
+        let ok = Sampling::greedy(1);
+        assert_eq!(ok.problem(), None);
+        for (bad, name) in [
+            (
+                Sampling {
+                    temperature: -1.0,
+                    ..ok
+                },
+                "temperature",
+            ),
+            (
+                Sampling {
+                    temperature: f64::NAN,
+                    ..ok
+                },
+                "temperature",
+            ),
+            (Sampling { top_p: 0.0, ..ok }, "top_p"),
+            (Sampling { top_p: 1.5, ..ok }, "top_p"),
+            (
+                Sampling {
+                    top_p: f64::NAN,
+                    ..ok
+                },
+                "top_p",
+            ),
+            (
+                Sampling {
+                    repetition_penalty: 0.0,
+                    ..ok
+                },
+                "repetition_penalty",
+            ),
+            (
+                Sampling {
+                    repetition_penalty: 11.0,
+                    ..ok
+                },
+                "repetition_penalty",
+            ),
+        ] {
+            assert_eq!(bad.problem().map(|p| p.0), Some(name), "{bad:?}");
+        }
     }
 }

@@ -56,7 +56,10 @@ impl Sampler {
             sampling: Sampling {
                 max_new: cfg.sample_tokens,
                 temperature: cfg.sample_temperature,
-                top_k: crate::generate::DEFAULT_TOP_K,
+                top_k: cfg.sample_top_k,
+                top_p: cfg.sample_top_p,
+                repetition_penalty: cfg.sample_repetition_penalty,
+                repetition_range: cfg.sample_repetition_range,
                 seed: cfg.seed ^ 0x5a3d_1e00,
             },
             vocab: plan.tokenizer.id_bound(),
