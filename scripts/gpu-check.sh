@@ -21,7 +21,11 @@
 #    without "+sync");
 #    each parity run starts with the kernel checks (every fast path against plain Burn, the
 #    matmuls against an exact product, on the GPU);
-# 4. one table: tokens/s and peak memory beside PyTorch + PEFT's, on the same card where
+# 4. with what time is left (GENERATE_SECS at most, default 60): `softtune generate`'s speed
+#    for TinyLlama in bf16 (`bench --generate`: reading 20 soft + 1024 text tokens, then 32
+#    new tokens with the key/value cache and reading the whole window), printed under the
+#    table; a failure here does not fail the check;
+# 5. one table: tokens/s and peak memory beside PyTorch + PEFT's, on the same card where
 #    `scripts/peft-baseline.py` measured it (H200), else on an H100 80GB. A row cut short
 #    after its first step still gets a rough number ("~"): tokens/s from its last finished
 #    step, and the peak of the device memory in use (nvidia-smi, polled every 0.5 s).
@@ -254,11 +258,26 @@ parity "$first_backend" f32
 for b in $parity_backends; do
     parity "$b" bf16
 done
+generation=""
+gen_secs=$(limit "${GENERATE_SECS:-60}")
+if [ "$gen_secs" -lt 20 ]; then
+    echo "== skipped (past ${total_secs} s): generation on $first_backend"
+else
+    echo "== bench --generate: tinyllama-1.1b, 20 + 1024 tokens, 32 new, on $first_backend"
+    generation=$(env $(backend_env "$first_backend") timeout "$gen_secs" "$bin" bench --device "$device" \
+        --precision bf16 --shape tinyllama-1.1b --seq 1024 --soft 20 --generate 32 2>&1)
+    rc=$?
+    echo "$generation"
+    [ $rc -ne 0 ] && generation="" && echo "== generation failed or was cut short (rc $rc)"
+    echo "== generation done at $((SECONDS - start)) s"
+fi
 echo
 printf '%-15s %-11s %12s %12s %8s %10s %10s\n' shape backend "tokens/s" "PEFT $peft_card" "ratio" "peak mem" "PEFT mem"
 printf '%s' "$table"
 [ -n "$syncs" ] && printf 'host time around the cuBLAS products:\n%s' "$syncs"
 [ -n "$estimates" ] && printf 'memory estimates (compare with the peak column):\n%s' "$estimates"
+[ -n "$generation" ] && printf 'softtune generate on %s (bf16):\n%s\n' "$first_backend" \
+    "$(echo "$generation" | grep -E '^(shape |tinyllama-1.1b )')"
 echo "total $((SECONDS - start)) s"
 # The compiled-kernel caches (softtune's PTX cache, the driver's machine-code cache).
 existing=()

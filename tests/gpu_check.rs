@@ -18,14 +18,21 @@ parity) echo "all fixtures ok"; exit 0 ;;
 bench) ;;
 *) echo "unexpected command $cmd" >&2; exit 2 ;;
 esac
-shape=""; batch=""
+shape=""; batch=""; generate=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --shape) shape=$2; shift ;;
     --batch) batch=$2; shift ;;
+    --generate) generate=$2; shift ;;
     esac
     shift
 done
+# The generation benchmark: the real binary's table, renamed.
+if [ -n "$generate" ]; then
+    "$here/real" bench --device cpu --shape smollm-135m --seq 8 --soft 2 --generate 2 \
+        | sed "s/^smollm-135m/$shape/"
+    exit "${PIPESTATUS[0]}"
+fi
 # The products' line as `softtune bench` words it in each order.
 if [ "$SOFTTUNE_CUBLAS_ORDER" = sync ]; then
     p1="900 cuBLAS products: 29000.0 ms waiting for CubeCL's queue, 80.0 ms in cuBLAS"
@@ -198,6 +205,19 @@ fn gpu_check_prints_finished_cut_short_and_fallback_rows_and_the_host_time_aroun
             && stdout.contains("2 rms_norm_rows"),
         "{all}"
     );
+    // The generation benchmark's table, under the estimates.
+    let generation = stdout
+        .split("softtune generate on cube (bf16):\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no generation table in:\n{all}"));
+    let mut lines = generation.lines();
+    assert!(
+        lines.next().unwrap().starts_with("shape ") && generation.contains("ms/token"),
+        "{all}"
+    );
+    let gen_row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(gen_row[0], "tinyllama-1.1b", "{all}");
+    assert!(gen_row[8].parse::<f64>().unwrap() > 0.0, "ms/token in {gen_row:?}");
     // The parity runs ran (f32 on the backend, then bf16).
     assert_eq!(stdout.matches("all fixtures ok").count(), 2, "{all}");
 }
