@@ -10,11 +10,12 @@
 //! text, the continuation starts after an EOS token: where training saw every file and story
 //! begin.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, bail};
+use burn::tensor::Tensor;
 
 use crate::data;
 use crate::device::DeviceSpec;
@@ -24,7 +25,7 @@ use crate::model::lm::Precision;
 use crate::model::source::{self, HubOptions};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::{Weights, dtype_name};
-use crate::model::{CausalLm, LoadOptions, ModelConfig};
+use crate::model::{CausalLm, Kernels, LoadOptions, ModelConfig};
 use crate::prompt::{self, SoftPrompt};
 use crate::train::checkpoint::Checkpoint;
 
@@ -86,6 +87,11 @@ pub struct GenerateArgs {
     /// Also continue without the prompt, with the same seed, to compare.
     #[arg(long)]
     pub compare: bool,
+    /// Write a story with the model, the model loaded once: each line typed is added to
+    /// the story and continued (an empty line continues it as it is; /retry, /new, /help;
+    /// Ctrl-D ends). A TEXT or --file starts the story.
+    #[arg(long, short = 'i', conflicts_with = "compare")]
+    pub interactive: bool,
     /// cpu or cuda:N (default: the run's with --run, else cpu).
     #[arg(long)]
     pub device: Option<DeviceSpec>,
@@ -184,6 +190,14 @@ fn check(args: &GenerateArgs) -> Result<()> {
     if args.text.is_some() && args.file.is_some() {
         bail!("give the text to continue or --file, not both");
     }
+    if args.interactive && args.compare {
+        bail!("--interactive writes one story, with the prompt: leave out --compare");
+    }
+    if args.interactive && args.samples > 1 {
+        bail!(
+            "--interactive writes one continuation at a time (/retry writes another): leave out --samples"
+        );
+    }
     if args.compare && args.prompt.is_none() && args.run.is_none() {
         bail!(
             "--compare compares a prompt's continuation with the model's alone: give --prompt (or --run)"
@@ -249,8 +263,14 @@ fn context(args: &GenerateArgs, tok: &Tokenizer, cfg: &ModelConfig) -> Result<Ve
     }
 }
 
-/// Writes the continuations to `out` as they grow, and what is being done to `log`.
-pub fn run(args: &GenerateArgs, out: &mut dyn Write, log: &mut dyn Write) -> Result<()> {
+/// Writes the continuations to `out` as they grow, and what is being done to `log`;
+/// `--interactive` reads the story's lines from `input`.
+pub fn run(
+    args: &GenerateArgs,
+    input: &mut dyn BufRead,
+    out: &mut dyn Write,
+    log: &mut dyn Write,
+) -> Result<()> {
     check(args)?;
     let src = source(args)?;
     let files = source::resolve(&src.model, &src.hub)?;
@@ -304,7 +324,6 @@ pub fn run(args: &GenerateArgs, out: &mut dyn Write, log: &mut dyn Write) -> Res
     )?;
     let echo = args.text.as_deref().unwrap_or("");
     let stop: Vec<u32> = tokenizer.eos_id(&config).into_iter().collect();
-    let vocab = tokenizer.id_bound();
     let many = args.samples > 1 || args.compare;
     crate::with_backend!(device, |B, dev| {
         let model = CausalLm::<B>::load(&config, &weights, &dev, LoadOptions { dtype })?;
@@ -314,63 +333,56 @@ pub fn run(args: &GenerateArgs, out: &mut dyn Write, log: &mut dyn Write) -> Res
             .map(|s| prompt_tensor::<B>(&s.data, s.rows, s.dim, &dev));
         let start = Instant::now();
         let mut tokens = 0;
-        for i in 0..args.samples {
-            let sampling = sampling(args, seed.wrapping_add(i as u64));
-            let runs: &[bool] = if args.compare {
-                &[true, false]
-            } else {
-                &[true]
+        let writer = Writer {
+            model: &model,
+            tokenizer: &tokenizer,
+            context_len: ctx,
+            stop: &stop,
+        };
+        if args.interactive {
+            let story = Story {
+                text: match (&args.text, &args.file) {
+                    (Some(text), _) => text.clone(),
+                    (None, Some(_)) => tokenizer.decode(&context)?,
+                    (None, None) => String::new(),
+                },
+                started: args.text.is_some() || args.file.is_some(),
             };
-            for &with in runs {
-                if many {
-                    let mut which = Vec::new();
-                    if args.samples > 1 {
-                        which.push(format!("sample {} of {}", i + 1, args.samples));
+            tokens = story.write(&writer, p.as_ref(), args, seed, input, out, log)?;
+        } else {
+            for i in 0..args.samples {
+                let sampling = sampling(args, seed.wrapping_add(i as u64));
+                let runs: &[bool] = if args.compare {
+                    &[true, false]
+                } else {
+                    &[true]
+                };
+                for &with in runs {
+                    if many {
+                        let mut which = Vec::new();
+                        if args.samples > 1 {
+                            which.push(format!("sample {} of {}", i + 1, args.samples));
+                        }
+                        if p.is_some() {
+                            which.push(
+                                if with {
+                                    "with the prompt"
+                                } else {
+                                    "without a prompt"
+                                }
+                                .into(),
+                            );
+                        }
+                        which.push(format!("seed {}", sampling.seed));
+                        if i > 0 || !with {
+                            writeln!(out)?;
+                        }
+                        writeln!(out, "--- {} ---", which.join(", "))?;
                     }
-                    if p.is_some() {
-                        which.push(
-                            if with {
-                                "with the prompt"
-                            } else {
-                                "without a prompt"
-                            }
-                            .into(),
-                        );
-                    }
-                    which.push(format!("seed {}", sampling.seed));
-                    if i > 0 || !with {
-                        writeln!(out)?;
-                    }
-                    writeln!(out, "--- {} ---", which.join(", "))?;
-                }
-                write!(out, "{echo}")?;
-                out.flush()?;
-                let mut stream = TextStream::new(&tokenizer, &context)?;
-                let ids = generate(
-                    &model,
-                    if with { p.as_ref() } else { None },
-                    &context,
-                    vocab,
-                    ctx,
-                    &stop,
-                    &sampling,
-                    |id| {
-                        let piece = stream.push(id)?;
-                        out.write_all(piece.as_bytes())?;
-                        out.flush()?;
-                        Ok(())
-                    },
-                )?;
-                let rest = stream.finish()?;
-                writeln!(out, "{rest}")?;
-                out.flush()?;
-                tokens += ids.len();
-                if ids.len() < args.tokens {
-                    writeln!(
-                        log,
-                        "(the model ended the text after {} new tokens)",
-                        ids.len()
-                    )?;
+                    write!(out, "{echo}")?;
+                    let prompt = if with { p.as_ref() } else { None };
+                    let (n, _) = writer.write(prompt, &context, &sampling, out, log)?;
+                    tokens += n;
                 }
             }
         }
@@ -382,6 +394,168 @@ pub fn run(args: &GenerateArgs, out: &mut dyn Write, log: &mut dyn Write) -> Res
         )?;
         Ok(())
     })
+}
+
+/// What continuations are written with: the model, its tokenizer and context.
+struct Writer<'a, B: Kernels> {
+    model: &'a CausalLm<B>,
+    tokenizer: &'a Tokenizer,
+    context_len: usize,
+    stop: &'a [u32],
+}
+
+impl<B: Kernels> Writer<'_, B> {
+    /// Writes one continuation of `context` to `out` as it grows, then a line end; says on
+    /// `log` when the model ended the text early. Returns its new tokens and its text.
+    fn write(
+        &self,
+        prompt: Option<&Tensor<B, 2>>,
+        context: &[u32],
+        sampling: &Sampling,
+        out: &mut dyn Write,
+        log: &mut dyn Write,
+    ) -> Result<(usize, String)> {
+        out.flush()?;
+        let mut stream = TextStream::new(self.tokenizer, context)?;
+        let mut text = String::new();
+        let ids = generate(
+            self.model,
+            prompt,
+            context,
+            self.tokenizer.id_bound(),
+            self.context_len,
+            self.stop,
+            sampling,
+            |id| {
+                let piece = stream.push(id)?;
+                out.write_all(piece.as_bytes())?;
+                out.flush()?;
+                text += &piece;
+                Ok(())
+            },
+        )?;
+        let rest = stream.finish()?;
+        writeln!(out, "{rest}")?;
+        out.flush()?;
+        text += &rest;
+        if ids.len() < sampling.max_new {
+            writeln!(
+                log,
+                "(the model ended the text after {} new tokens)",
+                ids.len()
+            )?;
+        }
+        Ok((ids.len(), text))
+    }
+}
+
+/// What `--interactive` says its commands do.
+const STORY_HELP: &str = "Type text and press Enter: it is added to the story, which is then continued (\\n in it starts a new line). \
+Enter alone continues the story as it is. /retry writes another continuation in place of the last, /new starts a new story, \
+/quit or Ctrl-D ends.";
+
+/// `--interactive`'s story: the text so far (what was typed and the continuations).
+struct Story {
+    text: String,
+    /// Whether a TEXT or --file started it (then it is continued at once).
+    started: bool,
+}
+
+impl Story {
+    /// Adds typed text: `\n` in it is a line end, and a space goes between words that would
+    /// otherwise run together (not before closing punctuation; quotes may open, so they get
+    /// one).
+    fn add(&mut self, typed: &str) {
+        let typed = typed.replace("\\n", "\n");
+        let joins = |c: char| c.is_whitespace() || ",.;:!?)]}’”…".contains(c);
+        if self.text.chars().last().is_some_and(|c| !c.is_whitespace())
+            && typed.chars().next().is_some_and(|c| !joins(c))
+        {
+            self.text.push(' ');
+        }
+        self.text += &typed;
+    }
+
+    /// Reads lines from `input` and writes continuations until the input ends or /quit;
+    /// returns the new tokens written. Each continuation takes the next seed.
+    #[allow(clippy::too_many_arguments)]
+    fn write<B: Kernels>(
+        mut self,
+        writer: &Writer<'_, B>,
+        prompt: Option<&Tensor<B, 2>>,
+        args: &GenerateArgs,
+        seed: u64,
+        input: &mut dyn BufRead,
+        out: &mut dyn Write,
+        log: &mut dyn Write,
+    ) -> Result<usize> {
+        writeln!(log, "{STORY_HELP}")?;
+        let mut tokens = 0;
+        let mut next_seed = seed;
+        // Where the story stood before the last continuation (for /retry).
+        let mut before_last: Option<usize> = None;
+        let mut continue_now = self.started;
+        if self.started && args.text.is_some() {
+            write!(out, "{}", self.text)?;
+        }
+        loop {
+            if continue_now {
+                let context = match writer.tokenizer.encode(&self.text)? {
+                    ids if !ids.is_empty() => ids,
+                    // A new story starts after an end-of-text token, as a new text does.
+                    _ => match writer.stop.first() {
+                        Some(&eos) => vec![eos],
+                        None => bail!(
+                            "the model names no end-of-text token to start a new story after (eos_token_id in config.json); type its first words"
+                        ),
+                    },
+                };
+                let sampling = sampling(args, next_seed);
+                next_seed = next_seed.wrapping_add(1);
+                before_last = Some(self.text.len());
+                let (n, text) = writer.write(prompt, &context, &sampling, out, log)?;
+                tokens += n;
+                self.text += &text;
+            }
+            continue_now = false;
+            write!(log, "> ")?;
+            log.flush()?;
+            let mut line = String::new();
+            if input.read_line(&mut line)? == 0 {
+                writeln!(log)?;
+                break;
+            }
+            let line = line.trim_end_matches(['\n', '\r']);
+            match line.trim() {
+                "/quit" | "/exit" => break,
+                "/help" => writeln!(log, "{STORY_HELP}")?,
+                "/new" => {
+                    self.text.clear();
+                    before_last = None;
+                    writeln!(
+                        log,
+                        "(a new story: type its first words, or Enter to let the model start one)"
+                    )?;
+                }
+                "/retry" => match before_last {
+                    Some(at) => {
+                        self.text.truncate(at);
+                        continue_now = true;
+                    }
+                    None => writeln!(log, "(nothing to retry yet)")?,
+                },
+                cmd if cmd.starts_with('/') && !cmd.contains(' ') => {
+                    writeln!(log, "(no command {cmd}; /help lists them)")?
+                }
+                "" => continue_now = true,
+                _ => {
+                    self.add(line);
+                    continue_now = true;
+                }
+            }
+        }
+        Ok(tokens)
+    }
 }
 
 /// A seed from the clock, small enough to type back.
@@ -412,6 +586,7 @@ mod tests {
             seed: None,
             samples: 1,
             compare: false,
+            interactive: false,
             device: None,
             precision: None,
             hub: HubOptions::default(),
@@ -477,6 +652,45 @@ mod tests {
                 ..args()
             })
             .contains("--prompt")
+        );
+    }
+
+    #[test]
+    fn typed_text_joins_the_story_as_written() {
+        let mut story = Story {
+            text: String::new(),
+            started: false,
+        };
+        story.add("The rain");
+        assert_eq!(story.text, "The rain");
+        story.add("fell");
+        story.add(", and fell.");
+        story.add("\\n\\n\"Again,\" she said");
+        story.add("\"Yes.\"");
+        assert_eq!(
+            story.text,
+            "The rain fell, and fell.\n\n\"Again,\" she said \"Yes.\""
+        );
+        story.text += " ";
+        story.add("No");
+        assert_eq!(story.text.matches("  ").count(), 0, "{:?}", story.text);
+    }
+
+    #[test]
+    fn interactive_takes_one_story_at_a_time() {
+        let err = |a: GenerateArgs| check(&a).unwrap_err().to_string();
+        let i = || GenerateArgs {
+            interactive: true,
+            ..args()
+        };
+        assert!(check(&i()).is_ok());
+        assert!(err(GenerateArgs { samples: 2, ..i() }).contains("--samples"));
+        assert!(
+            err(GenerateArgs {
+                compare: true,
+                ..i()
+            })
+            .contains("--compare")
         );
     }
 }

@@ -278,7 +278,12 @@ fn main() -> ExitCode {
         .map(|r| r.print()),
         Command::Generate { mut args, hub } => {
             args.hub = hub.options();
-            softtune::generate::run(&args, &mut std::io::stdout().lock(), &mut std::io::stderr())
+            softtune::generate::run(
+                &args,
+                &mut std::io::stdin().lock(),
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr(),
+            )
         }
         Command::Text { path, glob, unwrap } => print_text(&path, &glob, unwrap),
         Command::Train {

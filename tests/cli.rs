@@ -23,6 +23,31 @@ fn softtune(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `softtune ARGS` with `input` on its standard input.
+fn softtune_with_input(args: &[&str], input: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_softtune"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run softtune");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `softtune eval --model MODEL --text TEXT` with `extra` arguments.
 fn eval(model: &str, text: &str, extra: &[&str]) -> (i32, String, String) {
     let mut args = vec!["eval", "--model", model, "--text", text];
@@ -811,6 +836,74 @@ fn generate_continues_a_text_like_transformers() {
         "{first}"
     );
     assert_eq!(sample("11"), first);
+
+    // Interactive: the story grows by what is typed and by each continuation, which is the
+    // continuation of the story so far as a plain run writes it.
+    let plain = |story: &str| {
+        let (code, out, err) = softtune(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            a,
+            "--temperature",
+            "0",
+            "--tokens",
+            "16",
+            story,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let rest = out.strip_prefix(story).unwrap_or_else(|| panic!("{out:?}"));
+        rest.strip_suffix('\n').unwrap().to_string()
+    };
+    let c0 = plain(&text);
+    let c1 = plain(&format!("{text}{c0}"));
+    let c2 = plain("Once");
+    assert_ne!(c1, c2);
+    let (code, out, err) = softtune_with_input(
+        &[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            a,
+            "--temperature",
+            "0",
+            "--tokens",
+            "16",
+            "--interactive",
+            &text,
+        ],
+        "\n/retry\n/new\nOnce\n/bogus\n/quit\nnot read\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("{text}{c0}\n{c1}\n{c1}\n{c2}\n"), "{err}");
+    assert!(err.contains("/retry writes another continuation"), "{err}");
+    assert!(err.contains("(a new story: type its first words"), "{err}");
+    assert!(
+        err.contains("(no command /bogus; /help lists them)"),
+        "{err}"
+    );
+    assert_eq!(err.matches("> ").count(), 6, "{err}");
+    // Without a text it waits for one; the end of the input ends it.
+    let (code, out, err) = softtune_with_input(
+        &[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            a,
+            "--temperature",
+            "0",
+            "--tokens",
+            "16",
+            "-i",
+        ],
+        "/retry\nOnce",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("{c2}\n"), "{err}");
+    assert!(err.contains("(nothing to retry yet)"), "{err}");
 
     // Bad arguments and files are one-line errors naming what to change.
     let (code, _, err) = softtune(&["generate", "--model", m, "--temperature=-1", "x"]);

@@ -217,7 +217,10 @@ fn gpu_check_prints_finished_cut_short_and_fallback_rows_and_the_host_time_aroun
     );
     let gen_row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(gen_row[0], "tinyllama-1.1b", "{all}");
-    assert!(gen_row[8].parse::<f64>().unwrap() > 0.0, "ms/token in {gen_row:?}");
+    assert!(
+        gen_row[8].parse::<f64>().unwrap() > 0.0,
+        "ms/token in {gen_row:?}"
+    );
     // The parity runs ran (f32 on the backend, then bf16).
     assert_eq!(stdout.matches("all fixtures ok").count(), 2, "{all}");
 }
