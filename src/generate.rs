@@ -452,7 +452,7 @@ impl<B: Kernels> Writer<'_, B> {
 /// What `--interactive` says its commands do.
 const STORY_HELP: &str = "Type text and press Enter: it is added to the story, which is then continued (\\n in it starts a new line). \
 Enter alone continues the story as it is. /retry writes another continuation in place of the last, /new starts a new story, \
-/quit or Ctrl-D ends.";
+/save FILE writes the story to FILE, /quit or Ctrl-D ends.";
 
 /// `--interactive`'s story: the text so far (what was typed and the continuations).
 struct Story {
@@ -544,6 +544,19 @@ impl Story {
                     }
                     None => writeln!(log, "(nothing to retry yet)")?,
                 },
+                cmd if cmd.starts_with("/save") && cmd[5..].starts_with([' ', '\t']) => {
+                    let path = std::path::Path::new(cmd[5..].trim());
+                    match crate::export::write_atomic(path, self.text.as_bytes()) {
+                        Ok(()) => writeln!(
+                            log,
+                            "(the story, {} characters, is in {})",
+                            self.text.chars().count(),
+                            path.display()
+                        )?,
+                        Err(e) => writeln!(log, "({e:#})")?,
+                    }
+                }
+                "/save" => writeln!(log, "(/save FILE: name the file to write the story to)")?,
                 cmd if cmd.starts_with('/') && !cmd.contains(' ') => {
                     writeln!(log, "(no command {cmd}; /help lists them)")?
                 }

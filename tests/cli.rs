@@ -860,6 +860,7 @@ fn generate_continues_a_text_like_transformers() {
     let c1 = plain(&format!("{text}{c0}"));
     let c2 = plain("Once");
     assert_ne!(c1, c2);
+    let saved = dir.path().join("stories/rain.txt");
     let (code, out, err) = softtune_with_input(
         &[
             "generate",
@@ -874,17 +875,27 @@ fn generate_continues_a_text_like_transformers() {
             "--interactive",
             &text,
         ],
-        "\n/retry\n/new\nOnce\n/bogus\n/quit\nnot read\n",
+        &format!(
+            "\n/retry\n/save {}\n/new\nOnce\n/bogus\n/save {}\n/quit\nnot read\n",
+            saved.display(),
+            dir.path().display()
+        ),
     );
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, format!("{text}{c0}\n{c1}\n{c1}\n{c2}\n"), "{err}");
+    // /save wrote the story as it stood; a folder is not a file, and says so.
+    assert_eq!(
+        std::fs::read_to_string(&saved).unwrap(),
+        format!("{text}{c0}{c1}")
+    );
+    assert!(err.contains("is a folder; give a file name"), "{err}");
     assert!(err.contains("/retry writes another continuation"), "{err}");
     assert!(err.contains("(a new story: type its first words"), "{err}");
     assert!(
         err.contains("(no command /bogus; /help lists them)"),
         "{err}"
     );
-    assert_eq!(err.matches("> ").count(), 6, "{err}");
+    assert_eq!(err.matches("> ").count(), 8, "{err}");
     // Without a text it waits for one; the end of the input ends it.
     let (code, out, err) = softtune_with_input(
         &[
