@@ -743,22 +743,18 @@ fn generate_continues_a_text_like_transformers() {
     let a = adapter.to_str().unwrap();
 
     // Greedy: transformers' tokens.
-    let greedy = |extra: &[&str]| {
-        let mut args = vec![
-            "generate",
-            "--model",
-            m,
-            "--prompt",
-            a,
-            "--temperature",
-            "0",
-            "--tokens",
-            "16",
-        ];
-        args.extend_from_slice(extra);
-        args.push(&text);
-        softtune(&args)
-    };
+    let greedy_args = [
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        a,
+        "--temperature",
+        "0",
+        "--tokens",
+        "16",
+    ];
+    let greedy = |extra: &[&str]| softtune(&[&greedy_args[..], extra, &[&text]].concat());
     let (code, out, err) = greedy(&[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, format!("{}\n", continuation("with_prompt")));
@@ -840,18 +836,7 @@ fn generate_continues_a_text_like_transformers() {
     // Interactive: the story grows by what is typed and by each continuation, which is the
     // continuation of the story so far as a plain run writes it.
     let plain = |story: &str| {
-        let (code, out, err) = softtune(&[
-            "generate",
-            "--model",
-            m,
-            "--prompt",
-            a,
-            "--temperature",
-            "0",
-            "--tokens",
-            "16",
-            story,
-        ]);
+        let (code, out, err) = softtune(&[&greedy_args[..], &[story]].concat());
         assert_eq!(code, 0, "{err}");
         let rest = out.strip_prefix(story).unwrap_or_else(|| panic!("{out:?}"));
         rest.strip_suffix('\n').unwrap().to_string()
@@ -862,19 +847,7 @@ fn generate_continues_a_text_like_transformers() {
     assert_ne!(c1, c2);
     let saved = dir.path().join("stories/rain.txt");
     let (code, out, err) = softtune_with_input(
-        &[
-            "generate",
-            "--model",
-            m,
-            "--prompt",
-            a,
-            "--temperature",
-            "0",
-            "--tokens",
-            "16",
-            "--interactive",
-            &text,
-        ],
+        &[&greedy_args[..], &["--interactive", &text]].concat(),
         &format!(
             "\n/retry\n/save {}\n/new\nOnce\n/bogus\n/save {}\n/quit\nnot read\n",
             saved.display(),
@@ -897,21 +870,8 @@ fn generate_continues_a_text_like_transformers() {
     );
     assert_eq!(err.matches("> ").count(), 8, "{err}");
     // Without a text it waits for one; the end of the input ends it.
-    let (code, out, err) = softtune_with_input(
-        &[
-            "generate",
-            "--model",
-            m,
-            "--prompt",
-            a,
-            "--temperature",
-            "0",
-            "--tokens",
-            "16",
-            "-i",
-        ],
-        "/retry\nOnce",
-    );
+    let (code, out, err) =
+        softtune_with_input(&[&greedy_args[..], &["-i"]].concat(), "/retry\nOnce");
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, format!("{c2}\n"), "{err}");
     assert!(err.contains("(nothing to retry yet)"), "{err}");
