@@ -154,9 +154,9 @@ pub fn candidates(logits: &[f32], s: &Sampling, recent: &[u32]) -> Vec<(u32, f64
 /// 0, else a seeded draw from them. `None` when no logit is finite.
 pub fn pick(logits: &[f32], s: &Sampling, recent: &[u32], rng: &mut SplitMix64) -> Option<u32> {
     let probs = candidates(logits, s, recent);
-    let &(last, _) = probs.last()?;
+    let &(best, _) = probs.first()?;
     if s.temperature <= 0.0 {
-        return Some(last);
+        return Some(best);
     }
     let mut r = rng.unit();
     for &(id, p) in &probs {
@@ -165,7 +165,8 @@ pub fn pick(logits: &[f32], s: &Sampling, recent: &[u32], rng: &mut SplitMix64) 
         }
         r -= p;
     }
-    Some(last)
+    // Rounding left a sliver past the last probability.
+    probs.last().map(|p| p.0)
 }
 
 /// Continues `context` (token ids, at least one) by up to `s.max_new` tokens, with `prompt`
