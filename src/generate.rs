@@ -312,12 +312,12 @@ pub fn run(
         .resolve(device.is_gpu(), weights.stored_dtype());
     writeln!(
         log,
-        "{} on {device} ({}), {prompt_label}; {} of text; up to {} new tokens, {}, seed {seed}",
+        "{} on {device} ({}), {prompt_label}; {}; up to {} new tokens, {}, seed {seed}",
         files.id,
         dtype_name(dtype),
         match (&args.text, &args.file) {
             (None, None) => "a new text".to_string(),
-            _ => format!("{} tokens", context.len()),
+            _ => format!("{} tokens of text", context.len()),
         },
         args.tokens,
         describe(&sampling(args, seed)),

@@ -759,7 +759,12 @@ fn generate_continues_a_text_like_transformers() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, format!("{}\n", continuation("with_prompt")));
     assert!(
-        err.contains("(8 soft tokens)") && err.contains("16 new tokens in"),
+        err.contains("(8 soft tokens)")
+            && err.contains(&format!(
+                "; {} tokens of text; up to 16 new tokens, ",
+                input.len()
+            ))
+            && err.contains("16 new tokens in"),
         "{err}"
     );
 
@@ -817,7 +822,8 @@ fn generate_continues_a_text_like_transformers() {
         ]);
         assert_eq!(code, 0, "{err}");
         assert!(
-            err.contains("a new text") && err.contains(&format!("seed {seed}")),
+            err.contains("; a new text; up to 12 new tokens, ")
+                && err.contains(&format!("seed {seed}")),
             "{err}"
         );
         out
