@@ -23,8 +23,8 @@
 #    matmuls against an exact product, on the GPU);
 # 4. with what time is left (GENERATE_SECS at most, default 60): `softtune generate`'s speed
 #    for TinyLlama in bf16 (`bench --generate`: reading 20 soft + 1024 text tokens, then 32
-#    new tokens with the key/value cache and reading the whole window), printed under the
-#    table; a failure here does not fail the check;
+#    new tokens with the key/value cache and reading the whole window), for one text and
+#    for eight at once, printed under the table; a failure here does not fail the check;
 # 5. one table: tokens/s and peak memory beside PyTorch + PEFT's, on the same card where
 #    `scripts/peft-baseline.py` measured it (H200), else on an H100 80GB. A row cut short
 #    after its first step still gets a rough number ("~"): tokens/s from its last finished
@@ -259,25 +259,33 @@ for b in $parity_backends; do
     parity "$b" bf16
 done
 generation=""
-gen_secs=$(limit "${GENERATE_SECS:-60}")
-if [ "$gen_secs" -lt 20 ]; then
-    echo "== skipped (past ${total_secs} s): generation on $first_backend"
-else
-    echo "== bench --generate: tinyllama-1.1b, 20 + 1024 tokens, 32 new, on $first_backend"
-    generation=$(env $(backend_env "$first_backend") timeout "$gen_secs" "$bin" bench --device "$device" \
-        --precision bf16 --shape tinyllama-1.1b --seq 1024 --soft 20 --generate 32 2>&1)
+# One text, then eight at once (`generate --samples 8`), each with what time is left.
+for texts in 1 8; do
+    gen_secs=$(limit "${GENERATE_SECS:-60}")
+    if [ "$gen_secs" -lt 20 ]; then
+        echo "== skipped (past ${total_secs} s): generation of $texts text(s) on $first_backend"
+        continue
+    fi
+    echo "== bench --generate: tinyllama-1.1b, 20 + 1024 tokens, 32 new, $texts text(s), on $first_backend"
+    got=$(env $(backend_env "$first_backend") timeout "$gen_secs" "$bin" bench --device "$device" \
+        --precision bf16 --shape tinyllama-1.1b --seq 1024 --soft 20 --generate 32 --batch "$texts" 2>&1)
     rc=$?
-    echo "$generation"
-    [ $rc -ne 0 ] && generation="" && echo "== generation failed or was cut short (rc $rc)"
+    echo "$got"
+    if [ $rc -ne 0 ]; then
+        echo "== generation failed or was cut short (rc $rc)"
+    elif [ -z "$generation" ]; then
+        generation=$(echo "$got" | grep -E '^(shape |tinyllama-1.1b )')
+    else
+        generation+=$'\n'$(echo "$got" | grep -E '^tinyllama-1.1b ')
+    fi
     echo "== generation done at $((SECONDS - start)) s"
-fi
+done
 echo
 printf '%-15s %-11s %12s %12s %8s %10s %10s\n' shape backend "tokens/s" "PEFT $peft_card" "ratio" "peak mem" "PEFT mem"
 printf '%s' "$table"
 [ -n "$syncs" ] && printf 'host time around the cuBLAS products:\n%s' "$syncs"
 [ -n "$estimates" ] && printf 'memory estimates (compare with the peak column):\n%s' "$estimates"
-[ -n "$generation" ] && printf 'softtune generate on %s (bf16):\n%s\n' "$first_backend" \
-    "$(echo "$generation" | grep -E '^(shape |tinyllama-1.1b )')"
+[ -n "$generation" ] && printf 'softtune generate on %s (bf16):\n%s\n' "$first_backend" "$generation"
 echo "total $((SECONDS - start)) s"
 # The compiled-kernel caches (softtune's PTX cache, the driver's machine-code cache).
 existing=()

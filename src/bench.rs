@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::config::OptimizerKind;
 use crate::device::DeviceSpec;
-use crate::model::generate::{Sampling, generate};
+use crate::model::generate::{Sampling, generate_rows};
 use crate::model::lm::Precision;
 use crate::model::weights::dtype_name;
 use crate::model::{CausalLm, Kernels, LoadOptions, ModelConfig, TrainKernels};
@@ -361,19 +361,21 @@ pub struct GenerateResult {
     pub context: usize,
     pub soft: usize,
     pub new: usize,
-    /// Reading the prompt and the text: until the first new token, ms.
+    /// Texts written at once.
+    pub texts: usize,
+    /// Reading the prompt and the text: until the first new tokens, ms.
     pub read_ms: f64,
-    /// Each further token with the cache, ms.
-    pub ms_per_token: f64,
-    /// Each further token reading the whole window, ms.
-    pub whole_ms_per_token: f64,
+    /// Each further step (a token for every text) with the cache, ms.
+    pub ms_per_step: f64,
+    /// Each further step reading the whole window, ms.
+    pub whole_ms_per_step: f64,
     pub peak_bytes: Option<u64>,
 }
 
 impl GenerateResult {
     pub fn header() -> String {
         format!(
-            "{:<15} {:<13} {:<9} {:>8} {:>8} {:>5} {:>4} {:>9} {:>9} {:>9} {:>12} {:>11}",
+            "{:<15} {:<13} {:<9} {:>8} {:>8} {:>5} {:>4} {:>5} {:>9} {:>9} {:>9} {:>13} {:>11}",
             "shape",
             "device",
             "dtype",
@@ -381,17 +383,23 @@ impl GenerateResult {
             "context",
             "soft",
             "new",
+            "texts",
             "read ms",
-            "ms/token",
+            "ms/step",
             "tokens/s",
-            "whole ms/tok",
+            "whole ms/step",
             "peak mem"
         )
     }
 
+    /// New tokens per second, all texts together, with the cache.
+    pub fn tokens_per_s(&self) -> f64 {
+        self.texts as f64 * 1000.0 / self.ms_per_step
+    }
+
     pub fn row(&self) -> String {
         format!(
-            "{:<15} {:<13} {:<9} {:>8} {:>8} {:>5} {:>4} {:>9.1} {:>9.1} {:>9.1} {:>12.1} {:>11}",
+            "{:<15} {:<13} {:<9} {:>8} {:>8} {:>5} {:>4} {:>5} {:>9.1} {:>9.1} {:>9.1} {:>13.1} {:>11}",
             self.shape,
             self.device,
             self.dtype,
@@ -399,22 +407,23 @@ impl GenerateResult {
             self.context,
             self.soft,
             self.new,
+            self.texts,
             self.read_ms,
-            self.ms_per_token,
-            1000.0 / self.ms_per_token,
-            self.whole_ms_per_token,
+            self.ms_per_step,
+            self.tokens_per_s(),
+            self.whole_ms_per_step,
             self.peak_bytes
                 .map_or("n/a".into(), |b| crate::inspect::human_bytes(b as usize)),
         )
     }
 }
 
-/// Times `new` greedy tokens (at least 2) after `args.seq` random text tokens and
-/// `args.soft` soft tokens, one text (`--batch` and `--steps` do not apply); `args.warmup`
-/// untimed generations of two tokens first.
+/// Times `new` greedy tokens (at least 2) for each of `args.batch` texts written at once,
+/// after the same `args.seq` random text tokens and `args.soft` soft tokens (`--steps` does
+/// not apply); `args.warmup` untimed generations of two tokens first.
 pub fn run_generate(args: &BenchArgs, new: usize) -> Result<GenerateResult> {
-    if new < 2 || args.seq < 2 || args.soft == 0 {
-        bail!("--generate and --seq must be at least 2, --soft at least 1");
+    if new < 2 || args.seq < 2 || args.soft == 0 || args.batch == 0 {
+        bail!("--generate and --seq must be at least 2, --soft and --batch at least 1");
     }
     let config = ModelConfig::from_json(&preset(&args.shape)?)?;
     let window = args.soft + args.seq;
@@ -430,7 +439,7 @@ pub fn run_generate(args: &BenchArgs, new: usize) -> Result<GenerateResult> {
     let dtype = args
         .precision
         .resolve(args.device.is_gpu(), Some(burn::tensor::DType::BF16));
-    let (params, [read_ms, ms_per_token, whole_ms_per_token]) =
+    let (params, [read_ms, ms_per_step, whole_ms_per_step]) =
         crate::with_backend!(args.device, |B, dev| {
             time_generation::<B>(&config, args, new, &dev, dtype)?
         });
@@ -442,9 +451,10 @@ pub fn run_generate(args: &BenchArgs, new: usize) -> Result<GenerateResult> {
         context: args.seq,
         soft: args.soft,
         new,
+        texts: args.batch,
         read_ms,
-        ms_per_token,
-        whole_ms_per_token,
+        ms_per_step,
+        whole_ms_per_step,
         peak_bytes: match args.device {
             DeviceSpec::Cpu => peak_rss(),
             DeviceSpec::Cuda(i) => gpu_used(i),
@@ -469,19 +479,20 @@ fn time_generation<B: Kernels>(
     let context: Vec<u32> = (0..args.seq)
         .map(|_| rng.below(config.vocab_size as u64) as u32)
         .collect();
-    // Greedy, with no stop tokens: always `max_new` tokens, each passed to `each`.
+    // Greedy, with no stop tokens: always `max_new` tokens per text, each step's first
+    // passed to `each`.
     let run = |context_len: usize, max_new: usize, each: &mut dyn FnMut(u32) -> Result<()>| {
-        let greedy = Sampling::greedy(max_new);
+        let rows = vec![Sampling::greedy(max_new); args.batch];
         let (vocab, prompt) = (config.vocab_size, Some(&prompt));
-        generate(
+        generate_rows(
             &model,
             prompt,
             &context,
             vocab,
             context_len,
             &[],
-            &greedy,
-            each,
+            &rows,
+            |r, id| if r == 0 { each(id) } else { Ok(()) },
         )
     };
     // Token times from the start: with the whole model context, and with a window of just
@@ -493,8 +504,12 @@ fn time_generation<B: Kernels>(
             at.push(start.elapsed().as_secs_f64() * 1000.0);
             Ok(())
         })?;
+        let texts = match args.batch {
+            1 => String::new(),
+            b => format!(" for each of {b} texts"),
+        };
         eprintln!(
-            "{}: {new} tokens {label} in {:.2} s",
+            "{}: {new} tokens{texts} {label} in {:.2} s",
             args.shape,
             start.elapsed().as_secs_f64()
         );

@@ -20,7 +20,7 @@ use burn::tensor::Tensor;
 use crate::data;
 use crate::device::DeviceSpec;
 use crate::eval::prompt_tensor;
-use crate::model::generate::{Sampling, TextStream, generate};
+use crate::model::generate::{Sampling, TextStream, generate, generate_rows};
 use crate::model::lm::Precision;
 use crate::model::source::{self, HubOptions};
 use crate::model::tokenizer::Tokenizer;
@@ -35,6 +35,9 @@ pub const DEFAULT_TOP_K: usize = 40;
 /// Tokens of recent text the repetition penalty looks at, unless told (KoboldAI's
 /// `rep_pen_range` does the same job).
 pub const DEFAULT_REPETITION_RANGE: usize = 1024;
+
+/// Continuations `softtune generate` writes at once, unless told.
+pub const DEFAULT_BATCH: usize = 8;
 
 /// What to continue, with what, and how: `softtune generate`'s options (their help is the
 /// command's).
@@ -84,6 +87,11 @@ pub struct GenerateArgs {
     /// Number of continuations.
     #[arg(long, default_value_t = 1)]
     pub samples: usize,
+    /// Continuations written at once (a batch): on a GPU several cost little more than
+    /// one; each needs memory for its key/value cache. Each is printed whole in turn, the
+    /// first as it grows.
+    #[arg(long, default_value_t = DEFAULT_BATCH)]
+    pub batch: usize,
     /// Also continue without the prompt, with the same seed, to compare.
     #[arg(long)]
     pub compare: bool,
@@ -178,6 +186,9 @@ fn check(args: &GenerateArgs) -> Result<()> {
     }
     if args.samples == 0 {
         bail!("--samples must be at least 1");
+    }
+    if args.batch == 0 {
+        bail!("--batch must be at least 1 (continuations written at once)");
     }
     if let Some((setting, what)) = sampling(args, 0).problem() {
         let (flag, value) = match setting {
@@ -350,14 +361,16 @@ pub fn run(
             };
             tokens = story.write(&writer, p.as_ref(), args, seed, input, out, log)?;
         } else {
+            let runs: &[bool] = if args.compare {
+                &[true, false]
+            } else {
+                &[true]
+            };
+            // Printed in this order: each sample with the prompt, then (--compare) without.
+            let mut slots = Vec::new();
             for i in 0..args.samples {
-                let sampling = sampling(args, seed.wrapping_add(i as u64));
-                let runs: &[bool] = if args.compare {
-                    &[true, false]
-                } else {
-                    &[true]
-                };
                 for &with in runs {
+                    let mut head = String::new();
                     if many {
                         let mut which = Vec::new();
                         if args.samples > 1 {
@@ -373,16 +386,26 @@ pub fn run(
                                 .into(),
                             );
                         }
-                        which.push(format!("seed {}", sampling.seed));
-                        if i > 0 || !with {
-                            writeln!(out)?;
+                        which.push(format!("seed {}", seed.wrapping_add(i as u64)));
+                        if !slots.is_empty() {
+                            head.push('\n');
                         }
-                        writeln!(out, "--- {} ---", which.join(", "))?;
+                        head += &format!("--- {} ---\n", which.join(", "));
                     }
-                    write!(out, "{echo}")?;
-                    let prompt = if with { p.as_ref() } else { None };
-                    let (n, _) = writer.write(prompt, &context, &sampling, out, log)?;
-                    tokens += n;
+                    slots.push(head + echo);
+                }
+            }
+            let mut printer = InTurn::new(slots, out, log)?;
+            for (w, &with) in runs.iter().enumerate() {
+                let prompt = if with { p.as_ref() } else { None };
+                let all: Vec<usize> = (0..args.samples).collect();
+                for batch in all.chunks(args.batch) {
+                    let rows: Vec<Sampling> = batch
+                        .iter()
+                        .map(|&i| sampling(args, seed.wrapping_add(i as u64)))
+                        .collect();
+                    let slot = |r: usize| batch[r] * runs.len() + w;
+                    tokens += writer.write_rows(prompt, &context, &rows, &mut printer, slot)?;
                 }
             }
         }
@@ -446,6 +469,104 @@ impl<B: Kernels> Writer<'_, B> {
             )?;
         }
         Ok((ids.len(), text))
+    }
+
+    /// Writes the continuations `rows` of `context` together, through `printer`: row `r`
+    /// as its slot `slot(r)`. Returns their new tokens.
+    fn write_rows(
+        &self,
+        prompt: Option<&Tensor<B, 2>>,
+        context: &[u32],
+        rows: &[Sampling],
+        printer: &mut InTurn,
+        slot: impl Fn(usize) -> usize,
+    ) -> Result<usize> {
+        let mut streams = Vec::with_capacity(rows.len());
+        for _ in rows {
+            streams.push(TextStream::new(self.tokenizer, context)?);
+        }
+        let ids = generate_rows(
+            self.model,
+            prompt,
+            context,
+            self.tokenizer.id_bound(),
+            self.context_len,
+            self.stop,
+            rows,
+            |r, id| {
+                let piece = streams[r].push(id)?;
+                printer.push(slot(r), &piece)
+            },
+        )?;
+        let mut tokens = 0;
+        for (r, (ids, stream)) in ids.iter().zip(&mut streams).enumerate() {
+            printer.push(slot(r), &(stream.finish()? + "\n"))?;
+            let note = (ids.len() < rows[r].max_new)
+                .then(|| format!("(the model ended the text after {} new tokens)", ids.len()));
+            printer.finish(slot(r), note)?;
+            tokens += ids.len();
+        }
+        Ok(tokens)
+    }
+}
+
+/// Continuations written together but printed one after another, in their order: the
+/// first unfinished one is printed as it grows, the others wait in memory for their turn.
+struct InTurn<'o> {
+    out: &'o mut dyn Write,
+    log: &'o mut dyn Write,
+    /// Per continuation: its text not yet printed, whether it is written, and what to say
+    /// on `log` after it.
+    slots: Vec<(String, bool, Option<String>)>,
+    /// The continuation being printed.
+    next: usize,
+}
+
+impl<'o> InTurn<'o> {
+    /// Continuations starting with `starts` (their headings); the first is printed at once.
+    fn new(starts: Vec<String>, out: &'o mut dyn Write, log: &'o mut dyn Write) -> Result<Self> {
+        let mut printer = InTurn {
+            out,
+            log,
+            slots: starts.into_iter().map(|s| (s, false, None)).collect(),
+            next: 0,
+        };
+        printer.print_due()?;
+        Ok(printer)
+    }
+
+    /// More text of continuation `slot`.
+    fn push(&mut self, slot: usize, text: &str) -> Result<()> {
+        if slot == self.next {
+            self.out.write_all(text.as_bytes())?;
+            self.out.flush()?;
+        } else {
+            self.slots[slot].0 += text;
+        }
+        Ok(())
+    }
+
+    /// Continuation `slot` is written; `note` goes to the log after it.
+    fn finish(&mut self, slot: usize, note: Option<String>) -> Result<()> {
+        self.slots[slot].1 = true;
+        self.slots[slot].2 = note;
+        self.print_due()
+    }
+
+    /// Prints what waits, in order, up to the first continuation not yet written.
+    fn print_due(&mut self) -> Result<()> {
+        while let Some((text, done, note)) = self.slots.get_mut(self.next) {
+            self.out.write_all(std::mem::take(text).as_bytes())?;
+            if !*done {
+                break;
+            }
+            if let Some(note) = note.take() {
+                writeln!(self.log, "{note}")?;
+            }
+            self.next += 1;
+        }
+        self.out.flush()?;
+        Ok(())
     }
 }
 
@@ -598,6 +719,7 @@ mod tests {
             repetition_range: DEFAULT_REPETITION_RANGE,
             seed: None,
             samples: 1,
+            batch: DEFAULT_BATCH,
             compare: false,
             interactive: false,
             device: None,
@@ -624,6 +746,7 @@ mod tests {
             })
             .contains("--samples")
         );
+        assert!(err(GenerateArgs { batch: 0, ..args() }).starts_with("--batch "));
         for t in [-0.1, f64::NAN, f64::INFINITY] {
             assert!(
                 err(GenerateArgs {

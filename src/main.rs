@@ -187,9 +187,9 @@ enum Command {
         /// Shapes, comma-separated, or "all": smollm-135m, tinyllama-1.1b, pythia-1.4b, gpt2-xl, gptj-6b, opt-6.7b.
         #[arg(long, default_value = "smollm-135m")]
         shape: String,
-        /// Sequences per step.
-        #[arg(long, default_value_t = 4)]
-        batch: usize,
+        /// Sequences per step (default 4); with --generate, texts written at once (default 1).
+        #[arg(long)]
+        batch: Option<usize>,
         /// Text tokens per sequence.
         #[arg(long, default_value_t = 256)]
         seq: usize,
@@ -210,7 +210,7 @@ enum Command {
         precision: Precision,
         /// Time `softtune generate` instead: this many new tokens after --seq tokens of
         /// text and the --soft prompt, with the key/value cache and reading the whole
-        /// window for every token (one text; --batch and --steps do not apply).
+        /// window for every token (--steps does not apply).
         #[arg(long, value_name = "TOKENS")]
         generate: Option<usize>,
     },
@@ -745,7 +745,7 @@ fn attach(run: Option<String>) -> ExitCode {
 #[allow(clippy::too_many_arguments)]
 fn run_bench(
     shapes: &str,
-    batch: usize,
+    batch: Option<usize>,
     seq: usize,
     soft: usize,
     steps: usize,
@@ -767,6 +767,7 @@ fn run_bench(
             None => BenchResult::header(),
         }
     );
+    let batch = batch.unwrap_or(if generate.is_some() { 1 } else { 4 });
     for shape in shapes {
         let args = BenchArgs {
             shape,

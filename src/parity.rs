@@ -221,7 +221,7 @@ pub fn check_generation<B: Kernels>(
     device: &B::Device,
     dtype: DType,
 ) -> Result<Vec<Continuation>> {
-    use crate::model::generate::{Sampling, generate};
+    use crate::model::generate::{Sampling, generate_rows};
     let path = root.join("generation.json");
     let label = path.display().to_string();
     let json: serde_json::Value = serde_json::from_slice(
@@ -275,19 +275,22 @@ pub fn check_generation<B: Kernels>(
             runs.push((penalised, s, " penalised"));
         }
         let vocab = model.embed_rows();
-        for (want_in, sampling, label) in runs {
-            for (p, key) in [(Some(prompt), "with_prompt"), (None, "without_prompt")] {
+        // Plain and penalised are written together, as one batch: each must still be
+        // transformers' continuation.
+        let rows: Vec<Sampling> = runs.iter().map(|(_, s, _)| *s).collect();
+        for (p, key) in [(Some(prompt), "with_prompt"), (None, "without_prompt")] {
+            let got = generate_rows(
+                model,
+                p,
+                &text,
+                vocab,
+                cfg.context_length(),
+                &[eos],
+                &rows,
+                |_, _| Ok(()),
+            )?;
+            for ((want_in, _, label), got) in runs.iter().zip(got) {
                 let want = ids(&want_in[key])?;
-                let got = generate(
-                    model,
-                    p,
-                    &text,
-                    vocab,
-                    cfg.context_length(),
-                    &[eos],
-                    &sampling,
-                    |_| Ok(()),
-                )?;
                 let matching = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
                 out.push(Continuation {
                     what: format!(

@@ -839,6 +839,52 @@ fn generate_continues_a_text_like_transformers() {
     );
     assert_eq!(sample("11"), first);
 
+    // Samples are written together (in batches of --batch), then printed in turn: each is
+    // what its seed writes alone, with the prompt and (--compare) without.
+    let drawn = |prompt: &[&str], extra: &[&str]| {
+        let base = [
+            "generate",
+            "--model",
+            m,
+            "--tokens",
+            "12",
+            "--temperature",
+            "1",
+        ];
+        let (code, out, err) = softtune(&[&base[..], prompt, extra, &[&text]].concat());
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let mut want = String::new();
+    let mut alone = Vec::new();
+    for i in 0..3 {
+        let seed = (20 + i).to_string();
+        for (prompt, label) in [
+            (&["--prompt", a][..], "with the prompt"),
+            (&[], "without a prompt"),
+        ] {
+            let out = drawn(prompt, &["--seed", &seed]);
+            if !want.is_empty() {
+                want.push('\n');
+            }
+            want += &format!("--- sample {} of 3, {label}, seed {seed} ---\n{out}", i + 1);
+            alone.push(out);
+        }
+    }
+    assert!(alone[0] != alone[2] && alone[0] != alone[1], "{alone:?}");
+    for batch in ["8", "2"] {
+        let together = [
+            "--seed",
+            "20",
+            "--samples",
+            "3",
+            "--compare",
+            "--batch",
+            batch,
+        ];
+        assert_eq!(drawn(&["--prompt", a], &together), want, "--batch {batch}");
+    }
+
     // Interactive: the story grows by what is typed and by each continuation, which is the
     // continuation of the story so far as a plain run writes it.
     let plain = |story: &str| {
@@ -931,16 +977,42 @@ fn bench_times_generation() {
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
-    assert!(lines[0].contains("ms/token") && lines[0].contains("whole ms/tok"));
+    assert!(lines[0].contains("ms/step") && lines[0].contains("whole ms/step"));
     let cols: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(&cols[..3], ["smollm-135m", "cpu", "float32"], "{out}");
-    assert_eq!(&cols[4..7], ["8", "2", "3"], "{out}");
-    // read ms, ms/token, tokens/s, whole ms/tok: positive, and tokens/s is 1000 / ms/token.
+    // Context, soft, new, texts (one unless told).
+    assert_eq!(&cols[4..8], ["8", "2", "3", "1"], "{out}");
+    // read ms, ms/step, tokens/s, whole ms/step: positive, and tokens/s is 1000 / ms/step.
     let num = |i: usize| cols[i].parse::<f64>().unwrap();
-    assert!((7..11).all(|i| num(i) > 0.0), "{out}");
-    assert!((num(9) * num(8) / 1000.0 - 1.0).abs() < 0.05, "{out}");
+    assert!((8..12).all(|i| num(i) > 0.0), "{out}");
+    assert!((num(10) * num(9) / 1000.0 - 1.0).abs() < 0.05, "{out}");
     assert!(err.contains("3 tokens with the cache"), "{err}");
     assert!(err.contains("3 tokens reading the whole window"), "{err}");
+    // Three texts at once: tokens/s counts every text's.
+    let (code, out, err) = softtune(&[
+        "bench",
+        "--shape",
+        "smollm-135m",
+        "--generate",
+        "3",
+        "--seq",
+        "8",
+        "--soft",
+        "2",
+        "--warmup",
+        "0",
+        "--batch",
+        "3",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let cols: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(cols[7], "3", "{out}");
+    let num = |i: usize| cols[i].parse::<f64>().unwrap();
+    assert!((num(10) * num(9) / 3000.0 - 1.0).abs() < 0.05, "{out}");
+    assert!(
+        err.contains("3 tokens for each of 3 texts with the cache"),
+        "{err}"
+    );
 
     let (code, _, err) = softtune(&["bench", "--generate", "1"]);
     assert_one_line_error(code, &err, &["--generate"]);

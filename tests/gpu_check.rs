@@ -30,7 +30,7 @@ done
 # The generation benchmark: the real binary's table, renamed.
 if [ -n "$generate" ]; then
     "$here/real" bench --device cpu --shape smollm-135m --seq 8 --soft 2 --generate 2 \
-        | sed "s/^smollm-135m/$shape/"
+        --batch "$batch" | sed "s/^smollm-135m/$shape/"
     exit "${PIPESTATUS[0]}"
 fi
 # The products' line as `softtune bench` words it in each order.
@@ -212,15 +212,23 @@ fn gpu_check_prints_finished_cut_short_and_fallback_rows_and_the_host_time_aroun
         .unwrap_or_else(|| panic!("no generation table in:\n{all}"));
     let mut lines = generation.lines();
     assert!(
-        lines.next().unwrap().starts_with("shape ") && generation.contains("ms/token"),
+        lines.next().unwrap().starts_with("shape ") && generation.contains("ms/step"),
         "{all}"
     );
     let gen_row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(gen_row[0], "tinyllama-1.1b", "{all}");
     assert!(
-        gen_row[8].parse::<f64>().unwrap() > 0.0,
-        "ms/token in {gen_row:?}"
+        gen_row[9].parse::<f64>().unwrap() > 0.0,
+        "ms/step in {gen_row:?}"
     );
+    // One text, then eight at once.
+    let texts: Vec<&str> = generation
+        .lines()
+        .skip(1)
+        .take(2)
+        .map(|l| l.split_whitespace().nth(7).unwrap_or(""))
+        .collect();
+    assert_eq!(texts, ["1", "8"], "{all}");
     // The parity runs ran (f32 on the backend, then bf16).
     assert_eq!(stdout.matches("all fixtures ok").count(), 2, "{all}");
 }

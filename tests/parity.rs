@@ -169,6 +169,116 @@ fn greedy_continuations_match_transformers() {
     }
 }
 
+/// Continuations written together (`generate_rows`, as `softtune generate --samples` does)
+/// are those each writes alone: sampled with their own seeds and settings, some ending at a
+/// stop token or their length before the others (leaving the batch), with the window
+/// sliding under them, with and without the prompt, for a plain, a GQA and a parallel
+/// (GPT-J) model.
+#[test]
+fn rows_write_what_each_writes_alone() {
+    use burn::tensor::{Tensor, TensorData};
+    use softtune::model::generate::{Sampling, generate, generate_rows};
+    use softtune::model::weights::Weights;
+    use softtune::model::{CausalLm, LoadOptions, ModelConfig};
+
+    type B = Flex;
+    let mut ended_early = 0;
+    for name in ["gpt2", "mistral", "gptj"] {
+        let dir = fixture(name);
+        let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+        let weights = Weights::open(&[dir.join("model.safetensors")]).unwrap();
+        let dev = Default::default();
+        let model =
+            CausalLm::<B>::load(&cfg, &weights, &dev, LoadOptions { dtype: DType::F32 }).unwrap();
+        let r = Reference::read(&dir.join("reference.safetensors")).unwrap();
+        let context: Vec<u32> = r.ids[..6].iter().map(|&x| x as u32).collect();
+        let (pshape, pdata) = r.get("soft_prompt").unwrap().clone();
+        let prompt =
+            Tensor::<B, 2>::from_data(TensorData::new(pdata, [pshape[0], pshape[1]]), &dev);
+        let vocab = model.embed_rows();
+        let sampled = |seed: u64, max_new: usize| Sampling {
+            max_new,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            repetition_range: 0,
+            seed,
+        };
+        let rows = vec![
+            sampled(1, 14),
+            Sampling {
+                top_k: 5,
+                repetition_penalty: 1.3,
+                ..sampled(2, 14)
+            },
+            sampled(3, 4),
+            Sampling::greedy(14),
+            sampled(4, 0),
+            sampled(5, 14),
+        ];
+        // A stop token: the third token row 0 draws alone.
+        let free = generate(
+            &model,
+            None,
+            &context,
+            vocab,
+            1 << 20,
+            &[],
+            &rows[0],
+            |_| Ok(()),
+        );
+        let stop = [free.unwrap()[2]];
+        for p in [Some(&prompt), None] {
+            let n = p.map_or(0, |p| p.dims()[0]);
+            // The whole context, and one that slides after 5 new tokens.
+            for context_len in [1 << 20, n + context.len() + 5] {
+                let mut seen = vec![Vec::new(); rows.len()];
+                let together = generate_rows(
+                    &model,
+                    p,
+                    &context,
+                    vocab,
+                    context_len,
+                    &stop,
+                    &rows,
+                    |r, id| {
+                        seen[r].push(id);
+                        Ok(())
+                    },
+                )
+                .unwrap();
+                assert_eq!(seen, together, "{name}: `each` sees every token");
+                for (i, s) in rows.iter().enumerate() {
+                    let alone =
+                        generate(
+                            &model,
+                            p,
+                            &context,
+                            vocab,
+                            context_len,
+                            &stop,
+                            s,
+                            |_| Ok(()),
+                        )
+                        .unwrap();
+                    let what = format!("{name} row {i} prompt {} window {context_len}", n > 0);
+                    assert_eq!(together[i], alone, "{what}");
+                    assert!(alone.len() <= s.max_new, "{what}");
+                    if alone.len() < s.max_new {
+                        ended_early += 1;
+                    }
+                }
+            }
+        }
+    }
+    // Row 0 alone (no prompt) always meets the stop token; others may.
+    assert!(
+        ended_early >= 6,
+        "{ended_early} rows ended at the stop token"
+    );
+}
+
 /// The 16-bit paths the GPU runs (weights and activations in bf16 or f16; norms, attention
 /// scores, softmax and loss in f32), checked on the CPU against the float32 references with
 /// the per-dtype bounds `softtune parity` uses on a GPU.

@@ -189,6 +189,37 @@ pub fn generate<B: Kernels>(
     s: &Sampling,
     mut each: impl FnMut(u32) -> Result<()>,
 ) -> Result<Vec<u32>> {
+    let rows = std::slice::from_ref(s);
+    let out = generate_rows(
+        model,
+        prompt,
+        context,
+        vocab,
+        context_len,
+        stop,
+        rows,
+        |_, id| each(id),
+    )?;
+    Ok(out.into_iter().next().unwrap_or_default())
+}
+
+/// Several continuations of the same `context` at once, one per entry of `rows` (each with
+/// its own settings and seed), as a batch: a token for every unfinished continuation per
+/// pass of the model, which costs little more than one on a GPU. `each` gets the row and
+/// the token. Each continuation is the one [`generate`] writes with its settings (up to
+/// rounding: a batched product may round differently). The shared context is read once;
+/// a continuation that ends leaves the batch.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_rows<B: Kernels>(
+    model: &CausalLm<B>,
+    prompt: Option<&Tensor<B, 2>>,
+    context: &[u32],
+    vocab: usize,
+    context_len: usize,
+    stop: &[u32],
+    rows: &[Sampling],
+    mut each: impl FnMut(usize, u32) -> Result<()>,
+) -> Result<Vec<Vec<u32>>> {
     if context.is_empty() {
         bail!("a sample needs at least one token of text to continue");
     }
@@ -198,43 +229,72 @@ pub fn generate<B: Kernels>(
     }
     let device = model.device();
     let vocab = vocab.min(model.embed_rows());
-    let mut rng = SplitMix64::new(s.seed);
-    let mut ids = context.to_vec();
-    let mut out = Vec::with_capacity(s.max_new);
+    let mut rngs: Vec<SplitMix64> = rows.iter().map(|s| SplitMix64::new(s.seed)).collect();
+    let mut ids = vec![context.to_vec(); rows.len()];
+    let mut out: Vec<Vec<u32>> = rows.iter().map(|s| Vec::with_capacity(s.max_new)).collect();
+    // The unfinished rows, in the cache's (and the batch's) order.
+    let mut active: Vec<usize> = (0..rows.len()).filter(|&r| rows[r].max_new > 0).collect();
     let mut cache = KvCache::default();
-    for _ in 0..s.max_new {
-        let from = ids.len().saturating_sub(context_len - n);
+    let mut first = true;
+    while !active.is_empty() {
+        // Unfinished rows have drawn as many tokens: their texts are as long.
+        let len = ids[active[0]].len();
+        let from = len.saturating_sub(context_len - n);
         // The cache holds the prompt and `ids[..cache.len() - n]` at their positions; once
         // the window slides every position moves, so the window is read again whole.
-        let reuse = from == 0 && !cache.is_empty() && model.cache_holds(cache.len(), n + ids.len());
+        let reuse = from == 0 && !cache.is_empty() && model.cache_holds(cache.len(), n + len);
+        // At first every row holds the context alone: it is read once, for all of them.
+        let shared = first && active.len() > 1;
         let x = if reuse {
-            model.embed_tokens(ids_tensor::<B>(&[&ids[cache.len() - n..]], &device))
+            let new: Vec<&[u32]> = active.iter().map(|&r| &ids[r][cache.len() - n..]).collect();
+            model.embed_tokens(ids_tensor::<B>(&new, &device))
         } else {
             cache = KvCache::default();
-            let t = ids_tensor::<B>(&[&ids[from..]], &device);
+            let window: Vec<&[u32]> = match shared {
+                true => vec![&ids[active[0]][from..]],
+                false => active.iter().map(|&r| &ids[r][from..]).collect(),
+            };
+            let t = ids_tensor::<B>(&window, &device);
             match prompt {
                 Some(p) => model.prompt_inputs(p.clone(), t),
                 None => model.embed_tokens(t),
             }
         };
         let h = model.hidden_cached(x, Some(&mut cache));
-        let len = h.dims()[1];
+        if shared {
+            cache.repeat(active.len());
+        }
+        first = false;
+        let [b, s, _] = h.dims();
         let logits = model
-            .head(h.narrow(1, len - 1, 1))
+            .head(h.narrow(1, s - 1, 1))
             .into_data()
             .convert::<f32>()
             .to_vec::<f32>()
             .map_err(|e| anyhow!("reading logits back failed: {e:?}"))?;
-        let recent = s.recent(&ids);
-        let Some(next) = pick(&logits[..vocab.min(logits.len())], s, recent, &mut rng) else {
-            bail!("the model produced no finite logits while sampling");
-        };
-        if stop.contains(&next) {
-            break;
+        let width = logits.len() / b;
+        let mut going = Vec::with_capacity(active.len());
+        for (i, &r) in active.iter().enumerate() {
+            let at = if shared { 0 } else { i * width };
+            let row = &logits[at..at + vocab.min(width)];
+            let s = &rows[r];
+            let Some(next) = pick(row, s, s.recent(&ids[r]), &mut rngs[r]) else {
+                bail!("the model produced no finite logits while sampling");
+            };
+            if stop.contains(&next) {
+                continue;
+            }
+            ids[r].push(next);
+            out[r].push(next);
+            each(r, next)?;
+            if out[r].len() < s.max_new {
+                going.push(i);
+            }
         }
-        ids.push(next);
-        out.push(next);
-        each(next)?;
+        if going.len() < active.len() && !going.is_empty() {
+            cache.keep(&going);
+        }
+        active = going.iter().map(|&i| active[i]).collect();
     }
     Ok(out)
 }

@@ -642,6 +642,35 @@ impl<B: Backend> KvCache<B> {
     pub(super) fn advance(&mut self, s: usize) {
         self.len += s;
     }
+
+    /// Texts (batch rows) held.
+    pub fn rows(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .next()
+            .map_or(0, |(k, _)| k.dims()[0])
+    }
+
+    /// Copies a cache of one text `n` times: texts that share their start read it once.
+    pub fn repeat(&mut self, n: usize) {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.clone().repeat_dim(0, n);
+            *v = v.clone().repeat_dim(0, n);
+        }
+    }
+
+    /// Keeps the texts `rows` (batch rows, in this order) and drops the others: texts that
+    /// have ended stop costing work.
+    pub fn keep(&mut self, rows: &[usize]) {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            let idx: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
+            let idx =
+                Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [rows.len()]), &k.device());
+            *k = k.clone().select(0, idx.clone());
+            *v = v.clone().select(0, idx);
+        }
+    }
 }
 
 impl<B: Kernels> KvCache<B> {
