@@ -573,7 +573,60 @@ impl<'o> InTurn<'o> {
 /// What `--interactive` says its commands do.
 const STORY_HELP: &str = "Type text and press Enter: it is added to the story, which is then continued (\\n in it starts a new line). \
 Enter alone continues the story as it is. /retry writes another continuation in place of the last, /new starts a new story, \
-/save FILE writes the story to FILE, /quit or Ctrl-D ends.";
+/save FILE writes the story to FILE, /set shows the settings and /set NAME VALUE changes one (tokens, temperature, top-k, top-p, repetition-penalty, repetition-range), /quit or Ctrl-D ends.";
+
+/// `/set` in `--interactive`: with no arguments, `s`'s settings; with `NAME VALUE`, changes
+/// that setting (named as its flag, without `--`; KoboldAI's `temp`, `rep_pen` and
+/// `rep_pen_range` too) if the value is valid. Returns what to tell the user.
+fn set(s: &mut Sampling, what: &str) -> String {
+    let words: Vec<&str> = what.split_whitespace().collect();
+    let (name, value) = match words[..] {
+        [] => return format!("tokens {}, {}", s.max_new, describe_all(s)),
+        [name] => return format!("/set {name} VALUE: give the new value"),
+        [name, value] => (name.trim_start_matches("--").replace('_', "-"), value),
+        _ => return "/set NAME VALUE: one setting at a time".to_string(),
+    };
+    let mut new = *s;
+    let bad = |what: &str| format!("{name} {value}: {what}; the setting is unchanged");
+    let whole = |least: usize| match value.parse::<usize>() {
+        Ok(v) if v >= least => Ok(v),
+        _ => Err(bad(&format!("use a whole number from {least}"))),
+    };
+    let number = || value.parse::<f64>().map_err(|_| bad("use a number"));
+    let parsed = match name.as_str() {
+        "tokens" => whole(1).map(|v| new.max_new = v),
+        "temperature" | "temp" => number().map(|v| new.temperature = v),
+        "top-k" => whole(0).map(|v| new.top_k = v),
+        "top-p" => number().map(|v| new.top_p = v),
+        "repetition-penalty" | "rep-pen" => number().map(|v| new.repetition_penalty = v),
+        "repetition-range" | "rep-pen-range" => whole(0).map(|v| new.repetition_range = v),
+        _ => {
+            return format!(
+                "no setting {name}: tokens, temperature, top-k, top-p, repetition-penalty, repetition-range"
+            );
+        }
+    };
+    if let Err(message) = parsed {
+        return message;
+    }
+    if let Some((_, what)) = new.problem() {
+        return bad(what);
+    }
+    *s = new;
+    format!("now: tokens {}, {}", s.max_new, describe_all(s))
+}
+
+/// Every drawing setting of `s`, as `/set` shows them.
+fn describe_all(s: &Sampling) -> String {
+    let range = match s.repetition_range {
+        0 => "all".to_string(),
+        r => r.to_string(),
+    };
+    format!(
+        "temperature {}, top-k {}, top-p {}, repetition-penalty {}, repetition-range {range}",
+        s.temperature, s.top_k, s.top_p, s.repetition_penalty
+    )
+}
 
 /// `--interactive`'s story: the text so far (what was typed and the continuations).
 struct Story {
@@ -612,6 +665,7 @@ impl Story {
     ) -> Result<usize> {
         writeln!(log, "{STORY_HELP}")?;
         let mut tokens = 0;
+        let mut settings = sampling(args, seed);
         let mut next_seed = seed;
         // Where the story stood before the last continuation (for /retry).
         let mut before_last: Option<usize> = None;
@@ -631,7 +685,10 @@ impl Story {
                         ),
                     },
                 };
-                let sampling = sampling(args, next_seed);
+                let sampling = Sampling {
+                    seed: next_seed,
+                    ..settings
+                };
                 next_seed = next_seed.wrapping_add(1);
                 before_last = Some(self.text.len());
                 let (n, text) = writer.write(prompt, &context, &sampling, out, log)?;
@@ -678,6 +735,9 @@ impl Story {
                     }
                 }
                 "/save" => writeln!(log, "(/save FILE: name the file to write the story to)")?,
+                cmd if cmd == "/set" || cmd.starts_with("/set ") || cmd.starts_with("/set\t") => {
+                    writeln!(log, "({})", set(&mut settings, &cmd[4..]))?
+                }
                 cmd if cmd.starts_with('/') && !cmd.contains(' ') => {
                     writeln!(log, "(no command {cmd}; /help lists them)")?
                 }
@@ -810,6 +870,53 @@ mod tests {
         story.text += " ";
         story.add("No");
         assert_eq!(story.text.matches("  ").count(), 0, "{:?}", story.text);
+    }
+
+    #[test]
+    fn set_changes_one_setting_or_says_why_not() {
+        let mut s = sampling(&args(), 7);
+        let before = s;
+        assert!(set(&mut s, "").starts_with("tokens 10, temperature 0.7, top-k 40, top-p 1, "));
+        assert_eq!(s, before);
+        assert!(set(&mut s, "temp 1.2").starts_with("now: tokens 10, temperature 1.2, "));
+        set(&mut s, "--top_p 0.9");
+        set(&mut s, "rep_pen 1.2");
+        set(&mut s, "rep-pen-range 0");
+        set(&mut s, "tokens 3");
+        set(&mut s, "top-k 0");
+        let want = Sampling {
+            max_new: 3,
+            temperature: 1.2,
+            top_k: 0,
+            top_p: 0.9,
+            repetition_penalty: 1.2,
+            repetition_range: 0,
+            seed: 7,
+        };
+        assert_eq!(s, want);
+        assert!(set(&mut s, "").ends_with("repetition-range all"));
+        // Bad values and names change nothing.
+        for (what, says) in [
+            ("tokens 0", "tokens 0: use a whole number from 1"),
+            ("top-k -1", "top-k -1: use a whole number from 0"),
+            ("temperature warm", "temperature warm: use a number"),
+            ("temperature -1", "temperature -1: use a number from 0"),
+            ("top-p 1.5", "top-p 1.5: use a number above 0 and at most 1"),
+            (
+                "repetition-penalty 0",
+                "repetition-penalty 0: use a number above 0",
+            ),
+            ("top-p", "/set top-p VALUE"),
+            (
+                "top-p 0.5 top-k 3",
+                "/set NAME VALUE: one setting at a time",
+            ),
+            ("heat 3", "no setting heat: tokens, temperature"),
+        ] {
+            let told = set(&mut s, what);
+            assert!(told.starts_with(says), "{what}: {told}");
+            assert_eq!(s, want, "{what}");
+        }
     }
 
     #[test]

@@ -887,27 +887,44 @@ fn generate_continues_a_text_like_transformers() {
 
     // Interactive: the story grows by what is typed and by each continuation, which is the
     // continuation of the story so far as a plain run writes it.
-    let plain = |story: &str| {
-        let (code, out, err) = softtune(&[&greedy_args[..], &[story]].concat());
+    let plain_with = |args: &[&str], story: &str| {
+        let (code, out, err) = softtune(&[args, &[story]].concat());
         assert_eq!(code, 0, "{err}");
         let rest = out.strip_prefix(story).unwrap_or_else(|| panic!("{out:?}"));
         rest.strip_suffix('\n').unwrap().to_string()
     };
+    let plain = |story: &str| plain_with(&greedy_args, story);
     let c0 = plain(&text);
     let c1 = plain(&format!("{text}{c0}"));
     let c2 = plain("Once");
     assert_ne!(c1, c2);
+    // After `/set tokens 4` and `/set temp 1` (greedy_args end with --temperature 0
+    // --tokens 16): the fifth continuation of a session started with --seed 30.
+    let set_args = [&greedy_args[..5], &["--tokens", "4"]].concat();
+    let c3 = plain_with(
+        &[&set_args[..], &["--temperature", "1", "--seed", "34"]].concat(),
+        &format!("Once{c2}"),
+    );
+    let greedy_c3 = plain_with(
+        &[&set_args[..], &["--temperature", "0"]].concat(),
+        &format!("Once{c2}"),
+    );
+    assert_ne!(c3, greedy_c3);
     let saved = dir.path().join("stories/rain.txt");
     let (code, out, err) = softtune_with_input(
-        &[&greedy_args[..], &["--interactive", &text]].concat(),
+        &[&greedy_args[..], &["--interactive", "--seed", "30", &text]].concat(),
         &format!(
-            "\n/retry\n/save {}\n/new\nOnce\n/bogus\n/save {}\n/quit\nnot read\n",
+            "\n/retry\n/save {}\n/new\nOnce\n/bogus\n/save {}\n/set tokens 4\n/set top-p 0\n/set temp 1\n/set\n\n/quit\nnot read\n",
             saved.display(),
             dir.path().display()
         ),
     );
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out, format!("{text}{c0}\n{c1}\n{c1}\n{c2}\n"), "{err}");
+    assert_eq!(
+        out,
+        format!("{text}{c0}\n{c1}\n{c1}\n{c2}\n{c3}\n"),
+        "{err}"
+    );
     // /save wrote the story as it stood; a folder is not a file, and says so.
     assert_eq!(
         std::fs::read_to_string(&saved).unwrap(),
@@ -920,7 +937,21 @@ fn generate_continues_a_text_like_transformers() {
         err.contains("(no command /bogus; /help lists them)"),
         "{err}"
     );
-    assert_eq!(err.matches("> ").count(), 8, "{err}");
+    // /set shows and changes the settings; a bad value changes nothing and says why.
+    assert!(
+        err.contains("(now: tokens 4, temperature 0, top-k 40, top-p 1, "),
+        "{err}"
+    );
+    assert!(
+        err.contains("(top-p 0: use a number above 0 and at most 1")
+            && err.contains("; the setting is unchanged)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("(tokens 4, temperature 1, top-k 40, top-p 1, repetition-penalty 1, repetition-range 1024)"),
+        "{err}"
+    );
+    assert_eq!(err.matches("> ").count(), 13, "{err}");
     // Without a text it waits for one; the end of the input ends it.
     let (code, out, err) =
         softtune_with_input(&[&greedy_args[..], &["-i"]].concat(), "/retry\nOnce");
