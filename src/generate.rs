@@ -20,7 +20,7 @@ use burn::tensor::Tensor;
 use crate::data;
 use crate::device::DeviceSpec;
 use crate::eval::prompt_tensor;
-use crate::model::generate::{Sampling, TextStream, generate, generate_rows};
+use crate::model::generate::{Sampling, TextStream, generate_rows};
 use crate::model::lm::Precision;
 use crate::model::source::{self, HubOptions};
 use crate::model::tokenizer::Tokenizer;
@@ -405,7 +405,9 @@ pub fn run(
                         .map(|&i| sampling(args, seed.wrapping_add(i as u64)))
                         .collect();
                     let slot = |r: usize| batch[r] * runs.len() + w;
-                    tokens += writer.write_rows(prompt, &context, &rows, &mut printer, slot)?;
+                    tokens += writer
+                        .write_rows(prompt, &context, &rows, &mut printer, slot)?
+                        .0;
                 }
             }
         }
@@ -438,41 +440,15 @@ impl<B: Kernels> Writer<'_, B> {
         out: &mut dyn Write,
         log: &mut dyn Write,
     ) -> Result<(usize, String)> {
-        out.flush()?;
-        let mut stream = TextStream::new(self.tokenizer, context)?;
-        let mut text = String::new();
-        let ids = generate(
-            self.model,
-            prompt,
-            context,
-            self.tokenizer.id_bound(),
-            self.context_len,
-            self.stop,
-            sampling,
-            |id| {
-                let piece = stream.push(id)?;
-                out.write_all(piece.as_bytes())?;
-                out.flush()?;
-                text += &piece;
-                Ok(())
-            },
-        )?;
-        let rest = stream.finish()?;
-        writeln!(out, "{rest}")?;
-        out.flush()?;
-        text += &rest;
-        if ids.len() < sampling.max_new {
-            writeln!(
-                log,
-                "(the model ended the text after {} new tokens)",
-                ids.len()
-            )?;
-        }
-        Ok((ids.len(), text))
+        let mut printer = InTurn::new(vec![String::new()], out, log)?;
+        let rows = std::slice::from_ref(sampling);
+        let (tokens, mut texts) = self.write_rows(prompt, context, rows, &mut printer, |_| 0)?;
+        Ok((tokens, texts.pop().unwrap_or_default()))
     }
 
-    /// Writes the continuations `rows` of `context` together, through `printer`: row `r`
-    /// as its slot `slot(r)`. Returns their new tokens.
+    /// Writes the continuations `rows` of `context` together, through `printer` (each then
+    /// a line end, and a note when the model ended it early): row `r` as its slot
+    /// `slot(r)`. Returns their new tokens, and their texts.
     fn write_rows(
         &self,
         prompt: Option<&Tensor<B, 2>>,
@@ -480,11 +456,12 @@ impl<B: Kernels> Writer<'_, B> {
         rows: &[Sampling],
         printer: &mut InTurn,
         slot: impl Fn(usize) -> usize,
-    ) -> Result<usize> {
+    ) -> Result<(usize, Vec<String>)> {
         let mut streams = Vec::with_capacity(rows.len());
         for _ in rows {
             streams.push(TextStream::new(self.tokenizer, context)?);
         }
+        let mut texts = vec![String::new(); rows.len()];
         let ids = generate_rows(
             self.model,
             prompt,
@@ -495,18 +472,21 @@ impl<B: Kernels> Writer<'_, B> {
             rows,
             |r, id| {
                 let piece = streams[r].push(id)?;
+                texts[r] += &piece;
                 printer.push(slot(r), &piece)
             },
         )?;
         let mut tokens = 0;
         for (r, (ids, stream)) in ids.iter().zip(&mut streams).enumerate() {
-            printer.push(slot(r), &(stream.finish()? + "\n"))?;
+            let rest = stream.finish()?;
+            texts[r] += &rest;
+            printer.push(slot(r), &(rest + "\n"))?;
             let note = (ids.len() < rows[r].max_new)
                 .then(|| format!("(the model ended the text after {} new tokens)", ids.len()));
             printer.finish(slot(r), note)?;
             tokens += ids.len();
         }
-        Ok(tokens)
+        Ok((tokens, texts))
     }
 }
 

@@ -992,7 +992,7 @@ fn generate_continues_a_text_like_transformers() {
 /// one-line errors.
 #[test]
 fn bench_times_generation() {
-    let (code, out, err) = softtune(&[
+    let bench = [
         "bench",
         "--shape",
         "smollm-135m",
@@ -1004,7 +1004,8 @@ fn bench_times_generation() {
         "2",
         "--warmup",
         "0",
-    ]);
+    ];
+    let (code, out, err) = softtune(&bench);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
@@ -1020,21 +1021,7 @@ fn bench_times_generation() {
     assert!(err.contains("3 tokens with the cache"), "{err}");
     assert!(err.contains("3 tokens reading the whole window"), "{err}");
     // Three texts at once: tokens/s counts every text's.
-    let (code, out, err) = softtune(&[
-        "bench",
-        "--shape",
-        "smollm-135m",
-        "--generate",
-        "3",
-        "--seq",
-        "8",
-        "--soft",
-        "2",
-        "--warmup",
-        "0",
-        "--batch",
-        "3",
-    ]);
+    let (code, out, err) = softtune(&[&bench[..], &["--batch", "3"]].concat());
     assert_eq!(code, 0, "{err}");
     let cols: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(cols[7], "3", "{out}");

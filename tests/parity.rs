@@ -81,36 +81,51 @@ fn tokenizer_matches_python() {
     }
 }
 
+/// A fixture model in float32 on `flex`, its reference tensors and its soft prompt.
+fn load_fixture(
+    name: &str,
+) -> (
+    softtune::model::CausalLm<Flex>,
+    Reference,
+    burn::tensor::Tensor<Flex, 2>,
+) {
+    use burn::tensor::{Tensor, TensorData};
+    use softtune::model::weights::Weights;
+    use softtune::model::{CausalLm, LoadOptions, ModelConfig};
+
+    let dir = fixture(name);
+    let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let weights = Weights::open(&[dir.join("model.safetensors")]).unwrap();
+    let dev = Default::default();
+    let model =
+        CausalLm::<Flex>::load(&cfg, &weights, &dev, LoadOptions { dtype: DType::F32 }).unwrap();
+    let r = Reference::read(&dir.join("reference.safetensors")).unwrap();
+    let (pshape, pdata) = r.get("soft_prompt").unwrap().clone();
+    let prompt = Tensor::<Flex, 2>::from_data(TensorData::new(pdata, [pshape[0], pshape[1]]), &dev);
+    (model, r, prompt)
+}
+
 /// The sample generator's greedy pick is PyTorch's most likely next token, with and without
 /// the soft prompt (checked where the best two logits are not a near tie).
 #[test]
 fn greedy_generation_follows_the_reference_logits() {
-    use burn::tensor::{Tensor, TensorData};
     use softtune::model::generate::{Sampling, generate};
-    use softtune::model::weights::Weights;
-    use softtune::model::{CausalLm, LoadOptions, ModelConfig};
 
-    type B = Flex;
     let greedy = Sampling::greedy(1);
     let mut checked = 0;
     for name in [
         "gpt2", "llama", "opt_proj", "gpt_neox", "qwen2", "gemma2", "xglm",
     ] {
-        let dir = fixture(name);
-        let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
-        let weights = Weights::open(&[dir.join("model.safetensors")]).unwrap();
-        let dev = Default::default();
-        let model =
-            CausalLm::<B>::load(&cfg, &weights, &dev, LoadOptions { dtype: DType::F32 }).unwrap();
-        let r = Reference::read(&dir.join("reference.safetensors")).unwrap();
+        let (model, r, prompt) = load_fixture(name);
         let t = r.ids_shape[1];
         let row: Vec<u32> = r.ids[..t].iter().map(|&x| x as u32).collect();
-        let (pshape, pdata) = r.get("soft_prompt").unwrap().clone();
-        let prompt =
-            Tensor::<B, 2>::from_data(TensorData::new(pdata, [pshape[0], pshape[1]]), &dev);
         for (key, p, pos) in [
             ("logits", None, t - 1),
-            ("logits_with_prompt", Some(&prompt), pshape[0] + t - 1),
+            (
+                "logits_with_prompt",
+                Some(&prompt),
+                prompt.dims()[0] + t - 1,
+            ),
         ] {
             let (shape, logits) = r.get(key).unwrap();
             let v = shape[2];
@@ -176,25 +191,12 @@ fn greedy_continuations_match_transformers() {
 /// (GPT-J) model.
 #[test]
 fn rows_write_what_each_writes_alone() {
-    use burn::tensor::{Tensor, TensorData};
     use softtune::model::generate::{Sampling, generate, generate_rows};
-    use softtune::model::weights::Weights;
-    use softtune::model::{CausalLm, LoadOptions, ModelConfig};
 
-    type B = Flex;
     let mut ended_early = 0;
     for name in ["gpt2", "mistral", "gptj"] {
-        let dir = fixture(name);
-        let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
-        let weights = Weights::open(&[dir.join("model.safetensors")]).unwrap();
-        let dev = Default::default();
-        let model =
-            CausalLm::<B>::load(&cfg, &weights, &dev, LoadOptions { dtype: DType::F32 }).unwrap();
-        let r = Reference::read(&dir.join("reference.safetensors")).unwrap();
+        let (model, r, prompt) = load_fixture(name);
         let context: Vec<u32> = r.ids[..6].iter().map(|&x| x as u32).collect();
-        let (pshape, pdata) = r.get("soft_prompt").unwrap().clone();
-        let prompt =
-            Tensor::<B, 2>::from_data(TensorData::new(pdata, [pshape[0], pshape[1]]), &dev);
         let vocab = model.embed_rows();
         let sampled = |seed: u64, max_new: usize| Sampling {
             max_new,
