@@ -230,12 +230,11 @@ pub fn generate_rows<B: Kernels>(
     let device = model.device();
     let vocab = vocab.min(model.embed_rows());
     let mut rngs: Vec<SplitMix64> = rows.iter().map(|s| SplitMix64::new(s.seed)).collect();
+    // Each row's text: the context, then its new tokens.
     let mut ids = vec![context.to_vec(); rows.len()];
-    let mut out: Vec<Vec<u32>> = rows.iter().map(|s| Vec::with_capacity(s.max_new)).collect();
     // The unfinished rows, in the cache's (and the batch's) order.
     let mut active: Vec<usize> = (0..rows.len()).filter(|&r| rows[r].max_new > 0).collect();
     let mut cache = KvCache::default();
-    let mut first = true;
     while !active.is_empty() {
         // Unfinished rows have drawn as many tokens: their texts are as long.
         let len = ids[active[0]].len();
@@ -244,7 +243,7 @@ pub fn generate_rows<B: Kernels>(
         // the window slides every position moves, so the window is read again whole.
         let reuse = from == 0 && !cache.is_empty() && model.cache_holds(cache.len(), n + len);
         // At first every row holds the context alone: it is read once, for all of them.
-        let shared = first && active.len() > 1;
+        let shared = len == context.len() && active.len() > 1;
         let x = if reuse {
             let new: Vec<&[u32]> = active.iter().map(|&r| &ids[r][cache.len() - n..]).collect();
             model.embed_tokens(ids_tensor::<B>(&new, &device))
@@ -264,7 +263,6 @@ pub fn generate_rows<B: Kernels>(
         if shared {
             cache.repeat(active.len());
         }
-        first = false;
         let [b, s, _] = h.dims();
         let logits = model
             .head(h.narrow(1, s - 1, 1))
@@ -285,9 +283,8 @@ pub fn generate_rows<B: Kernels>(
                 continue;
             }
             ids[r].push(next);
-            out[r].push(next);
             each(r, next)?;
-            if out[r].len() < s.max_new {
+            if ids[r].len() - context.len() < s.max_new {
                 going.push(i);
             }
         }
@@ -296,7 +293,10 @@ pub fn generate_rows<B: Kernels>(
         }
         active = going.iter().map(|&i| active[i]).collect();
     }
-    Ok(out)
+    Ok(ids
+        .into_iter()
+        .map(|mut t| t.split_off(context.len()))
+        .collect())
 }
 
 /// The text of a continuation, as its tokens come: each call to [`TextStream::push`] gives

@@ -663,12 +663,14 @@ impl<B: Backend> KvCache<B> {
     /// Keeps the texts `rows` (batch rows, in this order) and drops the others: texts that
     /// have ended stop costing work.
     pub fn keep(&mut self, rows: &[usize]) {
+        let Some(device) = self.layers.iter().flatten().next().map(|(k, _)| k.device()) else {
+            return;
+        };
+        let idx: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
+        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [rows.len()]), &device);
         for (k, v) in self.layers.iter_mut().flatten() {
-            let idx: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
-            let idx =
-                Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [rows.len()]), &k.device());
             *k = k.clone().select(0, idx.clone());
-            *v = v.clone().select(0, idx);
+            *v = v.clone().select(0, idx.clone());
         }
     }
 }
